@@ -1,0 +1,41 @@
+"""Region layouts: multi-scale grids of boxes over a tile.
+
+A layout id such as ``grid-1-2-3`` means a 1x1, a 2x2 and a 3x3 grid: 1 + 4 + 9 = 14 regions.
+Boxes are ``(x0, y0, x1, y1)`` fractions of the tile, row-major within each grid, coarse first.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ftfsearch.errors import BadInput
+
+DEFAULT_LAYOUT = "grid-1-2-3"
+
+
+def parse_layout(layout: str) -> tuple[int, ...]:
+    """Grid sizes of a layout id."""
+    prefix = "grid-"
+    if not layout.startswith(prefix):
+        raise BadInput(f"region layout {layout!r}: expected an id like 'grid-1-2-3'")
+    try:
+        sizes = tuple(int(part) for part in layout[len(prefix):].split("-"))
+    except ValueError as exc:
+        raise BadInput(f"region layout {layout!r}: grid sizes must be integers") from exc
+    if not sizes or any(n < 1 for n in sizes):
+        raise BadInput(f"region layout {layout!r}: grid sizes must be positive")
+    return sizes
+
+
+def layout_boxes(layout: str = DEFAULT_LAYOUT) -> np.ndarray:
+    """Boxes ``[R, 4]`` (float32 fractions) of a layout id."""
+    boxes: list[tuple[float, float, float, float]] = []
+    for n in parse_layout(layout):
+        for row in range(n):
+            for col in range(n):
+                boxes.append((col / n, row / n, (col + 1) / n, (row + 1) / n))
+    return np.asarray(boxes, dtype=np.float32)
+
+
+def num_regions(layout: str = DEFAULT_LAYOUT) -> int:
+    return sum(n * n for n in parse_layout(layout))

@@ -1,0 +1,62 @@
+"""The balanced text-guided interaction (BTI): the parameter-free fine stage of FTF.
+
+For a text vector t and a candidate with coarse vector g and region vectors r_1..r_R (all unit):
+    a = softmax(<t, r_j> / tau);  v = normalize(sum_j a_j r_j)
+    v_b = normalize(g + v)        (balanced; ``balanced=False`` uses v alone)
+    s = (1 - alpha) * <t, g> + alpha * <t, v_b>
+The same function runs in training (batched over texts) and at query time, on any torch device.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass
+class BtiOutput:
+    """Scores and the attention that produced them."""
+
+    scores: torch.Tensor
+    """``[T, K]`` final scores."""
+    fine: torch.Tensor
+    """``[T, K]`` fine scores ``<t, v_b>``."""
+    coarse: torch.Tensor
+    """``[T, K]`` coarse scores ``<t, g>``."""
+    attention: torch.Tensor
+    """``[T, K, R]`` text-guided attention over regions."""
+
+
+def bti(
+    text: torch.Tensor,
+    coarse: torch.Tensor,
+    regions: torch.Tensor,
+    tau: float,
+    alpha: float,
+    balanced: bool = True,
+) -> BtiOutput:
+    """Score K candidates for T texts.
+
+    Args:
+        text: ``[T, D]`` or ``[D]`` unit text vectors.
+        coarse: ``[K, D]`` unit coarse vectors g.
+        regions: ``[K, R, D]`` unit region vectors (any float dtype; computed in the text's dtype).
+        tau: softmax temperature of the text-guided attention.
+        alpha: weight of the fine score in the final score.
+        balanced: weigh the attended regions against the whole tile (normalize(g + v)).
+    """
+    if text.dim() == 1:
+        text = text.unsqueeze(0)
+    dtype = text.dtype
+    coarse = coarse.to(dtype)
+    regions = regions.to(dtype)
+    s_c = text @ coarse.T  # [T, K]
+    logits = torch.einsum("td,krd->tkr", text, regions) / tau  # [T, K, R]
+    attn = logits.softmax(dim=-1)
+    v = F.normalize(torch.einsum("tkr,krd->tkd", attn, regions), dim=-1)  # [T, K, D]
+    v_b = F.normalize(coarse.unsqueeze(0) + v, dim=-1) if balanced else v
+    s_f = torch.einsum("td,tkd->tk", text, v_b)
+    scores = (1.0 - alpha) * s_c + alpha * s_f
+    return BtiOutput(scores=scores, fine=s_f, coarse=s_c, attention=attn)

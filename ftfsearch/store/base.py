@@ -1,0 +1,187 @@
+"""The Store protocol and the values that cross it.
+
+Two backends implement it (``edge`` in-process, ``server`` over qdrant-client) and pass one
+shared test suite. Vectors cross as numpy arrays so a backend can decode responses without
+building Python lists.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True)
+class CollectionMeta:
+    """What a collection records about the model that filled it."""
+
+    model_id: str
+    dim: int
+    num_regions: int
+    region_layout: str
+    schema_version: int = SCHEMA_VERSION
+
+    def to_payload(self) -> dict[str, Any]:
+        return {
+            "model_id": self.model_id,
+            "dim": self.dim,
+            "num_regions": self.num_regions,
+            "region_layout": self.region_layout,
+            "schema_version": self.schema_version,
+        }
+
+    @classmethod
+    def from_payload(cls, payload: dict[str, Any]) -> "CollectionMeta":
+        return cls(
+            model_id=str(payload["model_id"]),
+            dim=int(payload["dim"]),
+            num_regions=int(payload["num_regions"]),
+            region_layout=str(payload["region_layout"]),
+            schema_version=int(payload["schema_version"]),
+        )
+
+
+@dataclass
+class TileBatch:
+    """Tiles to write: ids, vectors and payloads, aligned."""
+
+    ids: list[str]
+    coarse: np.ndarray
+    """``[B, D]`` float32."""
+    regions: np.ndarray
+    """``[B, R, D]`` float32 or float16."""
+    payloads: list[dict[str, Any]]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+@dataclass(frozen=True)
+class QueryFilter:
+    """Restricts recall: tiles whose WGS84 bbox intersects ``bbox``, and/or of given scenes."""
+
+    bbox: tuple[float, float, float, float] | None = None
+    scene_ids: tuple[str, ...] = ()
+
+
+@dataclass
+class Candidates:
+    """Recalled tiles, best coarse score first, with what the rerank needs."""
+
+    ids: list[str]
+    scores: np.ndarray
+    """``[K]`` coarse scores from recall."""
+    payloads: list[dict[str, Any]]
+    coarse: np.ndarray | None = None
+    """``[K, D]`` float32, when asked for."""
+    regions: np.ndarray | None = None
+    """``[K, R, D]`` (float16 as stored), when asked for."""
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+@dataclass
+class SceneRecord:
+    """One ingested (or ingesting) scene in the scenes collection."""
+
+    scene_id: str
+    path: str
+    fingerprint: str
+    state: str
+    """``ingesting`` or ``complete``."""
+    model_id: str
+    tiling: dict[str, Any]
+    expected_tiles: int = 0
+    footprint: list[list[float]] | None = None
+    """WGS84 ring ``[[lon, lat], ...]`` or None when the raster has no CRS."""
+    bbox: list[float] | None = None
+    crs: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_payload(self) -> dict[str, Any]:
+        return {
+            "kind": "scene",
+            "scene_id": self.scene_id,
+            "path": self.path,
+            "fingerprint": self.fingerprint,
+            "state": self.state,
+            "model_id": self.model_id,
+            "tiling": self.tiling,
+            "expected_tiles": self.expected_tiles,
+            "footprint": self.footprint,
+            "bbox": self.bbox,
+            "crs": self.crs,
+            "extra": self.extra,
+        }
+
+    @classmethod
+    def from_payload(cls, p: dict[str, Any]) -> "SceneRecord":
+        return cls(
+            scene_id=p["scene_id"],
+            path=p["path"],
+            fingerprint=p["fingerprint"],
+            state=p["state"],
+            model_id=p["model_id"],
+            tiling=p.get("tiling") or {},
+            expected_tiles=int(p.get("expected_tiles") or 0),
+            footprint=p.get("footprint"),
+            bbox=p.get("bbox"),
+            crs=p.get("crs"),
+            extra=p.get("extra") or {},
+        )
+
+
+@runtime_checkable
+class Store(Protocol):
+    """A tiles collection and its scenes registry, on one backend."""
+
+    backend: str
+    """``edge`` or ``server``."""
+    collection: str
+
+    def describe(self) -> dict[str, Any]:
+        """Where the store is (path or URL without secrets) and what it holds."""
+        ...
+
+    def meta(self) -> CollectionMeta | None:
+        """The recorded model of the collection, or None when it does not exist yet."""
+        ...
+
+    def ensure_collection(
+        self, meta: CollectionMeta, shards: int | None = None, replication_factor: int | None = None
+    ) -> None:
+        """Create the collections and payload indexes, or check that ``meta`` matches (ModelMismatch)."""
+        ...
+
+    def upsert_tiles(self, batch: TileBatch) -> None: ...
+
+    def existing_ids(self, ids: list[str]) -> set[str]:
+        """Which of these point ids are already stored (for resume)."""
+        ...
+
+    def recall(
+        self, text: np.ndarray, k: int, flt: QueryFilter | None = None, with_vectors: bool = True
+    ) -> Candidates:
+        """Top ``k`` tiles by coarse cosine; with coarse and region vectors when asked."""
+        ...
+
+    def count_tiles(self, scene_id: str | None = None) -> int:
+        """Exact count of tiles, in one scene or in all."""
+        ...
+
+    def delete_scene(self, scene_id: str) -> int:
+        """Remove a scene's tiles and its record; returns the number of tiles removed."""
+        ...
+
+    def put_scene(self, scene: SceneRecord) -> None: ...
+
+    def get_scene(self, scene_id: str) -> SceneRecord | None: ...
+
+    def list_scenes(self) -> list[SceneRecord]: ...
+
+    def close(self) -> None: ...

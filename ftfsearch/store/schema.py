@@ -1,0 +1,40 @@
+"""Point ids and payload field names shared by both backends."""
+
+from __future__ import annotations
+
+import uuid
+
+# A fixed namespace so that ids are the same on every machine and backend.
+FTF_NAMESPACE = uuid.UUID("6f1c2a4e-5b7d-4e0f-9a1b-3c5d7e9f1a2b")
+
+COARSE = "coarse"
+REGIONS = "regions"
+SCENES_SUFFIX = "_scenes"
+
+# Payload fields with an index (field name -> index kind).
+TILE_INDEXES = {
+    "scene_id": "keyword",
+    "level": "integer",
+    "west": "float",
+    "south": "float",
+    "east": "float",
+    "north": "float",
+    "center": "geo",
+    "acquired": "datetime",
+}
+
+
+def tile_point_id(fingerprint: str, level: int, col: int, row: int, width: int, height: int) -> str:
+    """UUIDv5 of (scene fingerprint, level, window): re-ingesting a scene rewrites the same points."""
+    return str(uuid.uuid5(FTF_NAMESPACE, f"tile/{fingerprint}/{level}/{col}/{row}/{width}/{height}"))
+
+
+def scene_point_id(scene_id: str) -> str:
+    return str(uuid.uuid5(FTF_NAMESPACE, f"scene/{scene_id}"))
+
+
+META_POINT_ID = str(uuid.uuid5(FTF_NAMESPACE, "collection-meta"))
+
+
+def scenes_collection(collection: str) -> str:
+    return collection + SCENES_SUFFIX

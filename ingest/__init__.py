@@ -1,0 +1,1 @@
+"""The write path: GeoTIFF scenes to tiles to vectors in the store."""
