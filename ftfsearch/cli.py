@@ -1,0 +1,385 @@
+"""The ``ftfsearch`` command: parses flags, calls the library, maps errors to one line and an exit code."""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any, Callable, Optional, TypeVar
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    SpinnerColumn,
+    Task,
+    TextColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+from rich.text import Text
+
+from ftfsearch.config import Settings, load_settings
+from ftfsearch.errors import FtfError
+
+app = typer.Typer(
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    no_args_is_help=True,
+    help="Text search over remote-sensing scenes: fast coarse recall, then a text-guided region rerank.",
+)
+out = Console(soft_wrap=True)
+err = Console(stderr=True)
+log = logging.getLogger("ftfsearch")
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _fail(message: str, code: int) -> None:
+    err.print(Text(f"error: {message}"), highlight=False)
+    raise typer.Exit(code)
+
+
+def handles_errors(fn: F) -> F:
+    """Turn library errors into one line on stderr; never show a traceback for them."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except FtfError as exc:
+            _fail(str(exc), exc.exit_code)
+        except KeyboardInterrupt:
+            _fail("interrupted; an unfinished scene stays 'ingesting' and the next ingest resumes it", 130)
+        except typer.Exit:
+            raise
+        except Exception as exc:  # a bug: still one line, with a way to see more
+            if os.environ.get("FTF_DEBUG"):
+                raise
+            _fail(f"internal error: {type(exc).__name__}: {exc} (set FTF_DEBUG=1 to see the traceback)", 70)
+
+    return wrapper  # type: ignore[return-value]
+
+
+# Shared options ----------------------------------------------------------------------------------
+StoreOpt = typer.Option(None, "--store", help="Embedded store directory (env FTF_STORE).", show_default=False)
+UrlOpt = typer.Option(None, "--qdrant-url", help="Qdrant server URL (env QDRANT_URL); key from QDRANT_API_KEY.")
+CollectionOpt = typer.Option(None, "--collection", help="Tiles collection name (env FTF_COLLECTION; default tiles).")
+ModelOpt = typer.Option(None, "--model", help="Model name or directory (env FTF_MODEL; default: the shipped model).")
+DeviceOpt = typer.Option(None, "--device", help="auto, cpu or cuda (env FTF_DEVICE).")
+
+
+def _settings(**flags: Any) -> Settings:
+    return load_settings(**flags)
+
+
+def _open_store(settings: Settings, read_only: bool = False):  # type: ignore[no-untyped-def]
+    from ftfsearch.store import open_store
+
+    return open_store(
+        collection=settings.collection,
+        store_dir=None if settings.qdrant_url else settings.resolved_store_dir,
+        qdrant_url=settings.qdrant_url,
+        api_key=settings.qdrant_api_key,
+        timeout=settings.timeout,
+        read_only=read_only,
+    )
+
+
+def _load_encoder(settings: Settings):  # type: ignore[no-untyped-def]
+    from ftfsearch.model.loading import load_encoder
+
+    return load_encoder(settings.model, device=settings.device)
+
+
+@app.callback()
+def main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log what happens to stderr.")) -> None:
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
+
+
+# ingest ------------------------------------------------------------------------------------------
+class _TilesPerSecond(ProgressColumn):
+    def render(self, task: Task) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text("-- tiles/s" if speed is None else f"{speed:,.1f} tiles/s", style="cyan")
+
+
+class _RichProgress:
+    """The pipeline's Progress drawn as a rich bar on stderr."""
+
+    def __init__(self) -> None:
+        self._bar: Progress | None = None
+        self._task: Any = None
+
+    def start(self, scene_id: str, total: int, already: int) -> None:
+        self._bar = Progress(
+            SpinnerColumn(),
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            _TilesPerSecond(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            console=err,
+            transient=False,
+        )
+        self._bar.start()
+        self._task = self._bar.add_task(scene_id, total=total, completed=already)
+
+    def advance(self, n: int) -> None:
+        if self._bar is not None:
+            self._bar.advance(self._task, n)
+
+    def finish(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = None
+
+
+def _parse_int_list(value: str | None, option: str) -> tuple[int, ...] | None:
+    from ftfsearch.errors import BadInput
+
+    if value is None:
+        return None
+    try:
+        items = tuple(int(v) for v in value.replace(" ", "").split(",") if v)
+    except ValueError as exc:
+        raise BadInput(f"{option} {value!r}: expected comma-separated integers, e.g. 3,2,1") from exc
+    if not items:
+        raise BadInput(f"{option} {value!r}: give at least one integer")
+    return items
+
+
+@app.command()
+@handles_errors
+def ingest(
+    paths: list[str] = typer.Argument(..., help="GeoTIFF files, directories or globs; each raster is a scene."),
+    scene_id: Optional[str] = typer.Option(None, "--scene-id", help="Scene id (one raster only; default: file name)."),
+    tile_size: int = typer.Option(256, "--tile-size", help="Tile size in pixels."),
+    overlap: float = typer.Option(0.0, "--overlap", help="Overlap between neighbouring tiles, fraction in [0, 1)."),
+    levels: str = typer.Option("1,2", "--levels", help="Scale levels: level L tiles windows of L*tile-size pixels."),
+    bands: Optional[str] = typer.Option(None, "--bands", help="1-based bands to read as RGB, e.g. 3,2,1."),
+    batch_size: int = typer.Option(32, "--batch-size", help="Tiles per encoder batch."),
+    readers: int = typer.Option(2, "--readers", help="Reader threads."),
+    shards: Optional[int] = typer.Option(None, "--shards", help="Shards when creating a server collection."),
+    replication_factor: Optional[int] = typer.Option(
+        None, "--replication-factor", help="Replicas when creating a server collection."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+    store: Optional[Path] = StoreOpt,
+    qdrant_url: Optional[str] = UrlOpt,
+    collection: Optional[str] = CollectionOpt,
+    model: Optional[str] = ModelOpt,
+    device: Optional[str] = DeviceOpt,
+) -> None:
+    """Cut rasters into tiles, encode them and store them (resumes an interrupted scene)."""
+    from ingest.pipeline import IngestOptions, ingest_paths
+    from ingest.scenes import expand_paths
+    from ingest.tiling import TilingSpec
+
+    settings = _settings(store_dir=store, qdrant_url=qdrant_url, collection=collection, model=model, device=device)
+    files = expand_paths(paths)
+    spec = TilingSpec(
+        tile_size=tile_size,
+        overlap=overlap,
+        levels=_parse_int_list(levels, "--levels") or (1,),
+        bands=_parse_int_list(bands, "--bands"),
+    )
+    options = IngestOptions(
+        spec=spec,
+        batch_size=batch_size,
+        readers=readers,
+        scene_id=scene_id,
+        shards=shards,
+        replication_factor=replication_factor,
+    )
+    encoder = _load_encoder(settings)
+    db = _open_store(settings)
+    try:
+
+        def report(item: Any) -> None:
+            if hasattr(item, "message"):
+                err.print(Text(f"skipped: {item.message}"), highlight=False)
+            else:
+                for warning in item.warnings:
+                    err.print(Text(f"warning: {item.path}: {warning}"), highlight=False)
+
+        done, failed = ingest_paths(
+            files, encoder, db, options, progress=None if as_json else _RichProgress(), on_scene=report
+        )
+    finally:
+        db.close()
+    if as_json:
+        out.print_json(json.dumps({"scenes": [s.to_dict() for s in done], "failed": [f.__dict__ for f in failed]}))
+    else:
+        for s in done:
+            err.print(
+                f"{s.scene_id}: {s.state}, {s.tiles_in_store} tiles in store ({s.written} written, "
+                f"{s.already_stored} already stored, {s.skipped_nodata} nodata skipped) "
+                f"in {s.seconds:.1f} s, {s.tiles_per_s:.1f} tiles/s",
+                highlight=False,
+            )
+    if not done:
+        raise typer.Exit(2)
+    if failed:
+        raise typer.Exit(1)
+
+
+# query -------------------------------------------------------------------------------------------
+@app.command()
+@handles_errors
+def query(
+    text: str = typer.Argument(..., help="What to look for, in plain words."),
+    k: int = typer.Option(10, "--k", help="Number of results."),
+    recall_k: int = typer.Option(100, "--recall-k", help="Candidates recalled for the rerank."),
+    no_rerank: bool = typer.Option(False, "--no-rerank", help="Return the coarse recall order."),
+    bbox: Optional[str] = typer.Option(None, "--bbox", help="minlon,minlat,maxlon,maxlat (WGS84)."),
+    scene: Optional[list[str]] = typer.Option(None, "--scene", help="Only these scene ids (repeatable)."),
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON array of results."),
+    geojson: Optional[Path] = typer.Option(None, "--geojson", help="Write result footprints as GeoJSON."),
+    store: Optional[Path] = StoreOpt,
+    qdrant_url: Optional[str] = UrlOpt,
+    collection: Optional[str] = CollectionOpt,
+    model: Optional[str] = ModelOpt,
+    device: Optional[str] = DeviceOpt,
+) -> None:
+    """Search the ingested tiles: recall on coarse vectors, then rerank with the regions."""
+    from ftfsearch.export import results_to_json, write_geojson
+    from ftfsearch.search import Searcher, parse_bbox
+
+    settings = _settings(store_dir=store, qdrant_url=qdrant_url, collection=collection, model=model, device=device)
+    box = parse_bbox(bbox)
+    encoder = _load_encoder(settings)
+    db = _open_store(settings, read_only=True)
+    try:
+        response = Searcher(encoder, db).search(
+            text, k=k, recall_k=recall_k, rerank=not no_rerank, bbox=box, scenes=tuple(scene or ())
+        )
+    finally:
+        db.close()
+    for warning in response.warnings:
+        err.print(Text(f"warning: {warning}"), highlight=False)
+    if geojson is not None:
+        n = write_geojson(response.results, geojson, query=text)
+        err.print(f"wrote {n} features to {geojson}", highlight=False)
+    if as_json:
+        out.print_json(json.dumps(results_to_json(response.results)))
+        return
+    if not response.results:
+        err.print("no tiles matched (is the bbox or scene filter too narrow?)")
+        return
+    table = Table(title=f"{text!r}", title_justify="left")
+    for col in ("#", "score", "coarse", "scene", "level", "window (col,row,w,h)", "bbox (lon/lat)", "region"):
+        table.add_column(col, overflow="fold")
+    for r in response.results:
+        w = r.window
+        table.add_row(
+            str(r.rank),
+            f"{r.score:.4f}",
+            f"{r.coarse_score:.4f}",
+            r.scene_id,
+            str(r.level),
+            f"{w.get('col')},{w.get('row')},{w.get('width')},{w.get('height')}",
+            "no CRS" if r.bbox is None else ", ".join(f"{v:.5f}" for v in r.bbox),
+            "-" if r.region is None else ", ".join(f"{v:.2f}" for v in r.region),
+        )
+    out.print(table)
+    t = response.timings_ms
+    err.print(
+        f"text {t['encode_text']:.1f} ms, recall {t['recall']:.1f} ms, rerank {t['rerank']:.1f} ms", highlight=False
+    )
+
+
+# scenes, drop, info ------------------------------------------------------------------------------
+@app.command()
+@handles_errors
+def scenes(
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    store: Optional[Path] = StoreOpt,
+    qdrant_url: Optional[str] = UrlOpt,
+    collection: Optional[str] = CollectionOpt,
+) -> None:
+    """List scenes with their tile counts (counted in the store) and state."""
+    settings = _settings(store_dir=store, qdrant_url=qdrant_url, collection=collection)
+    db = _open_store(settings, read_only=True)
+    try:
+        rows = [
+            {"scene_id": s.scene_id, "path": s.path, "tiles": db.count_tiles(s.scene_id), "state": s.state}
+            for s in db.list_scenes()
+        ]
+    finally:
+        db.close()
+    if as_json:
+        out.print_json(json.dumps(rows))
+        return
+    table = Table()
+    for col in ("scene_id", "tiles", "state", "path"):
+        table.add_column(col, overflow="fold")
+    for row in rows:
+        table.add_row(row["scene_id"], str(row["tiles"]), row["state"], row["path"])
+    out.print(table)
+
+
+@app.command()
+@handles_errors
+def drop(
+    scene_id: str = typer.Argument(..., help="Scene id to remove with all its tiles."),
+    store: Optional[Path] = StoreOpt,
+    qdrant_url: Optional[str] = UrlOpt,
+    collection: Optional[str] = CollectionOpt,
+) -> None:
+    """Remove a scene and its tiles."""
+    from ftfsearch.errors import SceneNotFound
+
+    settings = _settings(store_dir=store, qdrant_url=qdrant_url, collection=collection)
+    db = _open_store(settings)
+    try:
+        if db.get_scene(scene_id) is None:
+            raise SceneNotFound(f"scene {scene_id!r}: not in collection {db.collection!r}; 'ftfsearch scenes' lists them")
+        removed = db.delete_scene(scene_id)
+    finally:
+        db.close()
+    err.print(f"dropped {scene_id}: {removed} tiles removed", highlight=False)
+
+
+@app.command()
+@handles_errors
+def info(
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    store: Optional[Path] = StoreOpt,
+    qdrant_url: Optional[str] = UrlOpt,
+    collection: Optional[str] = CollectionOpt,
+) -> None:
+    """Show the store, the collection, its model and counts (never the API key)."""
+    settings = _settings(store_dir=store, qdrant_url=qdrant_url, collection=collection)
+    db = _open_store(settings, read_only=True)
+    try:
+        described = db.describe()
+        meta = db.meta()
+        scene_list = db.list_scenes() if meta is not None else []
+        data: dict[str, Any] = {
+            **described,
+            "model": None if meta is None else meta.to_payload(),
+            "tiles": db.count_tiles() if meta is not None else 0,
+            "scenes": len(scene_list),
+            "scenes_complete": sum(s.state == "complete" for s in scene_list),
+        }
+    finally:
+        db.close()
+    if as_json:
+        out.print_json(json.dumps(data, default=str))
+        return
+    for key, value in data.items():
+        out.print(f"{key:>16}: {value}", highlight=False)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())

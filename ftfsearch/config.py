@@ -1,0 +1,111 @@
+"""Settings: flags > environment (FTF_*, QDRANT_URL, QDRANT_API_KEY) > config file > defaults.
+
+The config file is TOML at ``$FTF_CONFIG`` or ``<user config dir>/ftfsearch/config.toml`` with
+the same keys as the fields below (e.g. ``collection = "tiles"``, ``qdrant_url = "..."``).
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from platformdirs import user_config_dir, user_data_dir
+
+from ftfsearch.errors import BadInput
+
+DEFAULT_COLLECTION = "tiles"
+
+# Environment variable for each setting.
+ENV_VARS = {
+    "store_dir": "FTF_STORE",
+    "qdrant_url": "QDRANT_URL",
+    "qdrant_api_key": "QDRANT_API_KEY",
+    "collection": "FTF_COLLECTION",
+    "model": "FTF_MODEL",
+    "device": "FTF_DEVICE",
+    "timeout": "FTF_TIMEOUT",
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Where the store is, which collection and model, and on which device."""
+
+    store_dir: Path | None = None
+    qdrant_url: str | None = None
+    qdrant_api_key: str | None = field(default=None, repr=False)
+    collection: str = DEFAULT_COLLECTION
+    model: str | None = None
+    device: str = "auto"
+    timeout: float = 30.0
+
+    @property
+    def resolved_store_dir(self) -> Path:
+        """The embedded store directory: the configured one or the user data directory."""
+        return self.store_dir or Path(user_data_dir("ftfsearch")) / "store"
+
+    def redacted(self) -> dict[str, Any]:
+        """Settings safe to show or log: the API key is never included."""
+        return {
+            "store": str(self.resolved_store_dir) if not self.qdrant_url else None,
+            "qdrant_url": self.qdrant_url,
+            "api_key": "set" if self.qdrant_api_key else None,
+            "collection": self.collection,
+            "model": self.model or "default",
+            "device": self.device,
+            "timeout": self.timeout,
+        }
+
+
+def _coerce(name: str, value: Any, source: str) -> Any:
+    if value is None or value == "":
+        return None
+    if name == "store_dir":
+        return Path(str(value)).expanduser()
+    if name == "timeout":
+        try:
+            timeout = float(value)
+        except (TypeError, ValueError) as exc:
+            raise BadInput(f"{source}: timeout {value!r} is not a number of seconds") from exc
+        if timeout <= 0:
+            raise BadInput(f"{source}: timeout must be positive")
+        return timeout
+    return str(value)
+
+
+def config_file_path() -> Path:
+    return Path(os.environ.get("FTF_CONFIG") or Path(user_config_dir("ftfsearch")) / "config.toml")
+
+
+def _from_file(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        return {}
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError, OSError) as exc:
+        raise BadInput(f"config file {path}: cannot be read as TOML ({exc}); fix or remove it") from exc
+    known = {f.name for f in fields(Settings)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise BadInput(f"config file {path}: unknown keys {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    return {k: _coerce(k, v, f"config file {path}") for k, v in data.items()}
+
+
+def load_settings(**flags: Any) -> Settings:
+    """Resolve settings; ``flags`` are CLI values where None means 'not given'."""
+    values: dict[str, Any] = {}
+    values.update({k: v for k, v in _from_file(config_file_path()).items() if v is not None})
+    for name, var in ENV_VARS.items():
+        env_value = _coerce(name, os.environ.get(var), f"environment variable {var}")
+        if env_value is not None:
+            values[name] = env_value
+    for name, value in flags.items():
+        if name not in ENV_VARS:
+            raise TypeError(f"unknown setting {name}")
+        coerced = _coerce(name, value, f"--{name.replace('_', '-')}")
+        if coerced is not None:
+            values[name] = coerced
+    return replace(Settings(), **values)

@@ -1,0 +1,243 @@
+"""The two-stage query: encode the text, recall on coarse vectors, rerank with BTI, build Results."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+import unicodedata
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from ftfsearch.errors import BadInput, CollectionNotFound, ModelMismatch
+from ftfsearch.model.base import Encoder
+from ftfsearch.rerank import bti
+from ftfsearch.store.base import Candidates, QueryFilter, Store
+
+log = logging.getLogger(__name__)
+
+MAX_K = 1000
+MAX_RECALL_K = 10000
+MAX_QUERY_CHARS = 2000
+
+
+@dataclass
+class Result:
+    """One ranked tile: where it is in its scene and on Earth, and which region matched."""
+
+    rank: int
+    score: float
+    coarse_score: float
+    id: str
+    scene_id: str
+    path: str
+    level: int
+    window: dict[str, int]
+    """``{col, row, width, height}`` in scene pixels."""
+    bbox: list[float] | None
+    """``[minlon, minlat, maxlon, maxlat]`` WGS84; None for rasters without CRS."""
+    footprint: list[list[float]] | None
+    region: list[float] | None
+    """Best-matching region ``[x0, y0, x1, y1]`` as fractions of the tile; None without rerank."""
+    region_index: int | None = None
+    fine_score: float | None = None
+    payload: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Stable field names for ``--json`` and the HTTP API."""
+        return {
+            "rank": self.rank,
+            "score": round(self.score, 6),
+            "coarse_score": round(self.coarse_score, 6),
+            "fine_score": None if self.fine_score is None else round(self.fine_score, 6),
+            "id": self.id,
+            "scene_id": self.scene_id,
+            "path": self.path,
+            "level": self.level,
+            "window": self.window,
+            "bbox": self.bbox,
+            "region": self.region,
+            "region_window": self.region_window(),
+        }
+
+    def region_window(self) -> dict[str, int] | None:
+        """The matched region in scene pixels."""
+        if self.region is None:
+            return None
+        x0, y0, x1, y1 = self.region
+        w, h = self.window["width"], self.window["height"]
+        col = self.window["col"] + int(round(x0 * w))
+        row = self.window["row"] + int(round(y0 * h))
+        return {
+            "col": col,
+            "row": row,
+            "width": max(1, self.window["col"] + int(round(x1 * w)) - col),
+            "height": max(1, self.window["row"] + int(round(y1 * h)) - row),
+        }
+
+
+@dataclass
+class SearchResponse:
+    results: list[Result]
+    timings_ms: dict[str, float]
+    warnings: list[str]
+
+
+def clean_query(text: str, encoder: Encoder) -> tuple[str, list[str]]:
+    """Validate a query: no empty text, no control characters; over-long text is truncated with a warning."""
+    warnings: list[str] = []
+    if not isinstance(text, str):
+        raise BadInput("query: must be text")
+    cleaned = "".join(" " if unicodedata.category(ch).startswith("C") else ch for ch in text)
+    cleaned = " ".join(cleaned.split())
+    if not cleaned:
+        raise BadInput("query: is empty; give a description such as 'ships near a harbor'")
+    if len(cleaned) > MAX_QUERY_CHARS:
+        cleaned = cleaned[:MAX_QUERY_CHARS]
+        warnings.append(f"query: longer than {MAX_QUERY_CHARS} characters; truncated")
+    tokens = encoder.count_text_tokens(cleaned)
+    if tokens > encoder.max_text_tokens:
+        warnings.append(
+            f"query: {tokens} tokens exceed the model's limit of {encoder.max_text_tokens}; "
+            "the text was truncated to fit"
+        )
+    return cleaned, warnings
+
+
+def parse_bbox(value: str | None) -> tuple[float, float, float, float] | None:
+    """Parse ``minlon,minlat,maxlon,maxlat`` (WGS84) and check it describes a real box."""
+    if value is None:
+        return None
+    parts = [p.strip() for p in str(value).split(",")]
+    if len(parts) != 4:
+        raise BadInput(f"--bbox {value!r}: expected four numbers minlon,minlat,maxlon,maxlat")
+    try:
+        west, south, east, north = (float(p) for p in parts)
+    except ValueError as exc:
+        raise BadInput(f"--bbox {value!r}: expected four numbers minlon,minlat,maxlon,maxlat") from exc
+    if not all(math.isfinite(v) for v in (west, south, east, north)):
+        raise BadInput(f"--bbox {value!r}: values must be finite numbers")
+    if not (-180 <= west <= 180 and -180 <= east <= 180):
+        raise BadInput(f"--bbox {value!r}: longitudes must be within [-180, 180]")
+    if not (-90 <= south <= 90 and -90 <= north <= 90):
+        raise BadInput(f"--bbox {value!r}: latitudes must be within [-90, 90]")
+    if south >= north:
+        raise BadInput(f"--bbox {value!r}: minlat must be below maxlat (is the box inverted?)")
+    if west >= east:
+        raise BadInput(
+            f"--bbox {value!r}: minlon must be below maxlon (inverted, or crossing the antimeridian: "
+            "split it into two queries)"
+        )
+    return west, south, east, north
+
+
+def check_model(store: Store, encoder: Encoder) -> None:
+    """Refuse to query a collection filled by another model."""
+    meta = store.meta()
+    if meta is None:
+        raise CollectionNotFound(
+            f"collection {store.collection!r} does not exist in {store.describe().get('location')}: "
+            "run 'ftfsearch ingest SCENE' first, or pick another --collection"
+        )
+    if (meta.model_id, meta.dim, meta.num_regions) != (encoder.id, encoder.dim, encoder.num_regions):
+        raise ModelMismatch(
+            f"collection {store.collection!r} was built with model {meta.model_id} "
+            f"(D={meta.dim}, R={meta.num_regions}), not {encoder.id} (D={encoder.dim}, "
+            f"R={encoder.num_regions}): query with --model matching the collection, or use another --collection"
+        )
+
+
+class Searcher:
+    """Answers text queries over one store with one encoder (checked against the collection once)."""
+
+    def __init__(self, encoder: Encoder, store: Store) -> None:
+        check_model(store, encoder)
+        self.encoder = encoder
+        self.store = store
+        self._boxes = encoder.region_boxes
+
+    def search(
+        self,
+        text: str,
+        k: int = 10,
+        recall_k: int = 100,
+        rerank: bool = True,
+        bbox: tuple[float, float, float, float] | None = None,
+        scenes: tuple[str, ...] = (),
+    ) -> SearchResponse:
+        if not 1 <= k <= MAX_K:
+            raise BadInput(f"--k {k}: must be between 1 and {MAX_K}")
+        if not 1 <= recall_k <= MAX_RECALL_K:
+            raise BadInput(f"--recall-k {recall_k}: must be between 1 and {MAX_RECALL_K}")
+        recall_k = max(recall_k, k)
+        cleaned, warnings = clean_query(text, self.encoder)
+        timings: dict[str, float] = {}
+
+        t0 = time.perf_counter()
+        text_vec = self.encoder.encode_text([cleaned])[0]
+        timings["encode_text"] = (time.perf_counter() - t0) * 1000
+
+        t0 = time.perf_counter()
+        flt = QueryFilter(bbox=bbox, scene_ids=tuple(scenes)) if (bbox or scenes) else None
+        cands = self.store.recall(
+            text_vec.numpy(), recall_k if rerank else k, flt=flt, with_vectors=rerank
+        )
+        timings["recall"] = (time.perf_counter() - t0) * 1000
+
+        t0 = time.perf_counter()
+        results = self._rank(text_vec, cands, k, rerank)
+        timings["rerank"] = (time.perf_counter() - t0) * 1000
+        return SearchResponse(results=results, timings_ms=timings, warnings=warnings)
+
+    def _rank(self, text_vec: torch.Tensor, cands: Candidates, k: int, rerank: bool) -> list[Result]:
+        n = len(cands)
+        if n == 0:
+            return []
+        coarse_scores = np.asarray(cands.scores, dtype=np.float32)
+        fine: np.ndarray | None = None
+        best_region: np.ndarray | None = None
+        if rerank:
+            assert cands.coarse is not None and cands.regions is not None
+            device = self.encoder.device
+            params = self.encoder.rerank_params
+            out = bti(
+                text_vec.to(device),
+                torch.from_numpy(np.ascontiguousarray(cands.coarse)).to(device),
+                torch.from_numpy(np.ascontiguousarray(cands.regions)).to(device),
+                tau=params.tau,
+                alpha=params.alpha,
+                balanced=params.balanced,
+            )
+            scores = out.scores[0].float().cpu().numpy()
+            fine = out.fine[0].float().cpu().numpy()
+            best_region = out.attention[0].argmax(dim=-1).cpu().numpy()
+            order = np.argsort(-scores, kind="stable")[:k]
+        else:
+            scores = coarse_scores
+            order = np.arange(min(k, n))
+        results = []
+        for rank, i in enumerate(order, start=1):
+            p = cands.payloads[i]
+            region_index = int(best_region[i]) if best_region is not None else None
+            results.append(
+                Result(
+                    rank=rank,
+                    score=float(scores[i]),
+                    coarse_score=float(coarse_scores[i]),
+                    fine_score=None if fine is None else float(fine[i]),
+                    id=cands.ids[i],
+                    scene_id=p.get("scene_id", ""),
+                    path=p.get("path", ""),
+                    level=int(p.get("level", 1)),
+                    window=dict(p.get("window") or {}),
+                    bbox=p.get("bbox"),
+                    footprint=p.get("footprint"),
+                    region=None if region_index is None else [float(v) for v in self._boxes[region_index]],
+                    region_index=region_index,
+                    payload=p,
+                )
+            )
+        return results

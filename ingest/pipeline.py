@@ -1,0 +1,382 @@
+"""Reader threads -> batches -> encoder -> writer thread, with bounded queues and resume.
+
+Memory is bounded by queue sizes and the batch, never by the scene: windows are enumerated
+cheaply, tiles are read on demand by a few threads (rasterio releases the GIL), the encoder
+runs in the calling thread, and a writer thread upserts while the next batch encodes.
+A scene is recorded ``ingesting`` before the first write and ``complete`` only after the
+store holds every non-empty tile; a re-run skips the tiles already stored (by point id).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Protocol
+
+import numpy as np
+import torch
+
+from ftfsearch.errors import BadInput, FtfError
+from ftfsearch.model.base import Encoder
+from ftfsearch.store.base import CollectionMeta, SceneRecord, Store, TileBatch
+from ftfsearch.store.schema import tile_point_id
+from ingest.scenes import default_scene_id, fingerprint
+from ingest.tiling import SceneReader, Tile, TileWindow, TilingSpec
+
+log = logging.getLogger(__name__)
+
+_EXISTING_CHUNK = 1000
+_DONE = object()
+
+
+class Progress(Protocol):
+    """What the pipeline reports as it goes (the CLI draws it as a progress bar)."""
+
+    def start(self, scene_id: str, total: int, already: int) -> None: ...
+
+    def advance(self, n: int) -> None: ...
+
+    def finish(self) -> None: ...
+
+
+@dataclass
+class IngestOptions:
+    spec: TilingSpec = field(default_factory=TilingSpec)
+    batch_size: int = 32
+    readers: int = 2
+    scene_id: str | None = None
+    shards: int | None = None
+    replication_factor: int | None = None
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.batch_size <= 4096:
+            raise BadInput(f"--batch-size {self.batch_size}: must be between 1 and 4096")
+        if not 1 <= self.readers <= 64:
+            raise BadInput(f"--readers {self.readers}: must be between 1 and 64")
+
+
+@dataclass
+class SceneSummary:
+    scene_id: str
+    path: str
+    windows: int
+    written: int
+    already_stored: int
+    skipped_nodata: int
+    tiles_in_store: int
+    state: str
+    seconds: float
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def tiles_per_s(self) -> float:
+        return self.written / self.seconds if self.seconds > 0 else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "scene_id": self.scene_id,
+            "path": self.path,
+            "windows": self.windows,
+            "written": self.written,
+            "already_stored": self.already_stored,
+            "skipped_nodata": self.skipped_nodata,
+            "tiles": self.tiles_in_store,
+            "state": self.state,
+            "seconds": round(self.seconds, 3),
+            "tiles_per_s": round(self.tiles_per_s, 2),
+            "warnings": self.warnings,
+        }
+
+
+def collection_meta(encoder: Encoder) -> CollectionMeta:
+    return CollectionMeta(
+        model_id=encoder.id, dim=encoder.dim, num_regions=encoder.num_regions, region_layout=encoder.region_layout
+    )
+
+
+def window_id(fp: str, w: TileWindow) -> str:
+    return tile_point_id(fp, w.level, w.col, w.row, w.width, w.height)
+
+
+def tile_payload(scene_id: str, reader: SceneReader, fp: str, tile: Tile, encoder: Encoder) -> dict[str, Any]:
+    """The stored payload of one tile (DESIGN.md, Store)."""
+    w = tile.window
+    payload: dict[str, Any] = {
+        "scene_id": scene_id,
+        "path": str(reader.path),
+        "fingerprint": fp,
+        "level": w.level,
+        "window": {"col": w.col, "row": w.row, "width": w.width, "height": w.height},
+        "tile_size": int(tile.pixels.shape[0]),
+        "crs": reader.crs,
+        "native_bounds": [float(v) for v in tile.native_bounds],
+        "gsd": tile.gsd,
+        "valid_fraction": round(float(tile.valid_fraction), 4),
+        "layout": encoder.region_layout,
+    }
+    if tile.bbox is not None:
+        west, south, east, north = (float(v) for v in tile.bbox)
+        payload.update(bbox=[west, south, east, north], west=west, south=south, east=east, north=north)
+        payload["footprint"] = tile.footprint
+    if tile.center is not None:
+        payload["center"] = {"lon": float(tile.center[0]), "lat": float(tile.center[1])}
+    if reader.acquired:
+        payload["acquired"] = reader.acquired
+    return payload
+
+
+class _Failure:
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+
+def _read_tiles(
+    reader: SceneReader, windows: list[TileWindow], n_threads: int, capacity: int, stop: threading.Event
+) -> Iterator[Tile | None]:
+    """Yield tiles (None for mostly-nodata windows) read by ``n_threads`` threads, in any order."""
+    todo: queue.Queue[TileWindow | None] = queue.Queue()
+    for w in windows:
+        todo.put(w)
+    out: queue.Queue[Any] = queue.Queue(maxsize=capacity)
+
+    def put(item: Any) -> None:
+        while not stop.is_set():
+            try:
+                out.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def work() -> None:
+        try:
+            while not stop.is_set():
+                try:
+                    w = todo.get_nowait()
+                except queue.Empty:
+                    break
+                put(reader.read(w))
+        except BaseException as exc:  # handed to the consumer, which re-raises
+            put(_Failure(exc))
+        finally:
+            put(_DONE)
+
+    threads = [threading.Thread(target=work, name=f"ftf-reader-{i}", daemon=True) for i in range(n_threads)]
+    for t in threads:
+        t.start()
+    finished = 0
+    try:
+        while finished < len(threads):
+            item = out.get()
+            if item is _DONE:
+                finished += 1
+            elif isinstance(item, _Failure):
+                raise item.exc
+            else:
+                yield item
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=5)
+
+
+class _Writer:
+    """Upserts batches on its own thread so the next batch encodes meanwhile."""
+
+    def __init__(self, store: Store, depth: int = 2) -> None:
+        self.store = store
+        self.q: queue.Queue[TileBatch | None] = queue.Queue(maxsize=depth)
+        self.error: BaseException | None = None
+        self.written = 0
+        self.thread = threading.Thread(target=self._run, name="ftf-writer", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while True:
+            batch = self.q.get()
+            if batch is None:
+                return
+            if self.error is not None:
+                continue
+            try:
+                self.store.upsert_tiles(batch)
+                self.written += len(batch)
+            except BaseException as exc:
+                self.error = exc
+
+    def put(self, batch: TileBatch) -> None:
+        if self.error is not None:
+            raise self.error
+        self.q.put(batch)
+
+    def close(self) -> None:
+        self.q.put(None)
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
+
+
+def _encode(encoder: Encoder, tiles: list[Tile]) -> tuple[np.ndarray, np.ndarray]:
+    pixels = torch.from_numpy(np.stack([t.pixels for t in tiles]))
+    with torch.inference_mode():
+        coarse, regions = encoder.encode_images(pixels)
+    return coarse.float().numpy(), regions.to(torch.float16).numpy()
+
+
+def ingest_scene(
+    path: Path,
+    encoder: Encoder,
+    store: Store,
+    options: IngestOptions,
+    progress: Progress | None = None,
+    scene_id: str | None = None,
+) -> SceneSummary:
+    """Ingest one raster as one scene; resumable and idempotent."""
+    t_start = time.perf_counter()
+    with SceneReader(path, options.spec) as reader:
+        sid = scene_id or options.scene_id or default_scene_id(path)
+        fp = fingerprint(path)
+        windows = reader.windows()
+        previous = store.get_scene(sid)
+        if previous is not None and previous.fingerprint != fp:
+            raise BadInput(
+                f"{path}: scene id {sid!r} already holds another file ({previous.path}); "
+                "pass --scene-id to name this one, or 'ftfsearch drop' the old one"
+            )
+        spec = json.loads(json.dumps(options.spec.to_dict()))  # as stored: tuples become lists
+        if previous is not None and previous.tiling != spec:
+            raise BadInput(
+                f"{path}: scene {sid!r} was ingested with other tiling options ({previous.tiling}); "
+                "drop it first to re-tile, or ingest with the same options"
+            )
+        record = SceneRecord(
+            scene_id=sid,
+            path=str(reader.path),
+            fingerprint=fp,
+            state="ingesting",
+            model_id=encoder.id,
+            tiling=spec,
+            expected_tiles=previous.expected_tiles if previous else 0,
+            footprint=reader.footprint,
+            bbox=list(reader.bbox) if reader.bbox else None,
+            crs=reader.crs,
+            extra={"width": reader.width, "height": reader.height, "dtype": reader.dtype, "gsd": reader.gsd},
+        )
+        if previous is not None and previous.state == "complete":
+            stored = store.count_tiles(sid)
+            if stored == previous.expected_tiles:
+                return SceneSummary(
+                    sid, str(reader.path), len(windows), 0, stored, 0, stored, "complete",
+                    time.perf_counter() - t_start, list(reader.warnings),
+                )
+        ids = {w: window_id(fp, w) for w in windows}
+        stored_ids: set[str] = set()
+        id_list = list(ids.values())
+        for i in range(0, len(id_list), _EXISTING_CHUNK):
+            stored_ids |= store.existing_ids(id_list[i : i + _EXISTING_CHUNK])
+        pending = [w for w in windows if ids[w] not in stored_ids]
+        store.put_scene(record)
+
+        if progress:
+            progress.start(sid, len(windows), len(windows) - len(pending))
+        stop = threading.Event()
+        writer = _Writer(store)
+        skipped = 0
+        batch: list[Tile] = []
+
+        def flush() -> None:
+            coarse, regions = _encode(encoder, batch)
+            writer.put(
+                TileBatch(
+                    ids=[ids[t.window] for t in batch],
+                    coarse=coarse,
+                    regions=regions,
+                    payloads=[tile_payload(sid, reader, fp, t, encoder) for t in batch],
+                )
+            )
+            if progress:
+                progress.advance(len(batch))
+            batch.clear()
+
+        try:
+            capacity = max(4, 2 * options.batch_size)
+            for tile in _read_tiles(reader, pending, options.readers, capacity, stop):
+                if tile is None:
+                    skipped += 1
+                    if progress:
+                        progress.advance(1)
+                    continue
+                batch.append(tile)
+                if len(batch) >= options.batch_size:
+                    flush()
+            if batch:
+                flush()
+        finally:
+            stop.set()
+            writer.close()
+            if progress:
+                progress.finish()
+
+        in_store = store.count_tiles(sid)
+        expected = len(stored_ids) + writer.written
+        if in_store == 0:
+            store.delete_scene(sid)
+            raise BadInput(
+                f"{path}: no tile has enough valid pixels (all nodata or masked); nothing was ingested"
+            )
+        state = "complete" if in_store >= expected else "ingesting"
+        record.state = state
+        record.expected_tiles = in_store
+        store.put_scene(record)
+        return SceneSummary(
+            scene_id=sid,
+            path=str(reader.path),
+            windows=len(windows),
+            written=writer.written,
+            already_stored=len(stored_ids),
+            skipped_nodata=skipped,
+            tiles_in_store=in_store,
+            state=state,
+            seconds=time.perf_counter() - t_start,
+            warnings=list(reader.warnings),
+        )
+
+
+@dataclass
+class IngestFailure:
+    path: str
+    message: str
+
+
+def ingest_paths(
+    paths: list[Path],
+    encoder: Encoder,
+    store: Store,
+    options: IngestOptions,
+    progress: Progress | None = None,
+    on_scene: Callable[[SceneSummary | IngestFailure], None] | None = None,
+) -> tuple[list[SceneSummary], list[IngestFailure]]:
+    """Ingest many rasters: one bad file is reported and skipped, the others go on."""
+    if options.scene_id and len(paths) > 1:
+        raise BadInput("--scene-id names one scene: give exactly one raster with it")
+    store.ensure_collection(collection_meta(encoder), options.shards, options.replication_factor)
+    done: list[SceneSummary] = []
+    failed: list[IngestFailure] = []
+    for path in paths:
+        try:
+            summary = ingest_scene(path, encoder, store, options, progress)
+        except BadInput as exc:
+            failure = IngestFailure(str(path), str(exc))
+            failed.append(failure)
+            log.warning("%s", exc)
+            if on_scene:
+                on_scene(failure)
+            continue
+        done.append(summary)
+        if on_scene:
+            on_scene(summary)
+    return done, failed

@@ -1,0 +1,55 @@
+"""Settings precedence: flags > environment > config file > defaults; the key never leaks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ftfsearch.config import load_settings
+from ftfsearch.errors import BadInput
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch, tmp_path):
+    for var in ["FTF_STORE", "QDRANT_URL", "QDRANT_API_KEY", "FTF_COLLECTION", "FTF_MODEL", "FTF_DEVICE", "FTF_TIMEOUT"]:
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("FTF_CONFIG", str(tmp_path / "config.toml"))
+
+
+def test_precedence(monkeypatch, tmp_path):
+    (tmp_path / "config.toml").write_text('collection = "from_file"\nmodel = "file_model"\ntimeout = 5\n')
+    s = load_settings()
+    assert (s.collection, s.model, s.timeout) == ("from_file", "file_model", 5.0)
+    monkeypatch.setenv("FTF_COLLECTION", "from_env")
+    assert load_settings().collection == "from_env"
+    assert load_settings(collection="from_flag").collection == "from_flag"
+    assert load_settings(collection=None).collection == "from_env"
+
+
+def test_store_dir_default_and_key_redaction(monkeypatch, tmp_path):
+    monkeypatch.setenv("QDRANT_API_KEY", "s3cret-key")
+    monkeypatch.setenv("FTF_STORE", str(tmp_path / "st"))
+    s = load_settings()
+    assert s.resolved_store_dir == tmp_path / "st"
+    assert "s3cret-key" not in repr(s.redacted())
+
+
+def test_bad_config_file_is_one_clear_error(tmp_path):
+    (tmp_path / "config.toml").write_text("collection = [unclosed")
+    with pytest.raises(BadInput, match="config.toml"):
+        load_settings()
+    (tmp_path / "config.toml").write_text('colection = "typo"')
+    with pytest.raises(BadInput, match="unknown keys colection"):
+        load_settings()
+
+
+def test_bad_timeout(monkeypatch):
+    monkeypatch.setenv("FTF_TIMEOUT", "soon")
+    with pytest.raises(BadInput, match="FTF_TIMEOUT"):
+        load_settings()
+
+
+def test_settings_repr_hides_the_key(monkeypatch):
+    monkeypatch.setenv("QDRANT_API_KEY", "s3cret-key")
+    assert "s3cret-key" not in repr(load_settings())
