@@ -170,6 +170,11 @@ class Store(Protocol):
         """Top ``k`` tiles by coarse cosine; with coarse and region vectors when asked."""
         ...
 
+    def get_tiles(self, ids: list[str]) -> list[tuple[str, dict[str, Any]]]:
+        """``(id, payload)`` of the stored tiles among ``ids``, in the order given; unknown ids
+        are left out (the web server fetches a tile this way to render its chip)."""
+        ...
+
     def count_tiles(self, scene_id: str | None = None) -> int:
         """Exact count of tiles, in one scene or in all."""
         ...
