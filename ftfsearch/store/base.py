@@ -175,6 +175,12 @@ class Store(Protocol):
         are left out (the web server fetches a tile this way to render its chip)."""
         ...
 
+    def recall_maxsim(
+        self, text: np.ndarray, k: int, recall_k: int = 100, flt: QueryFilter | None = None
+    ) -> Candidates:
+        """Qdrant's own rerank (``recall_k`` by coarse, then MaxSim over regions): a baseline, no vectors."""
+        ...
+
     def count_tiles(self, scene_id: str | None = None) -> int:
         """Exact count of tiles, in one scene or in all."""
         ...
@@ -188,5 +194,13 @@ class Store(Protocol):
     def get_scene(self, scene_id: str) -> SceneRecord | None: ...
 
     def list_scenes(self) -> list[SceneRecord]: ...
+
+    def optimize(self) -> bool:
+        """Build indexes now (Edge builds HNSW only when asked; a server does it by itself)."""
+        ...
+
+    def drop_collection(self) -> None:
+        """Delete the tiles collection and its scenes registry."""
+        ...
 
     def close(self) -> None: ...

@@ -1,0 +1,1 @@
+"""Deployment helpers: a local Qdrant launcher for development and tests."""

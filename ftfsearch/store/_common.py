@@ -1,0 +1,211 @@
+"""What both backends share: argument checks, the filter semantics, the meta check, decoding.
+
+Each backend translates the neutral conditions built here into its own filter classes, so the
+meaning of a ``QueryFilter`` (bbox intersection, scene match) is written down once.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import re
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import numpy as np
+
+from ftfsearch.errors import BadInput, ModelMismatch
+from ftfsearch.store import schema
+from ftfsearch.store.base import CollectionMeta, QueryFilter, TileBatch
+
+# Qdrant collection names become directory names in the embedded store: keep them plain.
+_COLLECTION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+
+# Meta point and scene points are told apart by this payload field.
+KIND_META = "meta"
+KIND_SCENE = "scene"
+
+# Page size for scroll / retrieve round trips.
+PAGE = 1024
+
+
+@dataclass(frozen=True)
+class RangeCond:
+    """``gte <= payload[key] <= lte`` on a numeric field (either bound optional)."""
+
+    key: str
+    gte: float | None = None
+    lte: float | None = None
+
+
+@dataclass(frozen=True)
+class AnyCond:
+    """``payload[key]`` is one of ``values`` (keyword match)."""
+
+    key: str
+    values: tuple[str, ...]
+
+
+Condition = RangeCond | AnyCond
+
+
+def check_collection_name(name: str) -> str:
+    """Refuse names that would be unsafe as a directory or a URL path segment."""
+    if not isinstance(name, str) or not _COLLECTION_RE.match(name):
+        raise BadInput(
+            f"--collection {name!r}: use 1 to 63 letters, digits, '_', '-' or '.', starting with a "
+            "letter or digit"
+        )
+    if name.endswith(schema.SCENES_SUFFIX):
+        raise BadInput(
+            f"--collection {name!r}: names ending in {schema.SCENES_SUFFIX!r} are reserved for the "
+            "scene registries; pick another name"
+        )
+    return name
+
+
+def check_bbox(bbox: tuple[float, float, float, float]) -> tuple[float, float, float, float]:
+    """A WGS84 (west, south, east, north) box, finite, ordered and in range."""
+    if len(bbox) != 4:
+        raise BadInput(f"bbox {bbox!r}: give four numbers west,south,east,north")
+    west, south, east, north = (float(v) for v in bbox)
+    if not all(math.isfinite(v) for v in (west, south, east, north)):
+        raise BadInput(f"bbox {bbox!r}: all four values must be finite numbers")
+    if not (-180.0 <= west <= 180.0 and -180.0 <= east <= 180.0):
+        raise BadInput(f"bbox {bbox!r}: longitudes must lie in [-180, 180]")
+    if not (-90.0 <= south <= 90.0 and -90.0 <= north <= 90.0):
+        raise BadInput(f"bbox {bbox!r}: latitudes must lie in [-90, 90]")
+    if west > east or south > north:
+        raise BadInput(
+            f"bbox {bbox!r}: needs west <= east and south <= north (a box across the antimeridian "
+            "must be split into two queries)"
+        )
+    return west, south, east, north
+
+
+def filter_conditions(flt: QueryFilter | None) -> list[Condition]:
+    """The conditions (all must hold) that implement ``flt``.
+
+    bbox: tiles whose WGS84 bbox intersects the query box, i.e. ``west_t <= east_q``,
+    ``east_t >= west_q``, ``south_t <= north_q`` and ``north_t >= south_q`` (edges touching
+    count). A range condition fails on a missing field, so tiles without a bbox (rasters
+    without a CRS) never match a bbox query.
+    """
+    if flt is None:
+        return []
+    conds: list[Condition] = []
+    if flt.bbox is not None:
+        west, south, east, north = check_bbox(flt.bbox)
+        conds += [
+            RangeCond("west", lte=east),
+            RangeCond("east", gte=west),
+            RangeCond("south", lte=north),
+            RangeCond("north", gte=south),
+        ]
+    if flt.scene_ids:
+        conds.append(AnyCond("scene_id", tuple(str(s) for s in flt.scene_ids)))
+    return conds
+
+
+def check_meta(recorded: CollectionMeta, wanted: CollectionMeta, collection: str, location: str) -> None:
+    """Refuse to mix models in one collection (ModelMismatch naming both)."""
+    if recorded == wanted:
+        return
+    raise ModelMismatch(
+        f"collection {collection!r} in {location} was built with model {recorded.model_id} "
+        f"(D={recorded.dim}, R={recorded.num_regions}, layout {recorded.region_layout}, "
+        f"schema v{recorded.schema_version}), not {wanted.model_id} (D={wanted.dim}, "
+        f"R={wanted.num_regions}, layout {wanted.region_layout}, schema v{wanted.schema_version}): "
+        "use the model the collection was built with, or pass another --collection"
+    )
+
+
+def check_batch(batch: TileBatch, meta: CollectionMeta | None) -> tuple[np.ndarray, np.ndarray]:
+    """Aligned, finite ``coarse [B, D]`` float32 and ``regions [B, R, D]`` of the collection's shape."""
+    n = len(batch.ids)
+    coarse = np.asarray(batch.coarse)
+    regions = np.asarray(batch.regions)
+    if coarse.ndim != 2 or regions.ndim != 3:
+        raise BadInput(
+            f"TileBatch: coarse must be [B, D] and regions [B, R, D], got {coarse.shape} and {regions.shape}"
+        )
+    if not (coarse.shape[0] == regions.shape[0] == len(batch.payloads) == n):
+        raise BadInput(
+            f"TileBatch: {n} ids, {len(batch.payloads)} payloads, {coarse.shape[0]} coarse and "
+            f"{regions.shape[0]} region vectors must be aligned"
+        )
+    if coarse.shape[1] != regions.shape[2]:
+        raise BadInput(f"TileBatch: coarse D={coarse.shape[1]} differs from regions D={regions.shape[2]}")
+    if meta is not None and (coarse.shape[1] != meta.dim or regions.shape[1] != meta.num_regions):
+        raise ModelMismatch(
+            f"TileBatch: vectors of D={coarse.shape[1]}, R={regions.shape[1]} do not fit the collection "
+            f"(model {meta.model_id}: D={meta.dim}, R={meta.num_regions}); use that model or another --collection"
+        )
+    if len(set(batch.ids)) != n:
+        raise BadInput("TileBatch: point ids must be unique within a batch")
+    return coarse.astype(np.float32, copy=False), regions
+
+
+def check_text(text: np.ndarray, meta: CollectionMeta | None) -> np.ndarray:
+    """The query vector as float32 ``[D]`` matching the collection's D."""
+    vec = np.asarray(text, dtype=np.float32).reshape(-1)
+    if vec.size == 0 or not np.all(np.isfinite(vec)):
+        raise BadInput("query vector: must be a non-empty finite vector")
+    if meta is not None and vec.size != meta.dim:
+        raise ModelMismatch(
+            f"query vector of D={vec.size} does not fit the collection (model {meta.model_id}, "
+            f"D={meta.dim}): query with the model the collection was built with"
+        )
+    return vec
+
+
+def check_k(k: int, name: str = "k") -> int:
+    if int(k) < 1:
+        raise BadInput(f"{name}={k}: must be at least 1")
+    return int(k)
+
+
+def valid_point_ids(ids: Sequence[str]) -> list[str]:
+    """The ids that can name a tile (canonical UUID strings); others cannot be stored, so skip them."""
+    out: list[str] = []
+    for i in ids:
+        try:
+            out.append(str(uuid.UUID(str(i))))
+        except ValueError:
+            continue
+    return out
+
+
+def chunks(n: int, size: int) -> Iterator[slice]:
+    """Consecutive slices covering ``range(n)`` of at most ``size`` items."""
+    for start in range(0, n, max(1, size)):
+        yield slice(start, min(n, start + size))
+
+
+def decode_vectors(
+    vectors: Sequence[dict[str, Any]], dim: int, num_regions: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """``coarse [K, D]`` float32 and ``regions [K, R, D]`` float16 from per-point vector dicts.
+
+    One flat ``fromiter`` per array avoids building K intermediate arrays.
+    """
+    k = len(vectors)
+    chain = itertools.chain.from_iterable
+    coarse = np.fromiter(chain(v["coarse"] for v in vectors), dtype=np.float32, count=k * dim)
+    regions = np.fromiter(
+        chain(chain(v["regions"] for v in vectors)), dtype=np.float32, count=k * num_regions * dim
+    )
+    return coarse.reshape(k, dim), regions.reshape(k, num_regions, dim).astype(np.float16)
+
+
+def public_url(url: str) -> str:
+    """The URL without user info, query or fragment: safe to show and log."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = host + (f":{parts.port}" if parts.port else "")
+    return urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", ""))

@@ -1,0 +1,479 @@
+"""The embedded backend: Qdrant Edge (qdrant-edge-py) in-process, one shard per collection.
+
+Layout of a store directory::
+
+    <store_dir>/<collection>/            tiles shard (coarse + regions vectors, payload indexes)
+    <store_dir>/<collection>_scenes/     scenes shard (scene records + the collection meta point)
+    <store_dir>/.<collection>.lock       flock held while a process has the collection open
+
+An Edge shard has no server to arbitrate writers, so one process at a time opens a collection
+(``StoreLocked`` otherwise). Edge builds HNSW only when asked: ``optimize()`` after bulk ingest.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import logging
+import os
+import shutil
+import threading
+from collections.abc import Iterable
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+import qdrant_edge as qe
+
+from ftfsearch.errors import (
+    CollectionNotFound,
+    PermissionDenied,
+    StoreLocked,
+    StoreUnavailable,
+)
+from ftfsearch.store import schema
+from ftfsearch.store._common import (
+    KIND_META,
+    KIND_SCENE,
+    PAGE,
+    AnyCond,
+    Condition,
+    RangeCond,
+    check_batch,
+    check_collection_name,
+    check_k,
+    check_meta,
+    check_text,
+    chunks,
+    decode_vectors,
+    filter_conditions,
+    valid_point_ids,
+)
+from ftfsearch.store.base import Candidates, CollectionMeta, QueryFilter, SceneRecord, TileBatch
+
+log = logging.getLogger(__name__)
+
+_INDEX_TYPES = {
+    "keyword": qe.PayloadSchemaType.Keyword,
+    "integer": qe.PayloadSchemaType.Integer,
+    "float": qe.PayloadSchemaType.Float,
+    "geo": qe.PayloadSchemaType.Geo,
+    "datetime": qe.PayloadSchemaType.Datetime,
+}
+
+# Edge needs at least one vector in a shard's config; scene points carry none of this one.
+_SCENES_PLACEHOLDER_VECTOR = "_none"
+
+# Points per upsert call: bounds the Python -> Rust conversion held at once.
+_UPSERT_CHUNK = 256
+
+
+def _tiles_config(meta: CollectionMeta) -> qe.EdgeConfig:
+    return qe.EdgeConfig(
+        vectors={
+            schema.COARSE: qe.EdgeVectorParams(size=meta.dim, distance=qe.Distance.Cosine),
+            schema.REGIONS: qe.EdgeVectorParams(
+                size=meta.dim,
+                distance=qe.Distance.Cosine,
+                multivector_config=qe.MultiVectorConfig(qe.MultiVectorComparator.MaxSim),
+                datatype=qe.VectorStorageDatatype.Float16,
+                # No graph over region vectors: they are read by id, or scored after a prefetch.
+                hnsw_config=qe.HnswIndexConfig(m=0, ef_construct=100, full_scan_threshold=10000),
+            ),
+        },
+        hnsw_config=qe.HnswIndexConfig(m=16, ef_construct=100, full_scan_threshold=10000),
+    )
+
+
+def _scenes_config() -> qe.EdgeConfig:
+    return qe.EdgeConfig(
+        vectors={_SCENES_PLACEHOLDER_VECTOR: qe.EdgeVectorParams(size=1, distance=qe.Distance.Dot)}
+    )
+
+
+def _edge_filter(conds: list[Condition]) -> qe.Filter | None:
+    if not conds:
+        return None
+    must: list[Any] = []
+    for c in conds:
+        if isinstance(c, RangeCond):
+            must.append(qe.FieldCondition(c.key, range=qe.RangeFloat(gte=c.gte, lte=c.lte)))
+        elif isinstance(c, AnyCond):
+            must.append(qe.FieldCondition(c.key, match=qe.MatchAny(list(c.values))))
+    return qe.Filter(must=must)
+
+
+def _scene_filter(scene_id: str) -> qe.Filter:
+    return qe.Filter(must=[qe.FieldCondition("scene_id", match=qe.MatchValue(scene_id))])
+
+
+class EdgeStore:
+    """A tiles collection and its scenes registry in a local directory (Qdrant Edge)."""
+
+    backend = "edge"
+
+    def __init__(self, store_dir: Path, collection: str = "tiles", read_only: bool = False) -> None:
+        self.collection = check_collection_name(collection)
+        self.store_dir = Path(store_dir).expanduser().absolute()
+        self.read_only = read_only
+        self._tiles_path = self.store_dir / collection
+        self._scenes_path = self.store_dir / schema.scenes_collection(collection)
+        self._lock_path = self.store_dir / f".{collection}.lock"
+        self._lock_file: IO[str] | None = None
+        self._tiles: qe.EdgeShard | None = None
+        self._scenes: qe.EdgeShard | None = None
+        self._meta: CollectionMeta | None = None
+        self._closed = False
+        self._guard = threading.Lock()
+        if self.store_dir.exists() and not self.store_dir.is_dir():
+            raise StoreUnavailable(f"--store {self.store_dir}: exists and is not a directory")
+        if not read_only:
+            try:
+                self.store_dir.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StoreUnavailable(f"--store {self.store_dir}: cannot create it ({exc.strerror})") from exc
+        if self.store_dir.is_dir():
+            self._acquire_lock()
+            try:
+                self._open_existing()
+            except BaseException:
+                self._release_lock()
+                raise
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def _acquire_lock(self) -> None:
+        try:
+            fh = open(self._lock_path, "a+", encoding="utf-8")
+        except OSError as exc:
+            raise StoreUnavailable(
+                f"--store {self.store_dir}: cannot open lock file {self._lock_path.name} ({exc.strerror})"
+            ) from exc
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            holder = ""
+            try:
+                fh.seek(0)
+                pid = fh.read().strip()
+                holder = f" (pid {pid})" if pid else ""
+            except OSError:
+                pass
+            fh.close()
+            if exc.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                raise StoreLocked(
+                    f"embedded store {self.store_dir} (collection {self.collection!r}) is in use by another "
+                    f"process{holder}: wait for it to finish, or serve the data from a Qdrant server "
+                    "(QDRANT_URL) for concurrent access"
+                ) from None
+            raise StoreUnavailable(f"--store {self.store_dir}: cannot lock it ({exc.strerror})") from exc
+        fh.seek(0)
+        fh.truncate()
+        fh.write(str(os.getpid()))
+        fh.flush()
+        self._lock_file = fh
+
+    def _release_lock(self) -> None:
+        fh, self._lock_file = self._lock_file, None
+        if fh is not None:
+            try:
+                fh.seek(0)
+                fh.truncate()
+                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+            finally:
+                fh.close()
+
+    def _load(self, path: Path) -> qe.EdgeShard:
+        try:
+            return qe.EdgeShard.load(str(path))
+        except Exception as exc:  # the binding raises plain Exception / ValueError
+            raise StoreUnavailable(
+                f"--store {self.store_dir}: cannot load {path.name} ({exc}); the directory may be damaged "
+                "or written by another Qdrant Edge version"
+            ) from exc
+
+    def _open_existing(self) -> None:
+        if self._scenes_path.is_dir():
+            self._scenes = self._load(self._scenes_path)
+        if self._tiles_path.is_dir():
+            self._tiles = self._load(self._tiles_path)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise StoreUnavailable(f"embedded store {self.store_dir} is closed")
+
+    def _check_writable(self, what: str) -> None:
+        self._check_open()
+        if self.read_only:
+            raise PermissionDenied(f"{what}: the embedded store {self.store_dir} was opened read-only")
+
+    def _need_tiles(self) -> qe.EdgeShard:
+        self._check_open()
+        if self._tiles is None:
+            raise CollectionNotFound(
+                f"collection {self.collection!r} does not exist in {self.store_dir}: ingest a scene first, "
+                "or check --collection and --store"
+            )
+        return self._tiles
+
+    def _need_scenes(self) -> qe.EdgeShard:
+        self._check_open()
+        if self._scenes is None:
+            raise CollectionNotFound(
+                f"collection {self.collection!r} does not exist in {self.store_dir}: ingest a scene first, "
+                "or check --collection and --store"
+            )
+        return self._scenes
+
+    def flush(self) -> None:
+        """Make every write so far durable in the segment files (the WAL already has them)."""
+        self._check_open()
+        for shard in (self._tiles, self._scenes):
+            if shard is not None:
+                shard.flush()
+
+    def optimize(self) -> bool:
+        """Build the HNSW index and merge segments; Edge does this only when asked (slow)."""
+        self._check_writable("optimize")
+        return bool(self._tiles.optimize()) if self._tiles is not None else False
+
+    def close(self) -> None:
+        """Flush and release the shards and the lock; safe to call twice."""
+        with self._guard:
+            if self._closed:
+                return
+            self._closed = True
+            try:
+                for shard in (self._tiles, self._scenes):
+                    if shard is not None:
+                        try:
+                            if not self.read_only:
+                                shard.flush()
+                        finally:
+                            shard.close()
+            finally:
+                self._tiles = self._scenes = None
+                self._release_lock()
+
+    def __enter__(self) -> "EdgeStore":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    # -- collection -----------------------------------------------------------------------
+
+    def describe(self) -> dict[str, Any]:
+        meta = self.meta()
+        return {
+            "backend": self.backend,
+            "location": str(self.store_dir),
+            "collection": self.collection,
+            "exists": meta is not None,
+            "points": self._tiles.info().points_count if self._tiles is not None else 0,
+            "meta": meta.to_payload() if meta is not None else None,
+        }
+
+    def meta(self) -> CollectionMeta | None:
+        self._check_open()
+        if self._meta is not None:
+            return self._meta
+        if self._scenes is None:
+            return None
+        recs = self._scenes.retrieve([schema.META_POINT_ID], True, False)
+        if not recs or not recs[0].payload:
+            return None
+        self._meta = CollectionMeta.from_payload(recs[0].payload)
+        return self._meta
+
+    def ensure_collection(
+        self, meta: CollectionMeta, shards: int | None = None, replication_factor: int | None = None
+    ) -> None:
+        """Create the shards and indexes, or check ``meta`` against the recorded one.
+
+        ``shards`` and ``replication_factor`` concern a server cluster; an Edge store is one shard.
+        """
+        existing = self.meta()
+        if existing is not None:
+            check_meta(existing, meta, self.collection, str(self.store_dir))
+            if self._tiles is not None:
+                return
+        self._check_writable(f"create collection {self.collection!r}")
+        if shards not in (None, 1) or replication_factor not in (None, 1):
+            log.info("embedded store: shards=%s replication_factor=%s ignored", shards, replication_factor)
+        if existing is None and self._tiles is not None:
+            # Tiles without a model record: a creation that died half-way (empty: start again)
+            # or a scenes shard removed by hand (data nobody can vouch for: refuse).
+            if self._tiles.count(qe.CountRequest(exact=True)) > 0:
+                raise StoreUnavailable(
+                    f"collection {self.collection!r} in {self.store_dir} holds tiles but no model record "
+                    f"({self._scenes_path.name} is missing or empty): delete {self._tiles_path} or pass "
+                    "another --collection"
+                )
+            self._tiles.close()
+            self._tiles = None
+        if self._tiles is None:
+            if self._tiles_path.exists():
+                shutil.rmtree(self._tiles_path)
+            self._tiles = qe.EdgeShard.create(str(self._tiles_path), _tiles_config(meta))
+            for field, kind in schema.TILE_INDEXES.items():
+                self._tiles.update(qe.UpdateOperation.create_field_index(field, _INDEX_TYPES[kind]))
+            self._tiles.flush()
+        if self._scenes is None:
+            self._scenes = qe.EdgeShard.create(str(self._scenes_path), _scenes_config())
+            self._scenes.update(qe.UpdateOperation.create_field_index("kind", qe.PayloadSchemaType.Keyword))
+        if existing is None:
+            payload = {"kind": KIND_META, **meta.to_payload()}
+            self._scenes.update(
+                qe.UpdateOperation.upsert_points([qe.Point(schema.META_POINT_ID, {}, payload)])
+            )
+            self._scenes.flush()
+            self._meta = meta
+
+    def drop_collection(self) -> None:
+        """Delete the collection and its scenes registry from disk (the lock stays held)."""
+        self._check_writable(f"drop collection {self.collection!r}")
+        for shard in (self._tiles, self._scenes):
+            if shard is not None:
+                shard.close()
+        self._tiles = self._scenes = None
+        self._meta = None
+        for path in (self._tiles_path, self._scenes_path):
+            shutil.rmtree(path, ignore_errors=True)
+
+    # -- tiles ----------------------------------------------------------------------------
+
+    def upsert_tiles(self, batch: TileBatch) -> None:
+        self._check_writable("upsert tiles")
+        tiles = self._need_tiles()
+        coarse, regions = check_batch(batch, self.meta())
+        for sl in chunks(len(batch), _UPSERT_CHUNK):
+            points = [
+                qe.Point(pid, {schema.COARSE: c, schema.REGIONS: r}, payload)
+                for pid, c, r, payload in zip(batch.ids[sl], coarse[sl], regions[sl], batch.payloads[sl])
+            ]
+            tiles.update(qe.UpdateOperation.upsert_points(points))
+
+    def existing_ids(self, ids: list[str]) -> set[str]:
+        self._check_open()
+        if self._tiles is None or not ids:
+            return set()
+        found: set[str] = set()
+        for sl in chunks(len(ids), PAGE):
+            found.update(str(r.id) for r in self._tiles.retrieve(ids[sl], False, False))
+        return found
+
+    def get_tiles(self, ids: list[str]) -> list[tuple[str, dict[str, Any]]]:
+        self._check_open()
+        wanted = valid_point_ids(ids)
+        if self._tiles is None or not wanted:
+            return []
+        found: dict[str, dict[str, Any]] = {}
+        for sl in chunks(len(wanted), PAGE):
+            for r in self._tiles.retrieve(wanted[sl], True, False):
+                found[str(r.id)] = r.payload or {}
+        return [(i, found[i]) for i in wanted if i in found]
+
+    def _candidates(self, points: Iterable[Any], with_vectors: bool) -> Candidates:
+        points = list(points)
+        ids = [str(p.id) for p in points]
+        scores = np.fromiter((p.score for p in points), dtype=np.float32, count=len(points))
+        payloads = [p.payload or {} for p in points]
+        if not with_vectors:
+            return Candidates(ids=ids, scores=scores, payloads=payloads)
+        meta = self.meta()
+        assert meta is not None
+        # p.vector builds the Python lists on each access: read it once per point.
+        coarse, regions = decode_vectors([p.vector for p in points], meta.dim, meta.num_regions)
+        return Candidates(ids=ids, scores=scores, payloads=payloads, coarse=coarse, regions=regions)
+
+    def recall(
+        self, text: np.ndarray, k: int, flt: QueryFilter | None = None, with_vectors: bool = True
+    ) -> Candidates:
+        tiles = self._need_tiles()
+        vec = check_text(text, self.meta())
+        request = qe.QueryRequest(
+            limit=check_k(k),
+            query=qe.Query.Nearest(vec.tolist(), using=schema.COARSE),
+            filter=_edge_filter(filter_conditions(flt)),
+            with_payload=True,
+            with_vector=[schema.COARSE, schema.REGIONS] if with_vectors else False,
+        )
+        return self._candidates(tiles.query(request), with_vectors)
+
+    def recall_maxsim(
+        self, text: np.ndarray, k: int, recall_k: int = 100, flt: QueryFilter | None = None
+    ) -> Candidates:
+        """Qdrant's own rerank: ``recall_k`` by coarse, then MaxSim of the text over the regions."""
+        tiles = self._need_tiles()
+        vec = check_text(text, self.meta())
+        request = qe.QueryRequest(
+            limit=check_k(k),
+            prefetches=[
+                qe.Prefetch(
+                    limit=max(check_k(recall_k, "recall_k"), k),
+                    query=qe.Query.Nearest(vec.tolist(), using=schema.COARSE),
+                    filter=_edge_filter(filter_conditions(flt)),
+                )
+            ],
+            query=qe.Query.Nearest([vec.tolist()], using=schema.REGIONS),
+            with_payload=True,
+            with_vector=False,
+        )
+        return self._candidates(tiles.query(request), with_vectors=False)
+
+    def count_tiles(self, scene_id: str | None = None) -> int:
+        self._check_open()
+        if self._tiles is None:
+            return 0
+        flt = _scene_filter(scene_id) if scene_id is not None else None
+        return int(self._tiles.count(qe.CountRequest(exact=True, filter=flt)))
+
+    def delete_scene(self, scene_id: str) -> int:
+        """Remove the scene's tiles, then its record; the count of tiles removed (0 if none)."""
+        self._check_writable(f"delete scene {scene_id!r}")
+        removed = self.count_tiles(scene_id)
+        if self._tiles is not None and removed:
+            self._tiles.update(qe.UpdateOperation.delete_points_by_filter(_scene_filter(scene_id)))
+        if self._scenes is not None:
+            self._scenes.update(qe.UpdateOperation.delete_points([schema.scene_point_id(scene_id)]))
+        return removed
+
+    # -- scenes ---------------------------------------------------------------------------
+
+    def put_scene(self, scene: SceneRecord) -> None:
+        self._check_writable(f"record scene {scene.scene_id!r}")
+        scenes = self._need_scenes()
+        point = qe.Point(schema.scene_point_id(scene.scene_id), {}, scene.to_payload())
+        scenes.update(qe.UpdateOperation.upsert_points([point]))
+
+    def get_scene(self, scene_id: str) -> SceneRecord | None:
+        self._check_open()
+        if self._scenes is None:
+            return None
+        recs = self._scenes.retrieve([schema.scene_point_id(scene_id)], True, False)
+        if not recs or not recs[0].payload or recs[0].payload.get("kind") != KIND_SCENE:
+            return None
+        return SceneRecord.from_payload(recs[0].payload)
+
+    def list_scenes(self) -> list[SceneRecord]:
+        self._check_open()
+        if self._scenes is None:
+            return []
+        flt = qe.Filter(must=[qe.FieldCondition("kind", match=qe.MatchValue(KIND_SCENE))])
+        out: list[SceneRecord] = []
+        offset: Any = None
+        while True:
+            recs, offset = self._scenes.scroll(
+                qe.ScrollRequest(offset=offset, limit=PAGE, filter=flt, with_payload=True, with_vector=False)
+            )
+            out.extend(SceneRecord.from_payload(r.payload) for r in recs if r.payload)
+            if offset is None:
+                break
+        return sorted(out, key=lambda s: s.scene_id)

@@ -1,0 +1,604 @@
+"""The server backend: a Qdrant server (single node or cluster) through qdrant-client.
+
+Every client call goes through ``_run``, which turns transport and HTTP/gRPC failures into the
+named errors (StoreUnavailable, PermissionDenied, CollectionNotFound) with a message that
+names the URL without credentials; the API key never appears in a message or a log line.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import warnings
+from collections.abc import Callable
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+import httpx
+import numpy as np
+from qdrant_client import QdrantClient
+from qdrant_client import models as qm
+from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
+
+from ftfsearch.errors import (
+    BadInput,
+    CollectionNotFound,
+    FtfError,
+    PermissionDenied,
+    StoreUnavailable,
+)
+from ftfsearch.store import schema
+from ftfsearch.store._common import (
+    KIND_META,
+    KIND_SCENE,
+    PAGE,
+    AnyCond,
+    Condition,
+    RangeCond,
+    check_batch,
+    check_collection_name,
+    check_k,
+    check_meta,
+    check_text,
+    chunks,
+    decode_vectors,
+    filter_conditions,
+    public_url,
+    valid_point_ids,
+)
+from ftfsearch.store.base import Candidates, CollectionMeta, QueryFilter, SceneRecord, TileBatch
+
+try:  # grpc comes with qdrant-client; only the gRPC transport raises its errors
+    import grpc
+except ImportError:  # pragma: no cover
+    grpc = None  # type: ignore[assignment]
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+_INDEX_TYPES = {
+    "keyword": qm.PayloadSchemaType.KEYWORD,
+    "integer": qm.PayloadSchemaType.INTEGER,
+    "float": qm.PayloadSchemaType.FLOAT,
+    "geo": qm.PayloadSchemaType.GEO,
+    "datetime": qm.PayloadSchemaType.DATETIME,
+}
+
+# Floats per upsert request: about 20 MB of JSON, under the server's max_request_size_mb.
+_FLOATS_PER_REQUEST = 1_000_000
+
+_LOOPBACK = {"localhost", "127.0.0.1", "::1"}
+
+
+class _Missing(Exception):
+    """Internal: the collection (or point) the call addressed does not exist."""
+
+
+def _client_filter(conds: list[Condition]) -> qm.Filter | None:
+    if not conds:
+        return None
+    must: list[Any] = []
+    for c in conds:
+        if isinstance(c, RangeCond):
+            must.append(qm.FieldCondition(key=c.key, range=qm.Range(gte=c.gte, lte=c.lte)))
+        elif isinstance(c, AnyCond):
+            must.append(qm.FieldCondition(key=c.key, match=qm.MatchAny(any=list(c.values))))
+    return qm.Filter(must=must)
+
+
+def _scene_filter(scene_id: str) -> qm.Filter:
+    return qm.Filter(must=[qm.FieldCondition(key="scene_id", match=qm.MatchValue(value=scene_id))])
+
+
+class ServerStore:
+    """A tiles collection and its scenes registry on a Qdrant server."""
+
+    backend = "server"
+
+    def __init__(
+        self,
+        url: str,
+        collection: str = "tiles",
+        api_key: str | None = None,
+        timeout: float = 30.0,
+        prefer_grpc: bool = False,
+        grpc_port: int | None = None,
+        read_only: bool = False,
+    ) -> None:
+        self.collection = check_collection_name(collection)
+        self.scenes_collection = schema.scenes_collection(collection)
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise BadInput(f"QDRANT_URL {public_url(url)!r}: give a URL like http://host:6333")
+        if parts.username or parts.password:
+            raise BadInput(
+                f"QDRANT_URL {public_url(url)!r}: put credentials in QDRANT_API_KEY, not in the URL"
+            )
+        if timeout <= 0:
+            raise BadInput(f"timeout {timeout}: must be positive")
+        self.url = public_url(url)
+        self.read_only = read_only
+        self.timeout = timeout
+        self._secrets = [s for s in (api_key,) if s]
+        self._has_key = bool(api_key)
+        self._meta: CollectionMeta | None = None
+        self._closed = False
+        with warnings.catch_warnings():
+            if parts.hostname in _LOOPBACK:
+                # Plain HTTP on loopback never leaves the machine; elsewhere the warning stands.
+                warnings.filterwarnings("ignore", message="Api key is used with an insecure connection")
+            self._client = QdrantClient(
+                url=self.url,
+                api_key=api_key or None,
+                timeout=max(1, math.ceil(timeout)),
+                prefer_grpc=prefer_grpc,
+                grpc_port=grpc_port or 6334,
+                check_compatibility=False,
+            )
+
+    # -- error mapping ---------------------------------------------------------------------
+
+    def _redact(self, text: str) -> str:
+        for s in self._secrets:
+            text = text.replace(s, "***")
+        return text
+
+    def _unreachable(self, what: str, reason: str) -> StoreUnavailable:
+        return StoreUnavailable(
+            f"cannot reach Qdrant at {self.url} to {what} ({self._redact(reason)}): check QDRANT_URL "
+            "and that the server runs"
+        )
+
+    def _refused(self, what: str, status: int) -> PermissionDenied:
+        if status == 403:
+            return PermissionDenied(
+                f"Qdrant at {self.url} refused to {what}: the API key is read-only: ingest and drop "
+                "need a read-write key"
+            )
+        hint = "the API key was not accepted: check QDRANT_API_KEY" if self._has_key else (
+            "the server needs an API key: set QDRANT_API_KEY"
+        )
+        return PermissionDenied(f"Qdrant at {self.url} refused to {what}: {hint}")
+
+    def _from_status(self, what: str, status: int, detail: str) -> FtfError:
+        if status in (401, 403):
+            return self._refused(what, status)
+        if status in (400, 422):
+            return BadInput(f"Qdrant at {self.url} rejected the request to {what}: {self._redact(detail)}")
+        return StoreUnavailable(
+            f"Qdrant at {self.url} failed to {what} (HTTP {status}: {self._redact(detail)}); "
+            "check the server's log"
+        )
+
+    def _run(self, what: str, fn: Callable[[], T]) -> T:
+        """Call ``fn`` and map its failures; raises ``_Missing`` on a not-found answer."""
+        if self._closed:
+            raise StoreUnavailable(f"the connection to Qdrant at {self.url} is closed")
+        try:
+            return fn()
+        except UnexpectedResponse as exc:
+            status = int(exc.status_code or 0)
+            if status == 404:
+                raise _Missing() from None
+            detail = ""
+            try:
+                detail = str(exc.structured().get("status", {}).get("error", ""))
+            except Exception:
+                detail = (exc.content or b"")[:200].decode("utf-8", "replace")
+            raise self._from_status(what, status, detail[:300]) from exc
+        except ResponseHandlingException as exc:
+            source = exc.source if isinstance(exc.source, BaseException) else exc
+            reason = (
+                f"no answer within {self.timeout:g} s"
+                if isinstance(source, httpx.TimeoutException)
+                else str(source) or type(source).__name__
+            )
+            raise self._unreachable(what, reason) from exc
+        except httpx.TransportError as exc:
+            raise self._unreachable(what, str(exc) or type(exc).__name__) from exc
+        except Exception as exc:
+            if grpc is not None and isinstance(exc, grpc.RpcError):
+                code = exc.code() if hasattr(exc, "code") else None
+                details = str(exc.details()) if hasattr(exc, "details") else ""
+                if code == grpc.StatusCode.NOT_FOUND:
+                    raise _Missing() from None
+                if code == grpc.StatusCode.UNAUTHENTICATED:
+                    raise self._refused(what, 401) from exc
+                if code == grpc.StatusCode.PERMISSION_DENIED:
+                    raise self._refused(what, 403) from exc
+                if code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION):
+                    raise self._from_status(what, 400, details) from exc
+                if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+                    raise self._unreachable(what, f"no answer within {self.timeout:g} s") from exc
+                raise self._unreachable(what, f"gRPC {code.name if code else 'error'}: {details}") from exc
+            raise
+
+    def _missing_collection(self) -> CollectionNotFound:
+        return CollectionNotFound(
+            f"collection {self.collection!r} does not exist on Qdrant at {self.url}: ingest a scene "
+            "first, or check --collection"
+        )
+
+    def _check_writable(self, what: str) -> None:
+        if self.read_only:
+            raise PermissionDenied(f"cannot {what}: the store was opened read-only")
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close the connection pool; safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._client.close()
+        except Exception:  # closing never fails the caller
+            log.debug("closing the qdrant client failed", exc_info=True)
+
+    def __enter__(self) -> "ServerStore":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def flush(self) -> None:
+        """Nothing to do: every write waits for the server's acknowledgement."""
+
+    def optimize(self) -> bool:
+        """Nothing to do: the server's optimizers index in the background."""
+        return False
+
+    # -- collection -----------------------------------------------------------------------
+
+    def describe(self) -> dict[str, Any]:
+        meta = self.meta()
+        try:
+            info = self._run("describe the collection", lambda: self._client.get_collection(self.collection))
+            points = int(info.points_count or 0)
+            status = str(info.status.value) if info.status is not None else None
+        except _Missing:
+            points, status = 0, None
+        return {
+            "backend": self.backend,
+            "location": self.url,
+            "collection": self.collection,
+            "exists": meta is not None,
+            "points": points,
+            "status": status,
+            "meta": meta.to_payload() if meta is not None else None,
+        }
+
+    def meta(self) -> CollectionMeta | None:
+        if self._meta is not None:
+            return self._meta
+        try:
+            recs = self._run(
+                "read the collection's model record",
+                lambda: self._client.retrieve(
+                    self.scenes_collection, [schema.META_POINT_ID], with_payload=True, with_vectors=False
+                ),
+            )
+        except _Missing:
+            return None
+        if not recs or not recs[0].payload:
+            return None
+        self._meta = CollectionMeta.from_payload(recs[0].payload)
+        return self._meta
+
+    def _exists(self, name: str) -> bool:
+        return self._run(f"look up collection {name!r}", lambda: self._client.collection_exists(name))
+
+    def _create(self, what: str, fn: Callable[[], Any]) -> None:
+        """Create something that a concurrent process may be creating too ("exists" is fine)."""
+
+        def tolerant() -> Any:
+            try:
+                return fn()
+            except UnexpectedResponse as exc:
+                if exc.status_code == 409 or b"already exists" in (exc.content or b""):
+                    return None
+                raise
+            except Exception as exc:
+                if grpc is not None and isinstance(exc, grpc.RpcError) and (
+                    exc.code() == grpc.StatusCode.ALREADY_EXISTS or "already exists" in str(exc.details())
+                ):
+                    return None
+                raise
+
+        self._run(what, tolerant)
+
+    def ensure_collection(
+        self, meta: CollectionMeta, shards: int | None = None, replication_factor: int | None = None
+    ) -> None:
+        """Create both collections and the indexes, or check ``meta`` against the recorded one.
+
+        ``shards`` / ``replication_factor`` apply on creation only (a cluster spreads the tiles
+        over shards and keeps replicas); writes then need one replica's acknowledgement.
+        """
+        existing = self.meta()
+        if existing is not None:
+            check_meta(existing, meta, self.collection, self.url)
+            if self._exists(self.collection):
+                return
+        self._check_writable(f"create collection {self.collection!r}")
+        if existing is None and self._exists(self.collection):
+            self._check_orphan(meta)
+        rf = replication_factor
+        wcf = 1 if rf is not None and rf > 1 else None
+        self._create(
+            f"create collection {self.collection!r}",
+            lambda: self._client.create_collection(
+                self.collection,
+                vectors_config={
+                    schema.COARSE: qm.VectorParams(size=meta.dim, distance=qm.Distance.COSINE),
+                    schema.REGIONS: qm.VectorParams(
+                        size=meta.dim,
+                        distance=qm.Distance.COSINE,
+                        multivector_config=qm.MultiVectorConfig(comparator=qm.MultiVectorComparator.MAX_SIM),
+                        datatype=qm.Datatype.FLOAT16,
+                        hnsw_config=qm.HnswConfigDiff(m=0),
+                    ),
+                },
+                shard_number=shards,
+                replication_factor=rf,
+                write_consistency_factor=wcf,
+            ),
+        )
+        for field, kind in schema.TILE_INDEXES.items():
+            self._run(
+                f"index payload field {field!r}",
+                lambda f=field, k=kind: self._client.create_payload_index(  # type: ignore[misc]
+                    self.collection, f, field_schema=_INDEX_TYPES[k], wait=True
+                ),
+            )
+        self._create(
+            f"create collection {self.scenes_collection!r}",
+            lambda: self._client.create_collection(
+                self.scenes_collection,
+                vectors_config={},  # scene records and the meta point carry no vector
+                shard_number=1,
+                replication_factor=rf,
+                write_consistency_factor=wcf,
+            ),
+        )
+        self._run(
+            "index payload field 'kind'",
+            lambda: self._client.create_payload_index(
+                self.scenes_collection, "kind", field_schema=qm.PayloadSchemaType.KEYWORD, wait=True
+            ),
+        )
+        if existing is None:
+            payload = {"kind": KIND_META, **meta.to_payload()}
+            self._run(
+                "record the collection's model",
+                lambda: self._client.upsert(
+                    self.scenes_collection,
+                    [qm.PointStruct(id=schema.META_POINT_ID, vector={}, payload=payload)],
+                    wait=True,
+                ),
+            )
+            self._meta = meta
+
+    def _check_orphan(self, meta: CollectionMeta) -> None:
+        """Tiles collection without a model record: accept it only if its vectors fit ``meta``."""
+        info = self._run("describe the collection", lambda: self._client.get_collection(self.collection))
+        vectors = info.config.params.vectors
+        sizes = {name: p.size for name, p in vectors.items()} if isinstance(vectors, dict) else {}
+        if sizes.get(schema.COARSE) != meta.dim or sizes.get(schema.REGIONS) != meta.dim:
+            raise StoreUnavailable(
+                f"collection {self.collection!r} on {self.url} exists without a model record and with "
+                f"vectors {sizes}, which do not fit D={meta.dim}: pass another --collection"
+            )
+
+    def drop_collection(self) -> None:
+        """Delete the tiles and scenes collections."""
+        self._check_writable(f"drop collection {self.collection!r}")
+        for name in (self.collection, self.scenes_collection):
+            try:
+                self._run(f"drop collection {name!r}", lambda n=name: self._client.delete_collection(n))  # type: ignore[misc]
+            except _Missing:
+                pass
+        self._meta = None
+
+    # -- tiles ----------------------------------------------------------------------------
+
+    def upsert_tiles(self, batch: TileBatch) -> None:
+        self._check_writable("write tiles")
+        coarse, regions = check_batch(batch, self.meta())
+        if len(batch) == 0:
+            return
+        per_point = (regions.shape[1] + 1) * regions.shape[2]
+        for sl in chunks(len(batch), _FLOATS_PER_REQUEST // per_point):
+            points = qm.Batch(
+                ids=list(batch.ids[sl]),
+                vectors={schema.COARSE: coarse[sl].tolist(), schema.REGIONS: regions[sl].tolist()},
+                payloads=list(batch.payloads[sl]),
+            )
+            try:
+                self._run("write tiles", lambda p=points: self._client.upsert(self.collection, p, wait=True))  # type: ignore[misc]
+            except _Missing:
+                raise self._missing_collection() from None
+
+    def existing_ids(self, ids: list[str]) -> set[str]:
+        found: set[str] = set()
+        for sl in chunks(len(ids), PAGE):
+            try:
+                recs = self._run(
+                    "look up stored tiles",
+                    lambda s=sl: self._client.retrieve(  # type: ignore[misc]
+                        self.collection, ids[s], with_payload=False, with_vectors=False
+                    ),
+                )
+            except _Missing:
+                return set()
+            found.update(str(r.id) for r in recs)
+        return found
+
+    def get_tiles(self, ids: list[str]) -> list[tuple[str, dict[str, Any]]]:
+        wanted = valid_point_ids(ids)
+        found: dict[str, dict[str, Any]] = {}
+        for sl in chunks(len(wanted), PAGE):
+            try:
+                recs = self._run(
+                    "read tiles",
+                    lambda s=sl: self._client.retrieve(  # type: ignore[misc]
+                        self.collection, wanted[s], with_payload=True, with_vectors=False
+                    ),
+                )
+            except _Missing:
+                return []
+            found.update((str(r.id), r.payload or {}) for r in recs)
+        return [(i, found[i]) for i in wanted if i in found]
+
+    def _candidates(self, points: list[Any], with_vectors: bool) -> Candidates:
+        ids = [str(p.id) for p in points]
+        scores = np.fromiter((p.score for p in points), dtype=np.float32, count=len(points))
+        payloads = [p.payload or {} for p in points]
+        if not with_vectors:
+            return Candidates(ids=ids, scores=scores, payloads=payloads)
+        meta = self.meta()
+        assert meta is not None
+        coarse, regions = decode_vectors([p.vector for p in points], meta.dim, meta.num_regions)
+        return Candidates(ids=ids, scores=scores, payloads=payloads, coarse=coarse, regions=regions)
+
+    def _query(self, what: str, fn: Callable[[], qm.QueryResponse]) -> list[Any]:
+        try:
+            return list(self._run(what, fn).points)
+        except _Missing:
+            raise self._missing_collection() from None
+
+    def recall(
+        self, text: np.ndarray, k: int, flt: QueryFilter | None = None, with_vectors: bool = True
+    ) -> Candidates:
+        meta = self.meta()
+        if meta is None:
+            raise self._missing_collection()
+        vec = check_text(text, meta).tolist()
+        limit = check_k(k)
+        query_filter = _client_filter(filter_conditions(flt))
+        points = self._query(
+            "recall tiles",
+            lambda: self._client.query_points(
+                self.collection,
+                query=vec,
+                using=schema.COARSE,
+                query_filter=query_filter,
+                limit=limit,
+                with_payload=True,
+                with_vectors=[schema.COARSE, schema.REGIONS] if with_vectors else False,
+            ),
+        )
+        return self._candidates(points, with_vectors)
+
+    def recall_maxsim(
+        self, text: np.ndarray, k: int, recall_k: int = 100, flt: QueryFilter | None = None
+    ) -> Candidates:
+        """Qdrant's own rerank: ``recall_k`` by coarse, then MaxSim of the text over the regions."""
+        meta = self.meta()
+        if meta is None:
+            raise self._missing_collection()
+        vec = check_text(text, meta).tolist()
+        limit = check_k(k)
+        prefetch = qm.Prefetch(
+            query=vec,
+            using=schema.COARSE,
+            limit=max(check_k(recall_k, "recall_k"), limit),
+            filter=_client_filter(filter_conditions(flt)),
+        )
+        points = self._query(
+            "rerank tiles",
+            lambda: self._client.query_points(
+                self.collection,
+                prefetch=prefetch,
+                query=[vec],
+                using=schema.REGIONS,
+                limit=limit,
+                with_payload=True,
+                with_vectors=False,
+            ),
+        )
+        return self._candidates(points, with_vectors=False)
+
+    def count_tiles(self, scene_id: str | None = None) -> int:
+        flt = _scene_filter(scene_id) if scene_id is not None else None
+        try:
+            res = self._run(
+                "count tiles", lambda: self._client.count(self.collection, count_filter=flt, exact=True)
+            )
+        except _Missing:
+            return 0
+        return int(res.count)
+
+    def delete_scene(self, scene_id: str) -> int:
+        """Remove the scene's tiles, then its record; the count of tiles removed (0 if none)."""
+        self._check_writable(f"delete scene {scene_id!r}")
+        removed = self.count_tiles(scene_id)
+        try:
+            self._run(
+                f"delete the tiles of scene {scene_id!r}",
+                lambda: self._client.delete(
+                    self.collection, qm.FilterSelector(filter=_scene_filter(scene_id)), wait=True
+                ),
+            )
+        except _Missing:
+            pass
+        try:
+            self._run(
+                f"delete scene record {scene_id!r}",
+                lambda: self._client.delete(
+                    self.scenes_collection,
+                    qm.PointIdsList(points=[schema.scene_point_id(scene_id)]),
+                    wait=True,
+                ),
+            )
+        except _Missing:
+            pass
+        return removed
+
+    # -- scenes ---------------------------------------------------------------------------
+
+    def put_scene(self, scene: SceneRecord) -> None:
+        self._check_writable(f"record scene {scene.scene_id!r}")
+        point = qm.PointStruct(id=schema.scene_point_id(scene.scene_id), vector={}, payload=scene.to_payload())
+        try:
+            self._run(
+                f"record scene {scene.scene_id!r}",
+                lambda: self._client.upsert(self.scenes_collection, [point], wait=True),
+            )
+        except _Missing:
+            raise self._missing_collection() from None
+
+    def get_scene(self, scene_id: str) -> SceneRecord | None:
+        try:
+            recs = self._run(
+                f"read scene {scene_id!r}",
+                lambda: self._client.retrieve(
+                    self.scenes_collection, [schema.scene_point_id(scene_id)], with_payload=True
+                ),
+            )
+        except _Missing:
+            return None
+        if not recs or not recs[0].payload or recs[0].payload.get("kind") != KIND_SCENE:
+            return None
+        return SceneRecord.from_payload(recs[0].payload)
+
+    def list_scenes(self) -> list[SceneRecord]:
+        flt = qm.Filter(must=[qm.FieldCondition(key="kind", match=qm.MatchValue(value=KIND_SCENE))])
+        out: list[SceneRecord] = []
+        offset: Any = None
+        while True:
+            try:
+                recs, offset = self._run(
+                    "list scenes",
+                    lambda o=offset: self._client.scroll(  # type: ignore[misc]
+                        self.scenes_collection, scroll_filter=flt, limit=PAGE, offset=o,
+                        with_payload=True, with_vectors=False,
+                    ),
+                )
+            except _Missing:
+                return []
+            out.extend(SceneRecord.from_payload(r.payload) for r in recs if r.payload)
+            if offset is None:
+                break
+        return sorted(out, key=lambda s: s.scene_id)
