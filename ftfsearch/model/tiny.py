@@ -151,3 +151,11 @@ def build_tiny_clip(
     modules = [{"idx": 0, "name": "0", "path": "0_CLIPModel", "type": "sentence_transformers.models.CLIPModel"}]
     (out_dir / "modules.json").write_text(json.dumps(modules, indent=2))
     return out_dir
+
+
+if __name__ == "__main__":  # `python -m ftfsearch.model.tiny OUT_DIR`: a model for demos before one ships
+    import sys
+
+    if len(sys.argv) != 2:
+        sys.exit("usage: python -m ftfsearch.model.tiny OUT_DIR")
+    print(build_tiny_clip(Path(sys.argv[1])))
