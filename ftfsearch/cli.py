@@ -245,6 +245,9 @@ def query(
     scene: Optional[list[str]] = typer.Option(None, "--scene", help="Only these scene ids (repeatable)."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON array of results."),
     geojson: Optional[Path] = typer.Option(None, "--geojson", help="Write result footprints as GeoJSON."),
+    chips: Optional[Path] = typer.Option(
+        None, "--chips", help="Write a PNG of each result, matched region outlined, into this directory."
+    ),
     store: Optional[Path] = StoreOpt,
     qdrant_url: Optional[str] = UrlOpt,
     collection: Optional[str] = CollectionOpt,
@@ -263,6 +266,10 @@ def query(
         response = Searcher(encoder, db).search(
             text, k=k, recall_k=recall_k, rerank=not no_rerank, bbox=box, scenes=tuple(scene or ())
         )
+        if chips is not None:
+            from ftfsearch.chips import scene_bands
+
+            bands = scene_bands(db, [r.scene_id for r in response.results])
     finally:
         db.close()
     for warning in response.warnings:
@@ -270,6 +277,13 @@ def query(
     if geojson is not None:
         n = write_geojson(response.results, geojson, query=text)
         err.print(f"wrote {n} features to {geojson}", highlight=False)
+    if chips is not None:
+        from ftfsearch.chips import write_chips
+
+        written = write_chips(response.results, chips, bands)
+        for message in written.skipped:
+            err.print(Text(f"warning: no chip for {message}"), highlight=False)
+        err.print(f"wrote {len(written.paths)} chips to {chips}", highlight=False)
     if as_json:
         out.print_json(json.dumps(results_to_json(response.results)))
         return
@@ -379,6 +393,103 @@ def info(
         return
     for key, value in data.items():
         out.print(f"{key:>16}: {value}", highlight=False)
+
+
+# serve -------------------------------------------------------------------------------------------
+_LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+
+
+def _check_port_free(host: str, port: int) -> None:
+    """Fail in one line before loading the model when the address cannot be bound."""
+    import socket
+
+    from ftfsearch.errors import BadInput
+
+    if not 1 <= port <= 65535:
+        raise BadInput(f"--port {port}: must be between 1 and 65535")
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise BadInput(f"--host {host}: not an address of this machine ({exc.strerror})") from exc
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(address)
+        except OSError as exc:
+            raise BadInput(
+                f"--host {host} --port {port}: cannot listen there ({exc.strerror}); pick another --port"
+            ) from exc
+
+
+@app.command()
+@handles_errors
+def serve(
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to bind; 0.0.0.0 exposes the server to the network."),
+    port: int = typer.Option(8000, "--port", help="Port to listen on."),
+    cors_origin: Optional[list[str]] = typer.Option(
+        None, "--cors-origin", help="Let pages of this origin call the API (repeatable); default: CORS off."
+    ),
+    basemap_url: Optional[str] = typer.Option(
+        None, "--basemap-url", envvar="FTF_BASEMAP_URL",
+        help="Tile URL template for a basemap, e.g. https://tile.openstreetmap.org/{z}/{x}/{y}.png (default: none, "
+        "the page works offline with scene previews).",
+    ),
+    basemap_attribution: Optional[str] = typer.Option(
+        None, "--basemap-attribution", envvar="FTF_BASEMAP_ATTRIBUTION", help="Attribution shown for the basemap."
+    ),
+    chip_cache_mb: int = typer.Option(64, "--chip-cache-mb", help="Memory for cached chips and previews, each (MiB)."),
+    store: Optional[Path] = StoreOpt,
+    qdrant_url: Optional[str] = UrlOpt,
+    collection: Optional[str] = CollectionOpt,
+    model: Optional[str] = ModelOpt,
+    device: Optional[str] = DeviceOpt,
+) -> None:
+    """Serve the HTTP API (/api/search, /api/scenes, /api/info, chips) and the map page at /."""
+    from ftfsearch.errors import BadInput, CollectionNotFound
+
+    if chip_cache_mb < 0:
+        raise BadInput(f"--chip-cache-mb {chip_cache_mb}: must be 0 or more")
+    settings = _settings(store_dir=store, qdrant_url=qdrant_url, collection=collection, model=model, device=device)
+    if host not in _LOOPBACK:
+        err.print(
+            Text(
+                f"warning: --host {host} makes the search, the scene file paths and their pixels reachable from "
+                "the network without authentication; bind 127.0.0.1 (the default) unless that is intended"
+            ),
+            highlight=False,
+        )
+    _check_port_free(host, port)  # before the slow imports and the model load
+
+    import uvicorn
+
+    from ftfsearch.web import Resources, ServeOptions, create_app
+
+    options = ServeOptions(
+        cors_origins=tuple(cors_origin or ()),
+        basemap_url=basemap_url or None,
+        basemap_attribution=basemap_attribution,
+        chip_cache_bytes=chip_cache_mb << 20,
+        preview_cache_bytes=chip_cache_mb << 20,
+    )
+    resources = Resources.open(settings, options)
+    try:
+        resources.searcher()
+    except CollectionNotFound as exc:
+        err.print(Text(f"warning: {exc}"), highlight=False)
+    except BaseException:
+        resources.close()
+        raise
+    shown = f"[{host}]" if ":" in host else host
+    err.print(f"serving on http://{shown}:{port}/ (Ctrl+C stops)", highlight=False)
+    verbose = logging.getLogger().getEffectiveLevel() <= logging.INFO
+    uvicorn.run(
+        create_app(settings, options, resources),
+        host=host,
+        port=port,
+        log_level="info" if verbose else "warning",
+        access_log=verbose,
+    )
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -61,3 +61,9 @@ class CollectionNotFound(FtfError):
 
 class DatasetError(BadInput):
     """A caption dataset file or its images cannot be used."""
+
+
+class SourceUnavailable(FtfError):
+    """A scene's source raster cannot be read any more (moved, deleted or changed since ingest)."""
+
+    exit_code = 8

@@ -1,0 +1,632 @@
+"""Image chips and scene previews, read from the source rasters on demand.
+
+A chip is one result's tile as PNG with its matched region outlined; a preview is a whole scene,
+low resolution, warped to Web Mercator so a Leaflet image overlay sits exactly on the map.
+Both are windowed/decimated reads (memory bounded by the output size, never the scene) and both
+are cached in bounded LRU caches by :class:`ChipRenderer`, which the web server and
+``ftfsearch query --chips`` share.
+
+Why the band choice and stretch are decided here as well as in ``ingest.tiling``: nothing in
+``ftfsearch`` may import ``ingest`` (imports point one way), and the server must not depend on
+the write path. :func:`choose_style` therefore makes the same decisions as ``SceneReader``
+(bands from the scene's tiling spec, else red/green/blue colour interpretation or band
+descriptions, else the first bands; palettes through their colour map; 8-bit data as is and
+other types stretched between the 2nd and 98th percentile of a decimated sample), kept to the
+few lines a picture for a person needs. If the two ever have to agree bit for bit (they need
+not: the chip is for eyes, the encoder never sees it), the shared part belongs in one
+``ftfsearch`` module that ``ingest.tiling`` imports.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import math
+import os
+import re
+import threading
+import warnings
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Generic, Hashable, Mapping, Sequence, TypeVar
+
+import numpy as np
+import rasterio
+from affine import Affine
+from PIL import Image, ImageDraw
+from rasterio.enums import ColorInterp, MaskFlags, Resampling
+from rasterio.errors import NotGeoreferencedWarning, RasterioError
+from rasterio.io import DatasetReader
+from rasterio.vrt import WarpedVRT
+from rasterio.warp import transform as warp_transform
+from rasterio.warp import transform_bounds
+from rasterio.windows import Window
+
+from ftfsearch.errors import BadInput, SourceUnavailable
+from ftfsearch.search import Result
+from ftfsearch.store.base import Store
+
+log = logging.getLogger(__name__)
+
+STRETCH_PERCENTILES = (2.0, 98.0)
+"""Same stretch as ingest: non-8-bit bands map these percentiles to 0 and 255."""
+STATS_LONG_SIDE = 1024
+STATS_MIN_OVERVIEW = 256
+MAX_CHIP_SIDE = 1024
+"""Largest chip side served (a level-4 tile of 256 is 1024 scene pixels)."""
+PREVIEW_MAX_SIDE = 1024
+WEB_MERCATOR_MAX_LAT = 85.0511287798
+PNG_COMPRESS_LEVEL = 3
+"""Fast zlib level: chips are made per request; level 9 costs ~4x the time for ~10% fewer bytes."""
+OUTLINE_RGB = (255, 214, 0)
+HALO_RGB = (0, 0, 0)
+
+_RGB = {"red": ColorInterp.red, "green": ColorInterp.green, "blue": ColorInterp.blue}
+
+
+# -- how bands become 8-bit RGB ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RasterStyle:
+    """Which bands are read and how they become 8-bit RGB; decided once per scene."""
+
+    read_indexes: tuple[int, ...]
+    """1-based bands read, each once."""
+    channels: tuple[int, int, int]
+    """Position in ``read_indexes`` of red, green and blue."""
+    low: tuple[float, ...] | None = None
+    """Per read band, the value mapped to 0; None for 8-bit and palette data (shown as is)."""
+    high: tuple[float, ...] | None = None
+    palette: np.ndarray | None = field(default=None, compare=False, hash=False)
+    """``[N, 4]`` uint8 lookup table when band 1 is palette-indexed."""
+    transparent: tuple[int, ...] = ()
+    """Palette entries with alpha 0 (treated as nodata)."""
+    all_valid: bool = True
+    """No mask, nodata or alpha on the read bands."""
+    mixed: bool = False
+    """Bands of different types: read as float64."""
+    floating: bool = False
+    """Float (or mixed) data: NaN and infinities are masked."""
+
+
+def _open(path: str | Path) -> DatasetReader:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            return rasterio.open(path)
+    except (RasterioError, OSError) as exc:
+        raise SourceUnavailable(
+            f"{path}: the scene's source raster cannot be read ({exc}); it was moved, deleted or "
+            "changed since ingest: re-ingest it from where it is now, or 'ftfsearch drop' the scene"
+        ) from exc
+
+
+def _stats_shape(ds: DatasetReader, band: int) -> tuple[int, int]:
+    """(height, width) of the stretch sample, chosen as ingest chooses it."""
+    for factor in sorted(ds.overviews(band), reverse=True):
+        ow, oh = math.ceil(ds.width / factor), math.ceil(ds.height / factor)
+        if max(ow, oh) >= STATS_MIN_OVERVIEW:
+            return oh, ow
+    long_side = max(ds.width, ds.height)
+    if long_side <= STATS_LONG_SIDE:
+        return ds.height, ds.width
+    scale = STATS_LONG_SIDE / long_side
+    return max(1, round(ds.height * scale)), max(1, round(ds.width * scale))
+
+
+def choose_style(ds: DatasetReader, bands: Sequence[int] | None = None) -> RasterStyle:
+    """Decide bands, palette and stretch for one raster (``bands``: the scene's ``--bands``)."""
+    count = ds.count
+    if count == 0:
+        raise SourceUnavailable(f"{ds.name}: has no raster bands any more; re-ingest or drop the scene")
+    interp = list(ds.colorinterp)
+    palette = False
+    if bands:
+        if max(bands) > count:
+            raise SourceUnavailable(
+                f"{ds.name}: has {count} bands but the scene was ingested with --bands "
+                f"{','.join(map(str, bands))}; the file changed since ingest: re-ingest it"
+            )
+        rgb = (bands[0], bands[0], bands[0]) if len(bands) == 1 else (bands[0], bands[1], bands[2])
+    else:
+        data = [i + 1 for i, ci in enumerate(interp) if ci != ColorInterp.alpha] or [1]
+        found: dict[ColorInterp, int] = {}
+        for i in data:
+            if interp[i - 1] in _RGB.values():
+                found.setdefault(interp[i - 1], i)
+        if len(found) < 3:
+            found = {}
+            for i in data:
+                name = (ds.descriptions[i - 1] or "").strip().lower()
+                if name in _RGB:
+                    found.setdefault(_RGB[name], i)
+        if len(found) == 3:
+            rgb = (found[ColorInterp.red], found[ColorInterp.green], found[ColorInterp.blue])
+        elif len(data) >= 3:
+            rgb = (data[0], data[1], data[2])
+        else:
+            rgb = (data[0], data[0], data[0])
+            palette = len(data) == 1 and interp[data[0] - 1] == ColorInterp.palette and "int" in ds.dtypes[data[0] - 1]
+    read_indexes = tuple(dict.fromkeys(rgb))
+    channels = (read_indexes.index(rgb[0]), read_indexes.index(rgb[1]), read_indexes.index(rgb[2]))
+    dtypes = {ds.dtypes[b - 1] for b in read_indexes}
+    mixed = len(dtypes) > 1
+    dtype = np.dtype("float64" if mixed else dtypes.pop())
+    all_valid = all(ds.mask_flag_enums[b - 1] == [MaskFlags.all_valid] for b in read_indexes)
+    base: dict[str, Any] = dict(
+        read_indexes=read_indexes, channels=channels, all_valid=all_valid, mixed=mixed,
+        floating=mixed or dtype.kind == "f",
+    )
+
+    if palette:
+        try:
+            cmap = ds.colormap(read_indexes[0])
+        except ValueError:
+            cmap = None
+        if cmap:
+            lut = np.zeros((max(max(cmap) + 1, 256), 4), dtype=np.uint8)
+            for index, rgba in cmap.items():
+                lut[index] = rgba
+            transparent = tuple(i for i, rgba in cmap.items() if rgba[3] == 0)
+            return RasterStyle(**base, palette=lut, transparent=transparent)
+    if dtype == np.uint8:
+        return RasterStyle(**base)
+
+    h, w = _stats_shape(ds, read_indexes[0])
+    sample = ds.read(
+        read_indexes,
+        out_shape=(len(read_indexes), h, w),
+        resampling=Resampling.nearest,
+        out_dtype="float64" if mixed else None,
+    )
+    valid = _valid(ds, RasterStyle(**base), sample, None, (h, w))
+    low, high = [], []
+    for i in range(len(read_indexes)):
+        values = sample[i][valid].astype(np.float64)
+        values = values[np.isfinite(values)]
+        if values.size == 0:
+            lo, hi = 0.0, 1.0
+        else:
+            lo, hi = (float(v) for v in np.percentile(values, STRETCH_PERCENTILES))
+            if not hi > lo:
+                lo, hi = lo - 0.5, lo + 0.5
+        low.append(lo)
+        high.append(hi)
+    return RasterStyle(**base, low=tuple(low), high=tuple(high))
+
+
+def _valid(
+    ds: DatasetReader | WarpedVRT, style: RasterStyle, data: np.ndarray, window: Window | None, shape: tuple[int, int]
+) -> np.ndarray:
+    """Valid pixels: GDAL masks OR-ed over the read bands, minus non-finite floats and transparent palette entries."""
+    if style.all_valid and not isinstance(ds, WarpedVRT):
+        valid = np.ones(shape, dtype=bool)
+    else:
+        masks = ds.read_masks(
+            style.read_indexes, window=window, out_shape=(len(style.read_indexes), *shape),
+            resampling=Resampling.nearest,
+        )
+        valid = (masks > 0).any(axis=0)
+    if style.floating:
+        valid &= np.isfinite(data).all(axis=0)
+    if style.transparent:
+        valid &= ~np.isin(data[0], style.transparent)
+    return valid
+
+
+def _to_rgb(data: np.ndarray, valid: np.ndarray, style: RasterStyle) -> np.ndarray:
+    """``[n, h, w]`` read bands -> ``uint8 [h, w, 3]`` with invalid pixels black."""
+    if style.palette is not None:
+        index = np.clip(data[0].astype(np.int64), 0, len(style.palette) - 1)
+        rgb = style.palette[index][..., :3]
+    else:
+        if style.low is not None and style.high is not None:
+            low = np.asarray(style.low, dtype=np.float32)[:, None, None]
+            high = np.asarray(style.high, dtype=np.float32)[:, None, None]
+            scaled = (data.astype(np.float32) - low) * (255.0 / (high - low))
+            scaled = np.nan_to_num(scaled, nan=0.0, posinf=255.0, neginf=0.0)
+            data = np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+        rgb = data[list(style.channels)].transpose(1, 2, 0)
+    return np.where(valid[..., None], rgb, 0).astype(np.uint8)
+
+
+def _png(pixels: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
+    return buf.getvalue()
+
+
+# -- chips ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ChipSpec:
+    """What one chip shows: a tile's window of a source raster and, optionally, its matched region."""
+
+    path: str
+    col: int
+    row: int
+    width: int
+    height: int
+    level: int = 1
+    tile_size: int = 256
+    bands: tuple[int, ...] | None = None
+    """The scene's ``--bands`` (from its tiling spec); None chooses as ingest does."""
+    region: tuple[float, float, float, float] | None = None
+    """``(x0, y0, x1, y1)`` fractions of the tile (as ``Result.region``); None draws no outline."""
+    size: int | None = None
+    """Long side of the PNG; None: the tile's own resolution. Never above the window's scene pixels."""
+
+    @classmethod
+    def from_payload(
+        cls,
+        payload: Mapping[str, Any],
+        *,
+        bands: Sequence[int] | None = None,
+        region: Sequence[float] | None = None,
+        size: int | None = None,
+    ) -> "ChipSpec":
+        """From a stored tile payload (``path``, ``window``, ``level``, ``tile_size``)."""
+        window = payload.get("window") or {}
+        try:
+            return cls(
+                path=str(payload["path"]),
+                col=int(window["col"]),
+                row=int(window["row"]),
+                width=int(window["width"]),
+                height=int(window["height"]),
+                level=int(payload.get("level") or 1),
+                tile_size=int(payload.get("tile_size") or 256),
+                bands=tuple(int(b) for b in bands) if bands else None,
+                region=None if region is None else tuple(float(v) for v in region[:4]),  # type: ignore[arg-type]
+                size=size,
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise BadInput(f"tile payload lacks a source path or pixel window ({exc}); re-ingest the scene") from exc
+
+    @classmethod
+    def from_result(cls, result: Result, *, bands: Sequence[int] | None = None, size: int | None = None) -> "ChipSpec":
+        payload = {**result.payload, "path": result.path, "window": result.window, "level": result.level}
+        return cls.from_payload(payload, bands=bands, region=result.region, size=size)
+
+    def output_shape(self) -> tuple[int, int]:
+        """(height, width) of the PNG: the tile's resolution (as ingest read it) or ``size``."""
+        if self.width < 1 or self.height < 1:
+            raise BadInput(f"chip window {self.width}x{self.height}: must be at least 1x1 pixel")
+        long_window = max(self.width, self.height)
+        if self.size is None:
+            long_out = min(self.tile_size, max(1, round(long_window / self.level)))
+        else:
+            if not 1 <= self.size <= MAX_CHIP_SIDE:
+                raise BadInput(f"size {self.size}: must be between 1 and {MAX_CHIP_SIDE} pixels")
+            long_out = self.size
+        long_out = min(long_out, long_window)
+        scale = long_out / long_window
+        return max(1, round(self.height * scale)), max(1, round(self.width * scale))
+
+    def region_pixels(self, out_h: int, out_w: int) -> tuple[int, int, int, int] | None:
+        """The region in chip pixels. Region fractions are of the square tile the model saw
+        (``tile_size`` pixels per side, each ``level`` scene pixels), so they map through it."""
+        if self.region is None:
+            return None
+        x0, y0, x1, y1 = self.region
+        per_frac = self.tile_size * self.level  # scene pixels per unit fraction
+        sx, sy = out_w / self.width, out_h / self.height
+        left = int(round(x0 * per_frac * sx))
+        top = int(round(y0 * per_frac * sy))
+        right = int(round(x1 * per_frac * sx)) - 1
+        bottom = int(round(y1 * per_frac * sy)) - 1
+        left, top = max(0, min(left, out_w - 1)), max(0, min(top, out_h - 1))
+        right, bottom = max(left, min(right, out_w - 1)), max(top, min(bottom, out_h - 1))
+        return left, top, right, bottom
+
+
+def draw_region(pixels: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
+    """Outline ``box`` (inclusive chip pixels) in yellow with a dark halo so it shows on any ground."""
+    image = Image.fromarray(pixels)
+    draw = ImageDraw.Draw(image)
+    h, w = pixels.shape[:2]
+    width = max(2, round(max(h, w) / 128))
+    left, top, right, bottom = box
+    draw.rectangle(
+        (max(0, left - 1), max(0, top - 1), min(w - 1, right + 1), min(h - 1, bottom + 1)),
+        outline=HALO_RGB, width=width + 2,
+    )
+    draw.rectangle((left, top, right, bottom), outline=OUTLINE_RGB, width=width)
+    return np.asarray(image)
+
+
+def render_chip_pixels(spec: ChipSpec, ds: DatasetReader, style: RasterStyle) -> np.ndarray:
+    """``uint8 [h, w, 3]`` of the chip with the region drawn; one windowed, resampled read."""
+    if spec.col < 0 or spec.row < 0 or spec.col + spec.width > ds.width or spec.row + spec.height > ds.height:
+        raise SourceUnavailable(
+            f"{spec.path}: window {spec.col},{spec.row},{spec.width},{spec.height} lies outside the "
+            f"{ds.width}x{ds.height} raster; the file changed since ingest: re-ingest it"
+        )
+    out_h, out_w = spec.output_shape()
+    window = Window(spec.col, spec.row, spec.width, spec.height)
+    downsampled = out_w < spec.width or out_h < spec.height
+    if style.palette is not None:
+        resampling = Resampling.mode if downsampled else Resampling.nearest
+    else:
+        resampling = Resampling.average if downsampled else Resampling.nearest
+    n = len(style.read_indexes)
+    try:
+        data = ds.read(
+            style.read_indexes, window=window, out_shape=(n, out_h, out_w), resampling=resampling,
+            out_dtype="float64" if style.mixed else None,
+        )
+        valid = _valid(ds, style, data, window, (out_h, out_w))
+    except RasterioError as exc:
+        raise SourceUnavailable(f"{spec.path}: cannot read window ({exc}); the file may be damaged") from exc
+    pixels = _to_rgb(data, valid, style)
+    box = spec.region_pixels(out_h, out_w)
+    return pixels if box is None else draw_region(pixels, box)
+
+
+# -- previews ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PreviewGeometry:
+    """Where a scene preview goes: a Web Mercator grid and its WGS84 edges (for ``L.imageOverlay``)."""
+
+    bounds: tuple[float, float, float, float]
+    """``(west, south, east, north)`` WGS84 of the image edges (latitudes clipped to Web Mercator)."""
+    width: int
+    height: int
+    transform: Any
+    """Affine of the Web Mercator grid."""
+
+
+def preview_geometry(ds: DatasetReader, max_side: int = PREVIEW_MAX_SIDE) -> PreviewGeometry | None:
+    """The Web Mercator grid of a scene's preview; None when it has no CRS or crosses the antimeridian."""
+    if ds.crs is None:
+        return None
+    try:
+        west, south, east, north = transform_bounds(ds.crs, "EPSG:4326", *ds.bounds, densify_pts=21)
+    except (RasterioError, ValueError) as exc:
+        log.info("%s: no preview: bounds not reprojectable (%s)", ds.name, exc)
+        return None
+    if not all(math.isfinite(v) for v in (west, south, east, north)) or west >= east:
+        log.info("%s: no preview: the scene crosses the antimeridian or has no WGS84 extent", ds.name)
+        return None
+    south = max(south, -WEB_MERCATOR_MAX_LAT)
+    north = min(north, WEB_MERCATOR_MAX_LAT)
+    if south >= north:
+        return None
+    xs, ys = warp_transform("EPSG:4326", "EPSG:3857", [west, east], [south, north])
+    x0, x1 = xs
+    y0, y1 = ys
+    aspect = (x1 - x0) / (y1 - y0)
+    long_side = max(1, min(max_side, max(ds.width, ds.height)))
+    if aspect >= 1:
+        width, height = long_side, max(1, round(long_side / aspect))
+    else:
+        width, height = max(1, round(long_side * aspect)), long_side
+    return PreviewGeometry(
+        bounds=(float(west), float(south), float(east), float(north)),
+        width=width,
+        height=height,
+        transform=Affine((x1 - x0) / width, 0.0, x0, 0.0, -(y1 - y0) / height, y1),
+    )
+
+
+@dataclass(frozen=True)
+class Preview:
+    """A scene preview: RGBA PNG (transparent outside the scene) and the WGS84 edges of the image."""
+
+    png: bytes
+    bounds: tuple[float, float, float, float]
+
+
+def render_preview(
+    path: str | Path, bands: Sequence[int] | None = None, max_side: int = PREVIEW_MAX_SIDE
+) -> Preview | None:
+    """A low-resolution scene image warped to Web Mercator; None when it cannot sit on a map (no CRS)."""
+    with _open(path) as ds:
+        geometry = preview_geometry(ds, max_side)
+        if geometry is None:
+            return None
+        style = choose_style(ds, bands)
+        resampling = Resampling.nearest if style.palette is not None else Resampling.bilinear
+        try:
+            with WarpedVRT(
+                ds, crs="EPSG:3857", transform=geometry.transform, width=geometry.width,
+                height=geometry.height, resampling=resampling,
+            ) as vrt:
+                shape = (geometry.height, geometry.width)
+                data = vrt.read(
+                    style.read_indexes, out_shape=(len(style.read_indexes), *shape),
+                    out_dtype="float64" if style.mixed else None,
+                )
+                valid = _valid(vrt, style, data, None, shape)
+        except RasterioError as exc:
+            raise SourceUnavailable(f"{path}: cannot warp a preview ({exc})") from exc
+    rgb = _to_rgb(data, valid, style)
+    rgba = np.dstack([rgb, np.where(valid, 255, 0).astype(np.uint8)])
+    return Preview(png=_png(rgba), bounds=geometry.bounds)
+
+
+# -- caching renderer ----------------------------------------------------------------------------
+
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
+
+
+class LruCache(Generic[K, V]):
+    """A thread-safe LRU cache bounded by total size (``sizeof``) and by entry count."""
+
+    def __init__(self, max_bytes: int, max_items: int, sizeof: Callable[[V], int]) -> None:
+        self.max_bytes = max_bytes
+        self.max_items = max_items
+        self._sizeof = sizeof
+        self._items: OrderedDict[K, tuple[V, int]] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, key: K) -> V | None:
+        with self._lock:
+            item = self._items.get(key)
+            if item is None:
+                self.misses += 1
+                return None
+            self._items.move_to_end(key)
+            self.hits += 1
+            return item[0]
+
+    def put(self, key: K, value: V) -> None:
+        size = self._sizeof(value)
+        if size > self.max_bytes:
+            return
+        with self._lock:
+            old = self._items.pop(key, None)
+            if old is not None:
+                self._bytes -= old[1]
+            self._items[key] = (value, size)
+            self._bytes += size
+            while self._bytes > self.max_bytes or len(self._items) > self.max_items:
+                _, (_, dropped) = self._items.popitem(last=False)
+                self._bytes -= dropped
+
+    def stats(self) -> dict[str, int]:
+        with self._lock:
+            return {"items": len(self._items), "bytes": self._bytes, "hits": self.hits, "misses": self.misses}
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+def _file_key(path: str) -> tuple[str, int, int]:
+    """Identity of a file's current content for cache keys: a rewritten file is not served stale."""
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        raise SourceUnavailable(
+            f"{path}: the scene's source raster is gone ({exc.strerror}); re-ingest it from where it "
+            "is now, or 'ftfsearch drop' the scene"
+        ) from exc
+    return path, st.st_mtime_ns, st.st_size
+
+
+class ChipRenderer:
+    """Renders chips and previews with bounded caches. Thread-safe: every render opens its own
+    dataset handle (GDAL handles are not), styles are cached per file and band choice."""
+
+    def __init__(self, chip_cache_bytes: int = 64 << 20, preview_cache_bytes: int = 64 << 20) -> None:
+        self.chips: LruCache[Hashable, bytes] = LruCache(chip_cache_bytes, 4096, len)
+        # Previews and geometries are cached as 1-tuples: a scene without one (no CRS) is cached too.
+        self.previews: LruCache[Hashable, tuple[Preview | None]] = LruCache(
+            preview_cache_bytes, 256, lambda p: 64 if p[0] is None else len(p[0].png)
+        )
+        self.geometries: LruCache[Hashable, tuple[PreviewGeometry | None]] = LruCache(1 << 20, 1024, lambda g: 64)
+        self.styles: LruCache[Hashable, RasterStyle] = LruCache(1 << 20, 256, lambda s: 256)
+
+    def _style(self, ds: DatasetReader, file_key: tuple[str, int, int], bands: tuple[int, ...] | None) -> RasterStyle:
+        key = (file_key, bands)
+        style = self.styles.get(key)
+        if style is None:
+            style = choose_style(ds, bands)
+            self.styles.put(key, style)
+        return style
+
+    def chip(self, spec: ChipSpec) -> bytes:
+        """The chip's PNG bytes, from the cache or one windowed read."""
+        spec.output_shape()  # validates size before touching the file
+        key = (_file_key(spec.path), spec)
+        png = self.chips.get(key)
+        if png is None:
+            with _open(spec.path) as ds:
+                png = _png(render_chip_pixels(spec, ds, self._style(ds, key[0], spec.bands)))
+            self.chips.put(key, png)
+        return png
+
+    def preview(
+        self, path: str, bands: Sequence[int] | None = None, max_side: int = PREVIEW_MAX_SIDE
+    ) -> Preview | None:
+        """The scene's preview (None without a CRS), from the cache or one decimated warp."""
+        key = (_file_key(path), tuple(bands) if bands else None, max_side)
+        cached = self.previews.get(key)
+        if cached is None:
+            cached = (render_preview(path, bands, max_side),)
+            self.previews.put(key, cached)
+        return cached[0]
+
+    def preview_bounds(self, path: str, max_side: int = PREVIEW_MAX_SIDE) -> tuple[float, float, float, float] | None:
+        """Where the preview of ``path`` goes on the map, without reading pixels."""
+        key = (_file_key(path), max_side)
+        cached = self.geometries.get(key)
+        if cached is None:
+            with _open(path) as ds:
+                cached = (preview_geometry(ds, max_side),)
+            self.geometries.put(key, cached)
+        return None if cached[0] is None else cached[0].bounds
+
+    def stats(self) -> dict[str, dict[str, int]]:
+        return {"chips": self.chips.stats(), "previews": self.previews.stats()}
+
+
+# -- query --chips -------------------------------------------------------------------------------
+
+
+def scene_bands(store: Store, scene_ids: Sequence[str]) -> dict[str, tuple[int, ...] | None]:
+    """Each scene's ``--bands`` from its stored tiling spec (None: chosen from the file)."""
+    out: dict[str, tuple[int, ...] | None] = {}
+    for sid in dict.fromkeys(scene_ids):
+        record = store.get_scene(sid)
+        bands = (record.tiling or {}).get("bands") if record is not None else None
+        out[sid] = tuple(int(b) for b in bands) if bands else None
+    return out
+
+
+@dataclass
+class ChipsWritten:
+    paths: list[Path]
+    skipped: list[str]
+    """One message per result whose chip could not be made (source raster gone, ...)."""
+
+
+def chip_filename(result: Result) -> str:
+    """``001_<scene>_<id8>.png``: sorts by rank, readable, safe on every filesystem."""
+    scene = re.sub(r"[^A-Za-z0-9._-]+", "_", result.scene_id)[:60].strip("._") or "scene"
+    return f"{result.rank:03d}_{scene}_{result.id[:8]}.png"
+
+
+def write_chips(
+    results: Sequence[Result],
+    out_dir: Path,
+    bands: Mapping[str, tuple[int, ...] | None] | None = None,
+    renderer: ChipRenderer | None = None,
+    size: int | None = None,
+) -> ChipsWritten:
+    """Write one PNG per result into ``out_dir`` (the same chips the web page shows)."""
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise BadInput(
+            f"--chips {out_dir}: cannot create the directory ({exc.strerror}); choose a writable path"
+        ) from exc
+    renderer = renderer or ChipRenderer()
+    bands = bands or {}
+    written = ChipsWritten(paths=[], skipped=[])
+    for result in results:
+        spec = ChipSpec.from_result(result, bands=bands.get(result.scene_id), size=size)
+        try:
+            png = renderer.chip(spec)
+        except SourceUnavailable as exc:
+            written.skipped.append(f"result {result.rank} ({result.id}): {exc}")
+            log.warning("%s", exc)
+            continue
+        target = out_dir / chip_filename(result)
+        try:
+            tmp = target.with_name(target.name + ".tmp")
+            tmp.write_bytes(png)
+            tmp.replace(target)
+        except OSError as exc:
+            raise BadInput(f"--chips {out_dir}: cannot write {target.name} ({exc.strerror})") from exc
+        written.paths.append(target)
+    return written

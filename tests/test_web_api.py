@@ -1,0 +1,314 @@
+"""The HTTP API of ``ftfsearch serve`` on a real store: every endpoint, and bad input answered
+with a 4xx JSON error, never a 500 or a traceback."""
+
+from __future__ import annotations
+
+import io
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+from fastapi.testclient import TestClient
+from PIL import Image
+from rasterio.warp import transform_bounds
+
+from _web_fixtures import GEOTIFFS, DemoStore, demo_store
+from ftfsearch.chips import OUTLINE_RGB
+from ftfsearch.config import Settings
+from ftfsearch.search import MAX_K
+from ftfsearch.web import ServeOptions, create_app
+
+QUERY = "ships near a harbor"
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> DemoStore:
+    return demo_store(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def client(demo: DemoStore) -> Iterator[TestClient]:
+    settings = Settings(store_dir=demo.store_dir, model=str(demo.model_dir), device="cpu")
+    with TestClient(create_app(settings), raise_server_exceptions=True) as c:
+        yield c
+
+
+def png(resp) -> np.ndarray:  # type: ignore[no-untyped-def]
+    assert resp.status_code == 200, resp.text
+    assert resp.headers["content-type"] == "image/png"
+    return np.asarray(Image.open(io.BytesIO(resp.content)))
+
+
+def assert_json_error(resp, status: int | tuple[int, ...]) -> str:  # type: ignore[no-untyped-def]
+    statuses = (status,) if isinstance(status, int) else status
+    assert resp.status_code in statuses, (resp.status_code, resp.text)
+    assert resp.headers["content-type"].startswith("application/json")
+    body = resp.json()
+    assert set(body) == {"error"} and isinstance(body["error"], str) and body["error"]
+    assert "Traceback" not in resp.text
+    return body["error"]
+
+
+def outline_pixels(pixels: np.ndarray) -> int:
+    return int(np.all(pixels[..., :3] == OUTLINE_RGB, axis=-1).sum())
+
+
+# -- search -------------------------------------------------------------------------------------
+
+
+def test_search_has_the_query_json_fields_plus_chip_url(client: TestClient) -> None:
+    resp = client.get("/api/search", params={"q": QUERY, "k": 5})
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    assert body["query"] == QUERY
+    hits = body["results"]
+    assert [h["rank"] for h in hits] == [1, 2, 3, 4, 5]
+    scores = [h["score"] for h in hits]
+    assert scores == sorted(scores, reverse=True)
+    assert {"encode_text", "recall", "rerank"} <= set(body["timings_ms"])
+    assert "encode_text;dur=" in resp.headers["server-timing"]
+
+    # The same records `ftfsearch query --json` prints (Result.to_dict), from the app's own searcher.
+    res = client.app.state.resources  # type: ignore[attr-defined]
+    with res.lock:
+        expected = res.searcher().search(QUERY, k=5).results
+    for hit, result in zip(hits, expected, strict=True):
+        for key, value in result.to_dict().items():
+            assert hit[key] == value, key
+        assert hit["footprint"] == result.footprint and hit["footprint"][0] == hit["footprint"][-1]
+        assert hit["region_index"] == result.region_index is not None
+        assert hit["chip_url"] == f"http://testserver/api/tiles/{hit['id']}/chip.png?region={hit['region_index']}"
+
+
+def test_search_without_rerank_keeps_recall_order_and_draws_no_region(client: TestClient) -> None:
+    hits = client.get("/api/search", params={"q": QUERY, "k": 4, "rerank": "false"}).json()["results"]
+    assert len(hits) == 4
+    assert all(h["region"] is None and h["region_index"] is None and h["fine_score"] is None for h in hits)
+    assert [h["score"] for h in hits] == [h["coarse_score"] for h in hits]
+    assert all(h["chip_url"].endswith("/chip.png") for h in hits)
+
+
+def test_search_filters_by_bbox_and_scene(client: TestClient, demo: DemoStore) -> None:
+    rgb, other = demo.scene_ids
+    with rasterio.open(GEOTIFFS / "rasterio" / "RGB.byte.tif") as ds:
+        w, s, e, n = transform_bounds(ds.crs, "EPSG:4326", *ds.bounds)
+    box = f"{w:.4f},{s:.4f},{e:.4f},{n:.4f}"
+    hits = client.get("/api/search", params={"q": QUERY, "k": 50, "bbox": box}).json()["results"]
+    assert hits and {h["scene_id"] for h in hits} == {rgb}
+    # Nothing was ingested in the Gulf of Guinea.
+    resp = client.get("/api/search", params={"q": QUERY, "bbox": "0,0,1,1"})
+    assert resp.status_code == 200 and resp.json()["results"] == []
+    hits = client.get("/api/search", params=[("q", QUERY), ("k", "50"), ("scene", other)]).json()["results"]
+    assert hits and {h["scene_id"] for h in hits} == {other}
+    both = client.get("/api/search", params=[("q", QUERY), ("k", "50"), ("scene", rgb), ("scene", other)])
+    assert {h["scene_id"] for h in both.json()["results"]} == {rgb, other}
+
+
+@pytest.mark.parametrize(
+    ("params", "status", "names"),
+    [
+        ({}, 422, "q"),
+        ({"q": ""}, 400, "query"),
+        ({"q": " \t\n "}, 400, "query"),
+        ({"q": QUERY, "k": "0"}, 422, "k"),
+        ({"q": QUERY, "k": str(MAX_K + 1)}, 422, "k"),
+        ({"q": QUERY, "k": "ten"}, 422, "k"),
+        ({"q": QUERY, "k": "-3"}, 422, "k"),
+        ({"q": QUERY, "recall_k": "0"}, 422, "recall_k"),
+        ({"q": QUERY, "recall_k": "99999999"}, 422, "recall_k"),
+        ({"q": QUERY, "rerank": "perhaps"}, 422, "rerank"),
+        ({"q": QUERY, "bbox": "1,2,3"}, 400, "bbox"),
+        ({"q": QUERY, "bbox": "a,b,c,d"}, 400, "bbox"),
+        ({"q": QUERY, "bbox": "10,0,5,1"}, 400, "bbox"),
+        ({"q": QUERY, "bbox": "0,10,1,5"}, 400, "bbox"),
+        ({"q": QUERY, "bbox": "-200,0,0,1"}, 400, "bbox"),
+        ({"q": QUERY, "bbox": "nan,0,1,1"}, 400, "bbox"),
+        ({"q": "x" * 9000}, 422, "q"),
+    ],
+)
+def test_search_rejects_bad_parameters_with_json(client: TestClient, params: dict, status: int, names: str) -> None:
+    message = assert_json_error(client.get("/api/search", params=params), status)
+    assert names in message
+
+
+def test_search_with_unknown_scene_is_empty_not_an_error(client: TestClient) -> None:
+    resp = client.get("/api/search", params={"q": QUERY, "scene": "no-such-scene"})
+    assert resp.status_code == 200 and resp.json()["results"] == []
+
+
+# -- chips --------------------------------------------------------------------------------------
+
+
+def test_chip_is_the_tile_with_its_region_outlined(client: TestClient) -> None:
+    hits = client.get("/api/search", params={"q": QUERY, "k": 20}).json()["results"]
+    level1 = next(h for h in hits if h["level"] == 1)
+    with_region = png(client.get(level1["chip_url"]))
+    assert with_region.shape == (level1["window"]["height"], level1["window"]["width"], 3)
+    plain = png(client.get(level1["chip_url"].split("?")[0]))
+    assert outline_pixels(plain) == 0 < outline_pixels(with_region)
+    # Only the outline differs: the pixels are the same read.
+    differ = np.any(plain != with_region, axis=-1)
+    x0, y0, x1, y1 = level1["region"]
+    h, w = plain.shape[:2]
+    ys, xs = np.nonzero(differ)
+    assert xs.min() >= round(x0 * w) - 4 and xs.max() <= round(x1 * w) + 3
+    assert ys.min() >= round(y0 * h) - 4 and ys.max() <= round(y1 * h) + 3
+    assert not differ[round((y0 + y1) / 2 * h), round((x0 + x1) / 2 * w)]  # the inside is untouched
+
+    level2 = next(h for h in hits if h["level"] == 2)
+    assert png(client.get(level2["chip_url"])).shape[:2] == (256, 256)  # a level-2 tile at tile size
+    big = png(client.get(level2["chip_url"] + "&size=512"))
+    assert big.shape[:2] == (512, 512)  # at the window's full resolution, on request
+
+
+def test_chip_is_cached(client: TestClient) -> None:
+    hit = client.get("/api/search", params={"q": QUERY, "k": 1}).json()["results"][0]
+    cache = client.app.state.resources.renderer.chips  # type: ignore[attr-defined]
+    first = client.get(hit["chip_url"] + "&size=200")
+    hits_before = cache.hits
+    second = client.get(hit["chip_url"] + "&size=200")
+    assert first.content == second.content and cache.hits == hits_before + 1
+    assert "max-age" in second.headers["cache-control"]
+
+
+@pytest.mark.parametrize(
+    ("path", "status"),
+    [
+        ("/api/tiles/00000000-0000-0000-0000-000000000000/chip.png", 404),
+        ("/api/tiles/not-a-uuid/chip.png", 400),
+        ("/api/tiles/%2e%2e/chip.png", 400),
+        ("/api/tiles/..%2f..%2f..%2fetc%2fpasswd/chip.png", (400, 404)),
+        ("/api/tiles/%2e%2e%2f%2e%2e%2fetc%2fpasswd/chip.png", (400, 404)),
+        ("/api/tiles/..%5c..%5cwindows/chip.png", 400),
+        ("/api/tiles/%00/chip.png", 400),
+        ("/api/tiles/" + "a" * 5000 + "/chip.png", 400),
+        ("/api/tiles/1%27%20OR%20%271%27=%271/chip.png", 400),
+        ("/static/..%2f..%2fpyproject.toml", 404),
+        ("/static/%2e%2e/%2e%2e/pyproject.toml", 404),
+    ],
+)
+def test_bad_or_malicious_tile_ids_get_json_4xx(client: TestClient, path: str, status: int | tuple[int, ...]) -> None:
+    resp = client.get(path)
+    assert "root:" not in resp.text and "[project]" not in resp.text
+    if path.startswith("/static"):
+        assert resp.status_code == 404
+    else:
+        assert_json_error(resp, status)
+
+
+def test_chip_rejects_bad_region_and_size(client: TestClient) -> None:
+    hit = client.get("/api/search", params={"q": QUERY, "k": 1}).json()["results"][0]
+    base = hit["chip_url"].split("?")[0]
+    assert "region 14" in assert_json_error(client.get(base, params={"region": 14}), 400)
+    for bad in ({"region": -1}, {"region": "x"}, {"size": 8}, {"size": 5000}, {"size": "big"}):
+        assert_json_error(client.get(base, params=bad), 422)
+
+
+# -- scenes, previews, info, schema, page -------------------------------------------------------
+
+
+def test_scenes_list_footprints_counts_and_previews(client: TestClient, demo: DemoStore) -> None:
+    scenes = {s["scene_id"]: s for s in client.get("/api/scenes").json()["scenes"]}
+    assert set(scenes) == set(demo.scene_ids)
+    info = client.get("/api/info").json()
+    assert sum(s["tiles"] for s in scenes.values()) == info["tiles"] > 0
+    for s in scenes.values():
+        assert s["state"] == "complete" and s["crs"]
+        w, so, e, n = s["preview_bounds"]
+        bw, bs, be, bn = s["bbox"]
+        assert abs(w - bw) < 0.01 and abs(so - bs) < 0.01 and abs(e - be) < 0.01 and abs(n - bn) < 0.01
+        pixels = png(client.get(s["preview_url"]))
+        assert pixels.ndim == 3 and pixels.shape[2] == 4 and max(pixels.shape[:2]) <= 1024
+        alpha = pixels[..., 3]
+        assert alpha[alpha.shape[0] // 2, alpha.shape[1] // 2] == 255  # the scene is drawn
+    # RGB.byte is rotated in Web Mercator: its preview's corners lie outside the scene.
+    corners = png(client.get(scenes["RGB.byte"]["preview_url"]))[[0, 0, -1, -1], [0, -1, 0, -1], 3]
+    assert (corners == 0).all()
+
+
+def test_preview_of_unknown_scene_is_404(client: TestClient) -> None:
+    assert "nope" in assert_json_error(client.get("/api/scenes/nope/preview.png"), 404)
+    assert_json_error(client.get("/api/scenes/..%2f..%2fetc/preview.png"), 404)
+    assert_json_error(client.get("/api/scenes/%2e%2e/preview.png"), 404)
+
+
+def test_info_describes_store_model_and_limits(client: TestClient, demo: DemoStore) -> None:
+    info = client.get("/api/info").json()
+    res = client.app.state.resources  # type: ignore[attr-defined]
+    assert info["model"]["model_id"] == info["encoder"]["id"] == res.encoder.id
+    assert info["scenes"] == 2 and info["store"]["backend"] == "edge"
+    assert info["limits"]["max_k"] == MAX_K and info["basemap"] is None
+    assert "api_key" not in str(info).lower().replace("'api_key': none", "")
+
+
+def test_openapi_documents_every_endpoint(client: TestClient) -> None:
+    schema = client.get("/openapi.json").json()
+    paths = schema["paths"]
+    for path in ("/api/search", "/api/scenes", "/api/info", "/api/tiles/{tile_id}/chip.png",
+                 "/api/scenes/{scene_id}/preview.png"):
+        assert "get" in paths[path], path
+    params = {p["name"]: p for p in paths["/api/search"]["get"]["parameters"]}
+    assert params["q"]["required"] and params["k"]["schema"]["maximum"] == MAX_K
+    assert "chip_url" in schema["components"]["schemas"]["SearchHit"]["properties"]
+
+
+def test_page_and_static_assets(client: TestClient) -> None:
+    for url in ("/", "/?q=ships+near+a+harbor"):
+        resp = client.get(url)
+        assert resp.status_code == 200 and resp.headers["content-type"].startswith("text/html")
+        assert "/static/vendor/leaflet/leaflet.js" in resp.text and "/static/app.js" in resp.text
+        assert "unpkg" not in resp.text and "cdn" not in resp.text.lower()
+    assert client.get("/static/app.js").status_code == 200
+    assert client.get("/static/style.css").status_code == 200
+
+
+def test_unknown_routes_and_methods_are_json(client: TestClient) -> None:
+    assert_json_error(client.get("/api/nothing"), 404)
+    assert_json_error(client.post("/api/search", params={"q": QUERY}), 405)
+    assert_json_error(client.get("/docs"), 404)  # Swagger UI needs a CDN: off, /openapi.json stays
+
+
+def test_cors_is_off_by_default(client: TestClient) -> None:
+    resp = client.get("/api/info", headers={"Origin": "http://evil.example"})
+    assert resp.status_code == 200 and "access-control-allow-origin" not in resp.headers
+
+
+# -- a store whose source raster went away; CORS when configured --------------------------------
+
+
+def test_moved_source_raster_and_cors(tmp_path: Path, client: TestClient, demo: DemoStore) -> None:
+    """In-process ingest of a copy, then the copy is removed: chips and previews say so in a 404."""
+    from ftfsearch.store import open_store
+    from ingest.pipeline import IngestOptions, ingest_paths
+    from ingest.tiling import TilingSpec
+
+    res = client.app.state.resources  # type: ignore[attr-defined]
+    src = tmp_path / "landsat-cut.tif"
+    shutil.copy(GEOTIFFS / "rasterio" / "rgb1.tif", src)
+    store_dir = tmp_path / "store"
+    db = open_store(collection="tiles", store_dir=store_dir, qdrant_url=None, api_key=None, timeout=10.0)
+    try:
+        done, failed = ingest_paths([src], res.encoder, db, IngestOptions(spec=TilingSpec(tile_size=256)))
+    finally:
+        db.close()
+    assert done and not failed
+    options = ServeOptions(cors_origins=("http://gis.example",))
+    app = create_app(Settings(store_dir=store_dir, model=str(demo.model_dir), device="cpu"), options)
+    with TestClient(app) as other:
+        hit = other.get("/api/search", params={"q": QUERY, "k": 1}).json()["results"][0]
+        assert png(other.get(hit["chip_url"])).shape[2] == 3
+        scene = other.get("/api/scenes").json()["scenes"][0]
+        assert scene["preview_url"]
+        src.unlink()
+        message = assert_json_error(other.get(hit["chip_url"] + "&size=100"), 404)
+        assert str(src) in message and "re-ingest" in message
+        assert_json_error(other.get(scene["preview_url"]), 404)
+        listed = other.get("/api/scenes").json()["scenes"][0]
+        assert listed["preview_url"] is None and listed["tiles"] > 0  # the list still works
+        resp = other.get("/api/info", headers={"Origin": "http://gis.example"})
+        assert resp.headers["access-control-allow-origin"] == "http://gis.example"
+        resp = other.get("/api/info", headers={"Origin": "http://evil.example"})
+        assert "access-control-allow-origin" not in resp.headers

@@ -1,0 +1,274 @@
+"""End to end: the installed ``ftfsearch serve`` on a real store, driven by Debian's Chromium.
+
+The page must work offline (no request leaves the server), show the scenes and the results on
+the map, list the results with their chips, and show a result in detail when clicked. A
+screenshot is saved as a test artifact: under pytest's temp dir, in ``$FTF_TEST_ARTIFACTS`` when
+set, and as ``docs/screenshot.png`` when ``FTF_UPDATE_SCREENSHOT=1``.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from _web_fixtures import DemoStore, demo_store, free_port, ftfsearch_command
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_FLAGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]
+REPO = Path(__file__).resolve().parents[1]
+LEAFLET = REPO / "ftfsearch" / "web" / "static" / "vendor" / "leaflet" / "leaflet.js"
+QUERY = "a river next to farmland"
+
+if not CHROMIUM.exists():
+    if os.environ.get("CI"):
+        raise RuntimeError(f"CI must run the browser test: {CHROMIUM} is missing (apt-get install -y chromium)")
+    pytest.skip(f"{CHROMIUM} is missing: apt-get install -y chromium (CI installs it)", allow_module_level=True)
+
+
+@dataclass
+class Server:
+    url: str
+    port: int
+    proc: subprocess.Popen[str]
+    log: Path
+    demo: DemoStore
+
+
+def _get(url: str, timeout: float = 30.0) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    if not LEAFLET.is_file():
+        pytest.fail(f"{LEAFLET} missing: run scripts/get-leaflet.sh (the Makefile's venv target does)")
+    demo = demo_store(tmp_path_factory)
+    port = free_port()
+    log = tmp_path_factory.mktemp("serve") / "serve.log"
+    env = {**os.environ, "FTF_CONFIG": str(log.parent / "none.toml")}
+    env.pop("FTF_BASEMAP_URL", None)
+    with open(log, "w") as fh:
+        proc = subprocess.Popen(
+            [ftfsearch_command(), "serve", "--store", str(demo.store_dir), "--model", str(demo.model_dir),
+             "--device", "cpu", "--port", str(port)],
+            stdout=fh, stderr=subprocess.STDOUT, text=True, env=env,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"ftfsearch serve exited with {proc.returncode}: {log.read_text()[-2000:]}")
+            try:
+                if _get(url + "/api/info", timeout=2)[0] == 200:
+                    break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"ftfsearch serve did not answer within 180 s: {log.read_text()[-2000:]}")
+            time.sleep(0.3)
+        yield Server(url, port, proc, log, demo)
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def test_serve_listens_on_loopback_by_default(server: Server) -> None:
+    assert f"serving on http://127.0.0.1:{server.port}/" in server.log.read_text()
+    assert "warning" not in server.log.read_text()
+
+
+def test_public_host_warns_and_a_busy_port_is_one_line(server: Server) -> None:
+    proc = subprocess.run(
+        [ftfsearch_command(), "serve", "--host", "0.0.0.0", "--port", str(server.port),
+         "--store", str(server.demo.store_dir), "--model", str(server.demo.model_dir)],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 2, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert lines[0].startswith("warning: --host 0.0.0.0") and "without authentication" in proc.stderr
+    assert f"--port {server.port}: cannot listen there" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize(
+    "raw_path",
+    [
+        "/static/../../../../../../etc/passwd",
+        "/static/..%2f..%2f..%2f..%2fetc%2fpasswd",
+        "/api/tiles/../../../../etc/passwd/chip.png",
+        "/api/tiles/..%2f..%2f..%2fetc%2fpasswd/chip.png",
+        "/api/tiles/%2e%2e/chip.png",
+        "/api/scenes/..%2f..%2f..%2fetc%2fpasswd/preview.png",
+    ],
+)
+def test_raw_traversal_paths_on_the_live_server(server: Server, raw_path: str) -> None:
+    """Paths sent as they are (no client-side normalisation), as an attacker would."""
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    try:
+        conn.putrequest("GET", raw_path, skip_accept_encoding=True)
+        conn.endheaders()
+        resp = conn.getresponse()
+        body = resp.read().decode("utf-8", "replace")
+    finally:
+        conn.close()
+    assert 400 <= resp.status < 500, (resp.status, body[:300])
+    assert "root:" not in body and "Traceback" not in body
+    if raw_path.startswith("/api"):
+        assert set(json.loads(body)) == {"error"}
+
+
+def test_four_concurrent_clients(server: Server) -> None:
+    """Searches and chips from 4 clients at once: all answered, identical answers, p50 reported."""
+    status, body = _get(f"{server.url}/api/search?q=ships+near+a+harbor&k=8")
+    assert status == 200
+    reference = json.loads(body)["results"]
+    chips = [r["chip_url"] for r in reference]
+    times: dict[str, list[float]] = {"search": [], "chip": []}
+    errors: list[str] = []
+    lock = threading.Lock()
+
+    def client(i: int) -> None:
+        for j in range(6):
+            t0 = time.perf_counter()
+            status, body = _get(f"{server.url}/api/search?q=ships+near+a+harbor&k=8")
+            dt = time.perf_counter() - t0
+            if status != 200 or [r["id"] for r in json.loads(body)["results"]] != [r["id"] for r in reference]:
+                errors.append(f"search {status}")
+            with lock:
+                times["search"].append(dt)
+            t0 = time.perf_counter()
+            # a different size each time: most requests are cache misses (a real windowed read)
+            status, png = _get(f"{chips[(i + j) % len(chips)]}&size={96 + 8 * (4 * j + i)}")
+            dt = time.perf_counter() - t0
+            if status != 200 or not png.startswith(b"\x89PNG"):
+                errors.append(f"chip {status}")
+            with lock:
+                times["chip"].append(dt)
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors and len(times["search"]) == len(times["chip"]) == 24
+    for name, values in times.items():
+        print(f"{name}: p50 {1000 * statistics.median(values):.1f} ms, max {1000 * max(values):.1f} ms (4 clients)")
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_FLAGS, headless=True)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+def _save_screenshot(page: object, tmp_path: Path) -> Path:
+    shot = tmp_path / "ftfsearch-page.png"
+    page.screenshot(path=str(shot))  # type: ignore[attr-defined]
+    if os.environ.get("FTF_TEST_ARTIFACTS"):
+        target = Path(os.environ["FTF_TEST_ARTIFACTS"])
+        target.mkdir(parents=True, exist_ok=True)
+        shutil.copy(shot, target / shot.name)
+    if os.environ.get("FTF_UPDATE_SCREENSHOT") == "1":
+        (REPO / "docs").mkdir(exist_ok=True)
+        shutil.copy(shot, REPO / "docs" / "screenshot.png")
+    return shot
+
+
+def test_search_page_in_chromium(server: Server, browser: object, tmp_path: Path) -> None:
+    page = browser.new_page(viewport={"width": 1400, "height": 860})  # type: ignore[attr-defined]
+    problems: list[str] = []
+    requests: list[str] = []
+    page.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
+    page.on("console", lambda msg: problems.append(f"console: {msg.text}") if msg.type == "error" else None)
+    page.on("request", lambda req: requests.append(req.url))
+    page.on("requestfailed", lambda req: problems.append(f"request failed: {req.url}"))
+
+    page.goto(server.url + "/")
+    page.wait_for_selector("body[data-ready='1']", timeout=30_000)
+    assert page.evaluate("typeof L") == "object" and page.locator("#no-leaflet").is_hidden()
+    assert "2 scenes" in page.inner_text("#store-info")
+    # Offline map: the scenes themselves as image overlays, with their outlines.
+    page.wait_for_function(
+        "[...document.querySelectorAll('img.scene-preview')].filter(i => i.complete && i.naturalWidth > 0).length == 2"
+    )
+    assert page.locator("path.scene-footprint").count() == 2
+
+    page.fill("#k", "8")
+    page.fill("#q", QUERY)
+    page.press("#q", "Enter")
+    page.wait_for_selector(".result", timeout=30_000)
+    page.wait_for_function("[...document.querySelectorAll('.result img')].every(i => i.complete && i.naturalWidth > 0)")
+    api = json.loads(_get(f"{server.url}/api/search?q={QUERY.replace(' ', '+')}&k=8")[1])["results"]
+    items = page.locator(".result")
+    assert items.count() == len(api) == 8
+    for i, hit in enumerate(api):
+        text = items.nth(i).inner_text()
+        assert f"#{hit['rank']}" in text and f"{hit['score']:.4f}" in text and hit["scene_id"] in text
+    assert page.locator("path.result-footprint").count() == sum(1 for h in api if h["footprint"])
+    assert "8 results" in page.inner_text("#status")
+    assert page.evaluate("new URL(location.href).searchParams.get('q')") == QUERY
+
+    # Click the second result: it is selected, its footprint outlined, its chip shown large.
+    items.nth(1).click()
+    page.wait_for_selector("#detail:not([hidden])")
+    page.wait_for_function("document.getElementById('detail-chip').complete && "
+                           "document.getElementById('detail-chip').naturalWidth > 0")
+    hit = api[1]
+    assert "selected" in (items.nth(1).get_attribute("class") or "")
+    detail = page.inner_text("#detail")
+    assert hit["scene_id"] in detail and f"{hit['score']:.4f}" in detail and hit["id"] in detail
+    assert "matched region" in detail and f"col {hit['region_window']['col']}" in detail
+    assert page.evaluate("document.getElementById('detail-chip').naturalWidth") == min(512, hit["window"]["width"])
+    assert page.locator("path.result-footprint[stroke-width='4']").count() == 1
+    page.wait_for_timeout(1000)  # the map's fly-to animation
+    shot = _save_screenshot(page, tmp_path)
+    assert shot.stat().st_size > 50_000
+
+    # The same page opened with ?q= searches at once.
+    page.goto(f"{server.url}/?q=ships+near+a+harbor")
+    page.wait_for_selector(".result", timeout=30_000)
+    assert page.input_value("#q") == "ships near a harbor"
+    assert not problems, problems
+
+    # A bad request shows the server's message, not a blank page.
+    page.fill("#k", "5000")
+    page.press("#q", "Enter")
+    page.wait_for_selector("#status.error")
+    assert "k:" in page.inner_text("#status")
+    assert all("422" in p for p in problems), problems  # only the browser's note of that 422
+
+    assert requests and all(u.startswith(server.url) or u.startswith("data:") for u in requests), [
+        u for u in requests if not u.startswith(server.url)
+    ]
+    page.close()
