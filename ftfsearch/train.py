@@ -1,0 +1,516 @@
+"""Training of the FTF dual encoder (from scratch) with inter- and intra-modal losses.
+
+Losses per batch of B images with two of their captions each (t1, t2):
+- ``coarse``: symmetric InfoNCE between texts and coarse vectors g (in-batch negatives);
+- ``fine``: symmetric InfoNCE with the BTI fine scores <t, v_b> as logits (the same
+  :func:`ftfsearch.rerank.bti` the query path runs), so regions learn what the rerank needs;
+- ``text``: symmetric InfoNCE between the two captions of each image (captions of one image together);
+- ``region``: 1 - cos(normalize(mean of regions), g) (pooled regions consistent with the coarse vector).
+Each InfoNCE has its own learnable logit scale (CLIP-style, init 1/0.07, capped at 100).
+
+Images are decoded once into a uint8 cache; augmentation (random resized crop, flips, 90-degree
+rotations, brightness/contrast) runs batched on tensors. Every epoch ends with a validation mR and
+an atomic checkpoint; ``resume`` continues after the last finished epoch with the same data order
+(epoch-seeded). At the end tau/alpha of the rerank are chosen on the validation split(s) and the
+model directory is written.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ftfsearch.datasets import CaptionSplit, load_dataset, load_pixels
+from ftfsearch.errors import BadInput, DatasetError
+from ftfsearch.evaluate import EVAL_PIXELS, Embeddings, encode_split, score
+from ftfsearch.model.base import RerankParams
+from ftfsearch.model.ftf import FtfConfig, FtfEncoder, FtfModel, save_ftf_model
+from ftfsearch.model.loading import resolve_device
+from ftfsearch.model.text import encode_batch, train_tokenizer
+from ftfsearch.rerank import bti
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_NAME = "checkpoint.pt"
+TRAIN_PIXELS_MARGIN = 1.125
+"""Training images are cached at this multiple of the input size so random crops keep detail."""
+
+
+@dataclass
+class LossWeights:
+    coarse: float = 1.0
+    fine: float = 1.0
+    text: float = 0.5
+    region: float = 0.5
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run depends on (recorded in the checkpoint)."""
+
+    data: list[Path]
+    out: Path
+    images: list[Path | None] | None = None
+    """Image folder per dataset (None: ``images/`` beside the json)."""
+    base: str | None = None
+    epochs: int = 20
+    batch_size: int = 96
+    lr: float = 2e-3
+    weight_decay: float = 0.05
+    warmup_steps: int = 300
+    device: str = "auto"
+    resume: bool = False
+    seed: int = 0
+    model: FtfConfig = field(default_factory=FtfConfig)
+    loss: LossWeights = field(default_factory=LossWeights)
+    train_tau: float = 0.1
+    """BTI attention temperature inside the fine loss."""
+    train_balanced: bool = True
+    amp: bool = True
+    """Mixed precision: bfloat16 autocast on CPU, float16 with a grad scaler on CUDA."""
+    cache_dir: Path | None = None
+    max_steps_per_epoch: int | None = None
+    max_train_images: int | None = None
+    max_val_images: int | None = None
+    recall_k: int = 50
+    taus: tuple[float, ...] = (0.02, 0.05, 0.1, 0.2)
+    alphas: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0)
+    keep_checkpoint: bool = False
+    num_threads: int | None = 2
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["data"] = [str(p) for p in self.data]
+        d["out"] = str(self.out)
+        d["images"] = [str(p) if p else None for p in self.images] if self.images else None
+        d["cache_dir"] = str(self.cache_dir) if self.cache_dir else None
+        d["model"] = self.model.to_dict()
+        return d
+
+
+@dataclass
+class TrainProgress:
+    """One progress report: a step of an epoch, or a phase message."""
+
+    phase: str
+    epoch: int
+    epochs: int
+    step: int = 0
+    steps: int = 0
+    loss: float | None = None
+    message: str = ""
+
+
+@dataclass
+class EpochStats:
+    epoch: int
+    loss: float
+    parts: dict[str, float]
+    val_mR: float
+    seconds: float
+
+
+@dataclass
+class TrainResult:
+    out_dir: Path
+    history: list[EpochStats]
+    rerank: RerankParams
+    val: dict[str, Any]
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"out_dir": str(self.out_dir), "history": [dataclasses.asdict(h) for h in self.history],
+                "rerank": dataclasses.asdict(self.rerank), "val": self.val, "seconds": round(self.seconds, 1)}
+
+
+def _splits(cfg: TrainConfig, split: str, limit: int | None) -> list[CaptionSplit]:
+    images = cfg.images or [None] * len(cfg.data)
+    if len(images) != len(cfg.data):
+        raise BadInput(f"--images given {len(images)} times for {len(cfg.data)} --data files; give one per dataset or none")
+    out = []
+    for path, img in zip(cfg.data, images):
+        part = load_dataset(path, img).split(split)
+        if limit is not None:
+            part = CaptionSplit(part.name, part.split, part.images[:limit])
+        out.append(part)
+    return out
+
+
+def augment(batch: torch.Tensor, size: int, gen: torch.Generator) -> torch.Tensor:
+    """uint8 ``[B, H, W, 3]`` -> float ``[B, 3, size, size]`` in 0..1, randomly cropped/flipped/rotated/jittered."""
+    x = batch.permute(0, 3, 1, 2).float().div_(255.0)
+    b = x.shape[0]
+    side = torch.empty(b).uniform_(0.7, 1.0, generator=gen)  # crop side as a fraction of the image
+    aspect = torch.exp(torch.empty(b).uniform_(-0.15, 0.15, generator=gen))
+    sx = (side * aspect.sqrt()).clamp(max=1.0)
+    sy = (side / aspect.sqrt()).clamp(max=1.0)
+    tx = (torch.rand(b, generator=gen) * 2 - 1) * (1 - sx)
+    ty = (torch.rand(b, generator=gen) * 2 - 1) * (1 - sy)
+    k = torch.randint(0, 4, (b,), generator=gen).float() * (math.pi / 2)
+    flip = torch.where(torch.rand(b, generator=gen) < 0.5, -1.0, 1.0)
+    cos, sin = torch.cos(k), torch.sin(k)
+    theta = torch.zeros(b, 2, 3)
+    theta[:, 0, 0] = cos * sx * flip
+    theta[:, 0, 1] = -sin * sy
+    theta[:, 1, 0] = sin * sx * flip
+    theta[:, 1, 1] = cos * sy
+    theta[:, 0, 2] = tx
+    theta[:, 1, 2] = ty
+    grid = F.affine_grid(theta, [b, 3, size, size], align_corners=False)
+    out = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+    bright = torch.empty(b, 1, 1, 1).uniform_(-0.08, 0.08, generator=gen)
+    contrast = torch.empty(b, 1, 1, 1).uniform_(0.85, 1.15, generator=gen)
+    mean = out.mean(dim=(1, 2, 3), keepdim=True)
+    return ((out - mean) * contrast + mean + bright).clamp_(0.0, 1.0)
+
+
+def _info_nce(logits: torch.Tensor) -> torch.Tensor:
+    """Symmetric cross-entropy of a square logit matrix whose diagonal holds the positives."""
+    target = torch.arange(logits.shape[0], device=logits.device)
+    return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
+
+
+class LossHead(nn.Module):
+    """Learnable logit scales of the three InfoNCE terms."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.log_scale = nn.Parameter(torch.full((3,), math.log(1 / 0.07)))
+
+    def scales(self) -> torch.Tensor:
+        return self.log_scale.exp().clamp(max=100.0)
+
+
+def compute_losses(
+    text: torch.Tensor, coarse: torch.Tensor, regions: torch.Tensor, head: LossHead,
+    weights: LossWeights, tau: float, balanced: bool,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Weighted loss and its parts; ``text`` is ``[2B, D]`` (first and second caption of each image)."""
+    b = coarse.shape[0]
+    s = head.scales()
+    t1, t2 = text[:b], text[b:]
+    parts: dict[str, torch.Tensor] = {}
+    parts["coarse"] = 0.5 * (_info_nce(s[0] * t1 @ coarse.T) + _info_nce(s[0] * t2 @ coarse.T))
+    if weights.fine:
+        fine = bti(text, coarse, regions, tau=tau, alpha=1.0, balanced=balanced).fine  # [2B, B]
+        parts["fine"] = 0.5 * (_info_nce(s[1] * fine[:b]) + _info_nce(s[1] * fine[b:]))
+    if weights.text:
+        parts["text"] = _info_nce(s[2] * t1 @ t2.T)
+    if weights.region:
+        pooled = F.normalize(regions.mean(dim=1), dim=-1)
+        parts["region"] = (1.0 - (pooled * coarse).sum(-1)).mean()
+    total = sum(getattr(weights, k) * v for k, v in parts.items())
+    assert isinstance(total, torch.Tensor)
+    return total, {k: float(v.detach()) for k, v in parts.items()}
+
+
+def _param_groups(modules: list[nn.Module], weight_decay: float) -> list[dict[str, Any]]:
+    decay, no_decay = [], []
+    for m in modules:
+        for name, p in m.named_parameters():
+            (decay if p.dim() >= 2 and "embed" not in name and name != "text.pos" else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _lr_at(step: int, total: int, cfg: TrainConfig) -> float:
+    warm = min(cfg.warmup_steps, max(total // 10, 1))
+    if step < warm:
+        return cfg.lr * (step + 1) / warm
+    frac = (step - warm) / max(total - warm, 1)
+    return cfg.lr * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0)))
+
+
+def _atomic_save(obj: Any, path: Path) -> None:
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def choose_rerank(embs: list[Embeddings], recall_k: int, taus: tuple[float, ...], alphas: tuple[float, ...]) -> tuple[RerankParams, dict[str, Any]]:
+    """Grid search of tau/alpha (balanced BTI) maximising the mean FTF mR over the validation splits."""
+    best: tuple[float, RerankParams] | None = None
+    grid = []
+    for tau in taus:
+        for alpha in alphas:
+            p = RerankParams(tau=tau, alpha=alpha, balanced=True)
+            mrs = [score(e, recall_k, p)[1].mR for e in embs]
+            m = float(np.mean(mrs))
+            grid.append({"tau": tau, "alpha": alpha, "ftf_mR": round(m, 2)})
+            if best is None or m > best[0]:
+                best = (m, p)
+    assert best is not None
+    coarse = float(np.mean([score(e, recall_k, best[1])[0].mR for e in embs]))
+    return best[1], {"grid": grid, "best_ftf_mR": round(best[0], 2), "coarse_mR": round(coarse, 2)}
+
+
+class _FtfTask:
+    """Training adapter of the project's own dual encoder (tokenizer learned from the captions)."""
+
+    def __init__(self, config: TrainConfig, captions: list[str], ckpt: dict[str, Any] | None, device: torch.device) -> None:
+        from tokenizers import Tokenizer
+
+        self.cfg = FtfConfig.from_dict(ckpt["model_config"]) if ckpt is not None else config.model
+        if ckpt is not None:
+            self.tokenizer = Tokenizer.from_str(ckpt["tokenizer"])
+        else:
+            self.tokenizer = train_tokenizer(captions, self.cfg.vocab_size)
+            self.cfg.vocab_size = self.tokenizer.get_vocab_size()
+        self.ids = encode_batch(self.tokenizer, captions, self.cfg.max_text_tokens)
+        self.device = device
+        torch.manual_seed(config.seed)
+        self.model = FtfModel(self.cfg).to(device)
+        self.image_size = self.cfg.image_size
+        self.rerank = self.cfg.rerank
+
+    def images(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.model.forward_images(self.model.normalize_pixels(x))
+
+    def texts(self, rows: np.ndarray) -> torch.Tensor:
+        tids = self.ids[rows]
+        return self.model.forward_text(tids[:, : int((tids != 0).sum(1).max())].to(self.device))
+
+    def encoder(self) -> Any:
+        return FtfEncoder(self.model, self.tokenizer, self.device, weights_digest="training")
+
+    def extra_state(self) -> dict[str, Any]:
+        return {"model_config": self.cfg.to_dict(), "tokenizer": self.tokenizer.to_str()}
+
+    def save(self, out: Path, params: RerankParams) -> None:
+        self.cfg.rerank = params
+        self.model.cfg = self.cfg
+        save_ftf_model(self.model.cpu(), self.tokenizer, out)
+
+
+class _ClipTask:
+    """Training adapter of a CLIP model given by ``--base``: regions from patch tokens (one pass)."""
+
+    def __init__(self, config: TrainConfig, captions: list[str], ckpt: dict[str, Any] | None, device: torch.device) -> None:
+        from ftfsearch.model.clip import ClipEncoder  # lazily: transformers is heavy
+
+        assert config.base is not None
+        self.enc = ClipEncoder(config.base, device, region_mode="tokens", layout=config.model.region_layout)
+        self.model = self.enc.model
+        self.captions = captions
+        self.device = device
+        self.image_size = self.enc.transform.size
+        self.rerank = self.enc.rerank_params
+        t = self.enc.transform
+        self.mean = torch.tensor(t.mean, device=device).view(1, 3, 1, 1)
+        self.std = torch.tensor(t.std, device=device).view(1, 3, 1, 1)
+
+    def images(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        vision = self.model.vision_model
+        out = vision(pixel_values=(x - self.mean) / self.std)
+        patches = out.last_hidden_state[:, 1:, :]
+        pooled = torch.einsum("rp,bph->brh", self.enc._token_weights.to(patches.dtype), patches)
+        coarse = F.normalize(self.model.visual_projection(out.pooler_output).float(), dim=-1)
+        regions = F.normalize(self.model.visual_projection(vision.post_layernorm(pooled)).float(), dim=-1)
+        return coarse, regions
+
+    def texts(self, rows: np.ndarray) -> torch.Tensor:
+        batch = self.enc.tokenizer([self.captions[i] for i in rows], padding=True, truncation=True,
+                                   max_length=self.enc.max_text_tokens, return_tensors="pt").to(self.device)
+        pooled = self.model.text_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).pooler_output
+        return F.normalize(self.model.text_projection(pooled).float(), dim=-1)
+
+    def encoder(self) -> Any:
+        self.model.eval()
+        return self.enc
+
+    def extra_state(self) -> dict[str, Any]:
+        return {}
+
+    def save(self, out: Path, params: RerankParams) -> None:
+        import shutil
+
+        from ftfsearch.model.clip import RERANK_FILE
+
+        self.model.save_pretrained(out)
+        self.enc.tokenizer.save_pretrained(out)
+        if self.enc.files.processor_file is not None:
+            shutil.copyfile(self.enc.files.processor_file, out / self.enc.files.processor_file.name)
+        (out / RERANK_FILE).write_text(json.dumps(dataclasses.asdict(params)) + "\n")
+
+
+def _validate(task: Any, val: list[tuple[CaptionSplit, np.ndarray]]) -> list[Embeddings]:
+    enc = task.encoder()
+    try:
+        return [encode_split(enc, part, pix) for part, pix in val]
+    finally:
+        task.model.train()
+
+
+def train(config: TrainConfig, progress: Callable[[TrainProgress], None] | None = None) -> TrainResult:
+    """Train (or resume) an FTF model, or fine-tune the CLIP model ``config.base``; write the model to ``config.out``."""
+    t_start = time.perf_counter()
+    if config.num_threads:
+        torch.set_num_threads(config.num_threads)
+    device = resolve_device(config.device)
+    report = progress or (lambda p: None)
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt_path = out / CHECKPOINT_NAME
+    ckpt: dict[str, Any] | None = None
+    if config.resume:
+        if not ckpt_path.is_file():
+            raise BadInput(f"{ckpt_path}: no checkpoint to resume from; run without --resume")
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    if config.epochs < 1 or config.batch_size < 2:
+        raise BadInput("--epochs must be >= 1 and --batch-size >= 2")
+
+    report(TrainProgress("data", 0, config.epochs, message="loading and caching images"))
+    parts = _splits(config, "train", config.max_train_images)
+    captions = [c for p in parts for im in p.images for c in im.captions]
+    rows: list[np.ndarray] = []
+    start = 0
+    for p in parts:
+        for im in p.images:
+            rows.append(np.arange(start, start + len(im.captions)))
+            start += len(im.captions)
+    task: _FtfTask | _ClipTask = (_ClipTask if config.base is not None else _FtfTask)(config, captions, ckpt, device)
+    size = task.image_size
+    pix = [load_pixels(p, int(round(size * TRAIN_PIXELS_MARGIN)), config.cache_dir) for p in parts]
+    pixels = np.concatenate(pix) if len(pix) > 1 else pix[0]
+    val_parts = _splits(config, "val", config.max_val_images)
+    val = [(p, load_pixels(p, EVAL_PIXELS, config.cache_dir)) for p in val_parts]
+
+    model = task.model
+    head = LossHead().to(device)
+    opt = torch.optim.AdamW(_param_groups([model, head], config.weight_decay), lr=config.lr, betas=(0.9, 0.98))
+    n = len(pixels)
+    steps_per_epoch = n // config.batch_size
+    if config.max_steps_per_epoch is not None:
+        steps_per_epoch = min(steps_per_epoch, config.max_steps_per_epoch)
+    if steps_per_epoch < 1:
+        raise DatasetError(f"{config.data[0]}: {n} training images are fewer than one batch of {config.batch_size}; lower --batch-size")
+    total_steps = steps_per_epoch * config.epochs
+    history: list[EpochStats] = []
+    first_epoch = 0
+    if ckpt is not None:
+        model.load_state_dict(ckpt["model"])
+        head.load_state_dict(ckpt["head"])
+        opt.load_state_dict(ckpt["optimizer"])
+        history = [EpochStats(**h) for h in ckpt["history"]]
+        first_epoch = int(ckpt["epoch"])
+        log.info("resuming %s after epoch %d", out, first_epoch)
+
+    use_cuda_amp = config.amp and device.type == "cuda"
+    use_cpu_amp = config.amp and device.type == "cpu"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_cuda_amp)
+    amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
+    step = first_epoch * steps_per_epoch
+    model.train()
+    for epoch in range(first_epoch, config.epochs):
+        t0 = time.perf_counter()
+        rng = np.random.default_rng([config.seed, epoch])
+        gen = torch.Generator().manual_seed(config.seed * 1000 + epoch)
+        torch.manual_seed(config.seed * 1000 + epoch)  # dropout: a resumed epoch draws the same masks
+        order = rng.permutation(n)
+        sums: dict[str, float] = {}
+        total_loss = 0.0
+        for s in range(steps_per_epoch):
+            idx = np.sort(order[s * config.batch_size:(s + 1) * config.batch_size])
+            two = np.stack([rng.choice(rows[i], 2, replace=len(rows[i]) < 2) for i in idx])
+            x = augment(torch.from_numpy(pixels[idx]), size, gen).to(device)
+            for group in opt.param_groups:
+                group["lr"] = _lr_at(step, total_steps, config)
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=use_cuda_amp or use_cpu_amp):
+                g, r = task.images(x)
+                t = task.texts(np.concatenate([two[:, 0], two[:, 1]]))
+            loss, parts_now = compute_losses(t, g, r, head, config.loss, config.train_tau, config.train_balanced)
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.unscale_(opt)
+            nn.utils.clip_grad_norm_(list(model.parameters()) + list(head.parameters()), 5.0)
+            scaler.step(opt)
+            scaler.update()
+            step += 1
+            total_loss += float(loss.detach())
+            for k, v in parts_now.items():
+                sums[k] = sums.get(k, 0.0) + v
+            report(TrainProgress("train", epoch + 1, config.epochs, s + 1, steps_per_epoch, float(loss.detach())))
+        report(TrainProgress("val", epoch + 1, config.epochs, message="validating"))
+        embs = _validate(task, val)
+        val_mR = float(np.mean([score(e, config.recall_k, task.rerank)[0].mR for e in embs]))
+        stats = EpochStats(epoch + 1, total_loss / steps_per_epoch, {k: v / steps_per_epoch for k, v in sums.items()},
+                           round(val_mR, 2), round(time.perf_counter() - t0, 1))
+        history.append(stats)
+        log.info("epoch %d/%d loss %.4f val coarse mR %.2f (%.0fs)", epoch + 1, config.epochs, stats.loss, val_mR, stats.seconds)
+        report(TrainProgress("epoch", epoch + 1, config.epochs, loss=stats.loss,
+                             message=f"epoch {epoch + 1}: loss {stats.loss:.3f}, val coarse mR {val_mR:.2f}"))
+        _atomic_save({
+            "epoch": epoch + 1, "model": model.state_dict(), "head": head.state_dict(), "optimizer": opt.state_dict(),
+            "history": [dataclasses.asdict(h) for h in history], "train_config": config.to_dict(), **task.extra_state(),
+        }, ckpt_path)
+
+    report(TrainProgress("rerank", config.epochs, config.epochs, message="choosing tau/alpha on val"))
+    embs = _validate(task, val)
+    params, val_info = choose_rerank(embs, config.recall_k, config.taus, config.alphas)
+    task.save(out, params)
+    seconds = time.perf_counter() - t_start
+    result = TrainResult(out, history, params, val_info, seconds)
+    summary = {**result.to_dict(), "train_config": config.to_dict(), "loss_scales": head.scales().tolist(),
+               "torch": torch.__version__, "device": str(device)}
+    (out / "train_log.json").write_text(json.dumps(summary, indent=2) + "\n")
+    if not config.keep_checkpoint:
+        ckpt_path.unlink(missing_ok=True)
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m ftfsearch.train``: the same arguments as ``ftfsearch train`` (until the CLI lands)."""
+    import argparse
+    import sys
+
+    from ftfsearch.errors import FtfError
+
+    ap = argparse.ArgumentParser(prog="python -m ftfsearch.train")
+    ap.add_argument("--data", action="append", type=Path, required=True)
+    ap.add_argument("--images", action="append", type=Path)
+    ap.add_argument("--base")
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--epochs", type=int, default=20)
+    ap.add_argument("--batch-size", type=int, default=96)
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--cache-dir", type=Path, default=Path(".cache/pixels"))
+    ap.add_argument("--no-loss", action="append", default=[], choices=["fine", "text", "region"])
+    ap.add_argument("--max-steps-per-epoch", type=int)
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
+    weights = LossWeights(**{k: 0.0 for k in args.no_loss})
+    cfg = TrainConfig(data=args.data, images=args.images, base=args.base, out=args.out, epochs=args.epochs,
+                      batch_size=args.batch_size, device=args.device, resume=args.resume, cache_dir=args.cache_dir,
+                      loss=weights, max_steps_per_epoch=args.max_steps_per_epoch)
+    last = [0.0]
+
+    def show(p: TrainProgress) -> None:
+        now = time.perf_counter()
+        if p.phase != "train" or p.step == p.steps or now - last[0] > 30:
+            last[0] = now
+            print(f"[{p.phase}] epoch {p.epoch}/{p.epochs} step {p.step}/{p.steps} "
+                  f"{'' if p.loss is None else f'loss {p.loss:.4f} '}{p.message}", file=sys.stderr, flush=True)
+
+    try:
+        result = train(cfg, show)
+    except FtfError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    print(json.dumps(result.to_dict(), indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,85 @@
+"""Caption dataset loading on the real RSICD/UCM files, and the one-line errors on bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ftfsearch.datasets import CaptionSplit, load_dataset, load_pixels
+from ftfsearch.errors import DatasetError
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+RSICD = DATA / "rsicd" / "dataset_rsicd.json"
+UCM = DATA / "ucm" / "dataset_ucm.json"
+
+
+def test_rsicd_splits_and_captions() -> None:
+    ds = load_dataset(RSICD)
+    assert ds.name == "rsicd"
+    sizes = {s: len(ds.split(s)) for s in ("train", "val", "test")}
+    assert sizes == {"train": 8734, "val": 1094, "test": 1093}
+    test = ds.split("test")
+    assert len(test.captions) == 5 * len(test)
+    owner = test.caption_owner
+    assert owner.shape == (5 * len(test),) and owner[0] == 0 and owner[-1] == len(test) - 1
+    assert all(im.path.is_file() for im in test.images[:5])
+
+
+def test_ucm_images_resolve_from_explicit_dir(tmp_path: Path) -> None:
+    doc = json.loads(UCM.read_text())
+    doc["images"] = doc["images"][:3]
+    js = tmp_path / "dataset_small.json"
+    js.write_text(json.dumps(doc))
+    ds = load_dataset(js, UCM.parent / "images")
+    assert len(ds.images) == 3 and ds.images[0].path.parent == UCM.parent / "images"
+    with pytest.raises(DatasetError, match="image directory not found"):
+        load_dataset(js)  # no images/ beside this json
+
+
+def test_load_pixels_caches(tmp_path: Path) -> None:
+    part = load_dataset(UCM).split("test")
+    part = CaptionSplit(part.name, part.split, part.images[:4])
+    a = load_pixels(part, 64, tmp_path)
+    assert a.shape == (4, 64, 64, 3) and a.dtype == np.uint8 and a.std() > 5
+    cached = list(tmp_path.glob("*.npy"))
+    assert len(cached) == 1
+    b = load_pixels(part, 64, tmp_path)
+    np.testing.assert_array_equal(a, b)
+
+
+def _write(tmp_path: Path, content: str) -> Path:
+    (tmp_path / "images").mkdir(exist_ok=True)
+    p = tmp_path / "dataset_bad.json"
+    p.write_text(content)
+    return p
+
+
+@pytest.mark.parametrize(
+    ("content", "match"),
+    [
+        ("{not json", "not valid json"),
+        (json.dumps({"dataset": "x"}), "no 'images' list"),
+        (json.dumps({"images": []}), "'images' list is empty"),
+        (json.dumps({"images": [{"filename": "a.jpg", "sentences": [{"raw": "x"}]}]}), "has no 'split'"),
+        (json.dumps({"images": [{"filename": "a.jpg", "split": "test", "sentences": [{"raw": "x"}]}]}), "missing"),
+    ],
+)
+def test_bad_dataset_files(tmp_path: Path, content: str, match: str) -> None:
+    with pytest.raises(DatasetError, match=match) as info:
+        load_dataset(_write(tmp_path, content))
+    assert "\n" not in str(info.value)
+
+
+def test_empty_split_and_missing_file(tmp_path: Path) -> None:
+    doc = json.loads(UCM.read_text())
+    doc["images"] = [dict(im, split="train") for im in doc["images"][:2]]
+    js = tmp_path / "dataset_x.json"
+    js.write_text(json.dumps(doc))
+    ds = load_dataset(js, UCM.parent / "images")
+    with pytest.raises(DatasetError, match="split 'test' has no images"):
+        ds.split("test")
+    with pytest.raises(DatasetError, match="not found"):
+        load_dataset(tmp_path / "nope.json")

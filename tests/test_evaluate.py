@@ -1,0 +1,82 @@
+"""Evaluation protocol: known answers on constructed embeddings, and a real tiny split end to end."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ftfsearch.datasets import CaptionSplit, load_dataset, load_pixels
+from ftfsearch.evaluate import Embeddings, evaluate, format_report, score
+from ftfsearch.model.base import RerankParams
+from ftfsearch.model.ftf import FtfConfig, FtfEncoder, FtfModel
+from ftfsearch.model.text import train_tokenizer
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+UCM = DATA / "ucm" / "dataset_ucm.json"
+
+
+def _emb(n: int, caps: int, d: int = 16, seed: int = 0) -> Embeddings:
+    gen = torch.Generator().manual_seed(seed)
+    g = F.normalize(torch.randn(n, d, generator=gen), dim=-1)
+    regions = F.normalize(g.unsqueeze(1) + 0.3 * torch.randn(n, 4, d, generator=gen), dim=-1)
+    owner = torch.arange(n).repeat_interleave(caps)
+    text = F.normalize(g[owner] + 0.05 * torch.randn(n * caps, d, generator=gen), dim=-1)
+    return Embeddings(coarse=g, regions=regions, text=text, owner=owner)
+
+
+def test_perfect_embeddings_score_100() -> None:
+    coarse, ftf, ceiling, _ = score(_emb(30, 5), recall_k=10, params=RerankParams(0.05, 0.5))
+    assert coarse.mR == 100.0 and ftf.mR == 100.0
+    assert ceiling == {"t2i": 100.0, "i2t": 100.0}
+
+
+def test_i2t_counts_any_caption_and_t2i_own_image() -> None:
+    emb = _emb(10, 5)
+    # Move 4 of image 0's 5 captions onto image 1: t2i loses them, i2t of image 0 still hits via the 5th.
+    emb.text[1:5] = emb.coarse[1]
+    coarse, _, _, _ = score(emb, recall_k=10, params=RerankParams(0.05, 0.0))
+    assert coarse.t2i.r1 == pytest.approx(100 * 46 / 50)
+    assert coarse.i2t.r1 < 100.0  # image 0's best captions belong to image 1
+    assert coarse.i2t.r5 == 100.0  # its own 5th caption is within the top 5
+
+
+def test_alpha_zero_equals_coarse_and_k_bounds_ceiling() -> None:
+    emb = _emb(40, 5, d=8, seed=1)
+    emb.text = F.normalize(emb.text + 0.6 * torch.randn_like(emb.text), dim=-1)
+    coarse, ftf, ceiling, _ = score(emb, recall_k=20, params=RerankParams(0.05, 0.0))
+    assert ftf.to_dict() == coarse.to_dict()
+    _, _, small, _ = score(emb, recall_k=2, params=RerankParams(0.05, 0.0))
+    assert small["t2i"] <= ceiling["t2i"] and small["t2i"] < 100.0
+    # with K=2 nothing beyond rank 2 can be reranked, and R@10 still counts coarse ranks 3..10
+    c2, f2, _, _ = score(emb, recall_k=2, params=RerankParams(0.05, 1.0))
+    assert f2.t2i.r10 == c2.t2i.r10
+
+
+def test_evaluate_tiny_real_split() -> None:
+    torch.manual_seed(0)
+    part = load_dataset(UCM).split("test")
+    part = CaptionSplit(part.name, part.split, part.images[:12])
+    tok = train_tokenizer(part.captions, 200)
+    cfg = FtfConfig(name="t", dim=16, image_size=48, widths=(8, 16), blocks=(1, 1), text_width=16, text_layers=1,
+                    text_heads=2, vocab_size=tok.get_vocab_size())
+    enc = FtfEncoder(FtfModel(cfg), tok, torch.device("cpu"), "0" * 64)
+    rep = evaluate(enc, part, recall_k=5, pixels=load_pixels(part, 96, None))
+    d = json.loads(json.dumps(rep.to_dict()))
+    for block in ("coarse", "ftf"):
+        assert set(d[block]) == {"t2i", "i2t", "mR"}
+        for direction in ("t2i", "i2t"):
+            r = d[block][direction]
+            assert set(r) == {"r1", "r5", "r10"}
+            assert 0.0 <= r["r1"] <= r["r5"] <= r["r10"] <= 100.0
+        assert d[block]["mR"] == pytest.approx(np.mean([d[block][x][k] for x in ("t2i", "i2t") for k in ("r1", "r5", "r10")]), abs=0.01)
+    assert d["num_images"] == 12 and d["num_captions"] == 60
+    assert 0 <= d["recall_ceiling"]["t2i"] <= 100 and d["images_per_s"] > 0 and d["queries_per_s"] > 0
+    # 12 images, R@10 of t2i by chance alone is ~10/12; an untrained model cannot be far from chance
+    assert d["coarse"]["t2i"]["r10"] > 40
+    table = format_report(rep)
+    assert "coarse" in table and "FTF" in table and "mR" in table
