@@ -34,8 +34,9 @@ app = typer.Typer(
     no_args_is_help=True,
     help="Text search over remote-sensing scenes: fast coarse recall, then a text-guided region rerank.",
 )
-out = Console(soft_wrap=True)
-err = Console(stderr=True)
+# Piped output is not cut to 80 columns: tables stay one row per result.
+out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
+err = Console(stderr=True, soft_wrap=True)
 log = logging.getLogger("ftfsearch")
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -228,7 +229,7 @@ def ingest(
                 highlight=False,
             )
     if not done:
-        raise typer.Exit(2)
+        _fail(f"nothing was ingested: {len(failed)} of {len(files)} rasters skipped (see above)", 2)
     if failed:
         raise typer.Exit(1)
 
@@ -291,8 +292,8 @@ def query(
         err.print("no tiles matched (is the bbox or scene filter too narrow?)")
         return
     table = Table(title=f"{text!r}", title_justify="left")
-    for col in ("#", "score", "coarse", "scene", "level", "window (col,row,w,h)", "bbox (lon/lat)", "region"):
-        table.add_column(col, overflow="fold")
+    for col in ("#", "score", "coarse", "scene", "level", "window col,row,w,h", "bbox W,S,E,N", "region x0,y0,x1,y1"):
+        table.add_column(col, no_wrap=True)
     for r in response.results:
         w = r.window
         table.add_row(
@@ -302,8 +303,8 @@ def query(
             r.scene_id,
             str(r.level),
             f"{w.get('col')},{w.get('row')},{w.get('width')},{w.get('height')}",
-            "no CRS" if r.bbox is None else ", ".join(f"{v:.5f}" for v in r.bbox),
-            "-" if r.region is None else ", ".join(f"{v:.2f}" for v in r.region),
+            "no CRS" if r.bbox is None else ",".join(f"{v:.4f}" for v in r.bbox),
+            "-" if r.region is None else ",".join(f"{v:.2f}" for v in r.region),
         )
     out.print(table)
     t = response.timings_ms
@@ -381,7 +382,6 @@ def info(
         scene_list = db.list_scenes() if meta is not None else []
         data: dict[str, Any] = {
             **described,
-            "model": None if meta is None else meta.to_payload(),
             "tiles": db.count_tiles() if meta is not None else 0,
             "scenes": len(scene_list),
             "scenes_complete": sum(s.state == "complete" for s in scene_list),

@@ -279,6 +279,8 @@ def ingest_scene(
         for i in range(0, len(id_list), _EXISTING_CHUNK):
             stored_ids |= store.existing_ids(id_list[i : i + _EXISTING_CHUNK])
         pending = [w for w in windows if ids[w] not in stored_ids]
+        # Created only now, when a readable scene is about to be written: bad input leaves no trace.
+        store.ensure_collection(collection_meta(encoder), options.shards, options.replication_factor)
         store.put_scene(record)
 
         if progress:
@@ -363,7 +365,8 @@ def ingest_paths(
     """Ingest many rasters: one bad file is reported and skipped, the others go on."""
     if options.scene_id and len(paths) > 1:
         raise BadInput("--scene-id names one scene: give exactly one raster with it")
-    store.ensure_collection(collection_meta(encoder), options.shards, options.replication_factor)
+    if store.meta() is not None:  # refuse another model before reading anything
+        store.ensure_collection(collection_meta(encoder))
     done: list[SceneSummary] = []
     failed: list[IngestFailure] = []
     for path in paths:
@@ -372,11 +375,13 @@ def ingest_paths(
         except BadInput as exc:
             failure = IngestFailure(str(path), str(exc))
             failed.append(failure)
-            log.warning("%s", exc)
+            log.info("skipped %s: %s", path, exc)
             if on_scene:
                 on_scene(failure)
             continue
         done.append(summary)
         if on_scene:
             on_scene(summary)
+    if any(s.written for s in done):
+        store.optimize()  # Edge builds its HNSW index only when asked; the server does it itself
     return done, failed

@@ -1,0 +1,136 @@
+"""The installed ``ftfsearch`` command end to end: ingest, query, scenes, info, drop, and bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SCENE = Path(__file__).resolve().parent / "data" / "RGB.byte.tif"
+FTF = shutil.which("ftfsearch", path=str(Path(sys.executable).parent)) or "ftfsearch"
+
+
+def run(*args: str, env: dict[str, str] | None = None, timeout: float = 180) -> subprocess.CompletedProcess:
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith(("FTF_", "QDRANT_"))}
+    full_env.update(env or {})
+    return subprocess.run([FTF, *args], capture_output=True, text=True, env=full_env, timeout=timeout)
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
+    assert proc.returncode != 0, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert lines and lines[-1].startswith("error: "), proc.stderr
+    for needle in needles:
+        assert needle in proc.stderr, proc.stderr
+
+
+@pytest.fixture(params=["edge", pytest.param("server", marks=pytest.mark.server)])
+def target(request, tmp_path, tiny_clip_dir) -> dict[str, str]:
+    """Environment selecting a store on each backend and the tiny model."""
+    env = {"FTF_MODEL": str(tiny_clip_dir), "FTF_CONFIG": str(tmp_path / "none.toml")}
+    if request.param == "edge":
+        env["FTF_STORE"] = str(tmp_path / "store")
+    else:
+        env["QDRANT_URL"] = request.getfixturevalue("qdrant_server")
+        env["FTF_COLLECTION"] = f"cli_{tmp_path.name[-20:].replace('-', '_')}"
+    return env
+
+
+def test_ingest_query_scenes_info_drop(target, tmp_path):
+    ing = run("ingest", str(SCENE), "--levels", "1,2", "--batch-size", "8", env=target)
+    assert ing.returncode == 0, ing.stderr
+    assert "RGB.byte: complete" in ing.stderr and "tiles/s" in ing.stderr
+
+    scenes = json.loads(run("scenes", "--json", env=target).stdout)
+    assert len(scenes) == 1 and scenes[0]["scene_id"] == "RGB.byte" and scenes[0]["state"] == "complete"
+    tiles = scenes[0]["tiles"]
+    assert tiles > 0
+
+    again = run("ingest", str(SCENE), "--levels", "1,2", "--json", env=target)
+    assert again.returncode == 0
+    assert json.loads(again.stdout)["scenes"][0]["written"] == 0
+
+    geo = tmp_path / "out" / "results.geojson"
+    q = run("query", "ships near a harbor", "--k", "5", "--json", "--geojson", str(geo), env=target)
+    assert q.returncode == 0, q.stderr
+    results = json.loads(q.stdout)
+    assert [r["rank"] for r in results] == [1, 2, 3, 4, 5]
+    for key in ("score", "coarse_score", "scene_id", "path", "level", "window", "bbox", "region"):
+        assert key in results[0]
+    assert set(results[0]["window"]) == {"col", "row", "width", "height"}
+    assert results[0]["score"] >= results[-1]["score"]
+    fc = json.loads(geo.read_text())
+    assert fc["type"] == "FeatureCollection" and len(fc["features"]) == 5
+    ring = fc["features"][0]["geometry"]["coordinates"][0]
+    assert ring[0] == ring[-1] and all(-79.1 < x < -76.4 and 23.4 < y < 25.7 for x, y in ring)
+
+    table = run("query", "ships near a harbor", "--k", "3", "--no-rerank", env=target)
+    assert table.returncode == 0 and "RGB.byte" in table.stdout
+
+    info = json.loads(run("info", "--json", env=target).stdout)
+    assert info["tiles"] == tiles and info["scenes"] == 1
+    assert info["collection"] == target.get("FTF_COLLECTION", "tiles")
+
+    dropped = run("drop", "RGB.byte", env=target)
+    assert dropped.returncode == 0 and f"{tiles} tiles removed" in dropped.stderr
+    assert json.loads(run("scenes", "--json", env=target).stdout) == []
+    assert_one_line_error(run("drop", "RGB.byte", env=target), "RGB.byte", "ftfsearch scenes")
+
+
+def test_bad_input_gives_one_line(tmp_path, tiny_clip_dir):
+    env = {"FTF_STORE": str(tmp_path / "store"), "FTF_MODEL": str(tiny_clip_dir),
+           "FTF_CONFIG": str(tmp_path / "none.toml")}
+    assert_one_line_error(run("ingest", str(tmp_path / "missing.tif"), env=env), "missing.tif")
+    text = tmp_path / "notes.tif"
+    text.write_text("not a raster")
+    assert_one_line_error(run("ingest", str(text), env=env), "notes.tif")
+    assert_one_line_error(run("ingest", str(SCENE), "--overlap", "1.5", env=env), "--overlap")
+    assert_one_line_error(run("ingest", str(SCENE), "--bands", "4,2,1", env=env), "--bands")
+    assert_one_line_error(run("query", "ships", env=env), "does not exist", "ingest")
+    assert run("ingest", str(SCENE), "--levels", "2", env=env).returncode == 0
+    assert_one_line_error(run("query", "   ", env=env), "query")
+    assert_one_line_error(run("query", "ships", "--bbox", "10,0,5,1", env=env), "--bbox")
+    assert_one_line_error(run("query", "ships", "--bbox", "a,b", env=env), "--bbox")
+    assert_one_line_error(run("query", "ships", "--k", "0", env=env), "--k")
+    long = run("query", "ships " * 200, "--k", "2", "--json", env=env)
+    assert long.returncode == 0 and "truncated" in long.stderr
+    assert_one_line_error(run("query", "ships", "--model", "no-such-model-xyz", env=env), "no-such-model-xyz")
+    assert_one_line_error(run("query", "ships", "--device", "cuda", env=env), "--device")
+
+
+def test_unreachable_server_is_one_line(tmp_path, tiny_clip_dir):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {"QDRANT_URL": f"http://127.0.0.1:{port}", "FTF_MODEL": str(tiny_clip_dir), "FTF_TIMEOUT": "3",
+           "QDRANT_API_KEY": "secret-key-123", "FTF_CONFIG": str(tmp_path / "none.toml")}
+    proc = run("scenes", env=env, timeout=60)
+    assert_one_line_error(proc, f"127.0.0.1:{port}")
+    assert "secret-key-123" not in proc.stderr + proc.stdout
+
+
+def test_second_process_on_the_embedded_store_gets_a_clear_error(tmp_path, tiny_clip_dir):
+    """Hold the store open in one process; the CLI in another is refused with one line."""
+    store_dir = tmp_path / "store"
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys, time; from ftfsearch.store import open_store; "
+         f"s = open_store(collection='tiles', store_dir=__import__('pathlib').Path({str(store_dir)!r}), "
+         "qdrant_url=None, api_key=None, timeout=5); print('ready', flush=True); time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "ready"
+        env = {"FTF_STORE": str(store_dir), "FTF_MODEL": str(tiny_clip_dir), "FTF_CONFIG": str(tmp_path / "n.toml")}
+        assert_one_line_error(run("scenes", env=env), str(store_dir))
+    finally:
+        holder.kill()
+        holder.wait()
