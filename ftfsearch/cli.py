@@ -492,5 +492,90 @@ def serve(
     )
 
 
+# train, eval -------------------------------------------------------------------------------------
+@app.command()
+@handles_errors
+def train(
+    data: list[Path] = typer.Option(..., "--data", help="Caption dataset json (dataset_*.json layout); repeatable."),
+    out_dir: Path = typer.Option(..., "--out", help="Directory to write the trained model to."),
+    images: Optional[list[Path]] = typer.Option(
+        None, "--images", help="Image folder per --data, in the same order (default: images/ beside the json)."
+    ),
+    base: Optional[str] = typer.Option(None, "--base", help="Fine-tune this CLIP model instead of training FTF from scratch."),
+    epochs: int = typer.Option(20, "--epochs", help="Training epochs."),
+    batch_size: int = typer.Option(96, "--batch-size", help="Images per batch (in-batch negatives)."),
+    device: Optional[str] = DeviceOpt,
+    resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint in --out."),
+    cache_dir: Path = typer.Option(Path(".cache/pixels"), "--cache-dir", help="Decoded-image cache."),
+    seed: int = typer.Option(0, "--seed", help="Random seed."),
+) -> None:
+    """Train the FTF dual encoder (or fine-tune a CLIP) on caption datasets; the result loads with --model."""
+    import time
+
+    from ftfsearch.train import TrainConfig, TrainProgress
+    from ftfsearch.train import train as run_training
+
+    for option, value in (("--epochs", epochs), ("--batch-size", batch_size)):
+        if value < 1:
+            from ftfsearch.errors import BadInput
+
+            raise BadInput(f"{option} {value}: must be at least 1")
+    config = TrainConfig(
+        data=list(data), out=out_dir, images=list(images) if images else None, base=base, epochs=epochs,
+        batch_size=batch_size, device=device or "auto", resume=resume, cache_dir=cache_dir, seed=seed,
+    )
+    bar = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                   TextColumn("{task.fields[status]}"), TimeRemainingColumn(), console=err)
+    task = bar.add_task("train", total=None, status="")
+    last_epoch = [0]
+
+    def show(p: TrainProgress) -> None:
+        if p.phase == "train":
+            bar.update(task, description=f"epoch {p.epoch}/{p.epochs}", total=p.steps, completed=p.step,
+                       status="" if p.loss is None else f"loss {p.loss:.3f}")
+        else:
+            bar.update(task, status=f"{p.phase}: {p.message}")
+        if p.phase == "val" and p.epoch != last_epoch[0] and p.message:
+            last_epoch[0] = p.epoch
+            bar.console.print(f"epoch {p.epoch}: {p.message}", highlight=False)
+
+    started = time.perf_counter()
+    with bar:
+        result = run_training(config, show)
+    for h in result.history:
+        err.print(f"epoch {h.epoch}: loss {h.loss:.4f}, val mR {h.val_mR:.2f}, {h.seconds:.0f} s", highlight=False)
+    err.print(
+        f"model written to {result.out_dir} in {time.perf_counter() - started:.0f} s "
+        f"(tau={result.rerank.tau:g}, alpha={result.rerank.alpha:g})",
+        highlight=False,
+    )
+
+
+@app.command(name="eval")
+@handles_errors
+def evaluate_cmd(
+    data: Path = typer.Option(..., "--data", help="Caption dataset json (dataset_*.json layout)."),
+    split: str = typer.Option("test", "--split", help="Split to evaluate."),
+    images: Optional[Path] = typer.Option(None, "--images", help="Image folder (default: images/ beside the json)."),
+    recall_k: int = typer.Option(50, "--recall-k", help="Coarse candidates reranked by FTF."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+    cache_dir: Path = typer.Option(Path(".cache/pixels"), "--cache-dir", help="Decoded-image cache."),
+    model: Optional[str] = ModelOpt,
+    device: Optional[str] = DeviceOpt,
+) -> None:
+    """R@1/5/10 both directions and mR on a caption set, coarse recall alone vs FTF."""
+    from ftfsearch.datasets import load_dataset
+    from ftfsearch.evaluate import evaluate, format_report
+
+    settings = _settings(model=model, device=device)
+    dataset = load_dataset(data, images)
+    encoder = _load_encoder(settings)
+    report = evaluate(encoder, dataset, split, recall_k, cache_dir=cache_dir)
+    if as_json:
+        out.print_json(json.dumps(report.to_dict()))
+    else:
+        out.print(format_report(report), highlight=False)
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(app())
