@@ -450,6 +450,58 @@ def render_preview(
     return Preview(png=_png(rgba), bounds=geometry.bounds)
 
 
+# -- matched regions on the map ------------------------------------------------------------------
+
+REGION_EDGE_POINTS = 5
+"""Points per region edge reprojected to WGS84 (edges of projected boxes curve slightly)."""
+
+
+def region_footprints(results: Sequence[Result]) -> list[list[list[float]] | None]:
+    """The WGS84 ring ``[[lon, lat], ...]`` of each result's matched region, for the map.
+
+    Computed from the tile's stored CRS and native bounds, without reading the file: exact for
+    north-up rasters (nearly every GeoTIFF), an envelope-based approximation for rotated
+    geotransforms. None where a result has no region (no rerank) or no CRS."""
+    out: list[list[list[float]] | None] = [None] * len(results)
+    t = np.linspace(0.0, 1.0, REGION_EDGE_POINTS)[:-1]
+    by_crs: dict[str, list[tuple[int, np.ndarray, np.ndarray]]] = {}
+    for i, r in enumerate(results):
+        crs, bounds = r.payload.get("crs"), r.payload.get("native_bounds")
+        if r.region is None or r.bbox is None or not crs or not bounds or len(bounds) != 4:
+            continue
+        minx, miny, maxx, maxy = (float(v) for v in bounds)
+        # region fractions are of the tile_size * level square; the window may be smaller (padding)
+        span = int(r.payload.get("tile_size") or 256) * r.level
+        fx0, fy0, fx1, fy1 = (
+            min(1.0, max(0.0, v * span / max(1, r.window[k])))
+            for v, k in zip(r.region, ("width", "height", "width", "height"))
+        )
+        x0, x1 = minx + fx0 * (maxx - minx), minx + fx1 * (maxx - minx)
+        y0, y1 = maxy - fy0 * (maxy - miny), maxy - fy1 * (maxy - miny)
+        xs = np.concatenate([x0 + (x1 - x0) * t, np.full_like(t, x1), x1 - (x1 - x0) * t, np.full_like(t, x0)])
+        ys = np.concatenate([np.full_like(t, y0), y0 + (y1 - y0) * t, np.full_like(t, y1), y1 - (y1 - y0) * t])
+        by_crs.setdefault(str(crs), []).append((i, xs, ys))
+    for crs, items in by_crs.items():
+        try:
+            lon, lat = warp_transform(
+                crs, "EPSG:4326",
+                np.concatenate([x for _, x, _ in items]).tolist(), np.concatenate([y for _, _, y in items]).tolist(),
+            )
+        except (RasterioError, ValueError) as exc:
+            log.info("region footprints in %s: not reprojectable (%s)", crs[:80], exc)
+            continue
+        lons, lats = np.asarray(lon), np.asarray(lat)
+        start = 0
+        for i, xs, _ in items:
+            ring_lon, ring_lat = lons[start : start + len(xs)], lats[start : start + len(xs)]
+            start += len(xs)
+            if not (np.isfinite(ring_lon).all() and np.isfinite(ring_lat).all()) or np.ptp(ring_lon) > 180:
+                continue
+            ring = [[round(float(x), 8), round(float(y), 8)] for x, y in zip(ring_lon, ring_lat)]
+            out[i] = ring + [ring[0]]
+    return out
+
+
 # -- caching renderer ----------------------------------------------------------------------------
 
 K = TypeVar("K", bound=Hashable)

@@ -83,6 +83,31 @@ def test_search_has_the_query_json_fields_plus_chip_url(client: TestClient) -> N
         assert hit["chip_url"] == f"http://testserver/api/tiles/{hit['id']}/chip.png?region={hit['region_index']}"
 
 
+def test_region_footprint_is_where_the_region_lies_on_earth(client: TestClient) -> None:
+    """Checked against the scene's own geotransform, reprojected independently."""
+    from rasterio.warp import transform as warp
+
+    hits = client.get("/api/search", params={"q": QUERY, "k": 50}).json()["results"]
+    assert hits and all(h["region_footprint"] for h in hits)
+    for hit in hits:
+        ring = hit["region_footprint"]
+        assert ring[0] == ring[-1]
+        rw = hit["region_window"]
+        with rasterio.open(hit["path"]) as ds:
+            cols = [rw["col"], rw["col"] + rw["width"], rw["col"] + rw["width"], rw["col"]]
+            rows = [rw["row"], rw["row"], rw["row"] + rw["height"], rw["row"] + rw["height"]]
+            xs, ys = zip(*(ds.transform @ (c, r) for c, r in zip(cols, rows)))
+            lon, lat = warp(ds.crs, "EPSG:4326", list(xs), list(ys))
+            pixel_deg = abs(ds.res[0] / 111_000)
+        # corners agree to about a pixel (region_window rounds to whole pixels)
+        for x, y in zip(lon, lat):
+            assert min(abs(x - px) + abs(y - py) for px, py in ring) < 3 * pixel_deg, hit["id"]
+        w, s_, e, n = hit["bbox"]
+        assert all(w - 1e-9 <= x <= e + 1e-9 and s_ - 1e-9 <= y <= n + 1e-9 for x, y in ring)
+    no_rerank = client.get("/api/search", params={"q": QUERY, "k": 3, "rerank": "false"}).json()["results"]
+    assert all(h["region_footprint"] is None for h in no_rerank)
+
+
 def test_search_without_rerank_keeps_recall_order_and_draws_no_region(client: TestClient) -> None:
     hits = client.get("/api/search", params={"q": QUERY, "k": 4, "rerank": "false"}).json()["results"]
     assert len(hits) == 4
@@ -312,3 +337,34 @@ def test_moved_source_raster_and_cors(tmp_path: Path, client: TestClient, demo: 
         assert resp.headers["access-control-allow-origin"] == "http://gis.example"
         resp = other.get("/api/info", headers={"Origin": "http://evil.example"})
         assert "access-control-allow-origin" not in resp.headers
+
+
+@pytest.mark.server
+def test_api_on_a_qdrant_server(qdrant_server: str, client: TestClient, demo: DemoStore) -> None:
+    """The same endpoints over the server backend (read-only, as `serve` opens it)."""
+    import uuid
+
+    from ftfsearch.store import open_store
+    from ingest.pipeline import IngestOptions, ingest_paths
+    from ingest.tiling import TilingSpec
+
+    res = client.app.state.resources  # type: ignore[attr-defined]
+    collection = f"web_{uuid.uuid4().hex[:10]}"
+    db = open_store(collection=collection, store_dir=None, qdrant_url=qdrant_server, api_key=None, timeout=10.0)
+    try:
+        done, _ = ingest_paths([GEOTIFFS / "rasterio" / "rgb1.tif"], res.encoder, db,
+                               IngestOptions(spec=TilingSpec(tile_size=128)))
+        assert done
+        settings = Settings(qdrant_url=qdrant_server, collection=collection, model=str(demo.model_dir), device="cpu")
+        with TestClient(create_app(settings)) as other:
+            info = other.get("/api/info").json()
+            assert info["store"]["backend"] == "server" and info["tiles"] == done[0].tiles_in_store
+            hits = other.get("/api/search", params={"q": QUERY, "k": 3}).json()["results"]
+            assert len(hits) == 3 and all(h["scene_id"] == "rgb1" for h in hits)
+            assert outline_pixels(png(other.get(hits[0]["chip_url"]))) > 0
+            scenes = other.get("/api/scenes").json()["scenes"]
+            assert [s["scene_id"] for s in scenes] == ["rgb1"] and png(other.get(scenes[0]["preview_url"])).shape[2] == 4
+            assert_json_error(other.get("/api/tiles/00000000-0000-0000-0000-000000000000/chip.png"), 404)
+    finally:
+        db.drop_collection()
+        db.close()

@@ -251,6 +251,8 @@ def test_search_page_in_chromium(server: Server, browser: object, tmp_path: Path
     assert "matched region" in detail and f"col {hit['region_window']['col']}" in detail
     assert page.evaluate("document.getElementById('detail-chip').naturalWidth") == min(512, hit["window"]["width"])
     assert page.locator("path.result-footprint[stroke-width='4']").count() == 1
+    assert page.locator("path.region-footprint").count() == 1  # the matched region, on the map
+    assert "region centre" in detail
     page.wait_for_timeout(1000)  # the map's fly-to animation
     shot = _save_screenshot(page, tmp_path)
     assert shot.stat().st_size > 50_000

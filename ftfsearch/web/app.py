@@ -29,7 +29,7 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ftfsearch.chips import MAX_CHIP_SIDE, PREVIEW_MAX_SIDE, ChipRenderer, ChipSpec
+from ftfsearch.chips import MAX_CHIP_SIDE, PREVIEW_MAX_SIDE, ChipRenderer, ChipSpec, region_footprints
 from ftfsearch.config import Settings
 from ftfsearch.errors import (
     BadInput,
@@ -160,6 +160,7 @@ class SearchHit(BaseModel):
     region_window: Window | None = Field(description="matched region in scene pixels")
     region_index: int | None
     footprint: list[list[float]] | None = Field(description="WGS84 ring [[lon, lat], ...] of the tile")
+    region_footprint: list[list[float]] | None = Field(description="WGS84 ring of the matched region")
     chip_url: str = Field(description="PNG of the tile with the matched region outlined")
 
 
@@ -302,12 +303,14 @@ def create_app(
         with res.lock:
             out = res.searcher().search(q, k=k, recall_k=recall_k, rerank=rerank, bbox=box, scenes=tuple(scene))
         hits = []
-        for r in out.results:
+        rings = region_footprints(out.results)
+        for r, ring in zip(out.results, rings):
             hit = r.to_dict()
             chip = str(request.url_for("tile_chip", tile_id=r.id))
             hit["chip_url"] = chip if r.region_index is None else f"{chip}?region={r.region_index}"
             hit["footprint"] = r.footprint
             hit["region_index"] = r.region_index
+            hit["region_footprint"] = ring
             hits.append(hit)
         response.headers["Server-Timing"] = ", ".join(
             f"{name};dur={ms:.1f}" for name, ms in out.timings_ms.items()

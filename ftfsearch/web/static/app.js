@@ -44,9 +44,11 @@
     state.previewGroup = L.layerGroup().addTo(map);
     state.outlineGroup = L.layerGroup().addTo(map);
     state.resultGroup = L.featureGroup().addTo(map);
+    state.regionGroup = L.layerGroup().addTo(map);
     overlays["scene previews"] = state.previewGroup;
     overlays["scene outlines"] = state.outlineGroup;
     overlays["results"] = state.resultGroup;
+    overlays["matched region"] = state.regionGroup;
     L.control.layers(null, overlays, { collapsed: true }).addTo(map);
     L.control.scale({ imperial: false }).addTo(map);
     map.setView([20, 0], 2);
@@ -81,6 +83,7 @@
   function clearResults() {
     $("results").replaceChildren();
     if (state.resultGroup) state.resultGroup.clearLayers();
+    if (state.regionGroup) state.regionGroup.clearLayers();
     state.layers.clear();
     state.results = [];
     state.selected = null;
@@ -181,6 +184,14 @@
       layer.setStyle({ weight: k === rank ? 4 : 2, fillOpacity: k === rank ? 0.1 : 0.35 });
       if (k === rank) layer.bringToFront();
     }
+    if (state.regionGroup) {
+      state.regionGroup.clearLayers();
+      if (r.region_footprint) {
+        L.polygon(latlngs(r.region_footprint), {
+          color: "#ffd600", weight: 2.5, fill: false, className: "region-footprint", interactive: false,
+        }).addTo(state.regionGroup);
+      }
+    }
     const layer = state.layers.get(rank);
     if (layer && state.map) {
       // Some ground around the tile for context; keep it clear of the detail panel on the right.
@@ -192,9 +203,9 @@
     const url = new URL(r.chip_url, window.location.href);
     url.searchParams.set("size", "512");
     $("detail-chip").src = url.toString();
+    $("detail-title").textContent = `#${r.rank} · ${r.scene_id}`;
     const dl = $("detail-fields");
     dl.replaceChildren();
-    field(dl, "rank", String(r.rank));
     field(dl, "score", `${fmt(r.score, 4)} (coarse ${fmt(r.coarse_score, 4)}, fine ${fmt(r.fine_score, 4)})`);
     field(dl, "scene", r.scene_id);
     field(dl, "file", r.path);
@@ -211,6 +222,12 @@
       const rw = r.region_window;
       field(dl, "matched region", `${r.region.map((v) => fmt(v, 2)).join(", ")} of the tile`);
       field(dl, "region pixels", `col ${rw.col}, row ${rw.row}, ${rw.width}×${rw.height} px`);
+      if (r.region_footprint) {
+        const pts = r.region_footprint.slice(0, -1);
+        const lon = pts.reduce((a, p) => a + p[0], 0) / pts.length;
+        const lat = pts.reduce((a, p) => a + p[1], 0) / pts.length;
+        field(dl, "region centre", `${fmt(lat, 6)}°, ${fmt(lon, 6)}° (lat, lon)`);
+      }
     } else {
       field(dl, "matched region", "none (coarse order, no rerank)");
     }
