@@ -36,6 +36,7 @@ from ftfsearch.store._common import (
     KIND_META,
     KIND_SCENE,
     PAGE,
+    VECTORS_FIELD,
     AnyCond,
     Condition,
     RangeCond,
@@ -47,7 +48,10 @@ from ftfsearch.store._common import (
     chunks,
     decode_vectors,
     filter_conditions,
+    split_packed,
+    unpack_vectors,
     valid_point_ids,
+    with_packed_vectors,
 )
 from ftfsearch.store.base import Candidates, CollectionMeta, QueryFilter, SceneRecord, TileBatch
 
@@ -63,6 +67,9 @@ _INDEX_TYPES = {
 
 # Edge needs at least one vector in a shard's config; scene points carry none of this one.
 _SCENES_PLACEHOLDER_VECTOR = "_none"
+
+# Payload of a tile without its packed vectors (what callers that do not rerank read).
+_WITHOUT_PACKED = qe.PayloadSelector.Exclude([VECTORS_FIELD])
 
 # Points per upsert call: bounds the Python -> Rust conversion held at once.
 _UPSERT_CHUNK = 256
@@ -111,6 +118,9 @@ class EdgeStore:
     """A tiles collection and its scenes registry in a local directory (Qdrant Edge)."""
 
     backend = "edge"
+    payload_vectors: bool = True
+    """Read the rerank's vectors from their packed payload copy (fast); False reads the named
+    vectors through the binding, which builds Python lists (the plain path, kept as a reference)."""
 
     def __init__(self, store_dir: Path, collection: str = "tiles", read_only: bool = False) -> None:
         self.collection = check_collection_name(collection)
@@ -354,9 +364,10 @@ class EdgeStore:
         tiles = self._need_tiles()
         coarse, regions = check_batch(batch, self.meta())
         for sl in chunks(len(batch), _UPSERT_CHUNK):
+            payloads = with_packed_vectors(batch.payloads[sl], coarse[sl], regions[sl])
             points = [
                 qe.Point(pid, {schema.COARSE: c, schema.REGIONS: r}, payload)
-                for pid, c, r, payload in zip(batch.ids[sl], coarse[sl], regions[sl], batch.payloads[sl])
+                for pid, c, r, payload in zip(batch.ids[sl], coarse[sl], regions[sl], payloads)
             ]
             tiles.update(qe.UpdateOperation.upsert_points(points))
 
@@ -376,7 +387,7 @@ class EdgeStore:
             return []
         found: dict[str, dict[str, Any]] = {}
         for sl in chunks(len(wanted), PAGE):
-            for r in self._tiles.retrieve(wanted[sl], True, False):
+            for r in self._tiles.retrieve(wanted[sl], _WITHOUT_PACKED, False):
                 found[str(r.id)] = r.payload or {}
         return [(i, found[i]) for i in wanted if i in found]
 
@@ -384,13 +395,23 @@ class EdgeStore:
         points = list(points)
         ids = [str(p.id) for p in points]
         scores = np.fromiter((p.score for p in points), dtype=np.float32, count=len(points))
-        payloads = [p.payload or {} for p in points]
+        payloads, packed = split_packed([p.payload for p in points])
         if not with_vectors:
             return Candidates(ids=ids, scores=scores, payloads=payloads)
         meta = self.meta()
         assert meta is not None
-        # p.vector builds the Python lists on each access: read it once per point.
-        coarse, regions = decode_vectors([p.vector for p in points], meta.dim, meta.num_regions)
+        if self.payload_vectors and packed is not None:
+            coarse, regions = unpack_vectors(packed, meta.dim, meta.num_regions)
+        else:
+            # The plain path (or tiles written before the packed copy existed): p.vector builds
+            # the Python lists on each access, so read it once per point.
+            if self.payload_vectors:
+                points = self._need_tiles().retrieve(ids, False, [schema.COARSE, schema.REGIONS])
+                by_id = {str(p.id): p.vector for p in points}
+                vectors = [by_id[i] for i in ids]
+            else:
+                vectors = [p.vector for p in points]
+            coarse, regions = decode_vectors(vectors, meta.dim, meta.num_regions)
         return Candidates(ids=ids, scores=scores, payloads=payloads, coarse=coarse, regions=regions)
 
     def recall(
@@ -402,8 +423,8 @@ class EdgeStore:
             limit=check_k(k),
             query=qe.Query.Nearest(vec.tolist(), using=schema.COARSE),
             filter=_edge_filter(filter_conditions(flt)),
-            with_payload=True,
-            with_vector=[schema.COARSE, schema.REGIONS] if with_vectors else False,
+            with_payload=True if with_vectors and self.payload_vectors else _WITHOUT_PACKED,
+            with_vector=[schema.COARSE, schema.REGIONS] if with_vectors and not self.payload_vectors else False,
         )
         return self._candidates(tiles.query(request), with_vectors)
 
@@ -423,7 +444,7 @@ class EdgeStore:
                 )
             ],
             query=qe.Query.Nearest([vec.tolist()], using=schema.REGIONS),
-            with_payload=True,
+            with_payload=_WITHOUT_PACKED,
             with_vector=False,
         )
         return self._candidates(tiles.query(request), with_vectors=False)

@@ -32,6 +32,7 @@ from ftfsearch.store._common import (
     KIND_META,
     KIND_SCENE,
     PAGE,
+    VECTORS_FIELD,
     AnyCond,
     Condition,
     RangeCond,
@@ -44,7 +45,10 @@ from ftfsearch.store._common import (
     decode_vectors,
     filter_conditions,
     public_url,
+    split_packed,
+    unpack_vectors,
     valid_point_ids,
+    with_packed_vectors,
 )
 from ftfsearch.store.base import Candidates, CollectionMeta, QueryFilter, SceneRecord, TileBatch
 
@@ -69,6 +73,9 @@ _INDEX_TYPES = {
 _FLOATS_PER_REQUEST = 1_000_000
 
 _LOOPBACK = {"localhost", "127.0.0.1", "::1"}
+
+# Payload of a tile without its packed vectors (what callers that do not rerank read).
+_WITHOUT_PACKED = qm.PayloadSelectorExclude(exclude=[VECTORS_FIELD])
 
 
 class _Missing(Exception):
@@ -95,6 +102,9 @@ class ServerStore:
     """A tiles collection and its scenes registry on a Qdrant server."""
 
     backend = "server"
+    payload_vectors: bool = True
+    """Read the rerank's vectors from their packed payload copy (fast); False asks Qdrant for the
+    named vectors as JSON float lists (the plain path, kept as a reference)."""
 
     def __init__(
         self,
@@ -413,7 +423,7 @@ class ServerStore:
             points = qm.Batch(
                 ids=list(batch.ids[sl]),
                 vectors={schema.COARSE: coarse[sl].tolist(), schema.REGIONS: regions[sl].tolist()},
-                payloads=list(batch.payloads[sl]),
+                payloads=with_packed_vectors(batch.payloads[sl], coarse[sl], regions[sl]),
             )
             try:
                 self._run("write tiles", lambda p=points: self._client.upsert(self.collection, p, wait=True))  # type: ignore[misc]
@@ -443,7 +453,7 @@ class ServerStore:
                 recs = self._run(
                     "read tiles",
                     lambda s=sl: self._client.retrieve(  # type: ignore[misc]
-                        self.collection, wanted[s], with_payload=True, with_vectors=False
+                        self.collection, wanted[s], with_payload=_WITHOUT_PACKED, with_vectors=False
                     ),
                 )
             except _Missing:
@@ -454,12 +464,26 @@ class ServerStore:
     def _candidates(self, points: list[Any], with_vectors: bool) -> Candidates:
         ids = [str(p.id) for p in points]
         scores = np.fromiter((p.score for p in points), dtype=np.float32, count=len(points))
-        payloads = [p.payload or {} for p in points]
+        payloads, packed = split_packed([p.payload for p in points])
         if not with_vectors:
             return Candidates(ids=ids, scores=scores, payloads=payloads)
         meta = self.meta()
         assert meta is not None
-        coarse, regions = decode_vectors([p.vector for p in points], meta.dim, meta.num_regions)
+        if self.payload_vectors and packed is not None:
+            coarse, regions = unpack_vectors(packed, meta.dim, meta.num_regions)
+        else:
+            if self.payload_vectors:  # tiles written before the packed copy existed
+                recs = self._run(
+                    "read tile vectors",
+                    lambda: self._client.retrieve(
+                        self.collection, ids, with_payload=False, with_vectors=[schema.COARSE, schema.REGIONS]
+                    ),
+                )
+                by_id = {str(r.id): r.vector for r in recs}
+                vectors = [by_id[i] for i in ids]
+            else:
+                vectors = [p.vector for p in points]
+            coarse, regions = decode_vectors(vectors, meta.dim, meta.num_regions)
         return Candidates(ids=ids, scores=scores, payloads=payloads, coarse=coarse, regions=regions)
 
     def _query(self, what: str, fn: Callable[[], qm.QueryResponse]) -> list[Any]:
@@ -485,8 +509,8 @@ class ServerStore:
                 using=schema.COARSE,
                 query_filter=query_filter,
                 limit=limit,
-                with_payload=True,
-                with_vectors=[schema.COARSE, schema.REGIONS] if with_vectors else False,
+                with_payload=True if with_vectors and self.payload_vectors else _WITHOUT_PACKED,
+                with_vectors=[schema.COARSE, schema.REGIONS] if with_vectors and not self.payload_vectors else False,
             ),
         )
         return self._candidates(points, with_vectors)
@@ -514,7 +538,7 @@ class ServerStore:
                 query=[vec],
                 using=schema.REGIONS,
                 limit=limit,
-                with_payload=True,
+                with_payload=_WITHOUT_PACKED,
                 with_vectors=False,
             ),
         )
