@@ -128,6 +128,8 @@ class QdrantServer:
         config_path: Path = CONFIG_PATH,
         startup_timeout: float = 30.0,
         tmp_root: Path | None = None,
+        extra_args: list[str] | None = None,
+        extra_env: dict[str, str] | None = None,
     ) -> None:
         self.api_key = api_key
         self.read_only_api_key = read_only_api_key
@@ -138,6 +140,8 @@ class QdrantServer:
         self.config_path = config_path
         self.startup_timeout = startup_timeout
         self.tmp_root = tmp_root
+        self.extra_args = list(extra_args or [])
+        self.extra_env = dict(extra_env or {})
         self.process: subprocess.Popen[bytes] | None = None
         self._workdir: Path | None = None
 
@@ -171,6 +175,7 @@ class QdrantServer:
             env["QDRANT__SERVICE__API_KEY"] = self.api_key
         if self.read_only_api_key:
             env["QDRANT__SERVICE__READ_ONLY_API_KEY"] = self.read_only_api_key
+        env.update(self.extra_env)
         return env
 
     def start(self) -> "QdrantServer":
@@ -212,7 +217,7 @@ class QdrantServer:
         logfile = (self._workdir / "qdrant.log").open("wb")
         try:
             self.process = subprocess.Popen(
-                [str(binary), "--config-path", str(self.config_path), "--disable-telemetry"],
+                [str(binary), "--config-path", str(self.config_path), "--disable-telemetry", *self.extra_args],
                 cwd=self._workdir,  # Qdrant writes .qdrant-initialized into its cwd
                 env=self._env(storage),
                 stdin=subprocess.DEVNULL,
@@ -267,11 +272,166 @@ class QdrantServer:
             shutil.rmtree(self._workdir, ignore_errors=True)
             self._workdir = None
 
+    def kill(self) -> None:
+        """SIGKILL the server, as a crash would: no shutdown, storage left as it is.
+
+        Its temp dir (log, working directory) is removed; a ``storage_dir`` is kept, so
+        ``start()`` brings the same node back on the same ports.
+        """
+        proc, self.process = self.process, None
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=30)
+        if self._workdir is not None:
+            shutil.rmtree(self._workdir, ignore_errors=True)
+            self._workdir = None
+
     @property
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
     def __enter__(self) -> "QdrantServer":
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+class QdrantCluster:
+    """A Qdrant cluster of ``size`` nodes on 127.0.0.1, for tests of sharding and failover.
+
+    Each node has its own HTTP, gRPC and peer-to-peer ports and its own storage directory
+    under ``root`` (kept across ``kill``/``restart`` of a node, removed on ``stop`` when the
+    cluster made it). The first node starts with ``--uri`` (it founds the cluster); the
+    others with ``--bootstrap <first node's p2p URI> --uri <their own>``.
+    """
+
+    def __init__(
+        self,
+        size: int = 3,
+        *,
+        api_key: str | None = None,
+        read_only_api_key: str | None = None,
+        root: Path | None = None,
+        tmp_root: Path | None = None,
+        startup_timeout: float = 60.0,
+    ) -> None:
+        if size < 1:
+            raise ValueError("a cluster needs at least one node")
+        self.size = size
+        self.api_key = api_key
+        self.read_only_api_key = read_only_api_key
+        self._own_root = root is None
+        self.root = Path(root) if root is not None else Path(tempfile.mkdtemp(prefix="ftf-cluster-", dir=tmp_root))
+        self.tmp_root = tmp_root
+        self.startup_timeout = startup_timeout
+        self.nodes: list[QdrantServer] = []
+        self.p2p_ports: list[int] = []
+
+    def _p2p_uri(self, i: int) -> str:
+        return f"http://127.0.0.1:{self.p2p_ports[i]}"
+
+    def start(self) -> "QdrantCluster":
+        """Start every node (the first alone, then the others joining it) and wait for all."""
+        if self.nodes:
+            return self
+        binary = find_qdrant_binary()
+        ports: set[int] = set()
+        while len(ports) < 3 * self.size:
+            ports.add(free_port())
+        it = iter(sorted(ports))
+        try:
+            for i in range(self.size):
+                http, grpc, p2p = next(it), next(it), next(it)
+                self.p2p_ports.append(p2p)
+                args = ["--uri", self._p2p_uri(i)]
+                if i > 0:
+                    args = ["--bootstrap", self._p2p_uri(0), *args]
+                node = QdrantServer(
+                    api_key=self.api_key,
+                    read_only_api_key=self.read_only_api_key,
+                    storage_dir=self.root / f"node{i}",
+                    http_port=http,
+                    grpc_port=grpc,
+                    binary=binary,
+                    startup_timeout=self.startup_timeout,
+                    tmp_root=self.tmp_root,
+                    extra_args=args,
+                    extra_env={
+                        "QDRANT__CLUSTER__ENABLED": "true",
+                        "QDRANT__CLUSTER__P2P__PORT": str(p2p),
+                    },
+                )
+                self.nodes.append(node)
+                node.start()
+            self.wait_for_peers()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    @property
+    def urls(self) -> list[str]:
+        return [n.url for n in self.nodes]
+
+    def _get(self, node: int, path: str) -> dict:  # type: ignore[type-arg]
+        import json
+
+        req = urllib.request.Request(self.nodes[node].url + path)
+        if self.api_key:
+            req.add_header("api-key", self.api_key)
+        with urllib.request.urlopen(req, timeout=5.0) as resp:
+            return json.loads(resp.read())  # type: ignore[no-any-return]
+
+    def wait_for_peers(self, timeout: float | None = None) -> None:
+        """Wait until every running node sees all ``size`` peers and a raft leader."""
+        deadline = time.monotonic() + (timeout or self.startup_timeout)
+        last = ""
+        while time.monotonic() < deadline:
+            try:
+                ok = True
+                for i, node in enumerate(self.nodes):
+                    if not node.running:
+                        continue
+                    info = self._get(i, "/cluster")["result"]
+                    if len(info.get("peers", {})) < self.size or not info.get("raft_info", {}).get("leader"):
+                        ok, last = False, f"node {i} sees {len(info.get('peers', {}))} peers"
+                if ok:
+                    return
+            except (urllib.error.URLError, OSError, KeyError, ValueError) as exc:
+                last = str(exc)
+            time.sleep(0.2)
+        raise QdrantLaunchError(f"the Qdrant cluster under {self.root} did not form: {last}")
+
+    def replica_states(self, collection: str, node: int = 0) -> list[tuple[int, int, str]]:
+        """``(shard, peer, state)`` of every replica of ``collection`` as ``node`` sees them."""
+        info = self._get(node, f"/collections/{collection}/cluster")["result"]
+        peer = int(info["peer_id"])
+        out = [(int(s["shard_id"]), peer, str(s["state"])) for s in info.get("local_shards", [])]
+        out += [(int(s["shard_id"]), int(s["peer_id"]), str(s["state"])) for s in info.get("remote_shards", [])]
+        return sorted(out)
+
+    def kill(self, i: int) -> None:
+        """SIGKILL node ``i`` (its storage stays)."""
+        self.nodes[i].kill()
+
+    def restart(self, i: int) -> None:
+        """Start node ``i`` again on its ports and storage; it rejoins and its replicas recover."""
+        self.nodes[i].start()
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+        self.nodes = []
+        if self._own_root:
+            shutil.rmtree(self.root, ignore_errors=True)
+
+    def __enter__(self) -> "QdrantCluster":
         return self.start()
 
     def __exit__(

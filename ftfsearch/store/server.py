@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 import warnings
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -73,6 +74,11 @@ _INDEX_TYPES = {
 _FLOATS_PER_REQUEST = 1_000_000
 
 _LOOPBACK = {"localhost", "127.0.0.1", "::1"}
+
+# Writes are idempotent (fixed point ids), so a transient failure (connection lost, timeout, 5xx
+# while a cluster node fails over) is retried this many times, waiting 0.5, 1, 2 ... s between.
+WRITE_ATTEMPTS = 4
+WRITE_BACKOFF_S = 0.5
 
 # Payload of a tile without its packed vectors (what callers that do not rerank read).
 _WITHOUT_PACKED = qm.PayloadSelectorExclude(exclude=[VECTORS_FIELD])
@@ -223,6 +229,25 @@ class ServerStore:
                     raise self._unreachable(what, f"no answer within {self.timeout:g} s") from exc
                 raise self._unreachable(what, f"gRPC {code.name if code else 'error'}: {details}") from exc
             raise
+
+    def _write(self, what: str, fn: Callable[[], T]) -> T:
+        """``_run`` with bounded retries and exponential backoff on transient failures.
+
+        Only for idempotent writes: a retried upsert rewrites the same points. A refusal
+        (PermissionDenied, BadInput) is not transient and is raised at once; after the last
+        attempt the StoreUnavailable says how many were made.
+        """
+        for attempt in range(1, WRITE_ATTEMPTS + 1):
+            try:
+                return self._run(what, fn)
+            except StoreUnavailable as exc:
+                if self._closed or attempt == WRITE_ATTEMPTS:
+                    raise StoreUnavailable(f"{exc} (gave up after {attempt} attempts)") from exc
+                delay = WRITE_BACKOFF_S * 2 ** (attempt - 1)
+                log.warning("%s failed (attempt %d of %d), retrying in %.1f s: %s",
+                            what, attempt, WRITE_ATTEMPTS, delay, exc)
+                time.sleep(delay)
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def _missing_collection(self) -> CollectionNotFound:
         return CollectionNotFound(
@@ -426,7 +451,7 @@ class ServerStore:
                 payloads=with_packed_vectors(batch.payloads[sl], coarse[sl], regions[sl]),
             )
             try:
-                self._run("write tiles", lambda p=points: self._client.upsert(self.collection, p, wait=True))  # type: ignore[misc]
+                self._write("write tiles", lambda p=points: self._client.upsert(self.collection, p, wait=True))  # type: ignore[misc]
             except _Missing:
                 raise self._missing_collection() from None
 
@@ -586,7 +611,7 @@ class ServerStore:
         self._check_writable(f"record scene {scene.scene_id!r}")
         point = qm.PointStruct(id=schema.scene_point_id(scene.scene_id), vector={}, payload=scene.to_payload())
         try:
-            self._run(
+            self._write(
                 f"record scene {scene.scene_id!r}",
                 lambda: self._client.upsert(self.scenes_collection, [point], wait=True),
             )
