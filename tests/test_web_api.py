@@ -199,6 +199,30 @@ def test_chip_is_cached(client: TestClient) -> None:
     assert "max-age" in second.headers["cache-control"]
 
 
+def test_chips_of_returned_results_do_not_wait_for_a_running_search(client: TestClient) -> None:
+    """The page asks for the chips right after a search: those never queue behind the next one."""
+    res = client.app.state.resources  # type: ignore[attr-defined]
+    hit = client.get("/api/search", params={"q": QUERY, "k": 2}).json()["results"][1]
+    import threading
+    import time
+
+    held = threading.Event()
+
+    def hold() -> None:  # as if a long search were running
+        with res.lock:
+            held.set()
+            time.sleep(3.0)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    held.wait()
+    t0 = time.perf_counter()
+    resp = client.get(hit["chip_url"] + "&size=77")
+    elapsed = time.perf_counter() - t0
+    holder.join()
+    assert 77 in png(resp).shape[:2] and elapsed < 2.0
+
+
 @pytest.mark.parametrize(
     ("path", "status"),
     [
@@ -363,7 +387,8 @@ def test_api_on_a_qdrant_server(qdrant_server: str, client: TestClient, demo: De
             assert len(hits) == 3 and all(h["scene_id"] == "rgb1" for h in hits)
             assert outline_pixels(png(other.get(hits[0]["chip_url"]))) > 0
             scenes = other.get("/api/scenes").json()["scenes"]
-            assert [s["scene_id"] for s in scenes] == ["rgb1"] and png(other.get(scenes[0]["preview_url"])).shape[2] == 4
+            assert [s["scene_id"] for s in scenes] == ["rgb1"]
+            assert png(other.get(scenes[0]["preview_url"])).shape[2] == 4
             assert_json_error(other.get("/api/tiles/00000000-0000-0000-0000-000000000000/chip.png"), 404)
     finally:
         db.drop_collection()

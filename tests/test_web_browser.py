@@ -199,9 +199,14 @@ def _save_screenshot(page: object, tmp_path: Path) -> Path:
         target = Path(os.environ["FTF_TEST_ARTIFACTS"])
         target.mkdir(parents=True, exist_ok=True)
         shutil.copy(shot, target / shot.name)
-    if os.environ.get("FTF_UPDATE_SCREENSHOT") == "1":
+    if os.environ.get("FTF_UPDATE_SCREENSHOT") == "1":  # 256 colours: a third of the bytes in git
+        from PIL import Image
+
         (REPO / "docs").mkdir(exist_ok=True)
-        shutil.copy(shot, REPO / "docs" / "screenshot.png")
+        with Image.open(shot) as im:
+            im.convert("RGB").quantize(256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE).save(
+                REPO / "docs" / "screenshot.png", optimize=True
+            )
     return shot
 
 

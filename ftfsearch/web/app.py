@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import re
 import threading
+import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from importlib import metadata
@@ -29,7 +30,7 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ftfsearch.chips import MAX_CHIP_SIDE, PREVIEW_MAX_SIDE, ChipRenderer, ChipSpec, region_footprints
+from ftfsearch.chips import MAX_CHIP_SIDE, PREVIEW_MAX_SIDE, ChipRenderer, ChipSpec, LruCache, region_footprints
 from ftfsearch.config import Settings
 from ftfsearch.errors import (
     BadInput,
@@ -43,13 +44,16 @@ from ftfsearch.errors import (
     StoreUnavailable,
 )
 from ftfsearch.model.base import Encoder
-from ftfsearch.search import MAX_K, MAX_QUERY_CHARS, MAX_RECALL_K, Searcher, parse_bbox
+from ftfsearch.search import MAX_K, MAX_QUERY_CHARS, MAX_RECALL_K, Result, Searcher, parse_bbox
 from ftfsearch.store.base import Store
 
 log = logging.getLogger(__name__)
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 LEAFLET_JS = STATIC_DIR / "vendor" / "leaflet" / "leaflet.js"
+MEMO_SECONDS = 300.0
+"""How long tile payloads and scene band choices seen by searches serve chip requests without
+asking the store (a dropped and re-ingested scene shows its new bands after this)."""
 _UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 
 # Most specific first: StoreLocked is a StoreUnavailable, DatasetError a BadInput.
@@ -98,6 +102,10 @@ class Resources:
         self.lock = threading.Lock()
         """Serialises store and encoder calls."""
         self._searcher: Searcher | None = None
+        # Chips of the results just returned are what the page asks for next: their payloads are
+        # remembered so those chips never wait for the lock behind a running search.
+        self._tiles: LruCache[str, tuple[float, dict[str, Any]]] = LruCache(1 << 62, 20_000, lambda v: 1)
+        self._bands: LruCache[str, tuple[float, tuple[int, ...] | None]] = LruCache(1 << 62, 10_000, lambda v: 1)
 
     @classmethod
     def open(cls, settings: Settings, options: ServeOptions | None = None) -> "Resources":
@@ -126,6 +134,39 @@ class Resources:
         if self._searcher is None:
             self._searcher = Searcher(self.encoder, self.store)
         return self._searcher
+
+    def _scene_bands(self, scene_id: str) -> tuple[int, ...] | None:
+        """The scene's ``--bands``; call with ``lock`` held."""
+        hit = self._bands.get(scene_id)
+        if hit is not None and time.monotonic() - hit[0] < MEMO_SECONDS:
+            return hit[1]
+        scene = self.store.get_scene(scene_id)
+        bands = (scene.tiling or {}).get("bands") if scene is not None else None
+        value = tuple(int(b) for b in bands) if bands else None
+        self._bands.put(scene_id, (time.monotonic(), value))
+        return value
+
+    def remember(self, results: list[Result]) -> None:
+        """Keep what the chips of these results need; call with ``lock`` held."""
+        now = time.monotonic()
+        for r in results:
+            self._scene_bands(r.scene_id)
+            self._tiles.put(r.id, (now, r.payload))
+
+    def tile(self, tile_id: str) -> tuple[dict[str, Any], tuple[int, ...] | None]:
+        """A tile's payload and its scene's bands: remembered, else from the store."""
+        hit = self._tiles.get(tile_id)
+        bands = self._bands.get(str(hit[1].get("scene_id", ""))) if hit is not None else None
+        now = time.monotonic()
+        if hit is not None and bands is not None and now - hit[0] < MEMO_SECONDS and now - bands[0] < MEMO_SECONDS:
+            return hit[1], bands[1]
+        with self.lock:
+            found = self.store.get_tiles([tile_id]) if self.store.meta() is not None else []
+            if not found:
+                raise SceneNotFound(f"tile {tile_id}: not in collection {self.store.collection!r}")
+            payload = found[0][1]
+            self._tiles.put(tile_id, (now, payload))
+            return payload, self._scene_bands(str(payload.get("scene_id", "")))
 
     def close(self) -> None:
         self.store.close()
@@ -302,6 +343,7 @@ def create_app(
         box = parse_bbox(bbox)
         with res.lock:
             out = res.searcher().search(q, k=k, recall_k=recall_k, rerank=rerank, bbox=box, scenes=tuple(scene))
+            res.remember(out.results)
         hits = []
         rings = region_footprints(out.results)
         for r, ring in zip(out.results, rings):
@@ -398,13 +440,7 @@ def create_app(
         boxes = res.encoder.region_boxes
         if region is not None and region >= len(boxes):
             raise BadInput(f"region {region}: this model has {len(boxes)} regions (0..{len(boxes) - 1})")
-        with res.lock:
-            found = res.store.get_tiles([tid]) if res.store.meta() is not None else []
-            if not found:
-                raise SceneNotFound(f"tile {tid}: not in collection {res.store.collection!r}")
-            payload = found[0][1]
-            scene = res.store.get_scene(str(payload.get("scene_id", "")))
-        bands = (scene.tiling or {}).get("bands") if scene is not None else None
+        payload, bands = res.tile(tid)
         spec = ChipSpec.from_payload(
             payload, bands=bands, region=None if region is None else boxes[region].tolist(), size=size
         )
