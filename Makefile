@@ -8,9 +8,9 @@ DEMO_SCENE := tests/data/RGB.byte.tif
 DEMO_QUERY ?= green farmland next to a river
 DEFAULT_MODEL := ftfsearch/model/default/ftf_config.json
 
-.PHONY: venv qdrant demo demo-model test clean
+.PHONY: venv qdrant demo demo-model serve test clean
 
-venv: $(VENV)/.installed
+venv: $(VENV)/.installed ftfsearch/web/static/vendor/leaflet/leaflet.js
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,10 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 qdrant: .qdrant/bin/qdrant
+
+# Leaflet is bundled from the npm registry at build time (the page works offline, no CDN).
+ftfsearch/web/static/vendor/leaflet/leaflet.js: scripts/get-leaflet.sh
+	bash scripts/get-leaflet.sh
 
 .qdrant/bin/qdrant: scripts/get-qdrant.sh
 	bash scripts/get-qdrant.sh
@@ -33,6 +37,10 @@ demo: venv demo-model
 	$(BIN)/ftfsearch ingest $(DEMO_SCENE) --store $(DEMO_STORE) $$model && \
 	$(BIN)/ftfsearch scenes --store $(DEMO_STORE) && \
 	$(BIN)/ftfsearch query "$(DEMO_QUERY)" --k 5 --store $(DEMO_STORE) $$model
+
+serve: demo
+	@model=$$([ -f $(DEFAULT_MODEL) ] || echo "--model .demo/tiny-clip"); \
+	$(BIN)/ftfsearch serve --store $(DEMO_STORE) $$model
 
 # pytest exits 5 when it collected no tests: that is a failure here.
 test: venv qdrant

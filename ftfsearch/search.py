@@ -68,14 +68,19 @@ class Result:
         if self.region is None:
             return None
         x0, y0, x1, y1 = self.region
-        w, h = self.window["width"], self.window["height"]
-        col = self.window["col"] + int(round(x0 * w))
-        row = self.window["row"] + int(round(y0 * h))
+        # The tile covers tile_size * level scene pixels from the window origin; a window clipped
+        # at a small scene's edge is padded, so fractions scale by that extent, not the window.
+        extent = int(self.payload.get("tile_size") or 0) * self.level
+        w = extent or self.window["width"]
+        h = extent or self.window["height"]
+        c0, r0 = self.window["col"], self.window["row"]
+        c_end, r_end = c0 + self.window["width"], r0 + self.window["height"]
+        col, row = min(c0 + int(round(x0 * w)), c_end - 1), min(r0 + int(round(y0 * h)), r_end - 1)
         return {
             "col": col,
             "row": row,
-            "width": max(1, self.window["col"] + int(round(x1 * w)) - col),
-            "height": max(1, self.window["row"] + int(round(y1 * h)) - row),
+            "width": max(1, min(c0 + int(round(x1 * w)), c_end) - col),
+            "height": max(1, min(r0 + int(round(y1 * h)), r_end) - row),
         }
 
 
