@@ -1,0 +1,56 @@
+"""``python -m bench query|ingest``: see BENCHMARKS.md for the commands and the results."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    q = sub.add_parser("query", help="query latency: FTF vs coarse-only, Qdrant MaxSim, exhaustive BTI")
+    q.add_argument("--backend", choices=["edge", "server"], default="server")
+    q.add_argument("--points", type=int, default=10000)
+    q.add_argument("--k", type=int, default=10)
+    q.add_argument("--recall-k", type=int, default=100)
+    q.add_argument("--queries", type=int, default=200)
+    q.add_argument("--warmup", type=int, default=20)
+    q.add_argument("--exhaustive-queries", type=int, default=20)
+    q.add_argument("--plain-queries", type=int, default=20)
+    q.add_argument("--model", default=None, help="model name or directory (default: the shipped default)")
+    q.add_argument("--threads", type=int, default=1, help="torch threads (query-time ops are small)")
+    q.add_argument("--json", type=Path, default=None)
+    i = sub.add_parser("ingest", help="ingest throughput on a >= 20000 x 20000 px scene of real pixels")
+    i.add_argument("--max-tiles", type=int, default=2000, help="tiles measured per mode (bounds the run time)")
+    i.add_argument("--naive-tiles", type=int, default=300)
+    i.add_argument("--size", type=int, default=20480, help="scene side in pixels")
+    i.add_argument("--batch-size", type=int, default=32)
+    i.add_argument("--readers", type=int, default=2)
+    i.add_argument("--backend", choices=["edge", "server"], default="edge")
+    i.add_argument("--model", default=None)
+    i.add_argument("--json", type=Path, default=None)
+    i.add_argument("--mode", choices=["all", "pipeline", "encoder", "naive"], default="all", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
+    for noisy in ("httpx", "httpcore", "ingest.tiling", "rasterio"):  # no log line inside a timed call
+        logging.getLogger(noisy).setLevel(logging.WARNING if noisy.startswith("http") else logging.ERROR)
+    if args.cmd == "query":
+        from bench.query import Options, main as query_main
+
+        return query_main(
+            Options(
+                backend=args.backend, points=args.points, k=args.k, recall_k=args.recall_k, queries=args.queries,
+                warmup=args.warmup, exhaustive_queries=args.exhaustive_queries, plain_queries=args.plain_queries,
+                model=args.model, threads=args.threads, json_path=args.json,
+            )
+        )
+    from bench.ingest import main as ingest_main
+
+    return ingest_main(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

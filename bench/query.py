@@ -1,0 +1,363 @@
+"""Query benchmark: FTF (coarse recall, packed-vector fetch, local BTI) against its baselines.
+
+The collection holds N tiles whose vectors are real encoder outputs on real tiles (the shared
+GeoTIFFs), perturbed per tile: clusters of near-duplicates around real content, as a large
+scene gives, rather than uniform noise. Built once per parameter set and reused.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from bench.common import (
+    CACHE,
+    GEOTIFFS,
+    REAL_SCENES,
+    Stat,
+    load_bench_encoder,
+    captions,
+    machine,
+    machine_line,
+    table,
+    timed,
+)
+from ftfsearch.model.base import Encoder
+from ftfsearch.rerank import bti
+from ftfsearch.search import Searcher
+from ftfsearch.store import open_store
+from ftfsearch.store.base import Store, TileBatch
+from ftfsearch.store.schema import tile_point_id
+from ingest.pipeline import collection_meta
+from ingest.tiling import SceneReader, TilingSpec
+
+log = logging.getLogger("bench.query")
+
+GEN_CHUNK = 1000
+BASE_TILES = 384
+NOISE = 0.6
+"""Perturbation: each vector is ``unit(base + NOISE * unit(noise))`` (cosine to its base about 0.86)."""
+SEED = 7
+DATA_VERSION = 2
+
+
+@dataclass
+class Options:
+    backend: str
+    points: int
+    k: int = 10
+    recall_k: int = 100
+    queries: int = 200
+    warmup: int = 20
+    exhaustive_queries: int = 20
+    plain_queries: int = 20
+    model: str | None = None
+    threads: int = 1
+    json_path: Path | None = None
+
+
+def base_vectors(encoder: Encoder) -> tuple[np.ndarray, np.ndarray]:
+    """Encoder outputs on up to BASE_TILES real tiles spread over the shared scenes (cached)."""
+    key = encoder.id.replace("/", "_").replace(":", "_")
+    path = CACHE / f"base-{key}-{BASE_TILES}.npz"
+    if path.is_file():
+        z = np.load(path)
+        return z["coarse"], z["regions"]
+    per_scene = BASE_TILES // len(REAL_SCENES) + 1
+    tiles: list[np.ndarray] = []
+    for rel in REAL_SCENES:
+        src = GEOTIFFS / rel
+        if not src.is_file():
+            continue
+        with SceneReader(src, TilingSpec(tile_size=256)) as reader:
+            windows = reader.windows()
+            step = max(1, len(windows) // per_scene)
+            for w in windows[::step][:per_scene]:
+                tile = reader.read(w)
+                if tile is not None:
+                    tiles.append(tile.pixels)
+    if not tiles:
+        raise SystemExit(f"no readable tiles under {GEOTIFFS}: the query benchmark needs ../shared/data")
+    tiles = tiles[:BASE_TILES]
+    cs, rs = [], []
+    with torch.inference_mode():
+        for i in range(0, len(tiles), 32):
+            c, r = encoder.encode_images(torch.from_numpy(np.stack(tiles[i : i + 32])))
+            cs.append(c.float().cpu().numpy())
+            rs.append(r.float().cpu().numpy())
+    coarse, regions = np.concatenate(cs), np.concatenate(rs)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, coarse=coarse, regions=regions)
+    return coarse, regions
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def generate(base: tuple[np.ndarray, np.ndarray], start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
+    """Vectors of tiles ``start..stop`` (deterministic per GEN_CHUNK, whatever the caller's batching)."""
+    bc, br = base
+    cs, rs = [], []
+    for c0 in range(start - start % GEN_CHUNK, stop, GEN_CHUNK):
+        rng = np.random.default_rng([SEED, c0])
+        n = GEN_CHUNK
+        j = rng.integers(0, len(bc), n)
+        c = _unit(bc[j] + NOISE * _unit(rng.standard_normal((n, bc.shape[1]), dtype=np.float32)))
+        r = _unit(br[j] + NOISE * _unit(rng.standard_normal((n,) + br.shape[1:], dtype=np.float32)))
+        lo, hi = max(start, c0) - c0, min(stop, c0 + n) - c0
+        cs.append(c[lo:hi].astype(np.float32))
+        rs.append(r[lo:hi].astype(np.float16))
+    return np.concatenate(cs), np.concatenate(rs)
+
+
+def _payload(i: int) -> dict[str, Any]:
+    scene = i // 10000
+    col, row = (i % 100) * 256, ((i // 100) % 100) * 256
+    west, south = 10.0 + scene + (i % 100) * 0.01, 45.0 + ((i // 100) % 100) * 0.01
+    return {
+        "scene_id": f"bench-{scene}",
+        "path": f"/bench/scene-{scene}.tif",
+        "fingerprint": f"bench-{scene}",
+        "level": 1,
+        "window": {"col": col, "row": row, "width": 256, "height": 256},
+        "tile_size": 256,
+        "crs": "EPSG:4326",
+        "native_bounds": [west, south, west + 0.01, south + 0.01],
+        "gsd": 1.0,
+        "valid_fraction": 1.0,
+        "layout": "bench",
+        "bbox": [west, south, west + 0.01, south + 0.01],
+        "west": west, "south": south, "east": west + 0.01, "north": south + 0.01,
+        "footprint": [[west, south], [west + 0.01, south], [west + 0.01, south + 0.01], [west, south + 0.01], [west, south]],
+        "center": {"lon": west + 0.005, "lat": south + 0.005},
+    }
+
+
+def _ids(start: int, stop: int) -> list[str]:
+    return [tile_point_id("bench", 1, i, 0, 256, 256) for i in range(start, stop)]
+
+
+def collection_name(encoder: Encoder, points: int) -> str:
+    digest = encoder.id.split(":")[-1][:8]
+    return f"bench_v{DATA_VERSION}_{digest}_d{encoder.dim}_r{encoder.num_regions}_n{points}"
+
+
+def build(store: Store, encoder: Encoder, base: tuple[np.ndarray, np.ndarray], points: int) -> float:
+    """Fill the collection unless it already holds exactly these points; seconds spent (0 if reused)."""
+    meta = collection_meta(encoder)
+    if store.meta() == meta and store.count_tiles() == points:
+        return 0.0
+    if store.meta() is not None:
+        store.drop_collection()
+    t0 = time.perf_counter()
+    store.ensure_collection(meta)
+    step = 512
+    for s in range(0, points, step):
+        e = min(points, s + step)
+        c, r = generate(base, s, e)
+        store.upsert_tiles(TileBatch(ids=_ids(s, e), coarse=c, regions=r, payloads=[_payload(i) for i in range(s, e)]))
+        if (s // step) % 20 == 0:
+            log.info("built %d / %d tiles (%.0f s)", e, points, time.perf_counter() - t0)
+    store.optimize()
+    if store.backend == "server":  # wait for the server's own indexing to finish
+        while store.describe().get("status") != "green":
+            time.sleep(1.0)
+    return time.perf_counter() - t0
+
+
+def open_bench_store(backend: str, name: str) -> tuple[Store, Any]:
+    """The store and, for ``server`` without QDRANT_URL, the Qdrant server this run started."""
+    if backend == "edge":
+        return open_store(collection=name, store_dir=CACHE / "edge", qdrant_url=None, api_key=None, timeout=60.0), None
+    url = os.environ.get("QDRANT_URL")
+    server = None
+    if not url:
+        from deploy.qdrant_local import QdrantServer
+
+        server = QdrantServer(storage_dir=CACHE / "qdrant", startup_timeout=120.0).start()
+        url = server.url
+    store = open_store(
+        collection=name, store_dir=None, qdrant_url=url, api_key=os.environ.get("QDRANT_API_KEY"), timeout=120.0
+    )
+    return store, server
+
+
+def exhaustive_top(encoder: Encoder, text: torch.Tensor, coarse: torch.Tensor, regions: torch.Tensor, k: int) -> np.ndarray:
+    """BTI over every tile (the 'complex interaction' approach FTF replaces): indices of the top k."""
+    p = encoder.rerank_params
+    parts = []
+    for s in range(0, coarse.shape[0], 16384):
+        out = bti(text, coarse[s : s + 16384], regions[s : s + 16384], tau=p.tau, alpha=p.alpha, balanced=p.balanced)
+        parts.append(out.scores[0])
+    return torch.topk(torch.cat(parts), k).indices.numpy()
+
+
+def run(opts: Options) -> dict[str, Any]:
+    torch.set_grad_enabled(False)
+    torch.set_num_threads(opts.threads)
+    encoder, model_note = load_bench_encoder(opts.model)
+    base = base_vectors(encoder)
+    name = collection_name(encoder, opts.points)
+    store, server = open_bench_store(opts.backend, name)
+    try:
+        build_s = build(store, encoder, base, opts.points)
+        return measure(opts, encoder, model_note, store, build_s)
+    finally:
+        store.close()
+        if server is not None:
+            server.stop()
+
+
+def measure(opts: Options, encoder: Encoder, model_note: str, store: Store, build_s: float) -> dict[str, Any]:
+    searcher = Searcher(encoder, store)
+    k, rk = opts.k, opts.recall_k
+    texts = captions(opts.queries + opts.warmup)
+    for q in texts[: opts.warmup]:
+        searcher.search(q, k=k, recall_k=rk)
+        store.recall_maxsim(encoder.encode_text([q])[0].numpy(), k, rk)
+    texts = texts[opts.warmup :]
+    st: dict[str, list[float]] = {n: [] for n in ("encode_text", "recall", "recall_fetch", "rerank", "fetch_rerank",
+                                                  "end_to_end", "coarse_only", "server_maxsim")}
+    ftf_top: dict[str, list[str]] = {}
+    for q in texts:
+        ms, tv = timed(lambda: encoder.encode_text([q])[0])
+        st["encode_text"].append(ms)
+        vec = tv.numpy()
+        st["recall"].append(timed(lambda: store.recall(vec, rk, with_vectors=False))[0])
+        ms_f, cands = timed(lambda: store.recall(vec, rk, with_vectors=True))
+        ms_r, _ = timed(lambda: searcher._rank(tv, cands, k, True))
+        st["recall_fetch"].append(ms_f)
+        st["rerank"].append(ms_r)
+        st["fetch_rerank"].append(ms_f + ms_r)
+        ms, resp = timed(lambda: searcher.search(q, k=k, recall_k=rk))
+        st["end_to_end"].append(ms)
+        ftf_top[q] = [r.id for r in resp.results]
+        st["coarse_only"].append(timed(lambda: searcher.search(q, k=k, rerank=False))[0])
+        st["server_maxsim"].append(
+            timed(lambda: store.recall_maxsim(encoder.encode_text([q])[0].numpy(), k, rk))[0]
+        )
+    # The plain path: Qdrant's named vectors through the client/binding (the path this work replaced).
+    plain: list[float] = []
+    store.payload_vectors = False  # type: ignore[attr-defined]
+    try:
+        for q in texts[: opts.plain_queries]:
+            tv = encoder.encode_text([q])[0]
+            ms_f, cands = timed(lambda: store.recall(tv.numpy(), rk, with_vectors=True))
+            plain.append(ms_f + timed(lambda: searcher._rank(tv, cands, k, True))[0])
+    finally:
+        store.payload_vectors = True  # type: ignore[attr-defined]
+    qps = {c: _qps(searcher, texts, k, rk, c) for c in (1, 4)}
+    exh_ms, agree = _exhaustive(opts, encoder, texts[: opts.exhaustive_queries], ftf_top, k)
+    stats = {n: Stat.of(v) for n, v in st.items()}
+    m = machine()
+    res: dict[str, Any] = {
+        "benchmark": "query",
+        "backend": store.backend,
+        "points": opts.points,
+        "k": k,
+        "recall_k": rk,
+        "queries": len(texts),
+        "warmup": opts.warmup,
+        "dim": encoder.dim,
+        "num_regions": encoder.num_regions,
+        "encoder": encoder.id,
+        "encoder_note": model_note,
+        "machine": m,
+        "build_seconds": round(build_s, 1),
+        "stages": {n: s.to_dict() for n, s in stats.items()},
+        "fetch_rerank_ms_p50": round(stats["fetch_rerank"].p50, 3),
+        "fetch_only_ms_p50": round(stats["recall_fetch"].p50 - stats["recall"].p50, 3),
+        "end_to_end_ms_p50": round(stats["end_to_end"].p50, 3),
+        "end_to_end_ms_p95": round(stats["end_to_end"].p95, 3),
+        "qps_concurrency_1": round(qps[1], 1),
+        "qps_concurrency_4": round(qps[4], 1),
+        "baselines": {
+            "coarse_only_ms_p50": round(stats["coarse_only"].p50, 3),
+            "server_maxsim_ms_p50": round(stats["server_maxsim"].p50, 3),
+            "exhaustive_ms_p50": round(float(np.median(exh_ms)), 3),
+            "exhaustive_queries": len(exh_ms),
+            "plain_fetch_rerank_ms_p50": round(Stat.of(plain).p50, 3),
+            "plain_queries": len(plain),
+        },
+        "exhaustive_speedup": round(float(np.median(exh_ms)) / stats["end_to_end"].p50, 1),
+        "recall_at_10_vs_exhaustive": round(agree, 3),
+    }
+    return res
+
+
+def _qps(searcher: Searcher, texts: list[str], k: int, rk: int, concurrency: int) -> float:
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=concurrency) as pool:
+        list(pool.map(lambda q: searcher.search(q, k=k, recall_k=rk), texts))
+    return len(texts) / (time.perf_counter() - t0)
+
+
+def _exhaustive(
+    opts: Options, encoder: Encoder, texts: list[str], ftf_top: dict[str, list[str]], k: int
+) -> tuple[list[float], float]:
+    """Time exhaustive BTI (text encoding included) and how much of its top k FTF finds."""
+    base = base_vectors(encoder)
+    coarse, regions = generate(base, 0, opts.points)
+    c, r = torch.from_numpy(coarse), torch.from_numpy(regions)
+    ids = _ids(0, opts.points)
+    times, hits = [], 0
+    for q in texts:
+        t0 = time.perf_counter()
+        tv = encoder.encode_text([q])[0]
+        top = exhaustive_top(encoder, tv, c, r, k)
+        times.append((time.perf_counter() - t0) * 1000)
+        hits += len({ids[i] for i in top} & set(ftf_top[q]))
+    return times, hits / (k * max(1, len(texts)))
+
+
+def report(res: dict[str, Any]) -> str:
+    s, b = res["stages"], res["baselines"]
+    e2e = res["end_to_end_ms_p50"]
+    rows = [
+        ["text encoding", s["encode_text"]["p50_ms"], s["encode_text"]["p95_ms"], ""],
+        [f"recall {res['recall_k']} (no vectors)", s["recall"]["p50_ms"], s["recall"]["p95_ms"], ""],
+        [f"recall {res['recall_k']} + packed vectors", s["recall_fetch"]["p50_ms"], s["recall_fetch"]["p95_ms"], ""],
+        [f"BTI rerank of {res['recall_k']}", s["rerank"]["p50_ms"], s["rerank"]["p95_ms"], ""],
+        ["recall + fetch + rerank", s["fetch_rerank"]["p50_ms"], s["fetch_rerank"]["p95_ms"], ""],
+        ["FTF end to end", s["end_to_end"]["p50_ms"], s["end_to_end"]["p95_ms"], "1.00"],
+        ["baseline: coarse only (single stage)", s["coarse_only"]["p50_ms"], s["coarse_only"]["p95_ms"],
+         f"{b['coarse_only_ms_p50'] / e2e:.2f}"],
+        ["baseline: Qdrant prefetch + MaxSim", s["server_maxsim"]["p50_ms"], s["server_maxsim"]["p95_ms"],
+         f"{b['server_maxsim_ms_p50'] / e2e:.2f}"],
+        [f"baseline: plain vector fetch + rerank ({b['plain_queries']} q)", b["plain_fetch_rerank_ms_p50"], float("nan"),
+         f"{b['plain_fetch_rerank_ms_p50'] / s['fetch_rerank']['p50_ms']:.1f} (vs fetch+rerank)"],
+        [f"baseline: exhaustive BTI ({b['exhaustive_queries']} q)", b["exhaustive_ms_p50"], float("nan"),
+         f"{b['exhaustive_ms_p50'] / e2e:.1f}"],
+    ]
+    head = (
+        f"query benchmark: backend={res['backend']} points={res['points']} D={res['dim']} R={res['num_regions']} "
+        f"k={res['k']} recall_k={res['recall_k']} queries={res['queries']} (+{res['warmup']} warm-up)\n"
+        f"encoder: {res['encoder']} ({res['encoder_note']})\n{machine_line(res['machine'])}"
+    )
+    tail = (
+        f"QPS: {res['qps_concurrency_1']} at concurrency 1, {res['qps_concurrency_4']} at concurrency 4\n"
+        f"exhaustive BTI / FTF: {res['exhaustive_speedup']}x; FTF recall@10 vs exhaustive top 10: "
+        f"{res['recall_at_10_vs_exhaustive']}\ncollection build: {res['build_seconds']} s (0 = reused)"
+    )
+    return head + "\n" + table("", ["stage", "p50 ms", "p95 ms", "x FTF end to end"], rows) + "\n" + tail
+
+
+def main(opts: Options) -> int:
+    res = run(opts)
+    print(report(res))
+    if opts.json_path:
+        opts.json_path.parent.mkdir(parents=True, exist_ok=True)
+        opts.json_path.write_text(json.dumps(res, indent=2))
+    return 0
+
+
