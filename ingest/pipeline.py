@@ -20,6 +20,8 @@ from typing import Any, Callable, Iterator, Protocol
 
 import numpy as np
 import torch
+from rasterio._err import CPLE_BaseError
+from rasterio.errors import RasterioError
 
 from ftfsearch.errors import BadInput, FtfError
 from ftfsearch.model.base import Encoder
@@ -31,6 +33,9 @@ from ingest.tiling import SceneReader, Tile, TileWindow, TilingSpec
 log = logging.getLogger(__name__)
 
 _EXISTING_CHUNK = 1000
+MAX_WINDOWS_PER_SCENE = 1_000_000
+"""Windows are listed (with their ids) in memory, about 0.5 KB each: beyond this a raster is
+refused by name rather than exhausting memory (a VRT can claim any size)."""
 _DONE = object()
 
 
@@ -227,6 +232,16 @@ def _encode(encoder: Encoder, tiles: list[Tile]) -> tuple[np.ndarray, np.ndarray
     return coarse.float().numpy(), regions.to(torch.float16).numpy()
 
 
+def _window_bound(width: int, height: int, spec: TilingSpec) -> int:
+    """An upper bound of the windows ``plan_windows`` makes, computed without listing them."""
+    total = 0
+    for level in spec.levels:
+        size = spec.tile_size * level
+        step = max(1, int(round(size * (1.0 - spec.overlap))))
+        total += (width // step + 2) * (height // step + 2)
+    return total
+
+
 def ingest_scene(
     path: Path,
     encoder: Encoder,
@@ -240,6 +255,13 @@ def ingest_scene(
     with SceneReader(path, options.spec) as reader:
         sid = scene_id or options.scene_id or default_scene_id(path)
         fp = fingerprint(path)
+        bound = _window_bound(reader.width, reader.height, options.spec)
+        if bound > MAX_WINDOWS_PER_SCENE:
+            raise BadInput(
+                f"{path}: {reader.width}x{reader.height} pixels would make up to {bound:,} tiles at "
+                f"--tile-size {options.spec.tile_size}, more than {MAX_WINDOWS_PER_SCENE:,} per scene; "
+                "use a larger --tile-size or fewer --levels, or split the raster"
+            )
         windows = reader.windows()
         previous = store.get_scene(sid)
         if previous is not None and previous.fingerprint != fp:
@@ -372,7 +394,9 @@ def ingest_paths(
     for path in paths:
         try:
             summary = ingest_scene(path, encoder, store, options, progress)
-        except BadInput as exc:
+        except (BadInput, RasterioError, CPLE_BaseError) as exc:
+            if not isinstance(exc, BadInput):  # GDAL failed on this file (e.g. a footprint outside its CRS)
+                exc = BadInput(f"{path}: cannot be read as a raster scene ({exc}); check the file")
             failure = IngestFailure(str(path), str(exc))
             failed.append(failure)
             log.info("skipped %s: %s", path, exc)
