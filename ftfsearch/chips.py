@@ -6,15 +6,8 @@ Both are windowed/decimated reads (memory bounded by the output size, never the 
 are cached in bounded LRU caches by :class:`ChipRenderer`, which the web server and
 ``ftfsearch query --chips`` share.
 
-Why the band choice and stretch are decided here as well as in ``ingest.tiling``: nothing in
-``ftfsearch`` may import ``ingest`` (imports point one way), and the server must not depend on
-the write path. :func:`choose_style` therefore makes the same decisions as ``SceneReader``
-(bands from the scene's tiling spec, else red/green/blue colour interpretation or band
-descriptions, else the first bands; palettes through their colour map; 8-bit data as is and
-other types stretched between the 2nd and 98th percentile of a decimated sample), kept to the
-few lines a picture for a person needs. If the two ever have to agree bit for bit (they need
-not: the chip is for eyes, the encoder never sees it), the shared part belongs in one
-``ftfsearch`` module that ``ingest.tiling`` imports.
+Band choice, stretch and masks are :mod:`ftfsearch.raster`'s, the same code ``ingest.tiling``
+uses: a chip shows exactly the pixels the model was given for that tile.
 """
 
 from __future__ import annotations
@@ -27,7 +20,7 @@ import re
 import threading
 import warnings
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Generic, Hashable, Mapping, Sequence, TypeVar
 
@@ -35,7 +28,7 @@ import numpy as np
 import rasterio
 from affine import Affine
 from PIL import Image, ImageDraw
-from rasterio.enums import ColorInterp, MaskFlags, Resampling
+from rasterio.enums import Resampling
 from rasterio.errors import NotGeoreferencedWarning, RasterioError
 from rasterio.io import DatasetReader
 from rasterio.vrt import WarpedVRT
@@ -43,16 +36,14 @@ from rasterio.warp import transform as warp_transform
 from rasterio.warp import transform_bounds
 from rasterio.windows import Window
 
+from ftfsearch import raster
 from ftfsearch.errors import BadInput, SourceUnavailable
+from ftfsearch.raster import RasterStyle
 from ftfsearch.search import Result
 from ftfsearch.store.base import Store
 
 log = logging.getLogger(__name__)
 
-STRETCH_PERCENTILES = (2.0, 98.0)
-"""Same stretch as ingest: non-8-bit bands map these percentiles to 0 and 255."""
-STATS_LONG_SIDE = 1024
-STATS_MIN_OVERVIEW = 256
 MAX_CHIP_SIDE = 1024
 """Largest chip side served (a level-4 tile of 256 is 1024 scene pixels)."""
 PREVIEW_MAX_SIDE = 1024
@@ -61,34 +52,6 @@ PNG_COMPRESS_LEVEL = 3
 """Fast zlib level: chips are made per request; level 9 costs ~4x the time for ~10% fewer bytes."""
 OUTLINE_RGB = (255, 214, 0)
 HALO_RGB = (0, 0, 0)
-
-_RGB = {"red": ColorInterp.red, "green": ColorInterp.green, "blue": ColorInterp.blue}
-
-
-# -- how bands become 8-bit RGB ------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class RasterStyle:
-    """Which bands are read and how they become 8-bit RGB; decided once per scene."""
-
-    read_indexes: tuple[int, ...]
-    """1-based bands read, each once."""
-    channels: tuple[int, int, int]
-    """Position in ``read_indexes`` of red, green and blue."""
-    low: tuple[float, ...] | None = None
-    """Per read band, the value mapped to 0; None for 8-bit and palette data (shown as is)."""
-    high: tuple[float, ...] | None = None
-    palette: np.ndarray | None = field(default=None, compare=False, hash=False)
-    """``[N, 4]`` uint8 lookup table when band 1 is palette-indexed."""
-    transparent: tuple[int, ...] = ()
-    """Palette entries with alpha 0 (treated as nodata)."""
-    all_valid: bool = True
-    """No mask, nodata or alpha on the read bands."""
-    mixed: bool = False
-    """Bands of different types: read as float64."""
-    floating: bool = False
-    """Float (or mixed) data: NaN and infinities are masked."""
 
 
 def _open(path: str | Path) -> DatasetReader:
@@ -103,133 +66,15 @@ def _open(path: str | Path) -> DatasetReader:
         ) from exc
 
 
-def _stats_shape(ds: DatasetReader, band: int) -> tuple[int, int]:
-    """(height, width) of the stretch sample, chosen as ingest chooses it."""
-    for factor in sorted(ds.overviews(band), reverse=True):
-        ow, oh = math.ceil(ds.width / factor), math.ceil(ds.height / factor)
-        if max(ow, oh) >= STATS_MIN_OVERVIEW:
-            return oh, ow
-    long_side = max(ds.width, ds.height)
-    if long_side <= STATS_LONG_SIDE:
-        return ds.height, ds.width
-    scale = STATS_LONG_SIDE / long_side
-    return max(1, round(ds.height * scale)), max(1, round(ds.width * scale))
-
-
 def choose_style(ds: DatasetReader, bands: Sequence[int] | None = None) -> RasterStyle:
-    """Decide bands, palette and stretch for one raster (``bands``: the scene's ``--bands``)."""
-    count = ds.count
-    if count == 0:
-        raise SourceUnavailable(f"{ds.name}: has no raster bands any more; re-ingest or drop the scene")
-    interp = list(ds.colorinterp)
-    palette = False
-    if bands:
-        if max(bands) > count:
-            raise SourceUnavailable(
-                f"{ds.name}: has {count} bands but the scene was ingested with --bands "
-                f"{','.join(map(str, bands))}; the file changed since ingest: re-ingest it"
-            )
-        rgb = (bands[0], bands[0], bands[0]) if len(bands) == 1 else (bands[0], bands[1], bands[2])
-    else:
-        data = [i + 1 for i, ci in enumerate(interp) if ci != ColorInterp.alpha] or [1]
-        found: dict[ColorInterp, int] = {}
-        for i in data:
-            if interp[i - 1] in _RGB.values():
-                found.setdefault(interp[i - 1], i)
-        if len(found) < 3:
-            found = {}
-            for i in data:
-                name = (ds.descriptions[i - 1] or "").strip().lower()
-                if name in _RGB:
-                    found.setdefault(_RGB[name], i)
-        if len(found) == 3:
-            rgb = (found[ColorInterp.red], found[ColorInterp.green], found[ColorInterp.blue])
-        elif len(data) >= 3:
-            rgb = (data[0], data[1], data[2])
-        else:
-            rgb = (data[0], data[0], data[0])
-            palette = len(data) == 1 and interp[data[0] - 1] == ColorInterp.palette and "int" in ds.dtypes[data[0] - 1]
-    read_indexes = tuple(dict.fromkeys(rgb))
-    channels = (read_indexes.index(rgb[0]), read_indexes.index(rgb[1]), read_indexes.index(rgb[2]))
-    dtypes = {ds.dtypes[b - 1] for b in read_indexes}
-    mixed = len(dtypes) > 1
-    dtype = np.dtype("float64" if mixed else dtypes.pop())
-    all_valid = all(ds.mask_flag_enums[b - 1] == [MaskFlags.all_valid] for b in read_indexes)
-    base: dict[str, Any] = dict(
-        read_indexes=read_indexes, channels=channels, all_valid=all_valid, mixed=mixed,
-        floating=mixed or dtype.kind == "f",
-    )
-
-    if palette:
-        try:
-            cmap = ds.colormap(read_indexes[0])
-        except ValueError:
-            cmap = None
-        if cmap:
-            lut = np.zeros((max(max(cmap) + 1, 256), 4), dtype=np.uint8)
-            for index, rgba in cmap.items():
-                lut[index] = rgba
-            transparent = tuple(i for i, rgba in cmap.items() if rgba[3] == 0)
-            return RasterStyle(**base, palette=lut, transparent=transparent)
-    if dtype == np.uint8:
-        return RasterStyle(**base)
-
-    h, w = _stats_shape(ds, read_indexes[0])
-    sample = ds.read(
-        read_indexes,
-        out_shape=(len(read_indexes), h, w),
-        resampling=Resampling.nearest,
-        out_dtype="float64" if mixed else None,
-    )
-    valid = _valid(ds, RasterStyle(**base), sample, None, (h, w))
-    low, high = [], []
-    for i in range(len(read_indexes)):
-        values = sample[i][valid].astype(np.float64)
-        values = values[np.isfinite(values)]
-        if values.size == 0:
-            lo, hi = 0.0, 1.0
-        else:
-            lo, hi = (float(v) for v in np.percentile(values, STRETCH_PERCENTILES))
-            if not hi > lo:
-                lo, hi = lo - 0.5, lo + 0.5
-        low.append(lo)
-        high.append(hi)
-    return RasterStyle(**base, low=tuple(low), high=tuple(high))
-
-
-def _valid(
-    ds: DatasetReader | WarpedVRT, style: RasterStyle, data: np.ndarray, window: Window | None, shape: tuple[int, int]
-) -> np.ndarray:
-    """Valid pixels: GDAL masks OR-ed over the read bands, minus non-finite floats and transparent palette entries."""
-    if style.all_valid and not isinstance(ds, WarpedVRT):
-        valid = np.ones(shape, dtype=bool)
-    else:
-        masks = ds.read_masks(
-            style.read_indexes, window=window, out_shape=(len(style.read_indexes), *shape),
-            resampling=Resampling.nearest,
-        )
-        valid = (masks > 0).any(axis=0)
-    if style.floating:
-        valid &= np.isfinite(data).all(axis=0)
-    if style.transparent:
-        valid &= ~np.isin(data[0], style.transparent)
-    return valid
-
-
-def _to_rgb(data: np.ndarray, valid: np.ndarray, style: RasterStyle) -> np.ndarray:
-    """``[n, h, w]`` read bands -> ``uint8 [h, w, 3]`` with invalid pixels black."""
-    if style.palette is not None:
-        index = np.clip(data[0].astype(np.int64), 0, len(style.palette) - 1)
-        rgb = style.palette[index][..., :3]
-    else:
-        if style.low is not None and style.high is not None:
-            low = np.asarray(style.low, dtype=np.float32)[:, None, None]
-            high = np.asarray(style.high, dtype=np.float32)[:, None, None]
-            scaled = (data.astype(np.float32) - low) * (255.0 / (high - low))
-            scaled = np.nan_to_num(scaled, nan=0.0, posinf=255.0, neginf=0.0)
-            data = np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
-        rgb = data[list(style.channels)].transpose(1, 2, 0)
-    return np.where(valid[..., None], rgb, 0).astype(np.uint8)
+    """:func:`ftfsearch.raster.choose_style` for a source that ingest accepted: a source that no
+    longer fits (bands gone, damaged) is :class:`SourceUnavailable`, not the user's bad input."""
+    try:
+        return raster.choose_style(ds, bands)
+    except BadInput as exc:
+        raise SourceUnavailable(
+            f"{exc}; the file changed since ingest: re-ingest it, or 'ftfsearch drop' the scene"
+        ) from exc
 
 
 def _png(pixels: np.ndarray) -> bytes:
@@ -348,20 +193,11 @@ def render_chip_pixels(spec: ChipSpec, ds: DatasetReader, style: RasterStyle) ->
     out_h, out_w = spec.output_shape()
     window = Window(spec.col, spec.row, spec.width, spec.height)
     downsampled = out_w < spec.width or out_h < spec.height
-    if style.palette is not None:
-        resampling = Resampling.mode if downsampled else Resampling.nearest
-    else:
-        resampling = Resampling.average if downsampled else Resampling.nearest
-    n = len(style.read_indexes)
     try:
-        data = ds.read(
-            style.read_indexes, window=window, out_shape=(n, out_h, out_w), resampling=resampling,
-            out_dtype="float64" if style.mixed else None,
-        )
-        valid = _valid(ds, style, data, window, (out_h, out_w))
+        data, valid = style.read(ds, window, (out_h, out_w), style.resampling(downsampled))
     except RasterioError as exc:
         raise SourceUnavailable(f"{spec.path}: cannot read window ({exc}); the file may be damaged") from exc
-    pixels = _to_rgb(data, valid, style)
+    pixels = style.to_rgb(data, valid)
     box = spec.region_pixels(out_h, out_w)
     return pixels if box is None else draw_region(pixels, box)
 
@@ -437,15 +273,10 @@ def render_preview(
                 ds, crs="EPSG:3857", transform=geometry.transform, width=geometry.width,
                 height=geometry.height, resampling=resampling,
             ) as vrt:
-                shape = (geometry.height, geometry.width)
-                data = vrt.read(
-                    style.read_indexes, out_shape=(len(style.read_indexes), *shape),
-                    out_dtype="float64" if style.mixed else None,
-                )
-                valid = _valid(vrt, style, data, None, shape)
+                data, valid = style.read(vrt, None, (geometry.height, geometry.width))
         except RasterioError as exc:
             raise SourceUnavailable(f"{path}: cannot warp a preview ({exc})") from exc
-    rgb = _to_rgb(data, valid, style)
+    rgb = style.to_rgb(data, valid)
     rgba = np.dstack([rgb, np.where(valid, 255, 0).astype(np.uint8)])
     return Preview(png=_png(rgba), bounds=geometry.bounds)
 

@@ -3,7 +3,8 @@
 Reads are windowed (memory is bounded by one tile, never the scene) and resampled by GDAL with
 ``out_shape``, so overviews are used where a file has them. Everything a scene needs once
 (band choice, the 8-bit stretch, the scene footprint) is decided when the reader opens; every
-tile read after that is independent and thread-safe (one dataset handle per thread).
+tile read after that is independent and thread-safe (one dataset handle per thread). Band
+choice, stretch and masks are :mod:`ftfsearch.raster`'s, shared with the chips people see.
 """
 
 from __future__ import annotations
@@ -23,30 +24,24 @@ import rasterio
 from affine import Affine
 from pyproj import Geod
 from rasterio.crs import CRS
-from rasterio.enums import ColorInterp, MaskFlags, Resampling
 from rasterio.errors import NotGeoreferencedWarning, RasterioError
 from rasterio.io import DatasetReader
 from rasterio.warp import transform as warp_transform
 from rasterio.windows import Window
 
 from ftfsearch.errors import BadInput
+from ftfsearch.raster import RasterStyle, choose_style, require_bands
 
 log = logging.getLogger(__name__)
 
 EDGE_POINTS = 21
 """Points per window edge when reprojecting footprints: projected edges are curves in WGS84."""
-STATS_LONG_SIDE = 1024
-"""Long side of the decimated read that the 8-bit stretch percentiles are computed from."""
-STATS_MIN_OVERVIEW = 256
-"""Smallest overview long side trusted for stretch statistics (tinier ones are too coarse)."""
-STRETCH_PERCENTILES = (2.0, 98.0)
 MIN_SCENE_SIDE = 8
 """Scenes narrower than this (either side, pixels) carry no searchable content: refused."""
 FOOTPRINT_TOLERANCE_DEG = 1e-7
 """Densified footprint points closer than this to the straight edge are dropped (~1 cm)."""
 COORD_DECIMALS = 8
 
-_RGB_NAMES = {"red": ColorInterp.red, "green": ColorInterp.green, "blue": ColorInterp.blue}
 _GEOD = Geod(ellps="WGS84")
 
 
@@ -158,14 +153,6 @@ class _Geo:
     center: tuple[float, float] | None = None
 
 
-@dataclass
-class _Stretch:
-    """Per read band: the values mapped to 0 and 255."""
-
-    low: np.ndarray
-    high: np.ndarray
-
-
 class _Local(threading.local):
     """Per-thread state: the thread's own dataset handle."""
 
@@ -261,8 +248,6 @@ class SceneReader:
         self._lock = threading.Lock()
         self._closed = False
         self._windows: list[TileWindow] | None = None
-        self._lut: np.ndarray | None = None
-        """``[n, 4]`` RGBA per palette index, for palette-indexed scenes."""
         if not self.path.exists():
             raise BadInput(f"{self.path}: no such file")
         if self.path.is_dir():
@@ -304,10 +289,7 @@ class SceneReader:
     def _inspect(self, ds: DatasetReader) -> None:
         self.width: int = ds.width
         self.height: int = ds.height
-        if ds.count == 0:
-            subs = ", ".join(ds.subdatasets[:3])
-            hint = f" (it holds subdatasets: {subs}; pass one of those)" if subs else ""
-            raise BadInput(f"{self.path}: has no raster bands{hint}")
+        require_bands(ds, self.path)
         if self.width == 0 or self.height == 0:
             raise BadInput(f"{self.path}: has zero size ({self.width}x{self.height} pixels)")
         if min(self.width, self.height) < MIN_SCENE_SIDE:
@@ -315,22 +297,13 @@ class SceneReader:
                 f"{self.path}: {self.width}x{self.height} pixels is too small to tile "
                 f"(each side needs at least {MIN_SCENE_SIDE} pixels)"
             )
-        complex_bands = [i + 1 for i, dt in enumerate(ds.dtypes) if "complex" in dt]
-        if complex_bands:
-            raise BadInput(
-                f"{self.path}: complex pixels ({ds.dtypes[complex_bands[0] - 1]}) are not "
-                "supported; convert to amplitude first (e.g. gdal_calc.py or gdal_translate)"
-            )
-        self.band_indexes, self._palette = self._choose_bands(ds)
-        self._read_indexes: tuple[int, ...] = tuple(dict.fromkeys(self.band_indexes))
-        self._channel = [self._read_indexes.index(b) for b in self.band_indexes]
-        dtypes = {ds.dtypes[b - 1] for b in self._read_indexes}
-        self.dtype: str = ds.dtypes[self._read_indexes[0] - 1] if len(dtypes) == 1 else "float64"
-        self._mixed = len(dtypes) > 1
-        self._float = np.dtype(self.dtype).kind == "f"
-        self._all_valid = all(
-            ds.mask_flag_enums[b - 1] == [MaskFlags.all_valid] for b in self._read_indexes
+        # refuses complex pixels, bands out of range and scenes without a valid pixel
+        self._style: RasterStyle = choose_style(
+            ds, self.spec.bands, source=self.path, require_valid=True
         )
+        self.band_indexes: tuple[int, int, int] = self._style.band_indexes
+        self.dtype: str = self._style.dtype
+        self.warnings.extend(self._style.warnings)
 
         self._transform: Affine = ds.transform
         self._crs: CRS | None = ds.crs if ds.crs else None
@@ -343,68 +316,12 @@ class SceneReader:
         self.crs: str | None = _crs_string(self._crs) if self._crs is not None else None
         self.gsd: float | None = self._scene_gsd(ds)
         self.acquired: str | None = self._acquired(ds)
-        self._stretch = self._sample_statistics(ds)
         geo = self._geometry(TileWindow(1, 0, 0, self.width, self.height))
         self.footprint: list[list[float]] | None = geo.footprint
         self.bbox: tuple[float, float, float, float] | None = geo.bbox
         self.native_bounds = geo.native_bounds
         for message in self.warnings:
             log.info("%s: %s", self.path, message)
-
-    def _choose_bands(self, ds: DatasetReader) -> tuple[tuple[int, int, int], bool]:
-        """The three bands shown as red, green, blue, and whether band 1 is palette-indexed."""
-        count = ds.count
-        interp = list(ds.colorinterp)
-        if self.spec.bands is not None:
-            bad = [b for b in self.spec.bands if b > count]
-            if bad:
-                raise BadInput(
-                    f"--bands {','.join(map(str, self.spec.bands))}: {self.path} has "
-                    f"{count} band{'s' if count > 1 else ''} (1..{count})"
-                )
-            b = self.spec.bands
-            return ((b[0], b[0], b[0]) if len(b) == 1 else (b[0], b[1], b[2])), False
-        data = [i + 1 for i, ci in enumerate(interp) if ci != ColorInterp.alpha]
-        if not data:
-            raise BadInput(f"{self.path}: has only alpha bands, no usable band")
-        found: dict[ColorInterp, int] = {}
-        for i in data:
-            if interp[i - 1] in _RGB_NAMES.values():
-                found.setdefault(interp[i - 1], i)
-        if len(found) < 3:
-            found = {}
-            for i in data:
-                name = (ds.descriptions[i - 1] or "").strip().lower()
-                if name in _RGB_NAMES:
-                    found.setdefault(_RGB_NAMES[name], i)
-        if len(found) == 3:
-            return (found[ColorInterp.red], found[ColorInterp.green], found[ColorInterp.blue]), False
-        if len(data) == 1:
-            band = data[0]
-            if interp[band - 1] == ColorInterp.palette and "int" in ds.dtypes[band - 1]:
-                try:
-                    colormap = ds.colormap(band)
-                except ValueError:
-                    colormap = {}
-                if colormap:
-                    self._lut = np.zeros((max(colormap) + 1, 4), dtype=np.uint8)
-                    for index, rgba in colormap.items():
-                        self._lut[index] = rgba
-                    return (band, band, band), True
-            return (band, band, band), False
-        if len(data) == 2:
-            self.warnings.append(
-                f"2 bands without colour interpretation: showing band {data[0]} "
-                "as grey; pass --bands to choose another"
-            )
-            return (data[0], data[0], data[0]), False
-        first = (data[0], data[1], data[2])
-        self.warnings.append(
-            f"{len(data)} bands without red/green/blue colour interpretation: "
-            f"reading bands {first[0]},{first[1]},{first[2]} as red,green,blue; pass --bands "
-            "(e.g. --bands 3,2,1) if that is wrong"
-        )
-        return first, False
 
     def _scene_gsd(self, ds: DatasetReader) -> float | None:
         """Ground metres per scene pixel at the scene centre (geometric mean of x and y).
@@ -442,58 +359,6 @@ class SceneReader:
                     return iso
         return None
 
-    def _sample_shape(self, ds: DatasetReader) -> tuple[int, int]:
-        """(height, width) of the statistics sample: a small-but-not-tiny overview, or a
-        decimated read about STATS_LONG_SIDE pixels on the long side."""
-        long_side = max(self.width, self.height)
-        for factor in sorted(ds.overviews(self._read_indexes[0]), reverse=True):
-            ow, oh = math.ceil(self.width / factor), math.ceil(self.height / factor)
-            if max(ow, oh) >= STATS_MIN_OVERVIEW:
-                return oh, ow
-        if long_side <= STATS_LONG_SIDE:
-            return self.height, self.width
-        scale = STATS_LONG_SIDE / long_side
-        return max(1, round(self.height * scale)), max(1, round(self.width * scale))
-
-    def _sample_statistics(self, ds: DatasetReader) -> _Stretch | None:
-        """Checks that the scene has valid pixels and computes the 8-bit stretch, once."""
-        exact_uint8 = self._palette or self.dtype == "uint8"
-        if exact_uint8 and self._all_valid:
-            return None  # every pixel is valid and needs no stretch: nothing to sample
-        h, w = self._sample_shape(ds)
-        n = len(self._read_indexes)
-        try:
-            data = ds.read(
-                self._read_indexes,
-                out_shape=(n, h, w),
-                resampling=Resampling.nearest,
-                out_dtype="float64" if self._mixed else None,
-            )
-            valid = self._valid_mask(ds, data, None, (h, w))
-        except RasterioError as exc:
-            raise BadInput(f"{self.path}: cannot read pixels ({exc}); the file may be damaged") from exc
-        if not valid.any():
-            raise BadInput(
-                f"{self.path}: contains no valid pixels (all nodata, masked or NaN); nothing to tile"
-            )
-        if exact_uint8:
-            return None
-        low = np.empty(n)
-        high = np.empty(n)
-        for i in range(n):
-            values = data[i][valid]
-            if self._float:
-                values = values[np.isfinite(values)]
-            if values.size == 0:
-                low[i], high[i] = 0.0, 1.0
-                continue
-            lo, hi = np.percentile(values.astype(np.float64), STRETCH_PERCENTILES)
-            if not hi > lo:  # a constant band: centre it instead of dividing by zero
-                lo, hi = lo - 0.5, lo + 0.5
-            low[i], high[i] = lo, hi
-        log.debug("%s: stretch %s..%s", self.path, low, high)
-        return _Stretch(low=low, high=high)
-
     # -- tiles -------------------------------------------------------------------------------
 
     def windows(self) -> list[TileWindow]:
@@ -501,40 +366,6 @@ class SceneReader:
         if self._windows is None:
             self._windows = plan_windows(self.width, self.height, self.spec)
         return list(self._windows)
-
-    def _valid_mask(
-        self, ds: DatasetReader, data: np.ndarray, window: Window | None, shape: tuple[int, int]
-    ) -> np.ndarray:
-        """Valid pixels: GDAL masks (nodata, alpha, .msk) OR-ed over the read bands, as GDAL's
-        dataset mask does, minus non-finite floats."""
-        if self._all_valid:
-            valid = np.ones(shape, dtype=bool)
-        else:
-            masks = ds.read_masks(
-                self._read_indexes,
-                window=window,
-                out_shape=(len(self._read_indexes), *shape),
-                resampling=Resampling.nearest,
-            )
-            valid = (masks > 0).any(axis=0)
-        if self._float or self._mixed:
-            valid &= np.isfinite(data).all(axis=0)
-        return valid
-
-    def _to_rgb(self, data: np.ndarray) -> np.ndarray:
-        """``[3, h, w]`` uint8 from the read bands."""
-        if self._lut is not None:
-            index = np.clip(data[0].astype(np.int64), 0, len(self._lut) - 1)
-            return self._lut[index][..., :3].transpose(2, 0, 1)
-        if self._stretch is None:
-            out = data
-        else:
-            low = self._stretch.low[:, None, None]
-            high = self._stretch.high[:, None, None]
-            scaled = (data.astype(np.float32) - low) * (255.0 / (high - low))
-            scaled = np.nan_to_num(scaled, nan=0.0, posinf=255.0, neginf=0.0)
-            out = np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
-        return out[self._channel]
 
     def read(self, window: TileWindow) -> Tile | None:
         """The tile of a window, or None when it is mostly nodata (see ``max_nodata``)."""
@@ -549,33 +380,18 @@ class SceneReader:
         out_h = min(size, max(1, round(window.height / level)))
         out_w = min(size, max(1, round(window.width / level)))
         win = Window(window.col, window.row, window.width, window.height)
-        if self._palette:
-            resampling = Resampling.mode if level > 1 else Resampling.nearest
-        else:
-            resampling = Resampling.average if level > 1 else Resampling.nearest
-        n = len(self._read_indexes)
+        style = self._style
         try:
-            data = ds.read(
-                self._read_indexes,
-                window=win,
-                out_shape=(n, out_h, out_w),
-                resampling=resampling,
-                out_dtype="float64" if self._mixed else None,
-            )
-            valid = self._valid_mask(ds, data, win, (out_h, out_w))
+            data, valid = style.read(ds, win, (out_h, out_w), style.resampling(level > 1))
         except RasterioError as exc:
             raise BadInput(
                 f"{self.path}: cannot read window {window} ({exc}); the file may be damaged"
             ) from exc
-        if self._lut is not None:  # palette entries may be transparent (PNG, VRT)
-            index = np.clip(data[0].astype(np.int64), 0, len(self._lut) - 1)
-            valid &= self._lut[index, 3] > 0
         valid_fraction = float(valid.mean())
         if valid_fraction == 0.0 or 1.0 - valid_fraction > self.spec.max_nodata:
             return None
-        rgb = self._to_rgb(data)
         pixels = np.zeros((size, size, 3), dtype=np.uint8)
-        pixels[:out_h, :out_w] = np.where(valid[..., None], rgb.transpose(1, 2, 0), 0)
+        pixels[:out_h, :out_w] = style.to_rgb(data, valid)
         geo = self._geometry(window)
         return Tile(
             window=window,
