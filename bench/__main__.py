@@ -33,6 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     i.add_argument("--model", default=None)
     i.add_argument("--json", type=Path, default=None)
     i.add_argument("--mode", choices=["all", "pipeline", "encoder", "naive"], default="all", help=argparse.SUPPRESS)
+    sub.add_parser("report", help="Markdown tables of bench/results/*.json (for BENCHMARKS.md)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
     for noisy in ("httpx", "httpcore", "ingest.tiling", "rasterio"):  # no log line inside a timed call
@@ -47,6 +48,10 @@ def main(argv: list[str] | None = None) -> int:
                 model=args.model, threads=args.threads, json_path=args.json,
             )
         )
+    if args.cmd == "report":
+        from bench.report import main as report_main
+
+        return report_main()
     from bench.ingest import main as ingest_main
 
     return ingest_main(args)

@@ -157,13 +157,16 @@ def build(store: Store, encoder: Encoder, base: tuple[np.ndarray, np.ndarray], p
     meta = collection_meta(encoder)
     if store.meta() == meta and store.count_tiles() == points:
         return 0.0
-    if store.meta() is not None:
+    resume = store.meta() == meta and store.count_tiles() < points  # an interrupted build: ids are stable
+    if store.meta() is not None and not resume:
         store.drop_collection()
     t0 = time.perf_counter()
     store.ensure_collection(meta)
     step = 512
     for s in range(0, points, step):
         e = min(points, s + step)
+        if resume and len(store.existing_ids(_ids(s, e))) == e - s:
+            continue
         c, r = generate(base, s, e)
         store.upsert_tiles(TileBatch(ids=_ids(s, e), coarse=c, regions=r, payloads=[_payload(i) for i in range(s, e)]))
         if (s // step) % 20 == 0:

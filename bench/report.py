@@ -1,0 +1,53 @@
+"""``python -m bench report``: the Markdown tables of BENCHMARKS.md from bench/results/*.json."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from bench.common import table
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def _load(pattern: str) -> list[dict[str, Any]]:
+    out = [json.loads(p.read_text()) for p in sorted(RESULTS.glob(pattern))]
+    return sorted(out, key=lambda r: (r.get("backend", ""), r.get("points", 0)))
+
+
+def query_table(rows: list[dict[str, Any]]) -> str:
+    body = []
+    for r in rows:
+        s, b = r["stages"], r["baselines"]
+        e2e = r["end_to_end_ms_p50"]
+        body.append([
+            r["backend"], r["points"], r["machine"]["load_avg_1m"],
+            s["encode_text"]["p50_ms"], s["recall"]["p50_ms"], s["recall_fetch"]["p50_ms"], s["rerank"]["p50_ms"],
+            r["fetch_rerank_ms_p50"], e2e, r["end_to_end_ms_p95"],
+            f"{b['coarse_only_ms_p50']:.2f} ({b['coarse_only_ms_p50'] / e2e:.2f}x)",
+            f"{b['server_maxsim_ms_p50']:.2f} ({b['server_maxsim_ms_p50'] / e2e:.2f}x)",
+            f"{b['plain_fetch_rerank_ms_p50']:.1f} ({b['plain_fetch_rerank_ms_p50'] / r['fetch_rerank_ms_p50']:.1f}x)",
+            f"{b['exhaustive_ms_p50']:.0f} ({r['exhaustive_speedup']}x)",
+            r["recall_at_10_vs_exhaustive"], r["qps_concurrency_1"], r["qps_concurrency_4"],
+        ])
+    return table("", [
+        "backend", "tiles", "load", "text ms", "recall ms", "recall+fetch ms", "BTI ms", "recall+fetch+BTI ms",
+        "FTF e2e p50", "FTF e2e p95", "coarse-only e2e (x FTF)", "Qdrant MaxSim e2e (x FTF)",
+        "plain fetch+BTI (x fast)", "exhaustive BTI e2e (speed-up)", "R@10 vs exh.", "QPS c=1", "QPS c=4",
+    ], body)
+
+
+def ingest_table(rows: list[dict[str, Any]]) -> str:
+    body = [[
+        f"{r['scene_px'][0]}x{r['scene_px'][1]}", r["backend"], r["modes"]["pipeline"]["tiles"],
+        r["machine"]["load_avg_1m"], r["tiles_per_s"], r["encoder_only_tiles_per_s"], r["naive_tiles_per_s"],
+        f"{r['pipeline_vs_encoder']:.0%}", f"{r['pipeline_vs_naive']}x", r["peak_rss_mb"],
+    ] for r in rows]
+    return table("", ["scene px", "backend", "tiles measured", "load", "pipeline tiles/s", "encoder-only tiles/s",
+                      "naive tiles/s", "pipeline/encoder", "pipeline/naive", "peak RSS MB"], body)
+
+
+def main() -> int:
+    print("## query\n" + query_table(_load("query-*.json")) + "\n\n## ingest\n" + ingest_table(_load("ingest-*.json")))
+    return 0
