@@ -395,6 +395,54 @@ def info(
         out.print(f"{key:>16}: {value}", highlight=False)
 
 
+# push --------------------------------------------------------------------------------------------
+@app.command()
+@handles_errors
+def push(
+    to: str = typer.Option(..., "--to", help="Qdrant server URL to copy into (key from QDRANT_API_KEY)."),
+    collection: Optional[str] = typer.Option(
+        None, "--collection", help="Collection on the server (default: the source collection's name)."
+    ),
+    source_collection: Optional[str] = typer.Option(
+        None, "--source-collection", help="Collection in the embedded store (env FTF_COLLECTION; default tiles)."
+    ),
+    shards: Optional[int] = typer.Option(None, "--shards", help="Shards when creating the server collection."),
+    replication_factor: Optional[int] = typer.Option(
+        None, "--replication-factor", help="Replicas when creating the server collection."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+    store: Optional[Path] = StoreOpt,
+) -> None:
+    """Copy the embedded store into a Qdrant server (resumable; counts verified at the end)."""
+    from ftfsearch.store.edge import EdgeStore
+    from ftfsearch.store.server import ServerStore
+    from ftfsearch.store.transfer import push_store
+
+    settings = _settings(store_dir=store, collection=source_collection)
+    source = EdgeStore(settings.resolved_store_dir, collection=settings.collection, read_only=True)
+    try:
+        target = ServerStore(
+            to, collection=collection or settings.collection, api_key=settings.qdrant_api_key, timeout=settings.timeout
+        )
+        try:
+            summary = push_store(source, target, shards=shards, replication_factor=replication_factor)
+        finally:
+            target.close()
+    finally:
+        source.close()
+    if as_json:
+        out.print_json(json.dumps(summary.to_dict()))
+        return
+    for s in summary.scenes:
+        how = "already there" if s.skipped else f"{s.copied} copied, {s.already_there} already there"
+        err.print(f"{s.scene_id}: {s.target_tiles} tiles ({how}), {s.state}", highlight=False)
+    err.print(
+        f"pushed {summary.source_tiles} tiles in {len(summary.scenes)} scenes to {summary.target} "
+        f"(collection {summary.collection!r}), counts verified, in {summary.seconds:.1f} s",
+        highlight=False,
+    )
+
+
 # serve -------------------------------------------------------------------------------------------
 _LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
