@@ -130,6 +130,8 @@ class QdrantServer:
         tmp_root: Path | None = None,
         extra_args: list[str] | None = None,
         extra_env: dict[str, str] | None = None,
+        tls_cert: Path | None = None,
+        tls_key: Path | None = None,
     ) -> None:
         self.api_key = api_key
         self.read_only_api_key = read_only_api_key
@@ -140,6 +142,10 @@ class QdrantServer:
         self.config_path = config_path
         self.startup_timeout = startup_timeout
         self.tmp_root = tmp_root
+        if (tls_cert is None) != (tls_key is None):
+            raise QdrantLaunchError("TLS needs both a certificate and its key")
+        self.tls_cert = tls_cert
+        self.tls_key = tls_key
         self.extra_args = list(extra_args or [])
         self.extra_env = dict(extra_env or {})
         self.process: subprocess.Popen[bytes] | None = None
@@ -150,7 +156,8 @@ class QdrantServer:
         """The REST URL, e.g. ``http://127.0.0.1:40123``."""
         if self.http_port is None:
             raise QdrantLaunchError("the Qdrant server is not started; call start() first")
-        return f"http://127.0.0.1:{self.http_port}"
+        scheme = "https" if self.tls_cert is not None else "http"
+        return f"{scheme}://127.0.0.1:{self.http_port}"
 
     @property
     def log_path(self) -> Path | None:
@@ -175,6 +182,10 @@ class QdrantServer:
             env["QDRANT__SERVICE__API_KEY"] = self.api_key
         if self.read_only_api_key:
             env["QDRANT__SERVICE__READ_ONLY_API_KEY"] = self.read_only_api_key
+        if self.tls_cert is not None and self.tls_key is not None:
+            env["QDRANT__SERVICE__ENABLE_TLS"] = "true"
+            env["QDRANT__TLS__CERT"] = str(self.tls_cert)
+            env["QDRANT__TLS__KEY"] = str(self.tls_key)
         env.update(self.extra_env)
         return env
 
@@ -240,6 +251,11 @@ class QdrantServer:
         assert self.process is not None
         deadline = time.monotonic() + self.startup_timeout
         probe = f"{self.url}/readyz"
+        context = None
+        if self.tls_cert is not None:
+            import ssl
+
+            context = ssl.create_default_context(cafile=str(self.tls_cert))
         while time.monotonic() < deadline:
             code = self.process.poll()
             if code is not None:
@@ -247,7 +263,7 @@ class QdrantServer:
                     f"Qdrant exited with code {code} while starting on {self.url}:\n{self._log_tail()}"
                 )
             try:
-                with urllib.request.urlopen(probe, timeout=1.0) as resp:
+                with urllib.request.urlopen(probe, timeout=1.0, context=context) as resp:
                     if resp.status == 200:
                         return
             except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
