@@ -81,9 +81,9 @@ def config_file_path() -> Path:
 
 
 def _from_file(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        return {}
     try:
+        if not path.is_file():
+            return {}
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError, OSError) as exc:
         raise BadInput(f"config file {path}: cannot be read as TOML ({exc}); fix or remove it") from exc

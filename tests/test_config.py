@@ -53,3 +53,16 @@ def test_bad_timeout(monkeypatch):
 def test_settings_repr_hides_the_key(monkeypatch):
     monkeypatch.setenv("QDRANT_API_KEY", "s3cret-key")
     assert "s3cret-key" not in repr(load_settings())
+
+
+def test_unreadable_config_file_is_one_clear_error(tmp_path, monkeypatch):
+    """A config path inside a directory we may not enter (a non-root user's view of it)."""
+    import errno
+    from pathlib import Path
+
+    def denied(self):
+        raise PermissionError(errno.EACCES, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "is_file", denied)
+    with pytest.raises(BadInput, match="config file"):
+        load_settings()
