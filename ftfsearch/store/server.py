@@ -7,11 +7,13 @@ names the URL without credentials; the API key never appears in a message or a l
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
 import warnings
 from collections.abc import Callable
+from types import SimpleNamespace
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -156,6 +158,12 @@ class ServerStore:
                 # (1.1 MB that barely compresses) against ~1 ms to move them over loopback.
                 metadata={"accept-encoding": "identity"},
             )
+        self._prefer_grpc = prefer_grpc
+        headers = {"accept-encoding": "identity", "content-type": "application/json"}
+        if api_key:
+            headers["api-key"] = api_key
+        # The recall path's own REST connection (see ``_raw_points``).
+        self._http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
 
     # -- error mapping ---------------------------------------------------------------------
 
@@ -271,6 +279,7 @@ class ServerStore:
             return
         self._closed = True
         try:
+            self._http.close()
             self._client.close()
         except Exception:  # closing never fails the caller
             log.debug("closing the qdrant client failed", exc_info=True)
@@ -521,6 +530,22 @@ class ServerStore:
         except _Missing:
             raise self._missing_collection() from None
 
+    def _raw_points(self, what: str, body: dict[str, Any]) -> list[Any]:
+        """A points query over REST, its JSON parsed here: qdrant-client's models cost ~5 ms more
+        per 100 candidates' payloads (measured at 100k tiles), for the same answer."""
+
+        def call() -> list[dict[str, Any]]:
+            r = self._http.post(f"/collections/{self.collection}/points/query", content=json.dumps(body))
+            if r.status_code != 200:
+                raise UnexpectedResponse.for_response(r)
+            return list(json.loads(r.content)["result"]["points"])
+
+        try:
+            points = self._run(what, call)
+        except _Missing:
+            raise self._missing_collection() from None
+        return [SimpleNamespace(id=p["id"], score=p["score"], payload=p.get("payload"), vector=None) for p in points]
+
     def recall(
         self, text: np.ndarray, k: int, flt: QueryFilter | None = None, with_vectors: bool = True
     ) -> Candidates:
@@ -530,6 +555,17 @@ class ServerStore:
         vec = check_text(text, meta).tolist()
         limit = check_k(k)
         query_filter = _client_filter(filter_conditions(flt))
+        if self.payload_vectors and not self._prefer_grpc:
+            body: dict[str, Any] = {
+                "query": vec,
+                "using": schema.COARSE,
+                "limit": limit,
+                "with_payload": True if with_vectors else {"exclude": [VECTORS_FIELD]},
+                "with_vector": False,
+            }
+            if query_filter is not None:
+                body["filter"] = query_filter.model_dump(mode="json", exclude_none=True)
+            return self._candidates(self._raw_points("recall tiles", body), with_vectors)
         points = self._query(
             "recall tiles",
             lambda: self._client.query_points(
