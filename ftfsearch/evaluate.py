@@ -105,7 +105,7 @@ def encode_split(encoder: Encoder, split: CaptionSplit, pixels: np.ndarray, batc
     t0 = time.perf_counter()
     gs, rs = [], []
     for start in range(0, len(pixels), batch_size):
-        g, r = encoder.encode_images(torch.from_numpy(np.ascontiguousarray(pixels[start:start + batch_size])))
+        g, r = encoder.encode_images(torch.from_numpy(np.array(pixels[start:start + batch_size])))
         gs.append(g)
         rs.append(r)
     t1 = time.perf_counter()

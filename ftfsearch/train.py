@@ -488,12 +488,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cache-dir", type=Path, default=Path(".cache/pixels"))
     ap.add_argument("--no-loss", action="append", default=[], choices=["fine", "text", "region"])
     ap.add_argument("--max-steps-per-epoch", type=int)
+    ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
     weights = LossWeights(**{k: 0.0 for k in args.no_loss})
     cfg = TrainConfig(data=args.data, images=args.images, base=args.base, out=args.out, epochs=args.epochs,
                       batch_size=args.batch_size, device=args.device, resume=args.resume, cache_dir=args.cache_dir,
-                      loss=weights, max_steps_per_epoch=args.max_steps_per_epoch)
+                      loss=weights, max_steps_per_epoch=args.max_steps_per_epoch, num_threads=args.threads)
     last = [0.0]
 
     def show(p: TrainProgress) -> None:
