@@ -309,7 +309,7 @@ def query(
     out.print(table)
     t = response.timings_ms
     err.print(
-        f"text {t['encode_text']:.1f} ms, recall {t['recall']:.1f} ms, rerank {t['rerank']:.1f} ms", highlight=False
+        ", ".join(f"{stage} {ms:.1f} ms" for stage, ms in t.items()), highlight=False
     )
 
 

@@ -187,15 +187,39 @@ class Searcher:
 
         t0 = time.perf_counter()
         flt = QueryFilter(bbox=bbox, scene_ids=tuple(scenes)) if (bbox or scenes) else None
+        # The rerank reads only vectors: payloads are fetched for the k winners, not all K candidates.
         cands = self.store.recall(
-            text_vec.numpy(), recall_k if rerank else k, flt=flt, with_vectors=rerank
+            text_vec.numpy(), recall_k if rerank else k, flt=flt, with_vectors=rerank, with_payload=not rerank
         )
         timings["recall"] = (time.perf_counter() - t0) * 1000
 
         t0 = time.perf_counter()
         results = self._rank(text_vec, cands, k, rerank)
         timings["rerank"] = (time.perf_counter() - t0) * 1000
+        if rerank and results:
+            t0 = time.perf_counter()
+            results = self._attach_payloads(results)
+            timings["payloads"] = (time.perf_counter() - t0) * 1000
         return SearchResponse(results=results, timings_ms=timings, warnings=warnings)
+
+    def _attach_payloads(self, results: list[Result]) -> list[Result]:
+        """Fill the winners' payload fields; a tile deleted since recall is left out."""
+        found = dict(self.store.get_tiles([r.id for r in results]))
+        kept = []
+        for r in results:
+            p = found.get(r.id)
+            if p is None:
+                continue
+            r.payload = p
+            r.scene_id = p.get("scene_id", "")
+            r.path = p.get("path", "")
+            r.level = int(p.get("level", 1))
+            r.window = dict(p.get("window") or {})
+            r.bbox = p.get("bbox")
+            r.footprint = p.get("footprint")
+            r.rank = len(kept) + 1
+            kept.append(r)
+        return kept
 
     def _rank(self, text_vec: torch.Tensor, cands: Candidates, k: int, rerank: bool) -> list[Result]:
         n = len(cands)

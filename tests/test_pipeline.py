@@ -169,3 +169,21 @@ def test_every_shared_geotiff_ingests_or_is_refused_clearly(store_tmp, encoder):
         assert store.count_tiles() == sum(s.tiles_in_store for s in done)
     finally:
         store.close()
+
+
+def test_recall_without_payloads_carries_the_same_candidates(store, encoder):
+    """The rerank recalls vectors only; ids, scores and vectors equal those of a full recall."""
+    ingest_paths([SCENE], encoder, store, IngestOptions(spec=SPEC))
+    text = encoder.encode_text(["a harbor with ships"])[0].numpy()
+    full = store.recall(text, 20, with_vectors=True, with_payload=True)
+    lean = store.recall(text, 20, with_vectors=True, with_payload=False)
+    assert lean.ids == full.ids
+    np.testing.assert_array_equal(lean.scores, full.scores)
+    np.testing.assert_array_equal(lean.regions, full.regions)
+    np.testing.assert_array_equal(lean.coarse, full.coarse)
+    assert all(p == {} for p in lean.payloads) and all(p.get("scene_id") for p in full.payloads)
+    results = Searcher(encoder, store).search("a harbor with ships", k=5, recall_k=20).results
+    by_id = dict(zip(full.ids, full.payloads))
+    assert [r.rank for r in results] == [1, 2, 3, 4, 5]
+    for r in results:
+        assert r.payload == by_id[r.id] and r.window == by_id[r.id]["window"] and r.bbox == by_id[r.id]["bbox"]

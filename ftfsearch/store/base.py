@@ -165,9 +165,18 @@ class Store(Protocol):
         ...
 
     def recall(
-        self, text: np.ndarray, k: int, flt: QueryFilter | None = None, with_vectors: bool = True
+        self,
+        text: np.ndarray,
+        k: int,
+        flt: QueryFilter | None = None,
+        with_vectors: bool = True,
+        with_payload: bool = True,
     ) -> Candidates:
-        """Top ``k`` tiles by coarse cosine; with coarse and region vectors when asked."""
+        """Top ``k`` tiles by coarse cosine; with coarse and region vectors when asked.
+
+        ``with_payload=False`` returns empty payloads: the rerank needs only vectors, and the
+        payloads of the few winners are cheaper to fetch afterwards (``get_tiles``).
+        """
         ...
 
     def get_tiles(self, ids: list[str]) -> list[tuple[str, dict[str, Any]]]:

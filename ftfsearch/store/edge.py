@@ -70,6 +70,7 @@ _SCENES_PLACEHOLDER_VECTOR = "_none"
 
 # Payload of a tile without its packed vectors (what callers that do not rerank read).
 _WITHOUT_PACKED = qe.PayloadSelector.Exclude([VECTORS_FIELD])
+_ONLY_PACKED = qe.PayloadSelector.Include([VECTORS_FIELD])
 
 # Points per upsert call: bounds the Python -> Rust conversion held at once.
 _UPSERT_CHUNK = 256
@@ -415,15 +416,21 @@ class EdgeStore:
         return Candidates(ids=ids, scores=scores, payloads=payloads, coarse=coarse, regions=regions)
 
     def recall(
-        self, text: np.ndarray, k: int, flt: QueryFilter | None = None, with_vectors: bool = True
+        self,
+        text: np.ndarray,
+        k: int,
+        flt: QueryFilter | None = None,
+        with_vectors: bool = True,
+        with_payload: bool = True,
     ) -> Candidates:
         tiles = self._need_tiles()
         vec = check_text(text, self.meta())
+        packed = with_vectors and self.payload_vectors
         request = qe.QueryRequest(
             limit=check_k(k),
             query=qe.Query.Nearest(vec.tolist(), using=schema.COARSE),
             filter=_edge_filter(filter_conditions(flt)),
-            with_payload=True if with_vectors and self.payload_vectors else _WITHOUT_PACKED,
+            with_payload=(True if with_payload else _ONLY_PACKED) if packed else (_WITHOUT_PACKED if with_payload else False),
             with_vector=[schema.COARSE, schema.REGIONS] if with_vectors and not self.payload_vectors else False,
         )
         return self._candidates(tiles.query(request), with_vectors)

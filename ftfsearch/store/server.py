@@ -84,6 +84,7 @@ WRITE_BACKOFF_S = 0.5
 
 # Payload of a tile without its packed vectors (what callers that do not rerank read).
 _WITHOUT_PACKED = qm.PayloadSelectorExclude(exclude=[VECTORS_FIELD])
+_ONLY_PACKED = qm.PayloadSelectorInclude(include=[VECTORS_FIELD])
 
 
 class _Missing(Exception):
@@ -547,7 +548,12 @@ class ServerStore:
         return [SimpleNamespace(id=p["id"], score=p["score"], payload=p.get("payload"), vector=None) for p in points]
 
     def recall(
-        self, text: np.ndarray, k: int, flt: QueryFilter | None = None, with_vectors: bool = True
+        self,
+        text: np.ndarray,
+        k: int,
+        flt: QueryFilter | None = None,
+        with_vectors: bool = True,
+        with_payload: bool = True,
     ) -> Candidates:
         meta = self.meta()
         if meta is None:
@@ -560,7 +566,9 @@ class ServerStore:
                 "query": vec,
                 "using": schema.COARSE,
                 "limit": limit,
-                "with_payload": True if with_vectors else {"exclude": [VECTORS_FIELD]},
+                "with_payload": (True if with_payload else {"include": [VECTORS_FIELD]})
+                if with_vectors
+                else ({"exclude": [VECTORS_FIELD]} if with_payload else False),
                 "with_vector": False,
             }
             if query_filter is not None:
@@ -574,7 +582,9 @@ class ServerStore:
                 using=schema.COARSE,
                 query_filter=query_filter,
                 limit=limit,
-                with_payload=True if with_vectors and self.payload_vectors else _WITHOUT_PACKED,
+                with_payload=(True if with_payload else _ONLY_PACKED)
+                if with_vectors and self.payload_vectors
+                else (_WITHOUT_PACKED if with_payload else False),
                 with_vectors=[schema.COARSE, schema.REGIONS] if with_vectors and not self.payload_vectors else False,
             ),
         )
