@@ -23,7 +23,7 @@ import torch
 from rasterio._err import CPLE_BaseError
 from rasterio.errors import RasterioError
 
-from ftfsearch.errors import BadInput, FtfError
+from ftfsearch.errors import BadInput
 from ftfsearch.model.base import Encoder
 from ftfsearch.store.base import CollectionMeta, SceneRecord, Store, TileBatch
 from ftfsearch.store.schema import tile_point_id

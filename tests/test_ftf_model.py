@@ -16,7 +16,6 @@ from ftfsearch.model.base import Encoder, RerankParams
 from ftfsearch.model.ftf import (
     CONFIG_NAME,
     FtfConfig,
-    FtfEncoder,
     FtfModel,
     box_pooling_matrix,
     load_ftf_encoder,

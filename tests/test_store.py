@@ -31,7 +31,7 @@ from ftfsearch.errors import (
 from ftfsearch.store import Store, open_store
 from ftfsearch.store.base import CollectionMeta, QueryFilter, SceneRecord, TileBatch
 from ftfsearch.store.edge import EdgeStore
-from ftfsearch.store.schema import scene_point_id, tile_point_id
+from ftfsearch.store.schema import tile_point_id
 from ftfsearch.store.server import ServerStore
 
 from conftest import fast_tmp_root, qdrant_binary_or_skip

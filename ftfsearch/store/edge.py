@@ -18,7 +18,7 @@ import logging
 import os
 import shutil
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -380,6 +380,30 @@ class EdgeStore:
         for sl in chunks(len(ids), PAGE):
             found.update(str(r.id) for r in self._tiles.retrieve(ids[sl], False, False))
         return found
+
+    def scan_tiles(self, scene_id: str, page: int = PAGE) -> Iterator[TileBatch]:
+        """Every tile of one scene with its vectors, in pages in id order (``ftfsearch push``)."""
+        meta = self.meta()
+        tiles = self._need_tiles()
+        assert meta is not None
+        offset: Any = None
+        while True:
+            recs, offset = tiles.scroll(
+                qe.ScrollRequest(
+                    offset=offset, limit=page, filter=_scene_filter(scene_id), with_payload=True, with_vector=False
+                )
+            )
+            if recs:
+                ids = [str(r.id) for r in recs]
+                payloads, blobs = split_packed([r.payload for r in recs])
+                if blobs is not None:
+                    coarse, regions = unpack_vectors(blobs, meta.dim, meta.num_regions)
+                else:  # tiles written before vectors were packed into the payload
+                    full = {str(r.id): r.vector for r in tiles.retrieve(ids, False, True)}
+                    coarse, regions = decode_vectors([full[i] for i in ids], meta.dim, meta.num_regions)
+                yield TileBatch(ids=ids, coarse=coarse.astype(np.float32), regions=regions, payloads=payloads)
+            if offset is None:
+                return
 
     def get_tiles(self, ids: list[str]) -> list[tuple[str, dict[str, Any]]]:
         self._check_open()

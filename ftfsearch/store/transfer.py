@@ -8,8 +8,7 @@ kept, pages already on the target are not sent again, a scene's record on the ta
 ``ingesting`` until its tiles are counted there, and a scene whose count already matches is
 skipped. The end result is verified by exact counts, per scene and in total.
 
-The Store protocol has no bulk read, so the source side reads the Edge shard directly here
-(the one place that does).
+The source is read with ``EdgeStore.scan_tiles`` (the Store protocol has no bulk read).
 """
 
 from __future__ import annotations
@@ -20,12 +19,11 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-import numpy as np
 
 from ftfsearch.errors import BadInput, CollectionNotFound, FtfError
-from ftfsearch.store._common import PAGE, decode_vectors, split_packed, unpack_vectors
-from ftfsearch.store.base import CollectionMeta, SceneRecord, Store, TileBatch
-from ftfsearch.store.edge import EdgeStore, _scene_filter
+from ftfsearch.store._common import PAGE
+from ftfsearch.store.base import SceneRecord, Store, TileBatch
+from ftfsearch.store.edge import EdgeStore
 
 log = logging.getLogger(__name__)
 
@@ -74,31 +72,6 @@ ProgressFn = Callable[[str, int, int], None]
 """``(scene_id, tiles done, tiles in scene)``, called after every page."""
 
 
-def _pages(source: EdgeStore, meta: CollectionMeta, scene_id: str, page: int) -> Any:
-    """Yield ``TileBatch`` pages of one scene from the Edge shard, in id order."""
-    import qdrant_edge as qe
-
-    shard = source._need_tiles()
-    offset: Any = None
-    while True:
-        recs, offset = shard.scroll(
-            qe.ScrollRequest(
-                offset=offset, limit=page, filter=_scene_filter(scene_id), with_payload=True, with_vector=False
-            )
-        )
-        if recs:
-            ids = [str(r.id) for r in recs]
-            payloads, blobs = split_packed([r.payload for r in recs])
-            if blobs is not None:
-                coarse, regions = unpack_vectors(blobs, meta.dim, meta.num_regions)
-            else:  # tiles written before vectors were packed into the payload
-                full = {str(r.id): r.vector for r in shard.retrieve(ids, False, True)}
-                coarse, regions = decode_vectors([full[i] for i in ids], meta.dim, meta.num_regions)
-            yield TileBatch(ids=ids, coarse=coarse.astype(np.float32), regions=regions, payloads=payloads)
-        if offset is None:
-            return
-
-
 def push_store(
     source: EdgeStore,
     target: Store,
@@ -131,7 +104,7 @@ def push_store(
         collection=target.collection,
     )
     for scene in source.list_scenes():
-        summary.scenes.append(_push_scene(source, target, meta, scene, page, progress))
+        summary.scenes.append(_push_scene(source, target, scene, page, progress))
     summary.source_tiles = source.count_tiles()
     summary.target_tiles = sum(s.target_tiles for s in summary.scenes)
     if summary.target_tiles != summary.source_tiles:
@@ -147,7 +120,6 @@ def push_store(
 def _push_scene(
     source: EdgeStore,
     target: Store,
-    meta: CollectionMeta,
     scene: SceneRecord,
     page: int,
     progress: ProgressFn | None,
@@ -166,7 +138,7 @@ def _push_scene(
     # Until every tile is counted on the target, its record says the scene is unfinished.
     target.put_scene(replace(scene, state="ingesting"))
     copied = already = done = 0
-    for batch in _pages(source, meta, sid, page):
+    for batch in source.scan_tiles(sid, page):
         present = target.existing_ids(batch.ids)
         keep = [i for i, pid in enumerate(batch.ids) if pid not in present]
         already += len(batch) - len(keep)
