@@ -1,4 +1,4 @@
-"""``python -m bench query|ingest``: see BENCHMARKS.md for the commands and the results."""
+"""``python -m bench query|ingest|scene|report``: see BENCHMARKS.md for the commands and the results."""
 
 from __future__ import annotations
 
@@ -33,6 +33,11 @@ def main(argv: list[str] | None = None) -> int:
     i.add_argument("--model", default=None)
     i.add_argument("--json", type=Path, default=None)
     i.add_argument("--mode", choices=["all", "pipeline", "encoder", "naive"], default="all", help=argparse.SUPPRESS)
+    sc = sub.add_parser("scene", help="one real scene: ingest tiles/s and query p50 on both backends")
+    sc.add_argument("path", type=Path)
+    sc.add_argument("--model", default=None)
+    sc.add_argument("--queries", type=int, default=100)
+    sc.add_argument("--json", type=Path, default=None)
     sub.add_parser("report", help="Markdown tables of bench/results/*.json (for BENCHMARKS.md)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
@@ -48,6 +53,10 @@ def main(argv: list[str] | None = None) -> int:
                 model=args.model, threads=args.threads, json_path=args.json,
             )
         )
+    if args.cmd == "scene":
+        from bench.scene import main as scene_main
+
+        return scene_main(args.path, args.model, args.queries, args.json)
     if args.cmd == "report":
         from bench.report import main as report_main
 
