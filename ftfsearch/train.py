@@ -335,13 +335,14 @@ class _ClipTask:
     def save(self, out: Path, params: RerankParams) -> None:
         import shutil
 
-        from ftfsearch.model.clip import RERANK_FILE
+        from ftfsearch.model.clip import REGION_MODE_FILE, RERANK_FILE
 
         self.model.save_pretrained(out)
         self.enc.tokenizer.save_pretrained(out)
         if self.enc.files.processor_file is not None:
             shutil.copyfile(self.enc.files.processor_file, out / self.enc.files.processor_file.name)
         (out / RERANK_FILE).write_text(json.dumps(dataclasses.asdict(params)) + "\n")
+        (out / REGION_MODE_FILE).write_text(json.dumps({"region_mode": self.enc.region_mode}) + "\n")
 
 
 def _validate(task: Any, val: list[tuple[CaptionSplit, np.ndarray]]) -> list[Embeddings]:
@@ -467,51 +468,3 @@ def train(config: TrainConfig, progress: Callable[[TrainProgress], None] | None 
     if not config.keep_checkpoint:
         ckpt_path.unlink(missing_ok=True)
     return result
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m ftfsearch.train``: the same arguments as ``ftfsearch train`` (until the CLI lands)."""
-    import argparse
-    import sys
-
-    from ftfsearch.errors import FtfError
-
-    ap = argparse.ArgumentParser(prog="python -m ftfsearch.train")
-    ap.add_argument("--data", action="append", type=Path, required=True)
-    ap.add_argument("--images", action="append", type=Path)
-    ap.add_argument("--base")
-    ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--epochs", type=int, default=20)
-    ap.add_argument("--batch-size", type=int, default=96)
-    ap.add_argument("--device", default="auto")
-    ap.add_argument("--resume", action="store_true")
-    ap.add_argument("--cache-dir", type=Path, default=Path(".cache/pixels"))
-    ap.add_argument("--no-loss", action="append", default=[], choices=["fine", "text", "region"])
-    ap.add_argument("--max-steps-per-epoch", type=int)
-    ap.add_argument("--threads", type=int, default=2)
-    args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
-    weights = LossWeights(**{k: 0.0 for k in args.no_loss})
-    cfg = TrainConfig(data=args.data, images=args.images, base=args.base, out=args.out, epochs=args.epochs,
-                      batch_size=args.batch_size, device=args.device, resume=args.resume, cache_dir=args.cache_dir,
-                      loss=weights, max_steps_per_epoch=args.max_steps_per_epoch, num_threads=args.threads)
-    last = [0.0]
-
-    def show(p: TrainProgress) -> None:
-        now = time.perf_counter()
-        if p.phase != "train" or p.step == p.steps or now - last[0] > 30:
-            last[0] = now
-            print(f"[{p.phase}] epoch {p.epoch}/{p.epochs} step {p.step}/{p.steps} "
-                  f"{'' if p.loss is None else f'loss {p.loss:.4f} '}{p.message}", file=sys.stderr, flush=True)
-
-    try:
-        result = train(cfg, show)
-    except FtfError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    print(json.dumps(result.to_dict(), indent=2))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -155,3 +155,29 @@ def test_second_process_on_the_embedded_store_gets_a_clear_error(tmp_path, tiny_
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_eval_and_train_commands_on_a_tiny_real_split(tmp_path):
+    """`ftfsearch eval --json` with the shipped model, and `train` for one short epoch, in process."""
+    ucm = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ucm"
+    data = json.loads((ucm / "dataset_ucm.json").read_text())
+    images = [im for im in data["images"] if im["split"] == "test"][:8]
+    images += [dict(im, split="train") for im in data["images"] if im["split"] == "train"][:16]
+    images += [dict(im, split="val") for im in data["images"] if im["split"] == "val"][:8]
+    tiny = tmp_path / "dataset_tiny.json"
+    tiny.write_text(json.dumps({"dataset": "tiny", "images": images}))
+    cli = _InProcess({"FTF_CONFIG": str(tmp_path / "none.toml")})
+    common = ["--data", str(tiny), "--images", str(ucm / "images"), "--cache-dir", str(tmp_path / "cache")]
+    ev = cli("eval", *common, "--split", "test", "--recall-k", "5", "--json")
+    assert ev.returncode == 0, ev.stderr
+    report = json.loads(ev.stdout)
+    for stage in ("coarse", "ftf"):
+        assert set(report[stage]["t2i"]) >= {"r1", "r5", "r10"} and 0 <= report[stage]["mR"] <= 100
+    assert report["num_images"] == 8 and report["num_captions"] == 40
+    out = tmp_path / "model"
+    tr = cli("train", *common, "--out", str(out), "--epochs", "1", "--batch-size", "8", "--threads", "1")
+    assert tr.returncode == 0, tr.stderr
+    assert (out / "ftf_config.json").is_file() and "model written to" in tr.stderr
+    again = cli("eval", *common, "--split", "test", "--model", str(out), "--recall-k", "5")
+    assert again.returncode == 0 and "FTF" in again.stdout
+    assert_one_line_error(cli("eval", "--data", str(tmp_path / "missing.json")), "missing.json")

@@ -118,8 +118,9 @@ def test_finetune_tiny_clip_base(tmp_path: Path) -> None:
     cfg = _config(tmp_path, "ft", 1, base=str(base))
     res = train(cfg)
     assert res.history[0].loss > 0 and (res.out_dir / "ftf_rerank.json").is_file()
-    enc = load_encoder(str(res.out_dir), "cpu", region_mode="tokens")
-    assert enc.rerank_params == res.rerank
+    enc = load_encoder(str(res.out_dir), "cpu")  # the fine-tuned model records its region mode
+    assert enc.region_mode == "tokens" and enc.rerank_params == res.rerank
+    assert load_encoder(str(base), "cpu").region_mode == "crops"
     before = load_encoder(str(base), "cpu", region_mode="tokens")
     texts = ["many buildings", "a river"]
     assert not torch.allclose(enc.encode_text(texts), before.encode_text(texts))  # the weights moved

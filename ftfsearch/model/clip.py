@@ -168,6 +168,21 @@ def find_clip_files(root: Path) -> ClipFiles:
     )
 
 
+REGION_MODE_FILE = "ftf_region_mode.json"
+
+
+def recorded_region_mode(model_dir: Path) -> str | None:
+    """The region mode stored with a fine-tuned CLIP (``{"region_mode": "tokens"}``), if any."""
+    path = model_dir / REGION_MODE_FILE
+    if not path.is_file():
+        return None
+    values = _read_json(path)
+    mode = values.get("region_mode") if isinstance(values, dict) else None
+    if mode not in REGION_MODES:
+        raise BadInput(f"{path}: expected {{\"region_mode\": one of {', '.join(REGION_MODES)}}}")
+    return str(mode)
+
+
 def read_rerank_params(dirs: list[Path]) -> RerankParams:
     """Rerank tau/alpha from the first ``ftf_rerank.json`` among ``dirs``, else the defaults."""
     for d in dirs:
@@ -237,23 +252,25 @@ class ClipEncoder:
         self,
         model: str | Path | ModelSource,
         device: str | torch.device = "auto",
-        region_mode: str = "crops",
+        region_mode: str | None = None,
         layout: str = DEFAULT_LAYOUT,
         max_batch: int = 256,
         cache_dir: Path | None = None,
     ) -> None:
-        if region_mode not in REGION_MODES:
-            raise BadInput(f"--region-mode {region_mode!r}: use one of {', '.join(REGION_MODES)}")
         if max_batch < 1:
             raise BadInput(f"max_batch {max_batch}: must be at least 1")
         self.device = resolve_device(device)
+        source = _source(model, cache_dir)
+        self.files = find_clip_files(source.root)
+        # A model fine-tuned by `ftfsearch train --base` records the region mode it learned with.
+        region_mode = region_mode or recorded_region_mode(self.files.root) or "crops"
+        if region_mode not in REGION_MODES:
+            raise BadInput(f"--region-mode {region_mode!r}: use one of {', '.join(REGION_MODES)}")
         self.region_mode = region_mode
         self.region_layout = layout
         self._boxes = layout_boxes(layout)
         self.num_regions = len(self._boxes)
         self.max_batch = max_batch
-        source = _source(model, cache_dir)
-        self.files = find_clip_files(source.root)
         self.model, self.tokenizer = self._load(self.files)
         config = self.model.config
         self.dim = int(config.projection_dim)
