@@ -469,35 +469,27 @@ class ServerStore:
             except _Missing:
                 raise self._missing_collection() from None
 
-    def existing_ids(self, ids: list[str]) -> set[str]:
-        found: set[str] = set()
+    def _retrieve(self, what: str, ids: list[str], with_payload: Any) -> list[Any]:
+        """Records of ``ids`` in pages, without vectors; none when the collection is missing."""
+        recs: list[Any] = []
         for sl in chunks(len(ids), PAGE):
             try:
-                recs = self._run(
-                    "look up stored tiles",
+                recs += self._run(
+                    what,
                     lambda s=sl: self._client.retrieve(  # type: ignore[misc]
-                        self.collection, ids[s], with_payload=False, with_vectors=False
-                    ),
-                )
-            except _Missing:
-                return set()
-            found.update(str(r.id) for r in recs)
-        return found
-
-    def get_tiles(self, ids: list[str]) -> list[tuple[str, dict[str, Any]]]:
-        wanted = valid_point_ids(ids)
-        found: dict[str, dict[str, Any]] = {}
-        for sl in chunks(len(wanted), PAGE):
-            try:
-                recs = self._run(
-                    "read tiles",
-                    lambda s=sl: self._client.retrieve(  # type: ignore[misc]
-                        self.collection, wanted[s], with_payload=_WITHOUT_PACKED, with_vectors=False
+                        self.collection, ids[s], with_payload=with_payload, with_vectors=False
                     ),
                 )
             except _Missing:
                 return []
-            found.update((str(r.id), r.payload or {}) for r in recs)
+        return recs
+
+    def existing_ids(self, ids: list[str]) -> set[str]:
+        return {str(r.id) for r in self._retrieve("look up stored tiles", ids, False)}
+
+    def get_tiles(self, ids: list[str]) -> list[tuple[str, dict[str, Any]]]:
+        wanted = valid_point_ids(ids)
+        found = {str(r.id): r.payload or {} for r in self._retrieve("read tiles", wanted, _WITHOUT_PACKED)}
         return [(i, found[i]) for i in wanted if i in found]
 
     def _candidates(self, points: list[Any], with_vectors: bool) -> Candidates:
