@@ -274,7 +274,7 @@ def query(
     encoder = _load_encoder(settings)
     db = _open_store(settings, read_only=True)
     try:
-        response = Searcher(encoder, db).search(
+        response = Searcher(encoder, db, vector_cache_bytes=0).search(  # one query: nothing to reuse
             text, k=k, recall_k=recall_k, rerank=not no_rerank, bbox=box, scenes=tuple(scene or ())
         )
         if chips is not None:
@@ -497,6 +497,9 @@ def serve(
         None, "--basemap-attribution", envvar="FTF_BASEMAP_ATTRIBUTION", help="Attribution shown for the basemap."
     ),
     chip_cache_mb: int = typer.Option(64, "--chip-cache-mb", help="Memory for cached chips and previews, each (MiB)."),
+    vector_cache_mb: int = typer.Option(
+        256, "--vector-cache-mb", help="Memory for the vectors of recalled tiles, so repeat candidates are not fetched again (MiB; 0: off)."
+    ),
     store: Optional[Path] = StoreOpt,
     qdrant_url: Optional[str] = UrlOpt,
     collection: Optional[str] = CollectionOpt,
@@ -506,8 +509,9 @@ def serve(
     """Serve the HTTP API (/api/search, /api/scenes, /api/info, chips) and the map page at /."""
     from ftfsearch.errors import BadInput, CollectionNotFound
 
-    if chip_cache_mb < 0:
-        raise BadInput(f"--chip-cache-mb {chip_cache_mb}: must be 0 or more")
+    for option, value in (("--chip-cache-mb", chip_cache_mb), ("--vector-cache-mb", vector_cache_mb)):
+        if value < 0:
+            raise BadInput(f"{option} {value}: must be 0 or more")
     settings = _settings(store_dir=store, qdrant_url=qdrant_url, collection=collection, model=model, device=device)
     if host not in _LOOPBACK:
         err.print(
@@ -530,6 +534,7 @@ def serve(
         basemap_attribution=basemap_attribution,
         chip_cache_bytes=chip_cache_mb << 20,
         preview_cache_bytes=chip_cache_mb << 20,
+        vector_cache_bytes=vector_cache_mb << 20,
     )
     resources = Resources.open(settings, options)
     try:

@@ -16,12 +16,15 @@ from ftfsearch.errors import BadInput, CollectionNotFound, ModelMismatch
 from ftfsearch.model.base import Encoder
 from ftfsearch.rerank import bti
 from ftfsearch.store.base import Candidates, QueryFilter, Store
+from ftfsearch.store.vector_cache import VectorCache
 
 log = logging.getLogger(__name__)
 
 MAX_K = 1000
 MAX_RECALL_K = 10000
 MAX_QUERY_CHARS = 2000
+DEFAULT_VECTOR_CACHE_BYTES = 256 << 20
+"""Tile vectors a long-lived Searcher keeps (about 32k tiles at D=256, R=14)."""
 
 
 @dataclass
@@ -156,13 +159,22 @@ def check_model(store: Store, encoder: Encoder) -> None:
 
 
 class Searcher:
-    """Answers text queries over one store with one encoder (checked against the collection once)."""
+    """Answers text queries over one store with one encoder (checked against the collection once).
 
-    def __init__(self, encoder: Encoder, store: Store) -> None:
+    With ``vector_cache_bytes`` > 0 the rerank keeps the vectors of tiles it has seen
+    (:class:`~ftfsearch.store.vector_cache.VectorCache`): the recall then asks only for ids and
+    scores, and only unseen tiles' vectors are fetched. A one-shot query (the CLI) passes 0 and
+    gets candidates and vectors in one call. Both give the same results.
+    """
+
+    def __init__(self, encoder: Encoder, store: Store, vector_cache_bytes: int = DEFAULT_VECTOR_CACHE_BYTES) -> None:
         check_model(store, encoder)
         self.encoder = encoder
         self.store = store
         self._boxes = encoder.region_boxes
+        self.vector_cache = (
+            VectorCache(encoder.dim, encoder.num_regions, vector_cache_bytes) if vector_cache_bytes > 0 else None
+        )
 
     def search(
         self,
@@ -188,10 +200,16 @@ class Searcher:
         t0 = time.perf_counter()
         flt = QueryFilter(bbox=bbox, scene_ids=tuple(scenes)) if (bbox or scenes) else None
         # The rerank reads only vectors: payloads are fetched for the k winners, not all K candidates.
+        cached = rerank and self.vector_cache is not None
         cands = self.store.recall(
-            text_vec.numpy(), recall_k if rerank else k, flt=flt, with_vectors=rerank, with_payload=not rerank
+            text_vec.numpy(), recall_k if rerank else k, flt=flt, with_vectors=rerank and not cached,
+            with_payload=not rerank,
         )
         timings["recall"] = (time.perf_counter() - t0) * 1000
+        if cached:
+            t0 = time.perf_counter()
+            cands = self._with_cached_vectors(cands, text_vec.numpy())
+            timings["vectors"] = (time.perf_counter() - t0) * 1000
 
         t0 = time.perf_counter()
         results = self._rank(text_vec, cands, k, rerank)
@@ -201,6 +219,27 @@ class Searcher:
             results = self._attach_payloads(results)
             timings["payloads"] = (time.perf_counter() - t0) * 1000
         return SearchResponse(results=results, timings_ms=timings, warnings=warnings)
+
+    def _with_cached_vectors(self, cands: Candidates, text: np.ndarray) -> Candidates:
+        """The candidates with their vectors: from the cache where valid, else fetched (and
+        cached); a candidate deleted since the recall is left out."""
+        assert self.vector_cache is not None
+        coarse, regions, found = self.vector_cache.lookup(cands.ids, cands.scores, text)
+        keep = found.copy()
+        if not found.all():
+            missing = [cands.ids[i] for i in np.flatnonzero(~found)]
+            got_ids, got_c, got_r = self.store.get_vectors(missing)
+            self.vector_cache.put(got_ids, got_c, got_r)
+            row = {i: j for j, i in enumerate(got_ids)}
+            for i in np.flatnonzero(~found):
+                j = row.get(cands.ids[i])
+                if j is not None:
+                    coarse[i], regions[i], keep[i] = got_c[j], got_r[j], True
+        if not keep.all():
+            idx = np.flatnonzero(keep)
+            return Candidates(ids=[cands.ids[i] for i in idx], scores=cands.scores[idx],
+                              payloads=[cands.payloads[i] for i in idx], coarse=coarse[idx], regions=regions[idx])
+        return Candidates(ids=cands.ids, scores=cands.scores, payloads=cands.payloads, coarse=coarse, regions=regions)
 
     def _attach_payloads(self, results: list[Result]) -> list[Result]:
         """Fill the winners' payload fields; a tile deleted since recall is left out."""

@@ -184,6 +184,11 @@ class Store(Protocol):
         are left out (the web server fetches a tile this way to render its chip)."""
         ...
 
+    def get_vectors(self, ids: list[str]) -> tuple[list[str], np.ndarray, np.ndarray]:
+        """``(ids, coarse [N, D] float32, regions [N, R, D] float16)`` of the stored tiles among
+        ``ids``, in the order given; unknown ids are left out (a tile deleted since its recall)."""
+        ...
+
     def recall_maxsim(
         self, text: np.ndarray, k: int, recall_k: int = 100, flt: QueryFilter | None = None
     ) -> Candidates:

@@ -423,21 +423,36 @@ class EdgeStore:
         payloads, packed = split_packed([p.payload for p in points])
         if not with_vectors:
             return Candidates(ids=ids, scores=scores, payloads=payloads)
+        # p.vector builds the Python lists on each access, so read it once per point.
+        vectors = None if self.payload_vectors else [p.vector for p in points]
+        coarse, regions = self._decode(ids, packed, vectors)
+        return Candidates(ids=ids, scores=scores, payloads=payloads, coarse=coarse, regions=regions)
+
+    def _decode(
+        self, ids: list[str], packed: list[str] | None, vectors: list[Any] | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The vectors of ``ids``: from their packed copies, from ``vectors`` (Qdrant's named vectors
+        already read), or else read now (tiles written before the packed copy existed)."""
         meta = self.meta()
         assert meta is not None
         if self.payload_vectors and packed is not None:
-            coarse, regions = unpack_vectors(packed, meta.dim, meta.num_regions)
-        else:
-            # The plain path (or tiles written before the packed copy existed): p.vector builds
-            # the Python lists on each access, so read it once per point.
-            if self.payload_vectors:
-                points = self._need_tiles().retrieve(ids, False, [schema.COARSE, schema.REGIONS])
-                by_id = {str(p.id): p.vector for p in points}
-                vectors = [by_id[i] for i in ids]
-            else:
-                vectors = [p.vector for p in points]
-            coarse, regions = decode_vectors(vectors, meta.dim, meta.num_regions)
-        return Candidates(ids=ids, scores=scores, payloads=payloads, coarse=coarse, regions=regions)
+            return unpack_vectors(packed, meta.dim, meta.num_regions)
+        if vectors is None:
+            by_id = {str(p.id): p.vector for p in self._need_tiles().retrieve(ids, False, [schema.COARSE, schema.REGIONS])}
+            vectors = [by_id[i] for i in ids]
+        return decode_vectors(vectors, meta.dim, meta.num_regions)
+
+    def get_vectors(self, ids: list[str]) -> tuple[list[str], np.ndarray, np.ndarray]:
+        tiles = self._need_tiles()
+        wanted = valid_point_ids(ids)
+        selector = _ONLY_PACKED if self.payload_vectors else False
+        recs: dict[str, Any] = {}
+        for sl in chunks(len(wanted), PAGE):
+            recs.update((str(r.id), r) for r in tiles.retrieve(wanted[sl], selector, False))
+        found = [i for i in wanted if i in recs]
+        _, packed = split_packed([recs[i].payload for i in found])
+        coarse, regions = self._decode(found, packed, None)
+        return found, coarse, regions
 
     def recall(
         self,

@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 
 import httpx
 import numpy as np
+from pydantic import BaseModel
 from qdrant_client import QdrantClient
 from qdrant_client import models as qm
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
@@ -470,16 +471,28 @@ class ServerStore:
                 raise self._missing_collection() from None
 
     def _retrieve(self, what: str, ids: list[str], with_payload: Any) -> list[Any]:
-        """Records of ``ids`` in pages, without vectors; none when the collection is missing."""
+        """Records of ``ids`` in pages, without vectors; none when the collection is missing.
+
+        Over REST the request goes through the store's own connection (``_raw_post``):
+        qdrant-client opened a new TCP connection for every retrieve (measured: 307 connects
+        for 307 calls), which cost more than the answer for the few tiles a query reads."""
         recs: list[Any] = []
         for sl in chunks(len(ids), PAGE):
             try:
-                recs += self._run(
-                    what,
-                    lambda s=sl: self._client.retrieve(  # type: ignore[misc]
-                        self.collection, ids[s], with_payload=with_payload, with_vectors=False
-                    ),
-                )
+                if self._prefer_grpc:
+                    recs += self._run(
+                        what,
+                        lambda s=sl: self._client.retrieve(  # type: ignore[misc]
+                            self.collection, ids[s], with_payload=with_payload, with_vectors=False
+                        ),
+                    )
+                else:
+                    selector = with_payload.model_dump(mode="json") if isinstance(with_payload, BaseModel) else with_payload
+                    body = {"ids": ids[sl], "with_payload": selector, "with_vector": False}
+                    recs += [
+                        SimpleNamespace(id=p["id"], payload=p.get("payload"), vector=None)
+                        for p in self._raw_post(what, f"/collections/{self.collection}/points", body)
+                    ]
             except _Missing:
                 return []
         return recs
@@ -498,24 +511,40 @@ class ServerStore:
         payloads, packed = split_packed([p.payload for p in points])
         if not with_vectors:
             return Candidates(ids=ids, scores=scores, payloads=payloads)
+        vectors = None if self.payload_vectors else [p.vector for p in points]
+        coarse, regions = self._decode(ids, packed, vectors)
+        return Candidates(ids=ids, scores=scores, payloads=payloads, coarse=coarse, regions=regions)
+
+    def _decode(
+        self, ids: list[str], packed: list[str] | None, vectors: list[Any] | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The vectors of ``ids``: from their packed copies, from ``vectors`` (Qdrant's named vectors
+        already fetched), or else read now (tiles written before the packed copy existed)."""
         meta = self.meta()
         assert meta is not None
         if self.payload_vectors and packed is not None:
-            coarse, regions = unpack_vectors(packed, meta.dim, meta.num_regions)
-        else:
-            if self.payload_vectors:  # tiles written before the packed copy existed
-                recs = self._run(
-                    "read tile vectors",
-                    lambda: self._client.retrieve(
-                        self.collection, ids, with_payload=False, with_vectors=[schema.COARSE, schema.REGIONS]
-                    ),
-                )
-                by_id = {str(r.id): r.vector for r in recs}
-                vectors = [by_id[i] for i in ids]
-            else:
-                vectors = [p.vector for p in points]
-            coarse, regions = decode_vectors(vectors, meta.dim, meta.num_regions)
-        return Candidates(ids=ids, scores=scores, payloads=payloads, coarse=coarse, regions=regions)
+            return unpack_vectors(packed, meta.dim, meta.num_regions)
+        if vectors is None:
+            recs = self._run(
+                "read tile vectors",
+                lambda: self._client.retrieve(
+                    self.collection, ids, with_payload=False, with_vectors=[schema.COARSE, schema.REGIONS]
+                ),
+            )
+            by_id = {str(r.id): r.vector for r in recs}
+            vectors = [by_id[i] for i in ids]
+        return decode_vectors(vectors, meta.dim, meta.num_regions)
+
+    def get_vectors(self, ids: list[str]) -> tuple[list[str], np.ndarray, np.ndarray]:
+        if self.meta() is None:
+            raise self._missing_collection()
+        wanted = valid_point_ids(ids)
+        selector = _ONLY_PACKED if self.payload_vectors else False
+        recs = {str(r.id): r for r in self._retrieve("read tile vectors", wanted, selector)}
+        found = [i for i in wanted if i in recs]
+        _, packed = split_packed([recs[i].payload for i in found])
+        coarse, regions = self._decode(found, packed, None)
+        return found, coarse, regions
 
     def _query(self, what: str, fn: Callable[[], qm.QueryResponse]) -> list[Any]:
         try:
@@ -523,18 +552,23 @@ class ServerStore:
         except _Missing:
             raise self._missing_collection() from None
 
-    def _raw_points(self, what: str, body: dict[str, Any]) -> list[Any]:
-        """A points query over REST, its JSON parsed here: qdrant-client's models cost ~5 ms more
-        per 100 candidates' payloads (measured at 100k tiles), for the same answer."""
+    def _raw_post(self, what: str, path: str, body: dict[str, Any]) -> Any:
+        """POST over the store's own REST connection, the JSON parsed here: qdrant-client's models
+        cost ~5 ms more per 100 candidates' payloads (measured at 100k tiles), for the same answer.
+        Failures map like every other call (``_Missing`` on 404)."""
 
-        def call() -> list[dict[str, Any]]:
-            r = self._http.post(f"/collections/{self.collection}/points/query", content=json.dumps(body))
+        def call() -> Any:
+            r = self._http.post(path, content=json.dumps(body))
             if r.status_code != 200:
                 raise UnexpectedResponse.for_response(r)
-            return list(json.loads(r.content)["result"]["points"])
+            return json.loads(r.content)["result"]
 
+        return self._run(what, call)
+
+    def _raw_points(self, what: str, body: dict[str, Any]) -> list[Any]:
+        """A points query over REST (see ``_raw_post``)."""
         try:
-            points = self._run(what, call)
+            points = self._raw_post(what, f"/collections/{self.collection}/points/query", body)["points"]
         except _Missing:
             raise self._missing_collection() from None
         return [SimpleNamespace(id=p["id"], score=p["score"], payload=p.get("payload"), vector=None) for p in points]

@@ -44,7 +44,15 @@ from ftfsearch.errors import (
     StoreUnavailable,
 )
 from ftfsearch.model.base import Encoder
-from ftfsearch.search import MAX_K, MAX_QUERY_CHARS, MAX_RECALL_K, Result, Searcher, parse_bbox
+from ftfsearch.search import (
+    DEFAULT_VECTOR_CACHE_BYTES,
+    MAX_K,
+    MAX_QUERY_CHARS,
+    MAX_RECALL_K,
+    Result,
+    Searcher,
+    parse_bbox,
+)
 from ftfsearch.store.base import Store
 
 log = logging.getLogger(__name__)
@@ -88,6 +96,7 @@ class ServeOptions:
     basemap_attribution: str | None = None
     chip_cache_bytes: int = 64 << 20
     preview_cache_bytes: int = 64 << 20
+    vector_cache_bytes: int = DEFAULT_VECTOR_CACHE_BYTES
     preview_max_side: int = PREVIEW_MAX_SIDE
 
 
@@ -95,8 +104,12 @@ class Resources:
     """What one app holds: the store, the encoder, the searcher (made on first use, since a
     collection may not exist yet when the server starts) and the chip renderer."""
 
-    def __init__(self, store: Store, encoder: Encoder, renderer: ChipRenderer) -> None:
+    def __init__(
+        self, store: Store, encoder: Encoder, renderer: ChipRenderer,
+        vector_cache_bytes: int = DEFAULT_VECTOR_CACHE_BYTES,
+    ) -> None:
         self.store = store
+        self.vector_cache_bytes = vector_cache_bytes
         self.encoder = encoder
         self.renderer = renderer
         self.lock = threading.Lock()
@@ -127,12 +140,13 @@ class Resources:
         except BaseException:
             store.close()
             raise
-        return cls(store, encoder, ChipRenderer(options.chip_cache_bytes, options.preview_cache_bytes))
+        return cls(store, encoder, ChipRenderer(options.chip_cache_bytes, options.preview_cache_bytes),
+                   options.vector_cache_bytes)
 
     def searcher(self) -> Searcher:
         """The searcher; call with ``lock`` held. Raises CollectionNotFound / ModelMismatch."""
         if self._searcher is None:
-            self._searcher = Searcher(self.encoder, self.store)
+            self._searcher = Searcher(self.encoder, self.store, self.vector_cache_bytes)
         return self._searcher
 
     def _scene_bands(self, scene_id: str) -> tuple[int, ...] | None:
