@@ -625,6 +625,9 @@ def evaluate_cmd(
     images: Optional[Path] = typer.Option(None, "--images", help="Image folder (default: images/ beside the json)."),
     recall_k: int = typer.Option(50, "--recall-k", help="Coarse candidates reranked by FTF."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+    ablation: bool = typer.Option(
+        False, "--ablation", help="Also score FTF without balancing and at K=20/50/100 (same embeddings)."
+    ),
     cache_dir: Path = typer.Option(Path(".cache/pixels"), "--cache-dir", help="Decoded-image cache."),
     model: Optional[str] = ModelOpt,
     device: Optional[str] = DeviceOpt,
@@ -636,7 +639,7 @@ def evaluate_cmd(
     settings = _settings(model=model, device=device)
     dataset = load_dataset(data, images)
     encoder = _load_encoder(settings)
-    report = evaluate(encoder, dataset, split, recall_k, cache_dir=cache_dir)
+    report = evaluate(encoder, dataset, split, recall_k, cache_dir=cache_dir, ablation=ablation)
     if as_json:
         out.print_json(json.dumps(report.to_dict()))
     else:

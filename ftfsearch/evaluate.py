@@ -80,6 +80,8 @@ class EvalReport:
     recall_ceiling: dict[str, float]
     images_per_s: float
     queries_per_s: float
+    ablation: dict[str, RetrievalMetrics] = field(default_factory=dict)
+    """Rerank variants scored on the same embeddings (``--ablation``), by name."""
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -96,6 +98,7 @@ class EvalReport:
             "recall_ceiling": {k: round(v, 2) for k, v in self.recall_ceiling.items()},
             "images_per_s": round(self.images_per_s, 1),
             "queries_per_s": round(self.queries_per_s, 1),
+            **({"ablation": {k: v.to_dict() for k, v in self.ablation.items()}} if self.ablation else {}),
             **self.extra,
         }
 
@@ -187,11 +190,13 @@ def evaluate(
     pixels: np.ndarray | None = None,
     cache_dir: Path | None = None,
     max_images: int | None = None,
+    ablation: bool = False,
 ) -> EvalReport:
     """Evaluate an encoder on one split: coarse vs FTF, recall ceiling at K, throughput.
 
     ``rerank`` defaults to the parameters stored with the model; ``max_images`` keeps the first
-    N images of the split (for quick checks; the report says so).
+    N images of the split (for quick checks; the report says so). ``ablation`` also scores, on the
+    same embeddings, FTF without balancing (v instead of normalize(g + v)) and FTF at K = 20 and 100.
     """
     if recall_k < 1:
         raise BadInput(f"--recall-k {recall_k}: must be at least 1")
@@ -204,11 +209,18 @@ def evaluate(
     emb = encode_split(encoder, part, pixels)
     coarse, ftf, ceiling, search_s = score(emb, recall_k, params)
     n, q = len(part), emb.text.shape[0]
+    variants: dict[str, RetrievalMetrics] = {}
+    if ablation:
+        unbalanced = RerankParams(tau=params.tau, alpha=params.alpha, balanced=False)
+        variants[f"FTF no balance, K={recall_k}"] = score(emb, recall_k, unbalanced)[1]
+        for k in (20, 50, 100):
+            if k != recall_k:
+                variants[f"FTF K={k}"] = score(emb, k, params)[1]
     return EvalReport(
         dataset=part.name, split=part.split, model_id=encoder.id, num_images=n, num_captions=q,
         recall_k=recall_k, rerank=params, coarse=coarse, ftf=ftf, recall_ceiling=ceiling,
         images_per_s=n / max(emb.image_seconds, 1e-9),
-        queries_per_s=q / max(emb.text_seconds + search_s, 1e-9),
+        queries_per_s=q / max(emb.text_seconds + search_s, 1e-9), ablation=variants,
     )
 
 
@@ -217,11 +229,13 @@ def format_report(report: EvalReport) -> str:
     head = (f"{report.dataset} {report.split}: {report.num_images} images, {report.num_captions} captions, "
             f"model {report.model_id}, K={report.recall_k}, tau={report.rerank.tau:g}, "
             f"alpha={report.rerank.alpha:g}{'' if report.rerank.balanced else ', unbalanced'}")
-    cols = f"{'':8} | {'t2i R@1':>7} {'R@5':>6} {'R@10':>6} | {'i2t R@1':>7} {'R@5':>6} {'R@10':>6} | {'mR':>6}"
+    rows = [("coarse", report.coarse), ("FTF", report.ftf), *report.ablation.items()]
+    width = max(len(name) for name, _ in rows)
+    cols = f"{'':{width}} | {'t2i R@1':>7} {'R@5':>6} {'R@10':>6} | {'i2t R@1':>7} {'R@5':>6} {'R@10':>6} | {'mR':>6}"
     lines = [head, cols, "-" * len(cols)]
-    for name, m in (("coarse", report.coarse), ("FTF", report.ftf)):
+    for name, m in rows:
         lines.append(
-            f"{name:8} | {m.t2i.r1:7.2f} {m.t2i.r5:6.2f} {m.t2i.r10:6.2f} | "
+            f"{name:{width}} | {m.t2i.r1:7.2f} {m.t2i.r5:6.2f} {m.t2i.r10:6.2f} | "
             f"{m.i2t.r1:7.2f} {m.i2t.r5:6.2f} {m.i2t.r10:6.2f} | {m.mR:6.2f}"
         )
     lines.append(

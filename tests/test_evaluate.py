@@ -80,3 +80,15 @@ def test_evaluate_tiny_real_split() -> None:
     assert d["coarse"]["t2i"]["r10"] > 40
     table = format_report(rep)
     assert "coarse" in table and "FTF" in table and "mR" in table
+    assert "ablation" not in d
+
+    # the ablation rows come from the same embeddings: the unbalanced variant is its own score, and
+    # text->image with K=20 over 12 images reranks every image, the same candidates as K=100
+    abl = evaluate(enc, part, recall_k=5, pixels=load_pixels(part, 96, None), ablation=True)
+    assert list(abl.ablation) == ["FTF no balance, K=5", "FTF K=20", "FTF K=50", "FTF K=100"]
+    assert abl.ablation["FTF K=20"].t2i == abl.ablation["FTF K=100"].t2i
+    emb_params = RerankParams(enc.rerank_params.tau, enc.rerank_params.alpha, balanced=False)
+    assert abl.ablation["FTF no balance, K=5"] == evaluate(enc, part, recall_k=5, rerank=emb_params,
+                                                          pixels=load_pixels(part, 96, None)).ftf
+    assert "FTF no balance, K=5" in format_report(abl)
+    assert set(json.loads(json.dumps(abl.to_dict()))["ablation"]["FTF K=20"]) == {"t2i", "i2t", "mR"}
