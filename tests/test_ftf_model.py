@@ -119,3 +119,19 @@ def test_bad_model_dirs(model_dir: Path, tmp_path: Path) -> None:
     (newer / CONFIG_NAME).write_text(json.dumps({**cfg, "dim": 64}))
     with pytest.raises(ModelNotFound, match="do not match"):
         load_ftf_encoder(newer, torch.device("cpu"))
+
+
+def test_region_branch_reads_the_finer_map_and_format_1_dirs_load_without_it() -> None:
+    cfg = FtfConfig(**TINY)
+    assert cfg.region_branch  # new models: regions from the second-to-last stage (16x16 maps at 64 px here)
+    model = FtfModel(cfg).eval()
+    seen: list[tuple[int, ...]] = []
+    assert model.image.region_branch is not None
+    model.image.region_branch.register_forward_hook(lambda m, i, o: seen.append(tuple(o.shape)))
+    g, r = model.forward_images(torch.randn(2, 3, 64, 64))
+    assert g.shape == (2, 32) and r.shape == (2, 14, 32)
+    assert seen == [(2, 16, 8, 8)]  # twice the resolution of the last stage's 4x4 map
+    old = {k: v for k, v in FtfConfig(**TINY).to_dict().items() if k != "region_branch"}
+    old["format_version"] = 1
+    legacy = FtfConfig.from_dict(old)
+    assert not legacy.region_branch and FtfModel(legacy).image.region_branch is None

@@ -33,7 +33,8 @@ from ftfsearch.model.text import count_tokens, encode_batch, load_tokenizer
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""2: optional ``region_branch`` (regions from the finer, second-to-last stage). Format-1 dirs load unchanged."""
 CONFIG_NAME = "ftf_config.json"
 WEIGHTS_NAME = "model.safetensors"
 TOKENIZER_NAME = "tokenizer.json"
@@ -54,6 +55,10 @@ class FtfConfig:
     widths: tuple[int, ...] = (32, 64, 128, 256)
     blocks: tuple[int, ...] = (1, 1, 1, 1)
     region_layout: str = DEFAULT_LAYOUT
+    region_branch: bool = True
+    """Regions from their own residual block on the second-to-last stage's feature map (twice the
+    resolution of the coarse vector's map) instead of from the last map: regions then see detail
+    the coarse vector pools away, which is what the rerank needs to add to recall."""
     vocab_size: int = 4000
     text_width: int = 256
     text_layers: int = 2
@@ -75,6 +80,7 @@ class FtfConfig:
         d["widths"] = tuple(d["widths"])
         d["blocks"] = tuple(d["blocks"])
         d["rerank"] = RerankParams(**d.get("rerank", {}))
+        d.setdefault("region_branch", False)  # format 1 had no branch
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known})
 
@@ -130,7 +136,16 @@ class ImageTower(nn.Module):
                 cin = width
         self.body = nn.Sequential(*layers)
         self.coarse_head = nn.Linear(cin, cfg.dim)
-        self.region_head = nn.Linear(cin, cfg.dim)
+        self.region_branch: nn.Module | None = None
+        self.branch_at = len(layers)  # body layers that run before the region branch
+        region_in = cin
+        if cfg.region_branch:
+            if len(cfg.widths) < 2:
+                raise ValueError("region_branch needs at least two stages")
+            self.branch_at = len(layers) - cfg.blocks[-1]
+            region_in = cfg.widths[-2]
+            self.region_branch = _Block(region_in, region_in, 1)
+        self.region_head = nn.Linear(region_in, cfg.dim)
         self.boxes = layout_boxes(cfg.region_layout)
         self._pool_cache: dict[tuple[int, int], torch.Tensor] = {}
 
@@ -141,13 +156,16 @@ class ImageTower(nn.Module):
         return self._pool_cache[key].to(device)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        fmap = self.body(self.stem(x))  # [B, C, h, w]
-        b, c, h, w = fmap.shape
-        flat = fmap.flatten(2)  # [B, C, h*w]
-        pooled = torch.einsum("rn,bcn->brc", self.pooling(h, w, fmap.device).to(flat.dtype), flat)
-        coarse = self.coarse_head(flat.mean(dim=2))
-        regions = self.region_head(pooled)
-        return coarse, regions
+        fmap = self.body[: self.branch_at](self.stem(x))
+        region_map = fmap
+        if self.region_branch is not None:
+            region_map = self.region_branch(fmap)
+            fmap = self.body[self.branch_at:](fmap)
+        coarse = self.coarse_head(fmap.flatten(2).mean(dim=2))
+        _, _, h, w = region_map.shape
+        flat = region_map.flatten(2)  # [B, C, h*w]
+        pooled = torch.einsum("rn,bcn->brc", self.pooling(h, w, flat.device).to(flat.dtype), flat)
+        return coarse, self.region_head(pooled)
 
 
 class TextTower(nn.Module):
