@@ -11,7 +11,7 @@ import itertools
 import math
 import re
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -20,7 +20,7 @@ import numpy as np
 
 from ftfsearch.errors import BadInput, ModelMismatch
 from ftfsearch.store import schema
-from ftfsearch.store.base import CollectionMeta, QueryFilter, TileBatch
+from ftfsearch.store.base import Candidates, CollectionMeta, QueryFilter, TileBatch
 
 # Qdrant collection names become directory names in the embedded store: keep them plain.
 _COLLECTION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
@@ -272,3 +272,40 @@ def public_url(url: str) -> str:
         host = f"[{host}]"
     netloc = host + (f":{parts.port}" if parts.port else "")
     return urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", ""))
+
+
+def tile_vectors(
+    ids: list[str],
+    packed: list[str] | None,
+    vectors: list[Any] | None,
+    meta: CollectionMeta,
+    use_packed: bool,
+    read_named: Callable[[list[str]], list[Any]],
+) -> tuple[np.ndarray, np.ndarray]:
+    """``coarse`` and ``regions`` of ``ids``: from their packed copies (``use_packed``), from
+    ``vectors`` (Qdrant's named vectors already read), or else from ``read_named(ids)`` (the named
+    vectors in the order of ``ids``: tiles written before the packed copy existed)."""
+    if use_packed and packed is not None:
+        return unpack_vectors(packed, meta.dim, meta.num_regions)
+    if vectors is None:
+        vectors = read_named(ids)
+    return decode_vectors(vectors, meta.dim, meta.num_regions)
+
+
+def candidates_of(
+    points: Sequence[Any],
+    with_vectors: bool,
+    decode: Callable[[list[str], list[str] | None, list[Any] | None], tuple[np.ndarray, np.ndarray]],
+    use_packed: bool,
+) -> Candidates:
+    """Candidates from scored points (``id``, ``score``, ``payload``, ``vector``); the vectors,
+    when asked for, come from ``decode(ids, packed, named vectors or None)``."""
+    ids = [str(p.id) for p in points]
+    scores = np.fromiter((p.score for p in points), dtype=np.float32, count=len(points))
+    payloads, packed = split_packed([p.payload for p in points])
+    if not with_vectors:
+        return Candidates(ids=ids, scores=scores, payloads=payloads)
+    # Edge builds p.vector's Python lists on each access: read it once per point, and only
+    # on the plain path.
+    coarse, regions = decode(ids, packed, None if use_packed else [p.vector for p in points])
+    return Candidates(ids=ids, scores=scores, payloads=payloads, coarse=coarse, regions=regions)

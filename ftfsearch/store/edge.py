@@ -40,6 +40,7 @@ from ftfsearch.store._common import (
     AnyCond,
     Condition,
     RangeCond,
+    candidates_of,
     check_batch,
     check_collection_name,
     check_k,
@@ -49,6 +50,7 @@ from ftfsearch.store._common import (
     decode_vectors,
     filter_conditions,
     split_packed,
+    tile_vectors,
     unpack_vectors,
     valid_point_ids,
     with_packed_vectors,
@@ -417,30 +419,19 @@ class EdgeStore:
         return [(i, found[i]) for i in wanted if i in found]
 
     def _candidates(self, points: Iterable[Any], with_vectors: bool) -> Candidates:
-        points = list(points)
-        ids = [str(p.id) for p in points]
-        scores = np.fromiter((p.score for p in points), dtype=np.float32, count=len(points))
-        payloads, packed = split_packed([p.payload for p in points])
-        if not with_vectors:
-            return Candidates(ids=ids, scores=scores, payloads=payloads)
-        # p.vector builds the Python lists on each access, so read it once per point.
-        vectors = None if self.payload_vectors else [p.vector for p in points]
-        coarse, regions = self._decode(ids, packed, vectors)
-        return Candidates(ids=ids, scores=scores, payloads=payloads, coarse=coarse, regions=regions)
+        return candidates_of(list(points), with_vectors, self._decode, self.payload_vectors)
 
     def _decode(
         self, ids: list[str], packed: list[str] | None, vectors: list[Any] | None
     ) -> tuple[np.ndarray, np.ndarray]:
-        """The vectors of ``ids``: from their packed copies, from ``vectors`` (Qdrant's named vectors
-        already read), or else read now (tiles written before the packed copy existed)."""
         meta = self.meta()
         assert meta is not None
-        if self.payload_vectors and packed is not None:
-            return unpack_vectors(packed, meta.dim, meta.num_regions)
-        if vectors is None:
+
+        def read_named(ids: list[str]) -> list[Any]:
             by_id = {str(p.id): p.vector for p in self._need_tiles().retrieve(ids, False, [schema.COARSE, schema.REGIONS])}
-            vectors = [by_id[i] for i in ids]
-        return decode_vectors(vectors, meta.dim, meta.num_regions)
+            return [by_id[i] for i in ids]
+
+        return tile_vectors(ids, packed, vectors, meta, self.payload_vectors, read_named)
 
     def get_vectors(self, ids: list[str]) -> tuple[list[str], np.ndarray, np.ndarray]:
         tiles = self._need_tiles()
