@@ -622,6 +622,16 @@ class ServerStore:
             limit=max(check_k(recall_k, "recall_k"), limit),
             filter=_client_filter(filter_conditions(flt)),
         )
+        if not self._prefer_grpc:  # the same REST path as ``recall``, so the baseline pays no more than FTF
+            body = {
+                "prefetch": prefetch.model_dump(mode="json", exclude_none=True),
+                "query": [vec],
+                "using": schema.REGIONS,
+                "limit": limit,
+                "with_payload": _WITHOUT_PACKED.model_dump(mode="json"),
+                "with_vector": False,
+            }
+            return self._candidates(self._raw_points("rerank tiles", body), with_vectors=False)
         points = self._query(
             "rerank tiles",
             lambda: self._client.query_points(
