@@ -50,7 +50,7 @@ def query_table(rows: list[dict[str, Any]]) -> str:
             r["end_to_end_ms_p50"], f"{b['server_maxsim_ms_p50']:.2f} ({b['server_maxsim_ms_p50'] / c:.2f}x)",
             f"{r['cached_identical_results']:.0%}", r["qps_cached_concurrency_1"], r["qps_cached_concurrency_4"],
         ])
-    return head + "\n\nWith the vector cache (`serve`):\n\n" + table("", [
+    return head + "\n\nWith the vector cache (`serve`):\n" + table("", [
         "backend", "tiles", "load", "hit rate", "recall ids ms", "vectors ms", "BTI ms", "payloads ms",
         "cached e2e p50", "cached e2e p95", "cache emptied e2e p50", "one-call e2e p50", "Qdrant MaxSim e2e (x cached)",
         "same results", "QPS c=1", "QPS c=4",
