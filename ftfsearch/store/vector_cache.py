@@ -3,7 +3,7 @@
 Why: the rerank needs each candidate's coarse and region vectors (8 KiB a tile at D=256, R=14).
 Reading them with the recall costs more than the recall itself: on a Qdrant server, 100
 candidates with their packed vectors took 8.2 ms against 2.3 ms for ids and scores alone, and
-Qdrant's own prefetch + MaxSim 6.0 ms (10k tiles, 2-core machine, ``bench/results``). A process
+Qdrant's own prefetch + MaxSim 6.0 ms (10k tiles, loaded 2-core machine; BENCHMARKS.md). A process
 that answers many queries (``ftfsearch serve``) recalls the same tiles again and again, so it
 keeps their vectors and fetches only the ones it has not seen.
 
