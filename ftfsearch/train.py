@@ -50,8 +50,10 @@ TRAIN_PIXELS_MARGIN = 1.125
 
 @dataclass
 class LossWeights:
-    coarse: float = 1.0
-    fine: float = 1.0
+    coarse: float = 0.5
+    fine: float = 2.0
+    """The fine (BTI) term leads: at full scale (1, 1) -> (0.5, 2) raised val FTF mR from 18.49 to
+    19.94 and RSICD test FTF mR from 10.12 to 10.99 (model card)."""
     text: float = 0.5
     region: float = 0.1
     """Low on purpose: at 0.5 the regions collapsed onto the coarse vector within two epochs
