@@ -390,12 +390,8 @@ class SceneReader:
         valid_fraction = float(valid.mean())
         if valid_fraction == 0.0 or 1.0 - valid_fraction > self.spec.max_nodata:
             return None
-        rgb = style.to_rgb(data, valid)
-        if (out_h, out_w) == (size, size):
-            pixels = rgb
-        else:  # a window clipped at the scene edge: padded with black
-            pixels = np.zeros((size, size, 3), dtype=np.uint8)
-            pixels[:out_h, :out_w] = rgb
+        pixels = np.zeros((size, size, 3), dtype=np.uint8)
+        pixels[:out_h, :out_w] = style.to_rgb(data, valid)
         geo = self._geometry(window)
         return Tile(
             window=window,
