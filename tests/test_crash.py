@@ -188,23 +188,35 @@ def _lines(fd: int) -> Iterator[str]:
             yield line.decode()
 
 
-def _kill_at(pid: int, fd: int, rng: random.Random, first: bool) -> dict:
-    """SIGKILL the child at a random point; what it had done by then."""
-    total = already = advanced = 0
+def _kill_at(pid: int, fd: int, rng: random.Random, first: bool, batch_size: int = 64) -> dict:
+    """SIGKILL the child at a random point; what it had done by then.
+
+    The kill lands at least two batches before the end, and the pause after the chosen
+    batch is capped by the child's observed pace, so a fast machine cannot finish the
+    ingest before the signal arrives (a CI run once did, with the old fixed 0.4 s pause).
+    """
+    total = already = advanced = remaining = 0
     target: int | None = None
+    started = time.perf_counter()
     for line in _lines(fd):
         kind, _, rest = line.partition(" ")
         if kind == "start":
             total, already = (int(v) for v in rest.split())
             remaining = total - already
+            assert remaining > 3 * batch_size, f"too few tiles left to kill inside the ingest: {remaining}"
+            started = time.perf_counter()
             # the first kill lands before or just after the first write; later ones anywhere
-            target = 0 if first else rng.randint(1, max(1, int(remaining * 0.8)))
+            last = min(int(remaining * 0.8), remaining - 2 * batch_size)
+            target = 0 if first else rng.randint(1, max(1, last))
         elif kind == "advance":
             advanced += int(rest)
         elif kind in ("result", "error"):
             raise AssertionError(f"the ingest ended before its kill point: {line}")
         if target is not None and advanced >= target:
-            time.sleep(rng.uniform(0.0, 0.4))  # somewhere inside the next batch's encode or write
+            elapsed = time.perf_counter() - started
+            pace = advanced / elapsed if advanced and elapsed > 0 else None  # tiles/s so far
+            cap = 0.4 if pace is None else min(0.4, 0.5 * (remaining - advanced) / pace)
+            time.sleep(rng.uniform(0.0, cap))  # somewhere inside the next batch's encode or write
             break
     os.kill(pid, signal.SIGKILL)
     _, status = os.waitpid(pid, 0)
