@@ -161,10 +161,11 @@ def check_model(store: Store, encoder: Encoder) -> None:
 class Searcher:
     """Answers text queries over one store with one encoder (checked against the collection once).
 
-    With ``vector_cache_bytes`` > 0 the rerank keeps the vectors of tiles it has seen
-    (:class:`~ftfsearch.store.vector_cache.VectorCache`): the recall then asks only for ids and
-    scores, and only unseen tiles' vectors are fetched. A one-shot query (the CLI) passes 0 and
-    gets candidates and vectors in one call. Both give the same results.
+    With ``vector_cache_bytes`` > 0 the searcher keeps the vectors and payloads of tiles it has
+    seen (:class:`~ftfsearch.store.vector_cache.VectorCache`): the recall then asks only for ids,
+    scores and versions, and unseen tiles are fetched in one more request, with their payloads,
+    so the winners need no request of their own. A one-shot query (the CLI) passes 0: candidates
+    and vectors in one call, then the k winners' payloads. Both give the same results.
     """
 
     def __init__(self, encoder: Encoder, store: Store, vector_cache_bytes: int = DEFAULT_VECTOR_CACHE_BYTES) -> None:
@@ -199,7 +200,8 @@ class Searcher:
 
         t0 = time.perf_counter()
         flt = QueryFilter(bbox=bbox, scene_ids=tuple(scenes)) if (bbox or scenes) else None
-        # The rerank reads only vectors: payloads are fetched for the k winners, not all K candidates.
+        # The rerank reads only vectors: payloads come for the k winners, not all K candidates
+        # (afterwards, or with the cache misses' vectors on the cached path).
         cached = rerank and self.vector_cache is not None
         cands = self.store.recall(
             text_vec.numpy(), recall_k if rerank else k, flt=flt, with_vectors=rerank and not cached,
@@ -214,32 +216,35 @@ class Searcher:
         t0 = time.perf_counter()
         results = self._rank(text_vec, cands, k, rerank)
         timings["rerank"] = (time.perf_counter() - t0) * 1000
-        if rerank and results:
+        if rerank and results and not cached:
             t0 = time.perf_counter()
             results = self._attach_payloads(results)
             timings["payloads"] = (time.perf_counter() - t0) * 1000
         return SearchResponse(results=results, timings_ms=timings, warnings=warnings)
 
     def _with_cached_vectors(self, cands: Candidates, text: np.ndarray) -> Candidates:
-        """The candidates with their vectors: from the cache where valid, else fetched (and
-        cached); a candidate deleted since the recall is left out."""
+        """The candidates with their vectors and payloads: from the cache where valid, else
+        fetched (and cached); a candidate deleted since the recall is left out."""
         assert self.vector_cache is not None
-        coarse, regions, found = self.vector_cache.lookup(cands.ids, cands.scores, text)
+        versions = cands.versions if cands.versions is not None else np.full(len(cands), -1, dtype=np.int64)
+        coarse, regions, payloads, found = self.vector_cache.lookup(cands.ids, versions, cands.scores, text)
         keep = found.copy()
         if not found.all():
-            missing = [cands.ids[i] for i in np.flatnonzero(~found)]
-            got_ids, got_c, got_r = self.store.get_vectors(missing)
-            self.vector_cache.put(got_ids, got_c, got_r)
+            miss = np.flatnonzero(~found)
+            got_ids, got_c, got_r, got_p = self.store.get_vectors([cands.ids[i] for i in miss], with_payload=True)
             row = {i: j for j, i in enumerate(got_ids)}
-            for i in np.flatnonzero(~found):
+            for i in miss:
                 j = row.get(cands.ids[i])
                 if j is not None:
-                    coarse[i], regions[i], keep[i] = got_c[j], got_r[j], True
-        if not keep.all():
-            idx = np.flatnonzero(keep)
-            return Candidates(ids=[cands.ids[i] for i in idx], scores=cands.scores[idx],
-                              payloads=[cands.payloads[i] for i in idx], coarse=coarse[idx], regions=regions[idx])
-        return Candidates(ids=cands.ids, scores=cands.scores, payloads=cands.payloads, coarse=coarse, regions=regions)
+                    coarse[i], regions[i], payloads[i], keep[i] = got_c[j], got_r[j], got_p[j], True
+            # cached as of the recalled version: a write since then has a higher one, so it misses
+            fetched = [i for i in miss if keep[i]]
+            self.vector_cache.put([cands.ids[i] for i in fetched], versions[fetched], coarse[fetched],
+                                  regions[fetched], [payloads[i] for i in fetched])
+        idx = np.flatnonzero(keep)
+        return Candidates(ids=[cands.ids[i] for i in idx], scores=cands.scores[idx],
+                          payloads=[payloads[i] for i in idx], coarse=coarse[idx], regions=regions[idx],
+                          versions=versions[idx])
 
     def _attach_payloads(self, results: list[Result]) -> list[Result]:
         """Fill the winners' payload fields; a tile deleted since recall is left out."""

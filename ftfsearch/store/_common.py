@@ -302,10 +302,16 @@ def candidates_of(
     when asked for, come from ``decode(ids, packed, named vectors or None)``."""
     ids = [str(p.id) for p in points]
     scores = np.fromiter((p.score for p in points), dtype=np.float32, count=len(points))
+    versions = np.fromiter((_version(p) for p in points), dtype=np.int64, count=len(points))
     payloads, packed = split_packed([p.payload for p in points])
     if not with_vectors:
-        return Candidates(ids=ids, scores=scores, payloads=payloads)
+        return Candidates(ids=ids, scores=scores, payloads=payloads, versions=versions)
     # Edge builds p.vector's Python lists on each access: read it once per point, and only
     # on the plain path.
     coarse, regions = decode(ids, packed, None if use_packed else [p.vector for p in points])
-    return Candidates(ids=ids, scores=scores, payloads=payloads, coarse=coarse, regions=regions)
+    return Candidates(ids=ids, scores=scores, payloads=payloads, coarse=coarse, regions=regions, versions=versions)
+
+
+def _version(point: Any) -> int:
+    v = getattr(point, "version", None)
+    return -1 if v is None else int(v)

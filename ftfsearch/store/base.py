@@ -80,6 +80,10 @@ class Candidates:
     """``[K, D]`` float32, when asked for."""
     regions: np.ndarray | None = None
     """``[K, R, D]`` (float16 as stored), when asked for."""
+    versions: np.ndarray | None = None
+    """``[K]`` int64: Qdrant's version of each point, the number of the operation that last
+    wrote it (-1 where the store gave none). A point written again gets a higher version, so
+    (id, version) names one state of a tile: what the searcher's cache is keyed by."""
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -184,9 +188,12 @@ class Store(Protocol):
         are left out (the web server fetches a tile this way to render its chip)."""
         ...
 
-    def get_vectors(self, ids: list[str]) -> tuple[list[str], np.ndarray, np.ndarray]:
-        """``(ids, coarse [N, D] float32, regions [N, R, D] float16)`` of the stored tiles among
-        ``ids``, in the order given; unknown ids are left out (a tile deleted since its recall)."""
+    def get_vectors(
+        self, ids: list[str], with_payload: bool = False
+    ) -> tuple[list[str], np.ndarray, np.ndarray, list[dict[str, Any]]]:
+        """``(ids, coarse [N, D] float32, regions [N, R, D] float16, payloads)`` of the stored
+        tiles among ``ids``, in the order given; unknown ids are left out (a tile deleted since
+        its recall). Payloads are empty dicts unless ``with_payload``."""
         ...
 
     def recall_maxsim(

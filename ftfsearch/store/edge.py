@@ -74,6 +74,14 @@ _SCENES_PLACEHOLDER_VECTOR = "_none"
 _WITHOUT_PACKED = qe.PayloadSelector.Exclude([VECTORS_FIELD])
 _ONLY_PACKED = qe.PayloadSelector.Include([VECTORS_FIELD])
 
+
+def _vectors_selector(packed: bool, with_payload: bool) -> Any:
+    """The payload to ask for: the packed vectors when the rerank reads them from the payload
+    (``packed``), the rest of the payload when ``with_payload``."""
+    if packed:
+        return True if with_payload else _ONLY_PACKED
+    return _WITHOUT_PACKED if with_payload else False
+
 # Points per upsert call: bounds the Python -> Rust conversion held at once.
 _UPSERT_CHUNK = 256
 
@@ -433,17 +441,19 @@ class EdgeStore:
 
         return tile_vectors(ids, packed, vectors, meta, self.payload_vectors, read_named)
 
-    def get_vectors(self, ids: list[str]) -> tuple[list[str], np.ndarray, np.ndarray]:
+    def get_vectors(
+        self, ids: list[str], with_payload: bool = False
+    ) -> tuple[list[str], np.ndarray, np.ndarray, list[dict[str, Any]]]:
         tiles = self._need_tiles()
         wanted = valid_point_ids(ids)
-        selector = _ONLY_PACKED if self.payload_vectors else False
+        selector = _vectors_selector(self.payload_vectors, with_payload)
         recs: dict[str, Any] = {}
         for sl in chunks(len(wanted), PAGE):
             recs.update((str(r.id), r) for r in tiles.retrieve(wanted[sl], selector, False))
         found = [i for i in wanted if i in recs]
-        _, packed = split_packed([recs[i].payload for i in found])
+        payloads, packed = split_packed([recs[i].payload for i in found])
         coarse, regions = self._decode(found, packed, None)
-        return found, coarse, regions
+        return found, coarse, regions, payloads
 
     def recall(
         self,
@@ -460,7 +470,7 @@ class EdgeStore:
             limit=check_k(k),
             query=qe.Query.Nearest(vec.tolist(), using=schema.COARSE),
             filter=_edge_filter(filter_conditions(flt)),
-            with_payload=(True if with_payload else _ONLY_PACKED) if packed else (_WITHOUT_PACKED if with_payload else False),
+            with_payload=_vectors_selector(packed, with_payload),
             with_vector=[schema.COARSE, schema.REGIONS] if with_vectors and not self.payload_vectors else False,
         )
         return self._candidates(tiles.query(request), with_vectors)

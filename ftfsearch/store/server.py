@@ -88,6 +88,19 @@ _WITHOUT_PACKED = qm.PayloadSelectorExclude(exclude=[VECTORS_FIELD])
 _ONLY_PACKED = qm.PayloadSelectorInclude(include=[VECTORS_FIELD])
 
 
+def _vectors_selector(packed: bool, with_payload: bool) -> Any:
+    """The payload to ask for: the packed vectors when the rerank reads them from the payload
+    (``packed``), the rest of the payload when ``with_payload``."""
+    if packed:
+        return True if with_payload else _ONLY_PACKED
+    return _WITHOUT_PACKED if with_payload else False
+
+
+def _json(selector: Any) -> Any:
+    """A payload selector as the REST body wants it (the raw-REST paths skip qdrant-client's models)."""
+    return selector.model_dump(mode="json") if isinstance(selector, BaseModel) else selector
+
+
 class _Missing(Exception):
     """Internal: the collection (or point) the call addressed does not exist."""
 
@@ -487,8 +500,7 @@ class ServerStore:
                         ),
                     )
                 else:
-                    selector = with_payload.model_dump(mode="json") if isinstance(with_payload, BaseModel) else with_payload
-                    body = {"ids": ids[sl], "with_payload": selector, "with_vector": False}
+                    body = {"ids": ids[sl], "with_payload": _json(with_payload), "with_vector": False}
                     recs += [
                         SimpleNamespace(id=p["id"], payload=p.get("payload"), vector=None)
                         for p in self._raw_post(what, f"/collections/{self.collection}/points", body)
@@ -526,16 +538,17 @@ class ServerStore:
 
         return tile_vectors(ids, packed, vectors, meta, self.payload_vectors, read_named)
 
-    def get_vectors(self, ids: list[str]) -> tuple[list[str], np.ndarray, np.ndarray]:
+    def get_vectors(
+        self, ids: list[str], with_payload: bool = False
+    ) -> tuple[list[str], np.ndarray, np.ndarray, list[dict[str, Any]]]:
         if self.meta() is None:
             raise self._missing_collection()
         wanted = valid_point_ids(ids)
-        selector = _ONLY_PACKED if self.payload_vectors else False
-        recs = {str(r.id): r for r in self._retrieve("read tile vectors", wanted, selector)}
+        recs = {str(r.id): r for r in self._retrieve("read tile vectors", wanted, _vectors_selector(self.payload_vectors, with_payload))}
         found = [i for i in wanted if i in recs]
-        _, packed = split_packed([recs[i].payload for i in found])
+        payloads, packed = split_packed([recs[i].payload for i in found])
         coarse, regions = self._decode(found, packed, None)
-        return found, coarse, regions
+        return found, coarse, regions, payloads
 
     def _query(self, what: str, fn: Callable[[], qm.QueryResponse]) -> list[Any]:
         try:
@@ -562,7 +575,10 @@ class ServerStore:
             points = self._raw_post(what, f"/collections/{self.collection}/points/query", body)["points"]
         except _Missing:
             raise self._missing_collection() from None
-        return [SimpleNamespace(id=p["id"], score=p["score"], payload=p.get("payload"), vector=None) for p in points]
+        return [
+            SimpleNamespace(id=p["id"], score=p["score"], payload=p.get("payload"), vector=None, version=p.get("version"))
+            for p in points
+        ]
 
     def recall(
         self,
@@ -583,9 +599,7 @@ class ServerStore:
                 "query": vec,
                 "using": schema.COARSE,
                 "limit": limit,
-                "with_payload": (True if with_payload else {"include": [VECTORS_FIELD]})
-                if with_vectors
-                else ({"exclude": [VECTORS_FIELD]} if with_payload else False),
+                "with_payload": _json(_vectors_selector(with_vectors, with_payload)),
                 "with_vector": False,
             }
             if query_filter is not None:
@@ -599,9 +613,7 @@ class ServerStore:
                 using=schema.COARSE,
                 query_filter=query_filter,
                 limit=limit,
-                with_payload=(True if with_payload else _ONLY_PACKED)
-                if with_vectors and self.payload_vectors
-                else (_WITHOUT_PACKED if with_payload else False),
+                with_payload=_vectors_selector(with_vectors and self.payload_vectors, with_payload),
                 with_vectors=[schema.COARSE, schema.REGIONS] if with_vectors and not self.payload_vectors else False,
             ),
         )
@@ -628,7 +640,7 @@ class ServerStore:
                 "query": [vec],
                 "using": schema.REGIONS,
                 "limit": limit,
-                "with_payload": _WITHOUT_PACKED.model_dump(mode="json"),
+                "with_payload": _json(_WITHOUT_PACKED),
                 "with_vector": False,
             }
             return self._candidates(self._raw_points("rerank tiles", body), with_vectors=False)
