@@ -498,7 +498,7 @@ def serve(
     ),
     chip_cache_mb: int = typer.Option(64, "--chip-cache-mb", help="Memory for cached chips and previews, each (MiB)."),
     vector_cache_mb: int = typer.Option(
-        256, "--vector-cache-mb", help="Memory for the vectors of recalled tiles, so repeat candidates are not fetched again (MiB; 0: off)."
+        256, "--vector-cache-mb", help="Memory for the vectors and payloads of recalled tiles, so repeat candidates are not fetched again (MiB; 0: off)."
     ),
     store: Optional[Path] = StoreOpt,
     qdrant_url: Optional[str] = UrlOpt,
