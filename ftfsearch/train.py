@@ -5,7 +5,10 @@ Losses per batch of B images with two of their captions each (t1, t2):
 - ``fine``: symmetric InfoNCE with the BTI fine scores <t, v_b> as logits (the same
   :func:`ftfsearch.rerank.bti` the query path runs), so regions learn what the rerank needs;
 - ``text``: symmetric InfoNCE between the two captions of each image (captions of one image together);
-- ``region``: 1 - cos(normalize(mean of regions), g) (pooled regions consistent with the coarse vector).
+- ``region``: 1 - cos(normalize(mean of regions), g) (pooled regions consistent with the coarse vector);
+- ``rerank`` (off unless weighted): symmetric InfoNCE on the query-time score
+  (1 - alpha) <t, g> + alpha <t, v_b> with the coarse part held fixed, so the regions learn to
+  correct the coarse ranking where it errs instead of repeating it.
 Each InfoNCE has its own learnable logit scale (CLIP-style, init 1/0.07, capped at 100).
 
 Images are decoded once into a uint8 cache; augmentation (random resized crop, flips, 90-degree
@@ -58,6 +61,8 @@ class LossWeights:
     region: float = 0.1
     """Low on purpose: at 0.5 the regions collapsed onto the coarse vector within two epochs
     (their loss fell to 0.02) and the rerank added nothing (see the model card)."""
+    rerank: float = 0.0
+    """The residual rerank term (module docstring); 0 keeps the head, and so checkpoints, as before."""
 
 
 @dataclass
@@ -82,6 +87,8 @@ class TrainConfig:
     train_tau: float = 0.1
     """BTI attention temperature inside the fine loss."""
     train_balanced: bool = True
+    train_alpha: float = 0.25
+    """Weight of the fine score in the ``rerank`` loss term (the query-time alpha it trains for)."""
     amp: bool = True
     """Mixed precision: bfloat16 autocast on CPU, float16 with a grad scaler on CUDA."""
     cache_dir: Path | None = None
@@ -187,11 +194,11 @@ def _info_nce(logits: torch.Tensor) -> torch.Tensor:
 
 
 class LossHead(nn.Module):
-    """Learnable logit scales of the three InfoNCE terms."""
+    """Learnable logit scales of the InfoNCE terms: coarse, fine, text (and rerank when weighted)."""
 
-    def __init__(self) -> None:
+    def __init__(self, terms: int = 3) -> None:
         super().__init__()
-        self.log_scale = nn.Parameter(torch.full((3,), math.log(1 / 0.07)))
+        self.log_scale = nn.Parameter(torch.full((terms,), math.log(1 / 0.07)))
 
     def scales(self) -> torch.Tensor:
         return self.log_scale.exp().clamp(max=100.0)
@@ -199,7 +206,7 @@ class LossHead(nn.Module):
 
 def compute_losses(
     text: torch.Tensor, coarse: torch.Tensor, regions: torch.Tensor, head: LossHead,
-    weights: LossWeights, tau: float, balanced: bool,
+    weights: LossWeights, tau: float, balanced: bool, alpha: float = 0.25,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Weighted loss and its parts; ``text`` is ``[2B, D]`` (first and second caption of each image)."""
     b = coarse.shape[0]
@@ -207,9 +214,13 @@ def compute_losses(
     t1, t2 = text[:b], text[b:]
     parts: dict[str, torch.Tensor] = {}
     parts["coarse"] = 0.5 * (_info_nce(s[0] * t1 @ coarse.T) + _info_nce(s[0] * t2 @ coarse.T))
-    if weights.fine:
+    if weights.fine or weights.rerank:
         fine = bti(text, coarse, regions, tau=tau, alpha=1.0, balanced=balanced).fine  # [2B, B]
-        parts["fine"] = 0.5 * (_info_nce(s[1] * fine[:b]) + _info_nce(s[1] * fine[b:]))
+        if weights.fine:
+            parts["fine"] = 0.5 * (_info_nce(s[1] * fine[:b]) + _info_nce(s[1] * fine[b:]))
+        if weights.rerank:
+            mixed = (1.0 - alpha) * (text @ coarse.T).detach() + alpha * fine
+            parts["rerank"] = 0.5 * (_info_nce(s[3] * mixed[:b]) + _info_nce(s[3] * mixed[b:]))
     if weights.text:
         parts["text"] = _info_nce(s[2] * t1 @ t2.T)
     if weights.region:
@@ -392,7 +403,7 @@ def train(config: TrainConfig, progress: Callable[[TrainProgress], None] | None 
     val = [(p, load_pixels(p, EVAL_PIXELS, config.cache_dir)) for p in val_parts]
 
     model = task.model
-    head = LossHead().to(device)
+    head = LossHead(4 if config.loss.rerank else 3).to(device)
     opt = torch.optim.AdamW(_param_groups([model, head], config.weight_decay), lr=config.lr, betas=(0.9, 0.98))
     n = len(pixels)
     steps_per_epoch = n // config.batch_size
@@ -434,7 +445,9 @@ def train(config: TrainConfig, progress: Callable[[TrainProgress], None] | None 
             with torch.autocast(device.type, dtype=amp_dtype, enabled=use_cuda_amp or use_cpu_amp):
                 g, r = task.images(x)
                 t = task.texts(np.concatenate([two[:, 0], two[:, 1]]))
-            loss, parts_now = compute_losses(t, g, r, head, config.loss, config.train_tau, config.train_balanced)
+            loss, parts_now = compute_losses(
+                t, g, r, head, config.loss, config.train_tau, config.train_balanced, config.train_alpha
+            )
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.unscale_(opt)

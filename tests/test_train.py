@@ -38,14 +38,22 @@ def _config(tmp_path: Path, out: str, epochs: int, **kw: object) -> TrainConfig:
     )
 
 
-def test_few_steps_lower_the_loss() -> None:
+@pytest.mark.parametrize(
+    "weights, terms",
+    [
+        (LossWeights(), {"coarse", "fine", "text", "region"}),
+        (LossWeights(coarse=0.0, fine=0.0, text=0.0, region=0.0, rerank=1.0), {"coarse", "rerank"}),
+    ],
+    ids=["default", "rerank-only"],
+)
+def test_few_steps_lower_the_loss(weights: LossWeights, terms: set[str]) -> None:
     torch.manual_seed(0)
     part = load_dataset(UCM).split("train")
     part = CaptionSplit(part.name, part.split, part.images[:16])
     pix = torch.from_numpy(load_pixels(part, 54, None))
     tok = train_tokenizer(part.captions, 300)
     cfg = FtfConfig(**{**TINY.__dict__, "vocab_size": tok.get_vocab_size()})
-    model, head = FtfModel(cfg), LossHead()
+    model, head = FtfModel(cfg), LossHead(4 if weights.rerank else 3)
     caps = [im.captions[0] for im in part.images] + [im.captions[1] for im in part.images]
     ids = encode_batch(tok, caps, cfg.max_text_tokens)
     x = model.normalize_pixels(augment(pix, 48, torch.Generator().manual_seed(0)))
@@ -53,10 +61,10 @@ def test_few_steps_lower_the_loss() -> None:
 
     def loss_now() -> tuple[torch.Tensor, dict[str, float]]:
         g, r = model.forward_images(x)
-        return compute_losses(model.forward_text(ids), g, r, head, LossWeights(), 0.1, True)
+        return compute_losses(model.forward_text(ids), g, r, head, weights, 0.1, True)
 
     first, parts = loss_now()
-    assert set(parts) == {"coarse", "fine", "text", "region"}
+    assert set(parts) == terms  # the coarse term is always reported, weighted or not
     for _ in range(15):
         loss, _ = loss_now()
         opt.zero_grad()
