@@ -82,6 +82,7 @@ def _vectors_selector(packed: bool, with_payload: bool) -> Any:
         return True if with_payload else _ONLY_PACKED
     return _WITHOUT_PACKED if with_payload else False
 
+
 # Points per upsert call: bounds the Python -> Rust conversion held at once.
 _UPSERT_CHUNK = 256
 

@@ -544,7 +544,8 @@ class ServerStore:
         if self.meta() is None:
             raise self._missing_collection()
         wanted = valid_point_ids(ids)
-        recs = {str(r.id): r for r in self._retrieve("read tile vectors", wanted, _vectors_selector(self.payload_vectors, with_payload))}
+        selector = _vectors_selector(self.payload_vectors, with_payload)
+        recs = {str(r.id): r for r in self._retrieve("read tile vectors", wanted, selector)}
         found = [i for i in wanted if i in recs]
         payloads, packed = split_packed([recs[i].payload for i in found])
         coarse, regions = self._decode(found, packed, None)

@@ -21,10 +21,9 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
-
-from typing import Any
 
 SCORE_TOLERANCE = 2e-5
 """Largest |cached <t, g> - recalled score| of a valid entry: float32 dot products of unit
