@@ -32,7 +32,10 @@ demo-model: venv
 	@if [ -f $(DEFAULT_MODEL) ]; then echo "model: shipped default"; \
 	else $(BIN)/python -m ftfsearch.model.tiny .demo/tiny-clip; fi
 
+# A fresh demo store each time: a store keeps the model it was built with, and the shipped
+# model changes between commits.
 demo: venv demo-model
+	@rm -rf $(DEMO_STORE)
 	@model=$$([ -f $(DEFAULT_MODEL) ] || echo "--model .demo/tiny-clip"); \
 	$(BIN)/ftfsearch ingest $(DEMO_SCENE) --store $(DEMO_STORE) $$model && \
 	$(BIN)/ftfsearch scenes --store $(DEMO_STORE) && \

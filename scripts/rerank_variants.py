@@ -68,7 +68,7 @@ def m_r(scores: tuple[torch.Tensor, ...], owner: torch.Tensor, k: int, fuse: Fus
 def variants() -> dict[str, tuple[float, Fuse]]:
     out: dict[str, tuple[float, Fuse]] = {}
     for tau in (0.05, 0.1, 0.2):
-        for a in (0.1, 0.25, 0.5):
+        for a in (0.1, 0.25, 0.5, 1.0):
             out[f"bti tau={tau} a={a}"] = (tau, lambda c, f, m, a=a: (1 - a) * c + a * f)
         for w in (0.25, 0.5, 1.0):
             out[f"z tau={tau} w={w}"] = (tau, lambda c, f, m, w=w: _z(c) + w * _z(f))
