@@ -620,11 +620,17 @@ def train(
 @app.command(name="eval")
 @handles_errors
 def evaluate_cmd(
-    data: Path = typer.Option(..., "--data", help="Caption dataset json (dataset_*.json layout)."),
+    data: list[Path] = typer.Option(
+        ..., "--data", help="Caption dataset json (dataset_*.json layout); repeatable, each evaluated on its own."
+    ),
     split: str = typer.Option("test", "--split", help="Split to evaluate."),
-    images: Optional[Path] = typer.Option(None, "--images", help="Image folder (default: images/ beside the json)."),
+    images: Optional[list[Path]] = typer.Option(
+        None, "--images", help="Image folder per --data, in the same order (default: images/ beside the json)."
+    ),
     recall_k: int = typer.Option(50, "--recall-k", help="Coarse candidates reranked by FTF."),
-    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+    as_json: bool = typer.Option(
+        False, "--json", help="Print the report as JSON: an object, or an array of them for several --data."
+    ),
     ablation: bool = typer.Option(
         False, "--ablation", help="Also score FTF without balancing and at K=20/50/100 (same embeddings)."
     ),
@@ -634,16 +640,21 @@ def evaluate_cmd(
 ) -> None:
     """R@1/5/10 both directions and mR on a caption set, coarse recall alone vs FTF."""
     from ftfsearch.datasets import load_dataset
+    from ftfsearch.errors import BadInput
     from ftfsearch.evaluate import evaluate, format_report
 
+    folders = list(images) if images else [None] * len(data)
+    if len(folders) != len(data):
+        raise BadInput(f"--images given {len(folders)} times for {len(data)} --data files; give one per dataset or none")
     settings = _settings(model=model, device=device)
-    dataset = load_dataset(data, images)
+    datasets = [load_dataset(path, folder) for path, folder in zip(data, folders)]  # bad input before the model loads
     encoder = _load_encoder(settings)
-    report = evaluate(encoder, dataset, split, recall_k, cache_dir=cache_dir, ablation=ablation)
+    reports = [evaluate(encoder, ds, split, recall_k, cache_dir=cache_dir, ablation=ablation) for ds in datasets]
     if as_json:
-        out.print_json(json.dumps(report.to_dict()))
+        dicts = [r.to_dict() for r in reports]
+        out.print_json(json.dumps(dicts[0] if len(dicts) == 1 else dicts))
     else:
-        out.print(format_report(report), highlight=False)
+        out.print("\n\n".join(format_report(r) for r in reports), highlight=False)
 
 
 if __name__ == "__main__":  # pragma: no cover

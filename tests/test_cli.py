@@ -181,3 +181,16 @@ def test_eval_and_train_commands_on_a_tiny_real_split(tmp_path):
     again = cli("eval", *common, "--split", "test", "--model", str(out), "--recall-k", "5")
     assert again.returncode == 0 and "FTF" in again.stdout
     assert_one_line_error(cli("eval", "--data", str(tmp_path / "missing.json")), "missing.json")
+
+    # several --data: each evaluated on its own, in order (a repeated option once kept only the last)
+    other = tmp_path / "dataset_other.json"
+    other.write_text(json.dumps({"dataset": "other", "images": images[:4] + images[8:24]}))
+    both = cli("eval", "--data", str(tiny), "--data", str(other), "--images", str(ucm / "images"),
+               "--images", str(ucm / "images"), "--cache-dir", str(tmp_path / "cache"), "--split", "test",
+               "--recall-k", "5", "--json")
+    assert both.returncode == 0, both.stderr
+    reports = json.loads(both.stdout)
+    assert [(r["dataset"], r["num_images"]) for r in reports] == [("tiny", 8), ("other", 4)]
+    assert reports[0]["coarse"] == report["coarse"]
+    assert_one_line_error(cli("eval", "--data", str(tiny), "--data", str(other), "--images", str(ucm / "images")),
+                          "--images given 1 times for 2 --data files")
