@@ -45,7 +45,8 @@ def query_table(rows: list[dict[str, Any]]) -> str:
         c = r["end_to_end_cached_ms_p50"]
         body.append([
             r["backend"], r["points"], r["machine"]["load_avg_1m"], f"{r['vector_cache_hit_rate']:.0%}",
-            s["cached_recall_ids"]["p50_ms"], s["cached_vectors"]["p50_ms"], s["cached_rerank"]["p50_ms"], c, r["end_to_end_cached_ms_p95"], r["end_to_end_cold_cache_ms_p50"],
+            s["cached_recall_ids"]["p50_ms"], s["cached_vectors"]["p50_ms"], s["cached_rerank"]["p50_ms"],
+            c, r["end_to_end_cached_ms_p95"], r["end_to_end_cold_cache_ms_p50"],
             r["end_to_end_ms_p50"], f"{b['server_maxsim_ms_p50']:.2f} ({b['server_maxsim_ms_p50'] / c:.2f}x)",
             f"{r['cached_identical_results']:.0%}", r["qps_cached_concurrency_1"], r["qps_cached_concurrency_4"],
         ])
