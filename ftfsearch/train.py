@@ -215,11 +215,12 @@ def compute_losses(
     parts: dict[str, torch.Tensor] = {}
     parts["coarse"] = 0.5 * (_info_nce(s[0] * t1 @ coarse.T) + _info_nce(s[0] * t2 @ coarse.T))
     if weights.fine or weights.rerank:
-        fine = bti(text, coarse, regions, tau=tau, alpha=1.0, balanced=balanced).fine  # [2B, B]
+        out = bti(text, coarse, regions, tau=tau, alpha=1.0, balanced=balanced)
+        fine = out.fine  # [2B, B]
         if weights.fine:
             parts["fine"] = 0.5 * (_info_nce(s[1] * fine[:b]) + _info_nce(s[1] * fine[b:]))
         if weights.rerank:
-            mixed = (1.0 - alpha) * (text @ coarse.T).detach() + alpha * fine
+            mixed = (1.0 - alpha) * out.coarse.detach() + alpha * fine
             parts["rerank"] = 0.5 * (_info_nce(s[3] * mixed[:b]) + _info_nce(s[3] * mixed[b:]))
     if weights.text:
         parts["text"] = _info_nce(s[2] * t1 @ t2.T)

@@ -21,20 +21,20 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 Fuse = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def pair_scores(text: torch.Tensor, coarse: torch.Tensor, regions: torch.Tensor, tau: float) -> tuple[torch.Tensor, ...]:
-    """``(s_c, s_f, s_max)``, each ``[T, N]``: coarse, BTI fine (balanced) and best-region scores."""
+    """``(s_c, s_f, s_max)``, each ``[T, N]``: coarse and balanced fine scores of the project's
+    :func:`~ftfsearch.rerank.bti`, and the best single region's score."""
+    from ftfsearch.rerank import bti
+
     out = []
-    for s in range(0, text.shape[0], 512):  # bounds the [T, N, R] logits
+    for s in range(0, text.shape[0], 512):  # bounds the [T, N, R] and [T, N, D] intermediates
         t = text[s:s + 512]
-        logits = torch.einsum("td,nrd->tnr", t, regions)
-        v = F.normalize(torch.einsum("tnr,nrd->tnd", (logits / tau).softmax(-1), regions), dim=-1)
-        fine = torch.einsum("td,tnd->tn", t, F.normalize(coarse.unsqueeze(0) + v, dim=-1))
-        out.append((t @ coarse.T, fine, logits.max(-1).values))
+        o = bti(t, coarse, regions, tau=tau, alpha=1.0, balanced=True)
+        out.append((o.coarse, o.fine, torch.einsum("td,nrd->tnr", t, regions).amax(-1)))
     return tuple(torch.cat([o[i] for o in out]) for i in range(3))
 
 
@@ -43,8 +43,11 @@ def _z(s: torch.Tensor) -> torch.Tensor:
 
 
 def mean_recall(ranked_hits: torch.Tensor) -> float:
-    """Mean of R@1, R@5, R@10 (percent) of ``[Q, >=10]`` rank hits."""
-    return sum(float(ranked_hits[:, :k].any(1).float().mean()) * 100 for k in (1, 5, 10)) / 3
+    """Mean of R@1, R@5, R@10 of ``[Q, >=10]`` rank hits, as ``ftfsearch eval`` counts them."""
+    from ftfsearch.evaluate import _recalls
+
+    r = _recalls(ranked_hits)
+    return (r.r1 + r.r5 + r.r10) / 3
 
 
 def m_r(scores: tuple[torch.Tensor, ...], owner: torch.Tensor, k: int, fuse: Fuse) -> tuple[float, float]:
