@@ -20,6 +20,7 @@ def main(argv: list[str] | None = None) -> int:
     q.add_argument("--warmup", type=int, default=20)
     q.add_argument("--exhaustive-queries", type=int, default=20)
     q.add_argument("--plain-queries", type=int, default=20)
+    q.add_argument("--transport-queries", type=int, default=50, help="server: http.client vs httpx, interleaved")
     q.add_argument("--model", default=None, help="model name or directory (default: the shipped default)")
     q.add_argument("--threads", type=int, default=1, help="torch threads (query-time ops are small)")
     q.add_argument("--json", type=Path, default=None)
@@ -50,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
             Options(
                 backend=args.backend, points=args.points, k=args.k, recall_k=args.recall_k, queries=args.queries,
                 warmup=args.warmup, exhaustive_queries=args.exhaustive_queries, plain_queries=args.plain_queries,
+                transport_queries=args.transport_queries,
                 model=args.model, threads=args.threads, json_path=args.json,
             )
         )

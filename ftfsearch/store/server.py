@@ -55,6 +55,7 @@ from ftfsearch.store._common import (
     with_packed_vectors,
 )
 from ftfsearch.store.base import Candidates, CollectionMeta, QueryFilter, SceneRecord, TileBatch
+from ftfsearch.store.rest import RestError, RestTransport
 
 try:  # grpc comes with qdrant-client; only the gRPC transport raises its errors
     import grpc
@@ -174,11 +175,11 @@ class ServerStore:
                 metadata={"accept-encoding": "identity"},
             )
         self._prefer_grpc = prefer_grpc
-        headers = {"accept-encoding": "identity", "content-type": "application/json"}
+        self._headers = {"accept-encoding": "identity", "content-type": "application/json"}
         if api_key:
-            headers["api-key"] = api_key
-        # The recall path's own REST connection (see ``_raw_points``).
-        self._http = httpx.Client(base_url=self.url, headers=headers, timeout=timeout)
+            self._headers["api-key"] = api_key
+        # The query path's own REST connections (see ``_raw_post``).
+        self._http = RestTransport(self.url, self._headers, timeout)
 
     # -- error mapping ---------------------------------------------------------------------
 
@@ -240,6 +241,9 @@ class ServerStore:
             raise self._unreachable(what, reason) from exc
         except httpx.TransportError as exc:
             raise self._unreachable(what, str(exc) or type(exc).__name__) from exc
+        except RestError as exc:
+            reason = f"no answer within {self.timeout:g} s" if exc.timed_out else str(exc)
+            raise self._unreachable(what, reason) from exc
         except Exception as exc:
             if grpc is not None and isinstance(exc, grpc.RpcError):
                 code = exc.code() if hasattr(exc, "code") else None
@@ -558,15 +562,15 @@ class ServerStore:
             raise self._missing_collection() from None
 
     def _raw_post(self, what: str, path: str, body: dict[str, Any]) -> Any:
-        """POST over the store's own REST connection, the JSON parsed here: qdrant-client's models
-        cost ~5 ms more per 100 candidates' payloads (measured at 100k tiles), for the same answer.
-        Failures map like every other call (``_Missing`` on 404)."""
+        """POST over the store's own REST connections (:class:`RestTransport`), the JSON parsed
+        here: qdrant-client's models cost ~5 ms more per 100 candidates' payloads (measured at
+        100k tiles), for the same answer. Failures map like every other call (``_Missing`` on 404)."""
 
         def call() -> Any:
-            r = self._http.post(path, content=json.dumps(body))
-            if r.status_code != 200:
-                raise UnexpectedResponse.for_response(r)
-            return json.loads(r.content)["result"]
+            status, content = self._http.post(path, json.dumps(body).encode())
+            if status != 200:
+                raise UnexpectedResponse(status, "", content, httpx.Headers())
+            return json.loads(content)["result"]
 
         return self._run(what, call)
 
