@@ -57,6 +57,26 @@ def query_table(rows: list[dict[str, Any]]) -> str:
     ], body)
 
 
+def transport_table(rows: list[dict[str, Any]]) -> str:
+    """http.client against httpx on the server's REST path, interleaved in one run (``transport``)."""
+    body = []
+    for r in rows:
+        t = r.get("transport")
+        if not t:
+            continue
+        body.append([
+            r["points"], t["queries"],
+            f"{t['http_client_one_call']:.2f} / {t['httpx_one_call']:.2f}",
+            f"{t['http_client_cached']:.2f} / {t['httpx_cached']:.2f}", f"{t['cached_hit_rate']:.0%}",
+            f"{t['http_client_maxsim']:.2f} / {t['httpx_maxsim']:.2f}",
+            f"{t['http_client_cached'] / t['http_client_maxsim']:.2f}x",
+        ])
+    if not body:
+        return ""
+    return table("", ["tiles", "queries", "one call: http.client / httpx", "cached: http.client / httpx",
+                      "cache hit rate", "Qdrant MaxSim: http.client / httpx", "cached / MaxSim (http.client)"], body)
+
+
 def ingest_table(rows: list[dict[str, Any]]) -> str:
     body = [[
         f"{r['scene_px'][0]}x{r['scene_px'][1]}", r["backend"], r["modes"]["pipeline"]["tiles"],
@@ -68,5 +88,9 @@ def ingest_table(rows: list[dict[str, Any]]) -> str:
 
 
 def main() -> int:
-    print("## query\n" + query_table(_load("query-*.json")) + "\n\n## ingest\n" + ingest_table(_load("ingest-*.json")))
+    queries = _load("query-*.json")
+    transport = transport_table(queries)
+    print("## query\n" + query_table(queries)
+          + (f"\n\n## server REST transport (repeated queries)\n{transport}" if transport else "")
+          + "\n\n## ingest\n" + ingest_table(_load("ingest-*.json")))
     return 0
