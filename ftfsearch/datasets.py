@@ -158,9 +158,10 @@ def load_pixels(
 ) -> np.ndarray:
     """All images of a split as uint8 ``[N, size, size, 3]``, decoded once and cached as ``.npy``.
 
-    The cache key hashes the file paths, sizes and mtimes, so a changed image invalidates it.
+    The cache key hashes the resolved file paths, sizes and mtimes, so a changed image invalidates
+    it and a relative and an absolute ``--data`` path share one cache.
     """
-    key_src = "|".join(f"{im.path}:{_stat_key(im.path)}" for im in split.images) + f"|{size}"
+    key_src = "|".join(f"{im.path.resolve()}:{_stat_key(im.path)}" for im in split.images) + f"|{size}"
     key = hashlib.sha256(key_src.encode()).hexdigest()[:16]
     cache_path = None
     if cache_dir is not None:

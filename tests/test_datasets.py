@@ -50,6 +50,16 @@ def test_load_pixels_caches(tmp_path: Path) -> None:
     np.testing.assert_array_equal(a, b)
 
 
+def test_relative_and_absolute_paths_share_the_pixel_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(UCM.parent)
+    rel = load_dataset(Path(UCM.name)).split("test")
+    absolute = load_dataset(UCM).split("test")
+    assert not rel.images[0].path.is_absolute() and absolute.images[0].path.is_absolute()
+    load_pixels(CaptionSplit(rel.name, rel.split, rel.images[:3]), 32, tmp_path)
+    load_pixels(CaptionSplit(absolute.name, absolute.split, absolute.images[:3]), 32, tmp_path)
+    assert len(list(tmp_path.glob("*.npy"))) == 1
+
+
 def _write(tmp_path: Path, content: str) -> Path:
     (tmp_path / "images").mkdir(exist_ok=True)
     p = tmp_path / "dataset_bad.json"
