@@ -15,7 +15,6 @@ which honours the proxy settings; ``http.client`` would ignore them.
 from __future__ import annotations
 
 import http.client
-import socket
 import threading
 import urllib.request
 from urllib.parse import urlsplit
@@ -102,7 +101,7 @@ class RestTransport:
                 if resp.will_close:
                     self._drop()
                 return resp.status, data
-            except (TimeoutError, socket.timeout) as exc:
+            except TimeoutError as exc:  # socket.timeout is TimeoutError since Python 3.10
                 self._drop()
                 raise RestError(str(exc) or "timed out", timed_out=True) from exc
             except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError) as exc:
