@@ -121,3 +121,48 @@ def test_concurrent_recalls_equal_the_client_path(qdrant_server):
     finally:
         store.drop_collection()
         store.close()
+
+
+def _self_signed(tmp_path) -> tuple[str, str]:
+    """A certificate and key for 127.0.0.1, made with the openssl CLI (the test skips without it)."""
+    import shutil
+    import subprocess
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl CLI not found")
+    cert, key = str(tmp_path / "cert.pem"), str(tmp_path / "key.pem")
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", key, "-out", cert],
+        check=True, capture_output=True,
+    )
+    return cert, key
+
+
+def test_https_checks_the_certificate_as_httpx_does(tmp_path, monkeypatch):
+    """TLS uses httpx's SSL context: trusted through SSL_CERT_FILE it answers; untrusted it fails."""
+    import ssl
+
+    cert, key = _self_signed(tmp_path)
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), _Echo)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert, key)
+    srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    url = f"https://127.0.0.1:{srv.server_address[1]}"
+    try:
+        monkeypatch.delenv("SSL_CERT_DIR", raising=False)
+        monkeypatch.setenv("SSL_CERT_FILE", cert)
+        rest = RestTransport(url, {}, timeout=5.0)
+        status, data = rest.post("/secure", b"{}")
+        assert status == 200 and json.loads(data)["path"] == "/secure"
+        rest.close()
+        monkeypatch.delenv("SSL_CERT_FILE")
+        untrusted = RestTransport(url, {}, timeout=5.0)
+        with pytest.raises(RestError, match="CERTIFICATE_VERIFY_FAILED|certificate verify failed"):
+            untrusted.post("/secure", b"{}")
+        untrusted.close()
+    finally:
+        srv.shutdown()
+        srv.server_close()
