@@ -639,15 +639,11 @@ def evaluate_cmd(
     device: Optional[str] = DeviceOpt,
 ) -> None:
     """R@1/5/10 both directions and mR on a caption set, coarse recall alone vs FTF."""
-    from ftfsearch.datasets import load_dataset
-    from ftfsearch.errors import BadInput
+    from ftfsearch.datasets import load_datasets
     from ftfsearch.evaluate import evaluate, format_report
 
-    folders = list(images) if images else [None] * len(data)
-    if len(folders) != len(data):
-        raise BadInput(f"--images given {len(folders)} times for {len(data)} --data files; give one per dataset or none")
     settings = _settings(model=model, device=device)
-    datasets = [load_dataset(path, folder) for path, folder in zip(data, folders)]  # bad input before the model loads
+    datasets = load_datasets(data, images)  # bad input before the model loads
     encoder = _load_encoder(settings)
     reports = [evaluate(encoder, ds, split, recall_k, cache_dir=cache_dir, ablation=ablation) for ds in datasets]
     if as_json:

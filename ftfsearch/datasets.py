@@ -20,7 +20,7 @@ from typing import Callable
 
 import numpy as np
 
-from ftfsearch.errors import DatasetError
+from ftfsearch.errors import BadInput, DatasetError
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +134,18 @@ def load_dataset(json_path: Path | str, image_dir: Path | str | None = None, che
             f"(first: {missing[0]}); point --images at the folder that holds them"
         )
     return CaptionDataset(name=name, json_path=json_path, image_dir=image_dir, images=tuple(images))
+
+
+def load_datasets(
+    json_paths: list[Path], image_dirs: list[Path] | None = None
+) -> list[CaptionDataset]:
+    """Several ``--data`` files, each with its ``--images`` folder in the same order (or none)."""
+    dirs: list[Path | None] = list(image_dirs) if image_dirs else [None] * len(json_paths)
+    if len(dirs) != len(json_paths):
+        raise BadInput(
+            f"--images given {len(dirs)} times for {len(json_paths)} --data files; give one per dataset or none"
+        )
+    return [load_dataset(path, folder) for path, folder in zip(json_paths, dirs)]
 
 
 def _decode(path: Path, size: int) -> np.ndarray:

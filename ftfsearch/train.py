@@ -35,7 +35,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ftfsearch.datasets import CaptionSplit, load_dataset, load_pixels
+from ftfsearch.datasets import CaptionSplit, load_datasets, load_pixels
 from ftfsearch.errors import BadInput, DatasetError
 from ftfsearch.evaluate import EVAL_PIXELS, Embeddings, encode_split, score
 from ftfsearch.model.base import RerankParams
@@ -147,12 +147,9 @@ class TrainResult:
 
 
 def _splits(cfg: TrainConfig, split: str, limit: int | None) -> list[CaptionSplit]:
-    images = cfg.images or [None] * len(cfg.data)
-    if len(images) != len(cfg.data):
-        raise BadInput(f"--images given {len(images)} times for {len(cfg.data)} --data files; give one per dataset or none")
     out = []
-    for path, img in zip(cfg.data, images):
-        part = load_dataset(path, img).split(split)
+    for ds in load_datasets(cfg.data, cfg.images):
+        part = ds.split(split)
         if limit is not None:
             part = CaptionSplit(part.name, part.split, part.images[:limit])
         out.append(part)
