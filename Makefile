@@ -4,11 +4,14 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 DEMO_STORE := .demo/store
-DEMO_SCENE := tests/data/RGB.byte.tif
-DEMO_QUERY ?= green farmland next to a river
-DEFAULT_MODEL := ftfsearch/model/default/ftf_config.json
+# A 0.35 m drone ortho (rice fields, a road, houses): a resolution the shipped model knows, and
+# results a person can check by eye. 224 px tiles at half overlap, plus 448 px windows (level 2).
+DEMO_SCENE := tests/data/pix4d_alpha_nodata.tif
+DEMO_TILING := --tile-size 224 --overlap 0.5 --levels 1,2
+DEMO_QUERY ?= a road through green farmland
+DEMO_QUERY2 ?= houses with red roofs
 
-.PHONY: venv qdrant demo demo-model serve test clean
+.PHONY: venv qdrant demo serve test clean
 
 venv: $(VENV)/.installed ftfsearch/web/static/vendor/leaflet/leaflet.js
 
@@ -27,23 +30,17 @@ ftfsearch/web/static/vendor/leaflet/leaflet.js: scripts/get-leaflet.sh
 .qdrant/bin/qdrant: scripts/get-qdrant.sh
 	bash scripts/get-qdrant.sh
 
-# The demo uses the shipped model; before one ships it builds a tiny random CLIP (rankings then mean nothing).
-demo-model: venv
-	@if [ -f $(DEFAULT_MODEL) ]; then echo "model: shipped default"; \
-	else $(BIN)/python -m ftfsearch.model.tiny .demo/tiny-clip; fi
-
 # A fresh demo store each time: a store keeps the model it was built with, and the shipped
 # model changes between commits.
-demo: venv demo-model
+demo: venv
 	@rm -rf $(DEMO_STORE)
-	@model=$$([ -f $(DEFAULT_MODEL) ] || echo "--model .demo/tiny-clip"); \
-	$(BIN)/ftfsearch ingest $(DEMO_SCENE) --store $(DEMO_STORE) $$model && \
-	$(BIN)/ftfsearch scenes --store $(DEMO_STORE) && \
-	$(BIN)/ftfsearch query "$(DEMO_QUERY)" --k 5 --store $(DEMO_STORE) $$model
+	$(BIN)/ftfsearch ingest $(DEMO_SCENE) --store $(DEMO_STORE) $(DEMO_TILING)
+	$(BIN)/ftfsearch scenes --store $(DEMO_STORE)
+	$(BIN)/ftfsearch query "$(DEMO_QUERY)" --k 5 --store $(DEMO_STORE)
+	$(BIN)/ftfsearch query "$(DEMO_QUERY2)" --k 5 --store $(DEMO_STORE)
 
 serve: demo
-	@model=$$([ -f $(DEFAULT_MODEL) ] || echo "--model .demo/tiny-clip"); \
-	$(BIN)/ftfsearch serve --store $(DEMO_STORE) $$model
+	$(BIN)/ftfsearch serve --store $(DEMO_STORE)
 
 # pytest exits 5 when it collected no tests: that is a failure here.
 test: venv qdrant

@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     i.add_argument("--backend", choices=["edge", "server"], default="edge")
     i.add_argument("--model", default=None)
     i.add_argument("--json", type=Path, default=None)
-    i.add_argument("--mode", choices=["all", "pipeline", "encoder", "naive"], default="all", help=argparse.SUPPRESS)
+    i.add_argument("--mode", choices=["all", "pipeline", "encoder", "torch", "eager", "naive"], default="all", help=argparse.SUPPRESS)
     sc = sub.add_parser("scene", help="one real scene: ingest tiles/s and query p50 on both backends")
     sc.add_argument("path", type=Path)
     sc.add_argument("--model", default=None)

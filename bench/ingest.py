@@ -139,6 +139,9 @@ def mode_pipeline(args: argparse.Namespace, scene: Path, root: Path) -> dict[str
     from ingest.tiling import SceneReader, TilingSpec
 
     encoder, note = load_bench_encoder(args.model)
+    # Warmed up as the encoder-only mode is: the one-off costs of a process (the ONNX export of the
+    # image path, first allocations: about 2.5 s) are not ingest throughput.
+    encoder.encode_images(torch.zeros(args.batch_size, 256, 256, 3, dtype=torch.uint8))
     store, server = _open(args.backend, root)
     clocks = {"read": _Clock(), "encode": _Clock(), "write": _Clock()}
     SceneReader.read = clocks["read"].wrap(SceneReader.read)  # type: ignore[method-assign]
@@ -197,17 +200,46 @@ def _first_tiles(scene: Path, n: int) -> tuple[Any, list[Any]]:
     return reader, out
 
 
-def mode_encoder(args: argparse.Namespace, scene: Path, root: Path) -> dict[str, Any]:
+def mode_encoder(args: argparse.Namespace, scene: Path, root: Path, runtime: str | None = None) -> dict[str, Any]:
     """Encoding alone, on tiles read beforehand, in the pipeline's batches (its own encode step)."""
     from ingest.pipeline import _encode
 
     encoder, _ = load_bench_encoder(args.model)
+    if runtime is not None:
+        if not hasattr(encoder, "runtime"):
+            return {"tiles": 0, "seconds": float("nan"), "tiles_per_s": float("nan"), "note": "one runtime only"}
+        encoder.runtime = runtime  # type: ignore[attr-defined]
     reader, tiles = _first_tiles(scene, args.max_tiles)
     reader.close()
     _encode(encoder, tiles[: args.batch_size])  # warm-up
     t0 = time.perf_counter()
     for i in range(0, len(tiles), args.batch_size):
         _encode(encoder, tiles[i : i + args.batch_size])
+    seconds = time.perf_counter() - t0
+    return {"tiles": len(tiles), "seconds": seconds, "tiles_per_s": len(tiles) / seconds}
+
+
+def mode_eager(args: argparse.Namespace, scene: Path, root: Path) -> dict[str, Any]:
+    """The baseline of the encoder's own speed-ups: the same network's plain eager forward (NCHW,
+    BatchNorm unfolded), on the same tiles in the same batches."""
+    from ftfsearch.model.ftf import prepare_images
+
+    encoder, _ = load_bench_encoder(args.model)
+    model = getattr(encoder, "model", None)
+    if model is None or not hasattr(model, "forward_images"):
+        return {"tiles": 0, "seconds": float("nan"), "tiles_per_s": float("nan"), "note": "no eager forward"}
+    size = encoder.cfg.image_size  # type: ignore[attr-defined]
+    _, tiles = _first_tiles(scene, args.max_tiles)
+
+    @torch.inference_mode()
+    def run(batch: list[Any]) -> None:
+        x = torch.from_numpy(np.stack([t.pixels for t in batch]))
+        model.forward_images(model.normalize_pixels(prepare_images(x, size)))
+
+    run(tiles[: args.batch_size])  # warm-up
+    t0 = time.perf_counter()
+    for i in range(0, len(tiles), args.batch_size):
+        run(tiles[i : i + args.batch_size])
     seconds = time.perf_counter() - t0
     return {"tiles": len(tiles), "seconds": seconds, "tiles_per_s": len(tiles) / seconds}
 
@@ -255,7 +287,12 @@ def mode_naive(args: argparse.Namespace, scene: Path, root: Path) -> dict[str, A
     return {"tiles": n, "seconds": seconds, "tiles_per_s": n / seconds}
 
 
-MODES = {"pipeline": mode_pipeline, "encoder": mode_encoder, "naive": mode_naive}
+def mode_torch(args: argparse.Namespace, scene: Path, root: Path) -> dict[str, Any]:
+    """Encoder-only with the fused torch image path instead of ONNX Runtime (same vectors within 1e-4)."""
+    return mode_encoder(args, scene, root, runtime="torch")
+
+
+MODES = {"pipeline": mode_pipeline, "encoder": mode_encoder, "torch": mode_torch, "eager": mode_eager, "naive": mode_naive}
 
 
 def _child(args: argparse.Namespace) -> int:
@@ -279,7 +316,7 @@ def main(args: argparse.Namespace) -> int:
     with rasterio.open(scene) as ds:
         w, h = ds.width, ds.height
     results: dict[str, dict[str, Any]] = {}
-    for mode in ("pipeline", "encoder", "naive"):
+    for mode in ("pipeline", "encoder", "torch", "eager", "naive"):
         cmd = [sys.executable, "-m", "bench", "ingest", "--mode", mode, "--max-tiles", str(args.max_tiles),
                "--naive-tiles", str(args.naive_tiles), "--size", str(args.size), "--batch-size", str(args.batch_size),
                "--readers", str(args.readers), "--backend", args.backend]
@@ -306,6 +343,9 @@ def main(args: argparse.Namespace) -> int:
         "tiles_per_s": round(p["tiles_per_s"], 2),
         "encoder_only_tiles_per_s": round(e["tiles_per_s"], 2),
         "naive_tiles_per_s": round(n["tiles_per_s"], 2),
+        "eager_encoder_tiles_per_s": round(results["eager"]["tiles_per_s"], 2),
+        "torch_encoder_tiles_per_s": round(results["torch"]["tiles_per_s"], 2),
+        "encoder_vs_eager": round(e["tiles_per_s"] / results["eager"]["tiles_per_s"], 2),
         "pipeline_vs_encoder": round(p["tiles_per_s"] / e["tiles_per_s"], 3),
         "pipeline_vs_naive": round(p["tiles_per_s"] / n["tiles_per_s"], 2),
         "peak_rss_mb": p["peak_rss_mb"],
@@ -326,6 +366,12 @@ def report(res: dict[str, Any]) -> str:
         ["encoder only (tiles pre-read)", m["encoder"]["tiles"], round(m["encoder"]["seconds"], 1),
          res["encoder_only_tiles_per_s"], round(res["encoder_only_tiles_per_s"] / res["tiles_per_s"], 2),
          m["encoder"]["peak_rss_mb"]],
+        ["encoder only, fused torch instead of ONNX Runtime", m["torch"]["tiles"], round(m["torch"]["seconds"], 1),
+         res["torch_encoder_tiles_per_s"], round(res["torch_encoder_tiles_per_s"] / res["tiles_per_s"], 2),
+         m["torch"]["peak_rss_mb"]],
+        ["eager NCHW forward, same network (tiles pre-read)", m["eager"]["tiles"], round(m["eager"]["seconds"], 1),
+         res["eager_encoder_tiles_per_s"], round(res["eager_encoder_tiles_per_s"] / res["tiles_per_s"], 2),
+         m["eager"]["peak_rss_mb"]],
         ["naive loop (batch of 1)", m["naive"]["tiles"], round(m["naive"]["seconds"], 1), res["naive_tiles_per_s"],
          round(res["naive_tiles_per_s"] / res["tiles_per_s"], 3), m["naive"]["peak_rss_mb"]],
     ]
@@ -337,6 +383,7 @@ def report(res: dict[str, Any]) -> str:
         f"{machine_line(res['machine'])}\n"
         + table("", ["mode", "tiles", "s", "tiles/s", "x pipeline", "peak RSS MB"], rows)
         + f"\npipeline stage time (summed over threads): read {st['read']} s, encode {st['encode']} s, "
-        f"write {st['write']} s\npipeline / encoder-only: {res['pipeline_vs_encoder']:.0%}; "
+        f"write {st['write']} s\nencoder-only / eager forward: {res['encoder_vs_eager']}x; "
+        f"pipeline / encoder-only: {res['pipeline_vs_encoder']:.0%}; "
         f"pipeline / naive: {res['pipeline_vs_naive']}x"
     )

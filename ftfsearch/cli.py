@@ -565,8 +565,11 @@ def train(
     images: Optional[list[Path]] = typer.Option(
         None, "--images", help="Image folder per --data, in the same order (default: images/ beside the json)."
     ),
-    base: Optional[str] = typer.Option(None, "--base", help="Fine-tune this CLIP model instead of training FTF from scratch."),
+    base: Optional[str] = typer.Option(None, "--base", help="Fine-tune this CLIP model instead of training FTF."),
+    arch: str = typer.Option("pretrained", "--arch",
+                             help="pretrained: FTF on the pinned EfficientNet-Lite0 and MiniLM towers; scratch: the small FTF from nothing."),
     epochs: int = typer.Option(20, "--epochs", help="Training epochs."),
+    lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate of the heads (default 1e-3 pretrained, 2e-3 scratch)."),
     batch_size: int = typer.Option(96, "--batch-size", help="Images per batch (in-batch negatives)."),
     device: Optional[str] = DeviceOpt,
     resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint in --out."),
@@ -586,7 +589,8 @@ def train(
 
             raise BadInput(f"{option} {value}: must be at least 1")
     config = TrainConfig(
-        data=list(data), out=out_dir, images=list(images) if images else None, base=base, epochs=epochs,
+        data=list(data), out=out_dir, images=list(images) if images else None, base=base, arch=arch, epochs=epochs,
+        lr=lr if lr is not None else (1e-3 if arch == "pretrained" else 2e-3),
         batch_size=batch_size, device=device or "auto", resume=resume, cache_dir=cache_dir, seed=seed,
         num_threads=threads,
     )
@@ -599,11 +603,13 @@ def train(
         if p.phase == "train":
             bar.update(task, description=f"epoch {p.epoch}/{p.epochs}", total=p.steps, completed=p.step,
                        status="" if p.loss is None else f"loss {p.loss:.3f}")
+        elif p.phase == "features":
+            bar.update(task, description=p.message, total=p.steps, completed=p.step, status="")
         else:
             bar.update(task, status=f"{p.phase}: {p.message}")
-        if p.phase == "val" and p.epoch != last_epoch[0] and p.message:
+        if p.phase == "epoch" and p.epoch != last_epoch[0]:
             last_epoch[0] = p.epoch
-            bar.console.print(f"epoch {p.epoch}: {p.message}", highlight=False)
+            bar.console.print(p.message, highlight=False)
 
     started = time.perf_counter()
     with bar:

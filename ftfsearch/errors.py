@@ -7,6 +7,14 @@ Each message names the file or argument at fault and what to do about it.
 from __future__ import annotations
 
 
+REINGEST_HINT = (
+    "to search it with this model, re-ingest its scenes into a new collection (ftfsearch ingest SCENE "
+    "--collection NAME) or a fresh --store; to keep using it, pass the model it was built with as --model "
+    "(the earlier default, ftf-small, ships as the directory ftfsearch/model/scratch of the installed package)"
+)
+"""What to do when a collection was filled by another model (after the shipped default changed, say)."""
+
+
 class FtfError(Exception):
     """Base of every error ftfsearch raises on purpose."""
 

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ftfsearch.errors import BadInput, CollectionNotFound, ModelMismatch
+from ftfsearch.errors import REINGEST_HINT, BadInput, CollectionNotFound, ModelMismatch
 from ftfsearch.model.base import Encoder
 from ftfsearch.rerank import bti
 from ftfsearch.store.base import Candidates, QueryFilter, Store
@@ -154,7 +154,7 @@ def check_model(store: Store, encoder: Encoder) -> None:
         raise ModelMismatch(
             f"collection {store.collection!r} was built with model {meta.model_id} "
             f"(D={meta.dim}, R={meta.num_regions}), not {encoder.id} (D={encoder.dim}, "
-            f"R={encoder.num_regions}): query with --model matching the collection, or use another --collection"
+            f"R={encoder.num_regions}); " + REINGEST_HINT
         )
 
 

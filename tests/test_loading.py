@@ -15,7 +15,7 @@ from PIL import Image
 from ftfsearch.errors import BadInput, ModelNotFound
 from ftfsearch.model.base import Encoder
 from ftfsearch.model.clip import ClipEncoder
-from ftfsearch.model.loading import DEFAULT_MODEL_DIR, load_encoder, locate_model, resolve_device
+from ftfsearch.model.loading import load_encoder, locate_model, resolve_device
 from ftfsearch.model.tiny import build_tiny_clip
 
 RSICD = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "rsicd"
@@ -159,13 +159,14 @@ def test_broken_directories(tmp_path: Path, tiny_dir: Path) -> None:
         load_encoder(str(bert), device="cpu")
 
 
-def test_default_model() -> None:
-    if (DEFAULT_MODEL_DIR / "ftf_config.json").is_file():
-        enc = load_encoder(None, device="cpu")
-        assert isinstance(enc, Encoder) and not enc.id.startswith("clip:")
-    else:
-        with pytest.raises(ModelNotFound, match="no default model is shipped yet.*--model"):
-            load_encoder(None, device="cpu")
+def test_default_model_is_the_pretrained_family_and_the_earlier_one_still_loads() -> None:
+    from ftfsearch.model.loading import SCRATCH_MODEL_DIR
+    from ftfsearch.model.pretrained import PretrainedFtfEncoder
+
+    enc = load_encoder(None, device="cpu")
+    assert isinstance(enc, PretrainedFtfEncoder) and enc.id.startswith("ftf:ftf-lite0-minilm:")
+    old = load_encoder(str(SCRATCH_MODEL_DIR), device="cpu")
+    assert isinstance(old, Encoder) and old.id == "ftf:ftf-small:4a8438750dad"
 
 
 def test_ftf_directory_goes_to_the_ftf_loader(tmp_path: Path, captions: list[str], tiles: torch.Tensor) -> None:

@@ -27,6 +27,8 @@ from ftfsearch.model.base import Encoder
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "default"
+SCRATCH_MODEL_DIR = Path(__file__).resolve().parent / "scratch"
+"""The first default (ftf-small, trained from scratch), shipped so stores built with it stay usable."""
 FTF_CONFIG_NAME = "ftf_config.json"
 
 # A Hugging Face repo id: "name" or "owner/name".
@@ -138,10 +140,25 @@ def locate_model(name_or_path: str, cache_dir: Path | None = None) -> ModelSourc
 
 
 def _load_ftf(root: Path, device: torch.device, options: dict[str, Any]) -> Encoder:
-    from ftfsearch.model.ftf import load_ftf_encoder
+    """An FTF model directory of either family: ``pretrained`` (on the pinned base towers) or the
+    small one trained from scratch (no ``family`` key)."""
+    import json
 
     if options:
         log.warning("options %s apply to CLIP models only; ignored for the FTF model in %s", sorted(options), root)
+    try:
+        raw = json.loads((root / FTF_CONFIG_NAME).read_text())
+        family = raw.get("family", "scratch")
+    except (OSError, ValueError, AttributeError) as exc:
+        raise ModelNotFound(f"{root / FTF_CONFIG_NAME}: unreadable model config ({exc})") from None
+    if family == "pretrained":
+        from ftfsearch.model.pretrained import load_pretrained_encoder
+
+        return load_pretrained_encoder(root, raw, device)
+    if family != "scratch":
+        raise ModelNotFound(f"{root}: model family {family!r} is unknown to this ftfsearch (known: pretrained, scratch); upgrade ftfsearch")
+    from ftfsearch.model.ftf import load_ftf_encoder
+
     return load_ftf_encoder(root, device)
 
 
@@ -153,12 +170,9 @@ def load_encoder(name_or_path: str | None, device: str = "auto", **options: Any)
     """
     dev = resolve_device(device)
     if name_or_path is None:
-        if (DEFAULT_MODEL_DIR / FTF_CONFIG_NAME).is_file():
-            return _load_ftf(DEFAULT_MODEL_DIR, dev, options)
-        raise ModelNotFound(
-            f"no default model is shipped yet ({DEFAULT_MODEL_DIR} has no {FTF_CONFIG_NAME}); "
-            "pass --model with a model directory or a cached CLIP model name"
-        )
+        if not (DEFAULT_MODEL_DIR / FTF_CONFIG_NAME).is_file():
+            raise ModelNotFound(f"{DEFAULT_MODEL_DIR}: the shipped model is missing ({FTF_CONFIG_NAME}); reinstall ftfsearch")
+        return _load_ftf(DEFAULT_MODEL_DIR, dev, options)
     cache_dir = options.pop("cache_dir", None)
     source = locate_model(name_or_path, cache_dir=cache_dir)
     if (source.root / FTF_CONFIG_NAME).is_file():

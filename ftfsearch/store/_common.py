@@ -18,7 +18,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 
-from ftfsearch.errors import BadInput, ModelMismatch
+from ftfsearch.errors import REINGEST_HINT, BadInput, ModelMismatch
 from ftfsearch.store import schema
 from ftfsearch.store.base import Candidates, CollectionMeta, QueryFilter, TileBatch
 
@@ -125,8 +125,8 @@ def check_meta(recorded: CollectionMeta, wanted: CollectionMeta, collection: str
         f"collection {collection!r} in {location} was built with model {recorded.model_id} "
         f"(D={recorded.dim}, R={recorded.num_regions}, layout {recorded.region_layout}, "
         f"schema v{recorded.schema_version}), not {wanted.model_id} (D={wanted.dim}, "
-        f"R={wanted.num_regions}, layout {wanted.region_layout}, schema v{wanted.schema_version}): "
-        "use the model the collection was built with, or pass another --collection"
+        f"R={wanted.num_regions}, layout {wanted.region_layout}, schema v{wanted.schema_version}); "
+        + REINGEST_HINT
     )
 
 

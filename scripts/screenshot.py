@@ -1,0 +1,81 @@
+"""Retake ``docs/screenshot.png``: the map page on the demo store, with the shipped model.
+
+Run ``make demo`` first (it builds ``.demo/store``), then::
+
+    python scripts/screenshot.py ["a road through green farmland"] [--store .demo/store]
+
+Starts ``ftfsearch serve`` on loopback, opens ``/?q=QUERY`` in Debian's Chromium (Playwright,
+no browser download), selects the first result, saves the page, and stops the server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from urllib.parse import quote_plus
+
+REPO = Path(__file__).resolve().parents[1]
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("query", nargs="?", default="a road through green farmland")
+    ap.add_argument("--store", type=Path, default=REPO / ".demo" / "store")
+    ap.add_argument("--out", type=Path, default=REPO / "docs" / "screenshot.png")
+    ap.add_argument("--select", type=int, default=0, help="result to open in detail (0 = best)")
+    args = ap.parse_args()
+    if not args.store.is_dir():
+        raise SystemExit(f"{args.store}: no store; run make demo first")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    exe = Path(sys.executable).parent / "ftfsearch"
+    server = subprocess.Popen([str(exe), "serve", "--store", str(args.store), "--port", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(240):
+            try:
+                urllib.request.urlopen(url + "/api/info", timeout=2).read()
+                break
+            except OSError:
+                if server.poll() is not None:
+                    raise SystemExit(f"ftfsearch serve exited: {server.stderr.read() if server.stderr else ''}")
+                time.sleep(0.5)
+        from playwright.sync_api import sync_playwright
+
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_FLAGS)
+            page = browser.new_page(viewport={"width": 1400, "height": 860})
+            page.goto(f"{url}/?q={quote_plus(args.query)}")
+            page.wait_for_selector(".result", timeout=60_000)
+            page.wait_for_function("[...document.querySelectorAll('.result img')].every(i => i.complete && i.naturalWidth > 0)")
+            page.locator(".result").nth(args.select).click()
+            page.wait_for_selector("#detail:not([hidden])")
+            page.wait_for_function("document.getElementById('detail-chip').complete")
+            page.wait_for_timeout(1500)  # the map's fly-to animation
+            raw = args.out.with_suffix(".raw.png")
+            page.screenshot(path=str(raw))
+            browser.close()
+        from PIL import Image
+
+        with Image.open(raw) as im:  # 256 colours: a third of the bytes in git
+            im.convert("RGB").quantize(256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE).save(
+                args.out, optimize=True)
+        raw.unlink()
+        print(f"wrote {args.out}")
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
