@@ -8,7 +8,7 @@ DEMO_STORE := .demo/store
 # results a person can check by eye. 224 px tiles at half overlap, plus 448 px windows (level 2).
 DEMO_SCENE := tests/data/pix4d_alpha_nodata.tif
 DEMO_TILING := --tile-size 224 --overlap 0.5 --levels 1,2
-DEMO_QUERY ?= a road through green farmland
+DEMO_QUERY ?= a road between fields
 DEMO_QUERY2 ?= houses with red roofs
 
 .PHONY: venv qdrant demo serve test clean
