@@ -4,7 +4,7 @@ Run ``make demo`` first (it builds ``.demo/store``), then::
 
     python scripts/screenshot.py ["a road through green farmland"] [--store .demo/store]
 
-Starts ``ftfsearch serve`` on loopback, opens ``/?q=QUERY`` in Debian's Chromium (Playwright,
+Starts ``ftfsearch serve`` on loopback, searches QUERY on the page in Debian's Chromium (Playwright,
 no browser download), selects the first result, saves the page, and stops the server.
 """
 
@@ -17,7 +17,6 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
-from urllib.parse import quote_plus
 
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -30,6 +29,7 @@ def main() -> int:
     ap.add_argument("--store", type=Path, default=REPO / ".demo" / "store")
     ap.add_argument("--out", type=Path, default=REPO / "docs" / "screenshot.png")
     ap.add_argument("--select", type=int, default=0, help="result to open in detail (0 = best)")
+    ap.add_argument("--k", type=int, default=6, help="results to list")
     args = ap.parse_args()
     if not args.store.is_dir():
         raise SystemExit(f"{args.store}: no store; run make demo first")
@@ -54,12 +54,16 @@ def main() -> int:
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_FLAGS)
             page = browser.new_page(viewport={"width": 1400, "height": 860})
-            page.goto(f"{url}/?q={quote_plus(args.query)}")
+            page.goto(url + "/")
+            page.wait_for_selector("body[data-ready='1']", timeout=60_000)
+            page.fill("#k", str(args.k))  # the list's chips load lazily: keep them all in view
+            page.fill("#q", args.query)
+            page.press("#q", "Enter")
             page.wait_for_selector(".result", timeout=60_000)
-            page.wait_for_function("[...document.querySelectorAll('.result img')].every(i => i.complete && i.naturalWidth > 0)")
+            page.wait_for_function("[...document.querySelectorAll('.result img')].every(i => i.complete && i.naturalWidth > 0)", timeout=180_000)
             page.locator(".result").nth(args.select).click()
             page.wait_for_selector("#detail:not([hidden])")
-            page.wait_for_function("document.getElementById('detail-chip').complete")
+            page.wait_for_function("document.getElementById('detail-chip').complete", timeout=180_000)
             page.wait_for_timeout(1500)  # the map's fly-to animation
             raw = args.out.with_suffix(".raw.png")
             page.screenshot(path=str(raw))
