@@ -476,8 +476,6 @@ def _make_task(config: TrainConfig, captions: list[str], ckpt: dict[str, Any] | 
         return _ClipTask(config, captions, ckpt, device)
     if config.arch == "pretrained":
         return _PretrainedTask(config, captions, ckpt, device)
-    if config.arch != "scratch":
-        raise BadInput(f"arch {config.arch!r}: use 'pretrained' or 'scratch'")
     return _FtfTask(config, captions, ckpt, device)
 
 
@@ -596,6 +594,8 @@ def train(config: TrainConfig, progress: Callable[[TrainProgress], None] | None 
         ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
     if config.epochs < 1 or config.batch_size < 2:
         raise BadInput("--epochs must be >= 1 and --batch-size >= 2")
+    if config.arch not in ("pretrained", "scratch"):
+        raise BadInput(f"--arch {config.arch!r}: use pretrained or scratch")
 
     report(TrainProgress("data", 0, config.epochs, message="loading and caching images"))
     parts = _splits(config, "train", config.max_train_images)
