@@ -31,6 +31,7 @@ import torch.nn.functional as F
 
 from ftfsearch.errors import BadInput, ModelNotFound
 from ftfsearch.model.backbones import (
+    BASES,
     LITE0,
     LITE_MEAN,
     LITE_STD,
@@ -440,8 +441,6 @@ def read_pretrained_config(path: Path, raw: dict[str, Any]) -> PretrainedConfig:
     except (KeyError, TypeError, ValueError) as exc:
         raise ModelNotFound(f"{path / CONFIG_NAME}: invalid model config ({exc})") from None
     for name, digest in cfg.base_sha256.items():
-        from ftfsearch.model.backbones import BASES
-
         base = BASES.get(name)
         if base is None or base.sha256 != digest:
             raise ModelNotFound(f"{path}: trained on base {name} with sha256 {digest[:16]}..., which this ftfsearch does not pin")
