@@ -26,7 +26,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ftfsearch.errors import ModelNotFound
+from ftfsearch.errors import BadInput, ModelNotFound
 from ftfsearch.model.base import RerankParams
 from ftfsearch.model.regions import DEFAULT_LAYOUT, layout_boxes
 from ftfsearch.model.text import count_tokens, encode_batch, load_tokenizer
@@ -225,52 +225,73 @@ def prepare_images(images: torch.Tensor, size: int) -> torch.Tensor:
     return x
 
 
-class FtfEncoder:
-    """The :class:`~ftfsearch.model.base.Encoder` over an :class:`FtfModel` and its tokenizer."""
+class FtfEncoderBase:
+    """What both FTF families' encoders share: identity, region boxes, and encoding in chunks.
 
-    def __init__(self, model: FtfModel, tokenizer: Any, device: torch.device, weights_digest: str,
-                 batch_size: int = 128) -> None:
-        self.model = model.to(device).eval()
-        self.cfg = model.cfg
-        self.tokenizer = tokenizer
+    Subclasses set ``model`` (with ``cfg``) and implement ``_embed_images`` (uint8 chunk on the
+    device -> unit coarse and regions) and ``_embed_texts``.
+    """
+
+    text_chunk = 512
+
+    def _setup(self, cfg: Any, device: torch.device, weights_digest: str, batch_size: int) -> None:
+        self.cfg = cfg
         self.device = device
-        self.dim = self.cfg.dim
-        self.region_layout = self.cfg.region_layout
-        self._boxes = layout_boxes(self.cfg.region_layout)
+        self.dim = cfg.dim
+        self.region_layout = cfg.region_layout
+        self._boxes = layout_boxes(cfg.region_layout)
         self.num_regions = int(self._boxes.shape[0])
-        self.rerank_params = self.cfg.rerank
-        self.max_text_tokens = self.cfg.max_text_tokens
-        self.id = f"ftf:{self.cfg.name}:{weights_digest[:12]}"
+        self.rerank_params = cfg.rerank
+        self.max_text_tokens = cfg.max_text_tokens
+        self.id = f"ftf:{cfg.name}:{weights_digest[:12]}"
         self.batch_size = batch_size
 
     @property
     def region_boxes(self) -> np.ndarray:
         return self._boxes.copy()
 
+    def _embed_images(self, chunk: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def _embed_texts(self, texts: list[str]) -> torch.Tensor:
+        raise NotImplementedError
+
     @torch.inference_mode()
     def encode_images(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if images.dim() != 4 or images.shape[-1] != 3:
-            raise ValueError(f"encode_images expects uint8 [B, H, W, 3], got {tuple(images.shape)}")
+            raise BadInput(f"images: expected uint8 [B, H, W, 3], got {tuple(images.shape)}")
         gs, rs = [], []
         for start in range(0, images.shape[0], self.batch_size):
-            chunk = images[start:start + self.batch_size].to(self.device)
-            x = self.model.normalize_pixels(prepare_images(chunk, self.cfg.image_size))
-            g, r = self.model.forward_images(x)
-            gs.append(g.cpu())
-            rs.append(r.cpu())
+            g, r = self._embed_images(images[start:start + self.batch_size].to(self.device))
+            gs.append(g.float().cpu())
+            rs.append(r.float().cpu())
         if not gs:
             return torch.zeros(0, self.dim), torch.zeros(0, self.num_regions, self.dim)
         return torch.cat(gs), torch.cat(rs)
 
     @torch.inference_mode()
     def encode_text(self, texts: list[str]) -> torch.Tensor:
-        out = []
-        for start in range(0, len(texts), 512):
-            ids = encode_batch(self.tokenizer, texts[start:start + 512], self.max_text_tokens).to(self.device)
-            out.append(self.model.forward_text(ids).cpu())
+        out = [self._embed_texts(texts[start:start + self.text_chunk]).cpu()
+               for start in range(0, len(texts), self.text_chunk)]
         if not out:
             return torch.zeros(0, self.dim)
         return torch.cat(out)
+
+
+class FtfEncoder(FtfEncoderBase):
+    """The :class:`~ftfsearch.model.base.Encoder` over an :class:`FtfModel` and its tokenizer."""
+
+    def __init__(self, model: FtfModel, tokenizer: Any, device: torch.device, weights_digest: str,
+                 batch_size: int = 128) -> None:
+        self.model = model.to(device).eval()
+        self.tokenizer = tokenizer
+        self._setup(model.cfg, device, weights_digest, batch_size)
+
+    def _embed_images(self, chunk: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.model.forward_images(self.model.normalize_pixels(prepare_images(chunk, self.cfg.image_size)))
+
+    def _embed_texts(self, texts: list[str]) -> torch.Tensor:
+        return self.model.forward_text(encode_batch(self.tokenizer, texts, self.max_text_tokens).to(self.device))
 
     def count_text_tokens(self, text: str) -> int:
         return count_tokens(self.tokenizer, text)

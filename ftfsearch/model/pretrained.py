@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -44,7 +43,7 @@ from ftfsearch.model.backbones import (
     minilm_dir,
 )
 from ftfsearch.model.base import RerankParams
-from ftfsearch.model.ftf import box_pooling_matrix, prepare_images, weights_digest
+from ftfsearch.model.ftf import FtfEncoderBase, box_pooling_matrix, prepare_images, weights_digest
 from ftfsearch.model.regions import DEFAULT_LAYOUT, layout_boxes
 
 FAMILY = "pretrained"
@@ -339,53 +338,38 @@ class TextTokenizer:
         return len(self.tok.encode(text).ids)
 
 
-class PretrainedFtfEncoder:
+class PretrainedFtfEncoder(FtfEncoderBase):
     """The :class:`~ftfsearch.model.base.Encoder` over a :class:`PretrainedFtfModel`."""
+
+    text_chunk = 256
 
     def __init__(self, model: PretrainedFtfModel, device: torch.device, weights_digest: str, batch_size: int = 16,
                  runtime: str = "auto") -> None:
-        self.model = model.to(device).eval()
-        self.cfg = model.cfg
-        self.device = device
-        self.tokenizer = TextTokenizer(self.cfg.max_text_tokens)
-        self.trunk = fused_trunk(model.image.trunk).to(device)
         if runtime not in ("auto", "torch", "onnxruntime"):
             raise BadInput(f"runtime {runtime!r}: use auto, torch or onnxruntime")
+        self.model = model.to(device).eval()
+        self._setup(model.cfg, device, weights_digest, batch_size)
+        self.tokenizer = TextTokenizer(self.cfg.max_text_tokens)
         self.runtime = runtime if runtime != "auto" else ("onnxruntime" if device.type == "cpu" else "torch")
+        self._trunk: EfficientNetLite | None = None
         self._ort: OrtImagePath | None = None
         self._ort_tried = False
-        self.dim = self.cfg.dim
-        self.region_layout = self.cfg.region_layout
-        self._boxes = layout_boxes(self.cfg.region_layout)
-        self.num_regions = int(self._boxes.shape[0])
-        self.rerank_params = self.cfg.rerank
-        self.max_text_tokens = self.cfg.max_text_tokens
-        self.id = f"ftf:{self.cfg.name}:{weights_digest[:12]}"
-        self.batch_size = batch_size
 
     @property
-    def region_boxes(self) -> np.ndarray:
-        return self._boxes.copy()
+    def trunk(self) -> EfficientNetLite:
+        """The fused inference trunk, built on first use: a process that only encodes text never pays for it."""
+        if self._trunk is None:
+            self._trunk = fused_trunk(self.model.image.trunk).to(self.device)
+        return self._trunk
 
-    @torch.inference_mode()
-    def encode_images(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if images.dim() != 4 or images.shape[-1] != 3:
-            raise BadInput(f"images: expected uint8 [B, H, W, 3], got {tuple(images.shape)}")
+    def _embed_images(self, chunk: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.model.normalize_pixels(prepare_images(chunk, self.cfg.image_size))
         ort_path = self._ort_path()
-        gs, rs = [], []
-        for start in range(0, images.shape[0], self.batch_size):
-            chunk = images[start:start + self.batch_size].to(self.device)
-            x = self.model.normalize_pixels(prepare_images(chunk, self.cfg.image_size))
-            if ort_path is not None and ort_path.threads == torch.get_num_threads():
-                g, r = ort_path(x)
-            else:
-                finer, top = self.trunk.forward_split(x.contiguous(memory_format=torch.channels_last))
-                g, r = self.model.image.heads(finer, top)
-            gs.append(F.normalize(g.float(), dim=-1).cpu())
-            rs.append(F.normalize(r.float(), dim=-1).cpu())
-        if not gs:
-            return torch.zeros(0, self.dim), torch.zeros(0, self.num_regions, self.dim)
-        return torch.cat(gs), torch.cat(rs)
+        if ort_path is not None:
+            return ort_path(x)
+        finer, top = self.trunk.forward_split(x.contiguous(memory_format=torch.channels_last))
+        g, r = self.model.image.heads(finer, top)
+        return F.normalize(g.float(), dim=-1), F.normalize(r.float(), dim=-1)
 
     def _ort_path(self) -> OrtImagePath | None:
         """The ONNX Runtime image path, exported on first use (text-only processes never pay for it);
@@ -397,15 +381,9 @@ class PretrainedFtfEncoder:
             self._ort = OrtImagePath.build(_FusedImagePath(self.model.image, self.trunk), self.cfg.image_size)
         return self._ort
 
-    @torch.inference_mode()
-    def encode_text(self, texts: list[str]) -> torch.Tensor:
-        out = []
-        for start in range(0, len(texts), 256):
-            ids, mask = self.tokenizer(texts[start:start + 256])
-            out.append(self.model.forward_text(ids.to(self.device), mask.to(self.device)).cpu())
-        if not out:
-            return torch.zeros(0, self.dim)
-        return torch.cat(out)
+    def _embed_texts(self, texts: list[str]) -> torch.Tensor:
+        ids, mask = self.tokenizer(texts)
+        return self.model.forward_text(ids.to(self.device), mask.to(self.device))
 
     def count_text_tokens(self, text: str) -> int:
         return self.tokenizer.count(text)
