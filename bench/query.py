@@ -252,7 +252,7 @@ def measure(opts: Options, encoder: Encoder, model_note: str, store: Store, buil
         vec = tv.numpy()
         st["recall"].append(timed(lambda: store.recall(vec, rk, with_vectors=False))[0])
         ms_f, cands = timed(lambda: store.recall(vec, rk, with_vectors=True))
-        ms_r, _ = timed(lambda: searcher._rank(tv, cands, k, True))
+        ms_r, _ = timed(lambda: searcher.rank(tv[None], tv.new_zeros((0, tv.shape[0])), cands, k, True))
         st["recall_fetch"].append(ms_f)
         st["rerank"].append(ms_r)
         st["fetch_rerank"].append(ms_f + ms_r)
@@ -278,7 +278,7 @@ def measure(opts: Options, encoder: Encoder, model_note: str, store: Store, buil
         for q in texts[: opts.plain_queries]:
             tv = encoder.encode_text([q])[0]
             ms_f, cands = timed(lambda: store.recall(tv.numpy(), rk, with_vectors=True))
-            plain.append(ms_f + timed(lambda: searcher._rank(tv, cands, k, True))[0])
+            plain.append(ms_f + timed(lambda: searcher.rank(tv[None], tv.new_zeros((0, tv.shape[0])), cands, k, True))[0])
     finally:
         store.payload_vectors = True  # type: ignore[attr-defined]
     transport = _transport_comparison(store, searcher, cached, texts[: opts.transport_queries], k, rk)

@@ -6,6 +6,7 @@ import functools
 import json
 import logging
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any, Callable, Optional, TypeVar
@@ -42,8 +43,17 @@ log = logging.getLogger("ftfsearch")
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+# Library messages name parameters in the API's words; on the command line they are flags.
+_PARAM_AT_START = re.compile(r"^(like_region|unlike_region|like|unlike|labels|output) ")
+
+
+def _as_flags(message: str) -> str:
+    """``like 'x': ...`` -> ``--like 'x': ...``."""
+    return _PARAM_AT_START.sub(lambda m: "--" + m.group(1).replace("_", "-") + " ", message, count=1)
+
+
 def _fail(message: str, code: int) -> None:
-    err.print(Text(f"error: {message}"), highlight=False)
+    err.print(Text(f"error: {_as_flags(message)}"), highlight=False)
     raise typer.Exit(code)
 
 
@@ -244,10 +254,37 @@ def ingest(
 
 
 # query -------------------------------------------------------------------------------------------
+LikeOpt = typer.Option(
+    None, "--like", help="An example of what you want: a tile id, a point lon,lat or an image file (repeatable)."
+)
+UnlikeOpt = typer.Option(None, "--unlike", help="An example of what you do not want, as --like (repeatable).")
+LikeRegionOpt = typer.Option(
+    None, "--like-region", help="REF:N: region N of a tile (a result's region_index) as the example (repeatable)."
+)
+UnlikeRegionOpt = typer.Option(None, "--unlike-region", help="REF:N: a region you do not want (repeatable).")
+
+
+def _example_refs(
+    like: Optional[list[str]], unlike: Optional[list[str]],
+    like_region: Optional[list[str]], unlike_region: Optional[list[str]],
+) -> list[Any]:
+    from ftfsearch.examples import parse_ref
+
+    given = (("like", like), ("unlike", unlike), ("like_region", like_region), ("unlike_region", unlike_region))
+    return [parse_ref(v, param) for param, values in given for v in values or ()]
+
+
 @app.command()
 @handles_errors
 def query(
-    text: str = typer.Argument(..., help="What to look for, in plain words."),
+    text: Optional[str] = typer.Argument(None, help="What to look for, in plain words (optional with --like)."),
+    like: Optional[list[str]] = LikeOpt,
+    unlike: Optional[list[str]] = UnlikeOpt,
+    like_region: Optional[list[str]] = LikeRegionOpt,
+    unlike_region: Optional[list[str]] = UnlikeRegionOpt,
+    labels: Optional[Path] = typer.Option(
+        None, "--labels", help="Add the marks of a labels file (labels export, or the map page) as examples."
+    ),
     k: int = typer.Option(10, "--k", help="Number of results."),
     recall_k: int = typer.Option(100, "--recall-k", help="Candidates recalled for the rerank."),
     no_rerank: bool = typer.Option(False, "--no-rerank", help="Return the coarse recall order."),
@@ -264,18 +301,28 @@ def query(
     model: Optional[str] = ModelOpt,
     device: Optional[str] = DeviceOpt,
 ) -> None:
-    """Search the ingested tiles: recall on coarse vectors, then rerank with the regions."""
+    """Search the ingested tiles by text, by example, or both: recall on coarse vectors, then rerank with the regions."""
     from ftfsearch.export import results_to_json, write_geojson
     from ftfsearch.search import Searcher, parse_bbox
 
     settings = _settings(store_dir=store, qdrant_url=qdrant_url, collection=collection, model=model, device=device)
     box = parse_bbox(bbox)
+    refs = _example_refs(like, unlike, like_region, unlike_region)
+    if labels is not None:
+        from ftfsearch.labels import read_labels
+
+        marks = read_labels(labels)
+        refs += marks.refs()
+        text = text if text is not None else marks.query
+    if text is None and not refs:
+        _fail("give a TEXT to look for, or an example with --like", 2)
     _single_thread_queries()
     encoder = _load_encoder(settings)
     db = _open_store(settings, read_only=True)
     try:
         response = Searcher(encoder, db, vector_cache_bytes=0).search(  # one query: nothing to reuse
-            text, k=k, recall_k=recall_k, rerank=not no_rerank, bbox=box, scenes=tuple(scene or ())
+            text, k=k, recall_k=recall_k, rerank=not no_rerank, bbox=box, scenes=tuple(scene or ()),
+            examples=refs,
         )
         if chips is not None:
             from ftfsearch.chips import scene_bands
@@ -283,10 +330,15 @@ def query(
             bands = scene_bands(db, [r.scene_id for r in response.results])
     finally:
         db.close()
+    title = " ".join(
+        [repr(text)] * (text is not None)
+        + [f"+{sum(r.positive for r in refs)} like"] * any(r.positive for r in refs)
+        + [f"-{sum(not r.positive for r in refs)} unlike"] * any(not r.positive for r in refs)
+    )
     for warning in response.warnings:
         err.print(Text(f"warning: {warning}"), highlight=False)
     if geojson is not None:
-        n = write_geojson(response.results, geojson, query=text)
+        n = write_geojson(response.results, geojson, query=title)
         err.print(f"wrote {n} features to {geojson}", highlight=False)
     if chips is not None:
         from ftfsearch.chips import write_chips
@@ -301,7 +353,7 @@ def query(
     if not response.results:
         err.print("no tiles matched (is the bbox or scene filter too narrow?)")
         return
-    table = Table(title=f"{text!r}", title_justify="left")
+    table = Table(title=title, title_justify="left")
     for col in ("#", "score", "coarse", "scene", "level", "window col,row,w,h", "bbox W,S,E,N", "region x0,y0,x1,y1"):
         table.add_column(col, no_wrap=True)
     for r in response.results:
@@ -321,6 +373,80 @@ def query(
     err.print(
         ", ".join(f"{stage} {ms:.1f} ms" for stage, ms in t.items()), highlight=False
     )
+
+
+# labels ------------------------------------------------------------------------------------------
+labels_app = typer.Typer(help="Marked tiles (hits and misses) as GeoJSON: for a later search, a detector or QGIS.")
+app.add_typer(labels_app, name="labels")
+
+
+@labels_app.command("export")
+@handles_errors
+def labels_export(
+    text: Optional[str] = typer.Argument(None, help="The query the marks belong to (recorded in the file)."),
+    like: Optional[list[str]] = typer.Option(None, "--like", help="A hit: tile id or point lon,lat (repeatable)."),
+    unlike: Optional[list[str]] = typer.Option(None, "--unlike", help="A miss: tile id or point lon,lat (repeatable)."),
+    like_region: Optional[list[str]] = LikeRegionOpt,
+    unlike_region: Optional[list[str]] = UnlikeRegionOpt,
+    output: Path = typer.Option(..., "--output", "-o", help="GeoJSON file to write."),
+    store: Optional[Path] = StoreOpt,
+    qdrant_url: Optional[str] = UrlOpt,
+    collection: Optional[str] = CollectionOpt,
+) -> None:
+    """Write marked tiles as a GeoJSON FeatureCollection with label positive|negative."""
+    from dataclasses import replace
+
+    from ftfsearch.examples import tile_at
+    from ftfsearch.labels import LabelSet, labels_from_refs, labels_to_geojson, write_labels
+
+    settings = _settings(store_dir=store, qdrant_url=qdrant_url, collection=collection)
+    refs = _example_refs(like, unlike, like_region, unlike_region)
+    if not refs:
+        _fail("give the marked tiles with --like and --unlike", 2)
+    db = _open_store(settings, read_only=True)
+    try:
+        meta = db.meta()
+        refs = [replace(r, tile_id=tile_at(db, r), point=None) if r.point is not None else r for r in refs]
+        collection_json = labels_to_geojson(
+            LabelSet(labels_from_refs(refs), query=text, model_id=None if meta is None else meta.model_id), db
+        )
+    finally:
+        db.close()
+    write_labels(output, collection_json)
+    err.print(f"wrote {len(collection_json['features'])} labels to {output}", highlight=False)
+
+
+@labels_app.command("import")
+@handles_errors
+def labels_import(
+    path: Path = typer.Argument(..., help="A labels GeoJSON file (labels export, or the map page's export)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the marks as JSON."),
+    store: Optional[Path] = StoreOpt,
+    qdrant_url: Optional[str] = UrlOpt,
+    collection: Optional[str] = CollectionOpt,
+) -> None:
+    """Check a labels file against the store and list its marks; 'query --labels FILE' searches with them."""
+    from ftfsearch.labels import labels_to_geojson, read_labels
+
+    marks = read_labels(path)
+    settings = _settings(store_dir=store, qdrant_url=qdrant_url, collection=collection)
+    db = _open_store(settings, read_only=True)
+    try:
+        checked = labels_to_geojson(marks, db)  # TileNotFound for a tile this store does not hold
+    finally:
+        db.close()
+    rows = [f["properties"] for f in checked["features"]]
+    if as_json:
+        out.print_json(json.dumps({"query": marks.query, "model_id": marks.model_id, "labels": rows}))
+        return
+    table = Table(title=f"{len(rows)} labels" + (f" for {marks.query!r}" if marks.query else ""), title_justify="left")
+    for col in ("label", "id", "region", "scene", "level", "window"):
+        table.add_column(col, no_wrap=True)
+    for p in rows:
+        table.add_row(p["label"], p["id"], "-" if p["region"] is None else str(p["region"]), str(p["scene_id"]),
+                      str(p["level"]), str(p["window"]))
+    out.print(table)
+    err.print(f"search with them: ftfsearch query --labels {path}", highlight=False)
 
 
 # scenes, drop, info ------------------------------------------------------------------------------

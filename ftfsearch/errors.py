@@ -61,6 +61,12 @@ class SceneNotFound(FtfError):
     exit_code = 7
 
 
+class TileNotFound(FtfError):
+    """No tile with this id is in the collection (an example, a chip)."""
+
+    exit_code = 9
+
+
 class CollectionNotFound(FtfError):
     """The collection does not exist yet (nothing ingested)."""
 

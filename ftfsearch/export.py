@@ -14,11 +14,12 @@ def results_to_json(results: Iterable[Result]) -> list[dict[str, Any]]:
     return [r.to_dict() for r in results]
 
 
-def _ring(result: Result) -> list[list[float]] | None:
-    if result.footprint:
-        ring = [[float(x), float(y)] for x, y in result.footprint]
-    elif result.bbox:
-        w, s, e, n = result.bbox
+def polygon_ring(footprint: list[list[float]] | None, bbox: list[float] | None) -> list[list[float]] | None:
+    """A tile's WGS84 ring as RFC 7946 wants it (closed, counter-clockwise); None without CRS."""
+    if footprint:
+        ring = [[float(x), float(y)] for x, y in footprint]
+    elif bbox:
+        w, s, e, n = bbox
         ring = [[w, s], [e, s], [e, n], [w, n]]
     else:
         return None
@@ -35,7 +36,7 @@ def results_to_geojson(results: Iterable[Result], query: str | None = None) -> d
     """A FeatureCollection of result footprints with scores; tiles without a CRS are left out."""
     features = []
     for r in results:
-        ring = _ring(r)
+        ring = polygon_ring(r.footprint, r.bbox)
         if ring is None:
             continue
         props = r.to_dict()

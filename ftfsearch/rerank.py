@@ -60,3 +60,49 @@ def bti(
     s_f = torch.einsum("td,tkd->tk", text, v_b)
     scores = (1.0 - alpha) * s_c + alpha * s_f
     return BtiOutput(scores=scores, fine=s_f, coarse=s_c, attention=attn)
+
+
+NEGATIVE_WEIGHT = 0.5
+"""Weight of the negatives' mean against the positives' mean in a search by example (Qdrant's
+``average_vector`` recommend strategy weighs them the same way: 2 avg(p) - avg(n))."""
+
+
+@dataclass
+class FusedOutput:
+    """Scores of K candidates for a set of positive and negative query vectors."""
+
+    scores: torch.Tensor
+    """``[K]``: with one positive and no negative, its BTI score; else the fused z-scores."""
+    fine: torch.Tensor
+    """``[K]`` fine scores of the lead (first) positive."""
+    attention: torch.Tensor
+    """``[K, R]`` attention of the lead positive: which region matched."""
+
+
+def bti_fused(
+    positives: torch.Tensor,
+    negatives: torch.Tensor,
+    coarse: torch.Tensor,
+    regions: torch.Tensor,
+    tau: float,
+    alpha: float,
+    balanced: bool = True,
+    negative_weight: float = NEGATIVE_WEIGHT,
+) -> FusedOutput:
+    """BTI for each of P positive and N negative query vectors (text, example tiles, example
+    regions), fused without parameters to learn: each one's scores are standardised over the
+    candidates (a text and an image example score on different scales), positives averaged,
+    minus ``negative_weight`` times the negatives' average. One positive alone keeps its raw
+    BTI score, so a text query ranks exactly as :func:`bti` does."""
+    queries = torch.cat([positives, negatives.to(positives.dtype)]) if len(negatives) else positives
+    out = bti(queries, coarse, regions, tau=tau, alpha=alpha, balanced=balanced)
+    p = positives.shape[0]
+    if queries.shape[0] == 1:
+        scores = out.scores[0]
+    else:
+        s = out.scores
+        z = (s - s.mean(dim=1, keepdim=True)) / (s.std(dim=1, keepdim=True, unbiased=False) + 1e-6)
+        scores = z[:p].mean(dim=0)
+        if z.shape[0] > p:
+            scores = scores - negative_weight * z[p:].mean(dim=0)
+    return FusedOutput(scores=scores, fine=out.fine[0], attention=out.attention[0])

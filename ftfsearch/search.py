@@ -6,6 +6,7 @@ import logging
 import math
 import time
 import unicodedata
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,7 +15,8 @@ import torch
 
 from ftfsearch.errors import REINGEST_HINT, BadInput, CollectionNotFound, ModelMismatch
 from ftfsearch.model.base import Encoder
-from ftfsearch.rerank import bti
+from ftfsearch.examples import ExampleRef, resolve
+from ftfsearch.rerank import bti_fused
 from ftfsearch.store.base import Candidates, QueryFilter, Store
 from ftfsearch.store.vector_cache import VectorCache
 
@@ -179,42 +181,71 @@ class Searcher:
 
     def search(
         self,
-        text: str,
+        text: str | None = None,
         k: int = 10,
         recall_k: int = 100,
         rerank: bool = True,
         bbox: tuple[float, float, float, float] | None = None,
         scenes: tuple[str, ...] = (),
+        examples: Sequence[ExampleRef] = (),
     ) -> SearchResponse:
+        """Text, examples (``like``/``unlike`` references), or both: recall, then the rerank.
+
+        With examples, recall is Qdrant's recommend query (``sum_scores``) over the coarse
+        vectors with the text and liked examples as positives and the unliked as negatives; the
+        rerank fuses one BTI per query vector (:func:`~ftfsearch.rerank.bti_fused`). The
+        examples' own tiles are never returned.
+        """
         if not 1 <= k <= MAX_K:
             raise BadInput(f"--k {k}: must be between 1 and {MAX_K}")
         if not 1 <= recall_k <= MAX_RECALL_K:
             raise BadInput(f"--recall-k {recall_k}: must be between 1 and {MAX_RECALL_K}")
         recall_k = max(recall_k, k)
-        cleaned, warnings = clean_query(text, self.encoder)
         timings: dict[str, float] = {}
+        warnings: list[str] = []
+        has_text = text is not None and bool(str(text).strip()) or not examples
+        if not has_text and not any(e.positive for e in examples):
+            raise BadInput("like: an unlike example needs a text or at least one like example beside it")
+        positives: list[torch.Tensor] = []
+        if has_text:
+            cleaned, warnings = clean_query(text if text is not None else "", self.encoder)
+            t0 = time.perf_counter()
+            positives.append(self.encoder.encode_text([cleaned])[0].float().cpu())
+            timings["encode_text"] = (time.perf_counter() - t0) * 1000
+        negatives: list[torch.Tensor] = []
+        exclude: tuple[str, ...] = ()
+        if examples:
+            t0 = time.perf_counter()
+            resolved = resolve(examples, self.store, self.encoder)
+            timings["examples"] = (time.perf_counter() - t0) * 1000
+            for ex in resolved:
+                (positives if ex.ref.positive else negatives).append(torch.from_numpy(ex.vector))
+            exclude = tuple(dict.fromkeys(ex.tile_id for ex in resolved if ex.tile_id is not None))
+        pos = torch.stack(positives)
+        neg = torch.stack(negatives) if negatives else pos.new_zeros((0, pos.shape[1]))
+        # What a recalled score is the dot product of: the cache checks its vectors against it.
+        score_vec = (pos.sum(0) - neg.sum(0)).numpy() if examples else pos[0].numpy()
 
         t0 = time.perf_counter()
-        text_vec = self.encoder.encode_text([cleaned])[0]
-        timings["encode_text"] = (time.perf_counter() - t0) * 1000
-
-        t0 = time.perf_counter()
-        flt = QueryFilter(bbox=bbox, scene_ids=tuple(scenes)) if (bbox or scenes) else None
+        flt = QueryFilter(bbox=bbox, scene_ids=tuple(scenes), exclude_ids=exclude) if (bbox or scenes or exclude) else None
         # The rerank reads only vectors: payloads come for the k winners, not all K candidates
         # (afterwards, or with the cache misses' vectors on the cached path).
         cached = rerank and self.vector_cache is not None
-        cands = self.store.recall(
-            text_vec.numpy(), recall_k if rerank else k, flt=flt, with_vectors=rerank and not cached,
-            with_payload=not rerank,
-        )
+        limit = recall_k if rerank else k
+        if examples:
+            cands = self.store.recommend(pos.numpy(), neg.numpy(), limit, flt=flt, with_vectors=rerank and not cached,
+                                         with_payload=not rerank)
+        else:
+            cands = self.store.recall(pos[0].numpy(), limit, flt=flt, with_vectors=rerank and not cached,
+                                      with_payload=not rerank)
         timings["recall"] = (time.perf_counter() - t0) * 1000
         if cached:
             t0 = time.perf_counter()
-            cands = self._with_cached_vectors(cands, text_vec.numpy())
+            cands = self._with_cached_vectors(cands, score_vec)
             timings["vectors"] = (time.perf_counter() - t0) * 1000
 
         t0 = time.perf_counter()
-        results = self._rank(text_vec, cands, k, rerank)
+        results = self.rank(pos, neg, cands, k, rerank)
         timings["rerank"] = (time.perf_counter() - t0) * 1000
         if rerank and results and not cached:
             t0 = time.perf_counter()
@@ -265,7 +296,11 @@ class Searcher:
             kept.append(r)
         return kept
 
-    def _rank(self, text_vec: torch.Tensor, cands: Candidates, k: int, rerank: bool) -> list[Result]:
+    def rank(
+        self, positives: torch.Tensor, negatives: torch.Tensor, cands: Candidates, k: int, rerank: bool
+    ) -> list[Result]:
+        """The top ``k`` of recalled candidates: reranked by the fused BTI of the positive and
+        negative query vectors (``[P, D]``, ``[N, D]``), or in recall order."""
         n = len(cands)
         if n == 0:
             return []
@@ -276,17 +311,18 @@ class Searcher:
             assert cands.coarse is not None and cands.regions is not None
             device = self.encoder.device
             params = self.encoder.rerank_params
-            out = bti(
-                text_vec.to(device),
+            out = bti_fused(
+                positives.to(device),
+                negatives.to(device),
                 torch.from_numpy(np.ascontiguousarray(cands.coarse)).to(device),
                 torch.from_numpy(np.ascontiguousarray(cands.regions)).to(device),
                 tau=params.tau,
                 alpha=params.alpha,
                 balanced=params.balanced,
             )
-            scores = out.scores[0].float().cpu().numpy()
-            fine = out.fine[0].float().cpu().numpy()
-            best_region = out.attention[0].argmax(dim=-1).cpu().numpy()
+            scores = out.scores.float().cpu().numpy()
+            fine = out.fine.float().cpu().numpy()
+            best_region = out.attention.argmax(dim=-1).cpu().numpy()
             order = np.argsort(-scores, kind="stable")[:k]
         else:
             scores = coarse_scores

@@ -295,6 +295,52 @@ def test_scene_filter(store: Store) -> None:
         store.recall(t, 5, flt=QueryFilter(bbox=(11.0, 45.0, 10.0, 46.0)))
 
 
+def test_recommend_sum_scores_matches_numpy(store: Store) -> None:
+    """sum_scores: sum of cosines to the positives minus those to the negatives, as brute force;
+    exclude_ids keeps the examples themselves out."""
+    filled(store)
+    pos = np.stack([DATA.coarse[3], DATA.coarse[5]])
+    neg = np.stack([DATA.coarse[20]])
+    want = DATA.coarse @ pos.T
+    want = want.sum(axis=1) - (DATA.coarse @ neg.T).sum(axis=1)
+    examples = (DATA.batch.ids[3], DATA.batch.ids[5], DATA.batch.ids[20])
+    want[DATA.index(list(examples))] = -np.inf
+    order = np.argsort(-want, kind="stable")[:8]
+    got = store.recommend(pos, neg, 8, flt=QueryFilter(exclude_ids=examples), with_vectors=True)
+    assert got.ids == [DATA.batch.ids[i] for i in order]
+    np.testing.assert_allclose(got.scores, want[order], atol=1e-4)
+    assert got.coarse is not None and got.regions is not None and got.regions.shape == (8, R, D)
+    # No negatives, and a scene filter combined with the exclusion.
+    flt = QueryFilter(scene_ids=("scene-b",), exclude_ids=(DATA.batch.ids[13],))
+    got = store.recommend(DATA.coarse[13:14], np.zeros((0, D), np.float32), 5, flt=flt, with_vectors=False)
+    assert got.ids and DATA.batch.ids[13] not in got.ids
+    assert all(p["scene_id"] == "scene-b" for p in got.payloads)
+    best = store.recommend(pos, neg, 3, strategy="best_score", with_vectors=False)
+    assert len(best) == 3
+    with pytest.raises(BadInput, match="strategy"):
+        store.recommend(pos, neg, 3, strategy="average")
+    with pytest.raises(BadInput, match="positive"):
+        store.recommend(np.zeros((0, D), np.float32), neg, 3)
+
+
+def test_exclude_ids_in_recall(store: Store) -> None:
+    filled(store)
+    t = texts()[4]
+    top = store.recall(t, 3, with_vectors=False).ids
+    got = store.recall(t, 3, flt=QueryFilter(exclude_ids=(top[0], "not-a-uuid")), with_vectors=False)
+    assert got.ids == top[1:] + [brute_force(t, 4)[0][3]]
+
+
+def test_find_tiles_under_a_point(store: Store) -> None:
+    filled(store)
+    lon, lat = 10.3, 45.1  # inside scene-a (one tile) only
+    found = store.find_tiles(QueryFilter(bbox=(lon, lat, lon, lat)))
+    want = {DATA.batch.ids[i] for i in np.flatnonzero(allowed(DATA, QueryFilter(bbox=(lon, lat, lon, lat))))}
+    assert {i for i, _ in found} == want and len(want) == 1
+    assert all("_ftf_vectors" not in p and p["west"] <= lon <= p["east"] for _, p in found)
+    assert store.find_tiles(QueryFilter(bbox=(0.0, 0.0, 0.0, 0.0))) == []
+
+
 def test_recall_maxsim_matches_numpy(store: Store) -> None:
     filled(store)
     for t in texts():

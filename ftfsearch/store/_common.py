@@ -20,7 +20,7 @@ import numpy as np
 
 from ftfsearch.errors import REINGEST_HINT, BadInput, ModelMismatch
 from ftfsearch.store import schema
-from ftfsearch.store.base import Candidates, CollectionMeta, QueryFilter, TileBatch
+from ftfsearch.store.base import RECOMMEND_STRATEGIES, Candidates, CollectionMeta, QueryFilter, TileBatch
 
 # Qdrant collection names become directory names in the embedded store: keep them plain.
 _COLLECTION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
@@ -56,7 +56,14 @@ class AnyCond:
     values: tuple[str, ...]
 
 
-Condition = RangeCond | AnyCond
+@dataclass(frozen=True)
+class ExcludeIds:
+    """The point is none of ``ids`` (a must-not condition)."""
+
+    ids: tuple[str, ...]
+
+
+Condition = RangeCond | AnyCond | ExcludeIds
 
 
 def check_collection_name(name: str) -> str:
@@ -114,7 +121,22 @@ def filter_conditions(flt: QueryFilter | None) -> list[Condition]:
         ]
     if flt.scene_ids:
         conds.append(AnyCond("scene_id", tuple(str(s) for s in flt.scene_ids)))
+    if flt.exclude_ids:
+        conds.append(ExcludeIds(tuple(valid_point_ids(flt.exclude_ids))))
     return conds
+
+
+def check_examples(
+    positives: np.ndarray, negatives: np.ndarray, meta: CollectionMeta | None, strategy: str
+) -> tuple[list[list[float]], list[list[float]]]:
+    """Recommend vectors as lists: at least one positive, each finite and of the collection's D."""
+    if strategy not in RECOMMEND_STRATEGIES:
+        raise BadInput(f"strategy {strategy!r}: use one of {', '.join(RECOMMEND_STRATEGIES)}")
+    pos = [check_text(v, meta).tolist() for v in np.atleast_2d(np.asarray(positives, dtype=np.float32)) if v.size]
+    neg = [check_text(v, meta).tolist() for v in np.atleast_2d(np.asarray(negatives, dtype=np.float32)) if v.size]
+    if not pos:
+        raise BadInput("positives: a recommend query needs at least one positive vector")
+    return pos, neg
 
 
 def check_meta(recorded: CollectionMeta, wanted: CollectionMeta, collection: str, location: str) -> None:

@@ -62,10 +62,17 @@ class TileBatch:
 
 @dataclass(frozen=True)
 class QueryFilter:
-    """Restricts recall: tiles whose WGS84 bbox intersects ``bbox``, and/or of given scenes."""
+    """Restricts recall: tiles whose WGS84 bbox intersects ``bbox``, and/or of given scenes,
+    and never the tiles in ``exclude_ids`` (the examples of a search by example)."""
 
     bbox: tuple[float, float, float, float] | None = None
     scene_ids: tuple[str, ...] = ()
+    exclude_ids: tuple[str, ...] = ()
+
+
+RECOMMEND_STRATEGIES = ("sum_scores", "best_score")
+"""Qdrant's recommend strategies that take raw vectors on both backends. ``sum_scores`` scores a
+tile by ``sum cos(p, g) - sum cos(n, g)``: linear in g, so one vector reproduces the score."""
 
 
 @dataclass
@@ -181,6 +188,26 @@ class Store(Protocol):
         ``with_payload=False`` returns empty payloads: the rerank needs only vectors, and the
         payloads of the few winners are cheaper to fetch afterwards (``get_tiles``).
         """
+        ...
+
+    def recommend(
+        self,
+        positives: np.ndarray,
+        negatives: np.ndarray,
+        k: int,
+        flt: QueryFilter | None = None,
+        with_vectors: bool = True,
+        with_payload: bool = True,
+        strategy: str = "sum_scores",
+    ) -> Candidates:
+        """Top ``k`` tiles by Qdrant's recommend query on the coarse vectors: ``positives [P, D]``
+        (P >= 1) and ``negatives [N, D]`` (N >= 0) as raw vectors, scored by ``strategy`` (one of
+        ``RECOMMEND_STRATEGIES``); otherwise as ``recall``."""
+        ...
+
+    def find_tiles(self, flt: QueryFilter, limit: int = 256) -> list[tuple[str, dict[str, Any]]]:
+        """``(id, payload)`` of up to ``limit`` tiles matching ``flt``, in id order, without
+        vectors (the tiles under a point, say: a zero-size ``bbox``)."""
         ...
 
     def get_tiles(self, ids: list[str]) -> list[tuple[str, dict[str, Any]]]:

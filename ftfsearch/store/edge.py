@@ -39,10 +39,12 @@ from ftfsearch.store._common import (
     VECTORS_FIELD,
     AnyCond,
     Condition,
+    ExcludeIds,
     RangeCond,
     candidates_of,
     check_batch,
     check_collection_name,
+    check_examples,
     check_k,
     check_meta,
     check_text,
@@ -114,12 +116,15 @@ def _edge_filter(conds: list[Condition]) -> qe.Filter | None:
     if not conds:
         return None
     must: list[Any] = []
+    must_not: list[Any] = []
     for c in conds:
         if isinstance(c, RangeCond):
             must.append(qe.FieldCondition(c.key, range=qe.RangeFloat(gte=c.gte, lte=c.lte)))
         elif isinstance(c, AnyCond):
             must.append(qe.FieldCondition(c.key, match=qe.MatchAny(list(c.values))))
-    return qe.Filter(must=must)
+        elif isinstance(c, ExcludeIds) and c.ids:
+            must_not.append(qe.HasIdCondition(set(c.ids)))
+    return qe.Filter(must=must or None, must_not=must_not or None)
 
 
 def _scene_filter(scene_id: str) -> qe.Filter:
@@ -475,6 +480,41 @@ class EdgeStore:
             with_vector=[schema.COARSE, schema.REGIONS] if with_vectors and not self.payload_vectors else False,
         )
         return self._candidates(tiles.query(request), with_vectors)
+
+    def recommend(
+        self,
+        positives: np.ndarray,
+        negatives: np.ndarray,
+        k: int,
+        flt: QueryFilter | None = None,
+        with_vectors: bool = True,
+        with_payload: bool = True,
+        strategy: str = "sum_scores",
+    ) -> Candidates:
+        tiles = self._need_tiles()
+        pos, neg = check_examples(positives, negatives, self.meta(), strategy)
+        kind = qe.Query.RecommendSumScores if strategy == "sum_scores" else qe.Query.RecommendBestScore
+        packed = with_vectors and self.payload_vectors
+        request = qe.QueryRequest(
+            limit=check_k(k),
+            query=kind(qe.RecommendQuery(pos, neg), using=schema.COARSE),
+            filter=_edge_filter(filter_conditions(flt)),
+            with_payload=_vectors_selector(packed, with_payload),
+            with_vector=[schema.COARSE, schema.REGIONS] if with_vectors and not self.payload_vectors else False,
+        )
+        return self._candidates(tiles.query(request), with_vectors)
+
+    def find_tiles(self, flt: QueryFilter, limit: int = 256) -> list[tuple[str, dict[str, Any]]]:
+        self._check_open()
+        if self._tiles is None:
+            return []
+        recs, _ = self._tiles.scroll(
+            qe.ScrollRequest(
+                limit=check_k(limit, "limit"), filter=_edge_filter(filter_conditions(flt)),
+                with_payload=_WITHOUT_PACKED, with_vector=False,
+            )
+        )
+        return [(str(r.id), r.payload or {}) for r in recs]
 
     def recall_maxsim(
         self, text: np.ndarray, k: int, recall_k: int = 100, flt: QueryFilter | None = None

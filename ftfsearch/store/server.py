@@ -39,10 +39,12 @@ from ftfsearch.store._common import (
     VECTORS_FIELD,
     AnyCond,
     Condition,
+    ExcludeIds,
     RangeCond,
     candidates_of,
     check_batch,
     check_collection_name,
+    check_examples,
     check_k,
     check_meta,
     check_text,
@@ -110,12 +112,15 @@ def _client_filter(conds: list[Condition]) -> qm.Filter | None:
     if not conds:
         return None
     must: list[Any] = []
+    must_not: list[Any] = []
     for c in conds:
         if isinstance(c, RangeCond):
             must.append(qm.FieldCondition(key=c.key, range=qm.Range(gte=c.gte, lte=c.lte)))
         elif isinstance(c, AnyCond):
             must.append(qm.FieldCondition(key=c.key, match=qm.MatchAny(any=list(c.values))))
-    return qm.Filter(must=must)
+        elif isinstance(c, ExcludeIds) and c.ids:
+            must_not.append(qm.HasIdCondition(has_id=list(c.ids)))
+    return qm.Filter(must=must or None, must_not=must_not or None)
 
 
 def _scene_filter(scene_id: str) -> qm.Filter:
@@ -597,11 +602,39 @@ class ServerStore:
         if meta is None:
             raise self._missing_collection()
         vec = check_text(text, meta).tolist()
+        return self._query_coarse("recall tiles", vec, vec, k, flt, with_vectors, with_payload)
+
+    def recommend(
+        self,
+        positives: np.ndarray,
+        negatives: np.ndarray,
+        k: int,
+        flt: QueryFilter | None = None,
+        with_vectors: bool = True,
+        with_payload: bool = True,
+        strategy: str = "sum_scores",
+    ) -> Candidates:
+        meta = self.meta()
+        if meta is None:
+            raise self._missing_collection()
+        pos, neg = check_examples(positives, negatives, meta, strategy)
+        query = qm.RecommendQuery(
+            recommend=qm.RecommendInput(positive=pos, negative=neg, strategy=qm.RecommendStrategy(strategy))
+        )
+        as_json = {"recommend": {"positive": pos, "negative": neg, "strategy": strategy}}
+        return self._query_coarse("recommend tiles", as_json, query, k, flt, with_vectors, with_payload)
+
+    def _query_coarse(
+        self, what: str, as_json: Any, query: Any, k: int, flt: QueryFilter | None,
+        with_vectors: bool, with_payload: bool,
+    ) -> Candidates:
+        """A query on the coarse vectors: ``as_json`` over the fast REST path, ``query`` (the
+        same in qdrant-client's models) otherwise."""
         limit = check_k(k)
         query_filter = _client_filter(filter_conditions(flt))
         if self.payload_vectors and not self._prefer_grpc:
             body: dict[str, Any] = {
-                "query": vec,
+                "query": as_json,
                 "using": schema.COARSE,
                 "limit": limit,
                 "with_payload": _json(_vectors_selector(with_vectors, with_payload)),
@@ -609,12 +642,12 @@ class ServerStore:
             }
             if query_filter is not None:
                 body["filter"] = query_filter.model_dump(mode="json", exclude_none=True)
-            return self._candidates(self._raw_points("recall tiles", body), with_vectors)
+            return self._candidates(self._raw_points(what, body), with_vectors)
         points = self._query(
-            "recall tiles",
+            what,
             lambda: self._client.query_points(
                 self.collection,
-                query=vec,
+                query=query,
                 using=schema.COARSE,
                 query_filter=query_filter,
                 limit=limit,
@@ -623,6 +656,22 @@ class ServerStore:
             ),
         )
         return self._candidates(points, with_vectors)
+
+    def find_tiles(self, flt: QueryFilter, limit: int = 256) -> list[tuple[str, dict[str, Any]]]:
+        try:
+            points, _ = self._run(
+                "find tiles",
+                lambda: self._client.scroll(
+                    self.collection,
+                    scroll_filter=_client_filter(filter_conditions(flt)),
+                    limit=check_k(limit, "limit"),
+                    with_payload=_WITHOUT_PACKED,
+                    with_vectors=False,
+                ),
+            )
+        except _Missing:
+            return []
+        return [(str(p.id), p.payload or {}) for p in points]
 
     def recall_maxsim(
         self, text: np.ndarray, k: int, recall_k: int = 100, flt: QueryFilter | None = None
