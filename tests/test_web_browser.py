@@ -192,8 +192,8 @@ def browser() -> Iterator[object]:
             b.close()
 
 
-def _save_screenshot(page: object, tmp_path: Path) -> Path:
-    shot = tmp_path / "ftfsearch-page.png"
+def _save_screenshot(page: object, tmp_path: Path, name: str = "screenshot") -> Path:
+    shot = tmp_path / f"ftfsearch-{name}.png"
     page.screenshot(path=str(shot))  # type: ignore[attr-defined]
     if os.environ.get("FTF_TEST_ARTIFACTS"):
         target = Path(os.environ["FTF_TEST_ARTIFACTS"])
@@ -205,7 +205,7 @@ def _save_screenshot(page: object, tmp_path: Path) -> Path:
         (REPO / "docs").mkdir(exist_ok=True)
         with Image.open(shot) as im:
             im.convert("RGB").quantize(256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE).save(
-                REPO / "docs" / "screenshot.png", optimize=True
+                REPO / "docs" / f"{name}.png", optimize=True
             )
     return shot
 
@@ -278,4 +278,79 @@ def test_search_page_in_chromium(server: Server, browser: object, tmp_path: Path
     assert requests and all(u.startswith(server.url) or u.startswith("data:") for u in requests), [
         u for u in requests if not u.startswith(server.url)
     ]
+    page.close()
+
+
+def _ids_on_page(page: object) -> list[str]:
+    return page.evaluate("[...document.querySelectorAll('.result')].map(li => li.dataset.id)")  # type: ignore[attr-defined]
+
+
+def test_marks_refine_export_and_reimport_in_chromium(server: Server, browser: object, tmp_path: Path) -> None:
+    """Thumbs up on one result and down on another: each mark searches again at once, the
+    marks panel lists them, the results are the API's for those examples; export the labels,
+    clear, import the file back: the same marks and the same results."""
+    page = browser.new_page(viewport={"width": 1400, "height": 860}, accept_downloads=True)  # type: ignore[attr-defined]
+    problems: list[str] = []
+    page.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
+    page.on("console", lambda msg: problems.append(f"console: {msg.text}") if msg.type == "error" else None)
+    page.goto(f"{server.url}/")
+    page.wait_for_selector("body[data-ready='1']", timeout=30_000)
+    page.evaluate("sessionStorage.clear()")
+    assert page.locator(".mark").count() == 0 and page.locator("#marks-export").is_disabled()
+    page.fill("#k", "8")
+    page.fill("#q", QUERY)
+    page.press("#q", "Enter")
+    page.wait_for_selector(".result", timeout=30_000)
+    first = _ids_on_page(page)
+    assert len(first) == 8
+
+    liked = first[0]
+    page.locator(".result").nth(0).locator("button.up").click()
+    page.wait_for_function("document.getElementById('status').textContent.includes('1 liked')", timeout=30_000)
+    assert page.locator(".mark.positive").count() == 1
+    after_like = _ids_on_page(page)
+    assert liked not in after_like and len(after_like) == 8
+
+    unliked = after_like[0]
+    page.locator(".result").nth(0).locator("button.down").click()
+    page.wait_for_function("document.getElementById('status').textContent.includes('1 unliked')", timeout=30_000)
+    assert page.locator(".mark").count() == 2 and page.locator(".mark.negative").count() == 1
+    marked = _ids_on_page(page)
+    assert liked not in marked and unliked not in marked
+    q = QUERY.replace(" ", "+")
+    status, body = _get(f"{server.url}/api/search?q={q}&k=8&like={liked}&unlike={unliked}")
+    api = json.loads(body)
+    assert status == 200 and [h["id"] for h in api["results"]] == marked
+    assert "Marks: 1" in page.inner_text("#marks-title")
+    page.wait_for_function("[...document.querySelectorAll('.mark img, .result img')].every(i => i.complete && i.naturalWidth > 0)")
+    _save_screenshot(page, tmp_path, "screenshot-marks")
+
+    with page.expect_download() as download:
+        page.click("#marks-export")
+    labels_path = tmp_path / "labels.geojson"
+    download.value.save_as(str(labels_path))
+    labels = json.loads(labels_path.read_text())
+    assert labels["type"] == "FeatureCollection" and labels["query"] == QUERY and labels["model_id"]
+    by_id = {f["properties"]["id"]: f["properties"]["label"] for f in labels["features"]}
+    assert by_id == {liked: "positive", unliked: "negative"}
+    assert all(f["geometry"]["type"] == "Polygon" for f in labels["features"])
+
+    page.click("#marks-clear")
+    page.wait_for_function("document.querySelectorAll('.mark').length === 0")
+    page.wait_for_function("!document.getElementById('status').textContent.includes('liked')", timeout=30_000)
+    page.fill("#q", "")
+    page.set_input_files("#marks-import", str(labels_path))
+    page.wait_for_function("document.querySelectorAll('.mark').length === 2", timeout=30_000)
+    page.wait_for_function("document.getElementById('status').textContent.includes('1 unliked')", timeout=30_000)
+    assert page.input_value("#q") == QUERY  # the labels' query comes back with them
+    assert _ids_on_page(page) == marked
+
+    # A file that is not labels: one line on the page, the marks stay.
+    bad = tmp_path / "not-labels.geojson"
+    bad.write_text('{"type": "Feature"}')
+    page.set_input_files("#marks-import", str(bad))
+    page.wait_for_selector("#status.error")
+    assert "not a GeoJSON FeatureCollection of labels" in page.inner_text("#status")
+    assert page.locator(".mark").count() == 2
+    assert all("400" in p for p in problems), problems  # only the browser's note of that 400
     page.close()

@@ -11,6 +11,7 @@ unreachable store or a bug), never a traceback.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import threading
@@ -42,7 +43,10 @@ from ftfsearch.errors import (
     SceneNotFound,
     SourceUnavailable,
     StoreUnavailable,
+    TileNotFound,
 )
+from ftfsearch.examples import ExampleRef, image_ref, parse_ref
+from ftfsearch.labels import MAX_LABELS, LabelSet, labels_to_geojson, parse_labels
 from ftfsearch.model.base import Encoder
 from ftfsearch.search import (
     DEFAULT_VECTOR_CACHE_BYTES,
@@ -62,6 +66,8 @@ LEAFLET_JS = STATIC_DIR / "vendor" / "leaflet" / "leaflet.js"
 MEMO_SECONDS = 300.0
 """How long tile payloads and scene band choices seen by searches serve chip requests without
 asking the store (a dropped and re-ingested scene shows its new bands after this)."""
+MAX_IMAGE_BYTES = 32 << 20
+"""Largest POSTed image chip or labels file."""
 _UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 
 # Most specific first: StoreLocked is a StoreUnavailable, DatasetError a BadInput.
@@ -69,6 +75,7 @@ ERROR_STATUS: tuple[tuple[type[FtfError], int], ...] = (
     (BadInput, 400),
     (PermissionDenied, 403),
     (SceneNotFound, 404),
+    (TileNotFound, 404),
     (CollectionNotFound, 404),
     (SourceUnavailable, 404),
     (ModelMismatch, 409),
@@ -177,7 +184,7 @@ class Resources:
         with self.lock:
             found = self.store.get_tiles([tile_id]) if self.store.meta() is not None else []
             if not found:
-                raise SceneNotFound(f"tile {tile_id}: not in collection {self.store.collection!r}")
+                raise TileNotFound(f"tile {tile_id}: not in collection {self.store.collection!r}")
             payload = found[0][1]
             self._tiles.put(tile_id, (now, payload))
             return payload, self._scene_bands(str(payload.get("scene_id", "")))
@@ -221,9 +228,35 @@ class SearchHit(BaseModel):
 
 class SearchBody(BaseModel):
     query: str
+    like: list[str] = Field(description="the positive examples, as given")
+    unlike: list[str] = Field(description="the negative examples, as given")
     results: list[SearchHit]
     timings_ms: dict[str, float]
     warnings: list[str]
+
+
+class Mark(BaseModel):
+    id: str = Field(description="tile id")
+    label: str = Field(description="positive or negative")
+    region: int | None = Field(None, description="the marked region index; null: the whole tile")
+
+
+class LabelsRequest(BaseModel):
+    query: str | None = None
+    marks: list[Mark]
+
+
+class MarkBody(Mark):
+    scene_id: str | None
+    level: int | None
+    footprint: list[list[float]] | None
+    chip_url: str
+
+
+class LabelsBody(BaseModel):
+    query: str | None
+    model_id: str | None
+    marks: list[MarkBody]
 
 
 class SceneBody(BaseModel):
@@ -308,7 +341,7 @@ def create_app(
     )
     if options.cors_origins:
         app.add_middleware(
-            CORSMiddleware, allow_origins=list(options.cors_origins), allow_methods=["GET"], allow_headers=["*"]
+            CORSMiddleware, allow_origins=list(options.cors_origins), allow_methods=["GET", "POST"], allow_headers=["*"]
         )
     if not LEAFLET_JS.is_file():
         log.warning("Leaflet is not bundled (%s missing): run scripts/get-leaflet.sh; the map stays empty", LEAFLET_JS)
@@ -341,22 +374,17 @@ def create_app(
 
     # -- API -------------------------------------------------------------------------------------
 
-    @app.get("/api/search", response_model=SearchBody, responses=ERROR_RESPONSES, tags=["api"])
-    def search(
-        request: Request,
-        response: Response,
-        q: str = Query(..., max_length=4 * MAX_QUERY_CHARS, description="what to look for, in plain words"),
-        k: int = Query(10, ge=1, le=MAX_K, description="number of results"),
-        recall_k: int = Query(100, ge=1, le=MAX_RECALL_K, description="candidates recalled for the rerank"),
-        bbox: str | None = Query(None, description="minlon,minlat,maxlon,maxlat (WGS84)"),
-        scene: list[str] = Query([], description="only these scene ids (repeatable)"),
-        rerank: bool = Query(True, description="false: the coarse recall order"),
+    def run_search(
+        request: Request, response: Response, q: str | None, k: int, recall_k: int, bbox: str | None,
+        scene: list[str], rerank: bool, examples: list[ExampleRef],
     ) -> dict[str, Any]:
-        """Search the tiles: the same result fields as ``ftfsearch query --json``, plus a chip URL."""
         res = res_of(request)
         box = parse_bbox(bbox)
+        if not (q or "").strip() and not examples:
+            raise BadInput("q: give a text to look for, or an example with like=")
         with res.lock:
-            out = res.searcher().search(q, k=k, recall_k=recall_k, rerank=rerank, bbox=box, scenes=tuple(scene))
+            out = res.searcher().search(q or None, k=k, recall_k=recall_k, rerank=rerank, bbox=box,
+                                        scenes=tuple(scene), examples=examples)
             res.remember(out.results)
         hits = []
         rings = region_footprints(out.results)
@@ -372,11 +400,126 @@ def create_app(
             f"{name};dur={ms:.1f}" for name, ms in out.timings_ms.items()
         )
         return {
-            "query": " ".join(q.split()),
+            "query": " ".join((q or "").split()),
+            "like": [e.text for e in examples if e.positive],
+            "unlike": [e.text for e in examples if not e.positive],
             "results": hits,
             "timings_ms": {k_: round(v, 2) for k_, v in out.timings_ms.items()},
             "warnings": out.warnings,
         }
+
+    def example_refs(like: list[str], unlike: list[str], like_region: list[str], unlike_region: list[str]) -> list[ExampleRef]:
+        """Stored tiles and points only: the server reads no file a client names (POST an image)."""
+        given = (("like", like), ("unlike", unlike), ("like_region", like_region), ("unlike_region", unlike_region))
+        refs = []
+        for param, values in given:
+            for v in values:
+                text = v.strip()
+                if param.endswith("_region"):
+                    text = text.rpartition(":")[0].strip() or text
+                if not (_UUID.match(text) or "," in text):
+                    raise BadInput(f"{param} {v[:200]!r}: give a tile id or a point lon,lat (POST an image to search by it)")
+                refs.append(parse_ref(v, param))
+        return refs
+
+    @app.get("/api/search", response_model=SearchBody, responses=ERROR_RESPONSES, tags=["api"])
+    def search(
+        request: Request,
+        response: Response,
+        q: str | None = Query(None, max_length=4 * MAX_QUERY_CHARS, description="what to look for, in plain words"),
+        like: list[str] = Query([], description="an example to find more of: tile id or point lon,lat (repeatable)"),
+        unlike: list[str] = Query([], description="an example of what not to find (repeatable)"),
+        like_region: list[str] = Query([], description="REF:N: region N of a tile as the example (repeatable)"),
+        unlike_region: list[str] = Query([], description="REF:N: a region not to find (repeatable)"),
+        k: int = Query(10, ge=1, le=MAX_K, description="number of results"),
+        recall_k: int = Query(100, ge=1, le=MAX_RECALL_K, description="candidates recalled for the rerank"),
+        bbox: str | None = Query(None, description="minlon,minlat,maxlon,maxlat (WGS84)"),
+        scene: list[str] = Query([], description="only these scene ids (repeatable)"),
+        rerank: bool = Query(True, description="false: the coarse recall order"),
+    ) -> dict[str, Any]:
+        """Search the tiles by text, by example, or both: the same result fields as
+        ``ftfsearch query --json``, plus a chip URL."""
+        examples = example_refs(like, unlike, like_region, unlike_region)
+        return run_search(request, response, q, k, recall_k, bbox, scene, rerank, examples)
+
+    @app.post(
+        "/api/search", response_model=SearchBody, responses=ERROR_RESPONSES, tags=["api"],
+        openapi_extra={"requestBody": {"required": True, "content": {
+            t: {"schema": {"type": "string", "format": "binary"}} for t in ("image/png", "image/jpeg", "image/tiff")
+        }}},
+    )
+    async def search_by_image(
+        request: Request,
+        response: Response,
+        q: str | None = Query(None, max_length=4 * MAX_QUERY_CHARS, description="optional text beside the image"),
+        negative: bool = Query(False, description="true: the image is an example of what not to find"),
+        region: int | None = Query(None, ge=0, description="use region N of the image instead of the whole image"),
+        like: list[str] = Query([]),
+        unlike: list[str] = Query([]),
+        like_region: list[str] = Query([]),
+        unlike_region: list[str] = Query([]),
+        k: int = Query(10, ge=1, le=MAX_K),
+        recall_k: int = Query(100, ge=1, le=MAX_RECALL_K),
+        bbox: str | None = Query(None),
+        scene: list[str] = Query([]),
+        rerank: bool = Query(True),
+    ) -> dict[str, Any]:
+        """Search by a POSTed image chip (PNG, JPEG or GeoTIFF as the request body), with the
+        same parameters as GET; the image is encoded with the collection's model."""
+        body = await request.body()
+        if len(body) > MAX_IMAGE_BYTES:
+            raise BadInput(f"image: {len(body)} bytes; send a chip of at most {MAX_IMAGE_BYTES >> 20} MB")
+        param = ("unlike" if negative else "like") + ("_region" if region is not None else "")
+        examples = [image_ref(body, param, "posted image", region)]
+        examples += example_refs(like, unlike, like_region, unlike_region)
+        return await run_in_threadpool(run_search, request, response, q, k, recall_k, bbox, scene, rerank, examples)
+
+    def marks_body(request: Request, labels: LabelSet, collection: dict[str, Any]) -> dict[str, Any]:
+        marks = []
+        for f in collection["features"]:
+            p = f["properties"]
+            chip = str(request.url_for("tile_chip", tile_id=p["id"]))
+            ring = (f.get("geometry") or {}).get("coordinates", [None])[0]
+            marks.append({"id": p["id"], "label": p["label"], "region": p["region"], "scene_id": p["scene_id"],
+                          "level": p["level"], "footprint": ring,
+                          "chip_url": chip if p["region"] is None else f"{chip}?region={p['region']}"})
+        return {"query": labels.query, "model_id": labels.model_id, "marks": marks}
+
+    @app.post("/api/labels/export", responses=ERROR_RESPONSES, tags=["api"])
+    def labels_export(request: Request, body: LabelsRequest) -> JSONResponse:
+        """The marks as a labels GeoJSON FeatureCollection (``label: positive|negative``, the
+        query, the model id), as ``ftfsearch labels export`` writes it."""
+        res = res_of(request)
+        if len(body.marks) > MAX_LABELS:
+            raise BadInput(f"marks: at most {MAX_LABELS} per file")
+        labels = parse_labels({"type": "FeatureCollection", "features": [
+            {"properties": m.model_dump()} for m in body.marks
+        ]}, "marks")
+        with res.lock:
+            meta = res.store.meta()
+            labels.query, labels.model_id = body.query, None if meta is None else meta.model_id
+            collection = labels_to_geojson(labels, res.store)
+        return JSONResponse(collection, headers={"Content-Disposition": 'attachment; filename="labels.geojson"'})
+
+    @app.post("/api/labels/import", response_model=LabelsBody, responses=ERROR_RESPONSES, tags=["api"])
+    async def labels_import(request: Request) -> dict[str, Any]:
+        """Read a labels GeoJSON (the request body) back into marks, checked against the store."""
+        raw = await request.body()
+        if len(raw) > MAX_IMAGE_BYTES:
+            raise BadInput(f"labels: {len(raw)} bytes; at most {MAX_IMAGE_BYTES >> 20} MB")
+        try:
+            data = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise BadInput("labels: not a JSON document; send a labels GeoJSON file (as export writes)") from exc
+        labels = parse_labels(data, "labels")
+        res = res_of(request)
+
+        def check() -> dict[str, Any]:
+            with res.lock:
+                collection = labels_to_geojson(labels, res.store)
+            return marks_body(request, labels, collection)
+
+        return await run_in_threadpool(check)
 
     @app.get("/api/scenes", response_model=ScenesBody, responses=ERROR_RESPONSES, tags=["api"])
     def scenes(request: Request) -> dict[str, Any]:

@@ -1,12 +1,16 @@
 // The ftfsearch page: a search box, a Leaflet map (scene previews, scene outlines, result
-// footprints coloured by score), a ranked list with chips and a detail panel. Plain JS, no build;
-// every text from the server goes through textContent, never innerHTML.
+// footprints coloured by score), a ranked list with chips and a detail panel, and marks: "more
+// like this" and thumbs up / down on a result refine the search at once (the marks accumulate in
+// the tab's session, export as labels GeoJSON and import back). Plain JS, no build; every text
+// from the server goes through textContent, never innerHTML.
 "use strict";
 
 (function () {
   const $ = (id) => document.getElementById(id);
   const VIRIDIS = [[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98], [253, 231, 37]];
-  const state = { map: null, results: [], layers: new Map(), resultGroup: null, selected: null, sceneBounds: null };
+  const state = { map: null, results: [], layers: new Map(), resultGroup: null, selected: null, sceneBounds: null,
+    marks: [] };
+  const MARKS_KEY = "ftfsearch-marks";
 
   function colour(t) {
     const x = Math.min(1, Math.max(0, t)) * (VIRIDIS.length - 1);
@@ -22,8 +26,8 @@
     el.classList.toggle("error", !!isError);
   }
 
-  async function getJSON(url) {
-    const resp = await fetch(url, { headers: { Accept: "application/json" } });
+  async function getJSON(url, init) {
+    const resp = await fetch(url, { ...(init || {}), headers: { Accept: "application/json", ...((init || {}).headers || {}) } });
     let body = null;
     try { body = await resp.json(); } catch (e) { /* not JSON */ }
     if (!resp.ok) throw new Error((body && body.error) || `${resp.status} ${resp.statusText}`);
@@ -107,7 +111,7 @@
     $("legend").hidden = false;
     const t = body.timings_ms || {};
     const total = Object.values(t).reduce((a, b) => a + b, 0);
-    setStatus(`${results.length} results for “${body.query}” in ${total.toFixed(0)} ms` +
+    setStatus(`${results.length} results for ${describe(body)} in ${total.toFixed(0)} ms` +
       (body.warnings && body.warnings.length ? ` — ${body.warnings.join("; ")}` : ""));
 
     const list = $("results");
@@ -127,6 +131,7 @@
       const li = document.createElement("li");
       li.className = "result";
       li.dataset.rank = r.rank;
+      li.dataset.id = r.id;
       li.tabIndex = 0;
       const img = document.createElement("img");
       img.loading = "lazy";
@@ -152,7 +157,7 @@
       where.className = "where";
       where.textContent = r.bbox ? `${fmt((r.bbox[1] + r.bbox[3]) / 2, 5)}, ${fmt((r.bbox[0] + r.bbox[2]) / 2, 5)}`
         : "no CRS (pixel coordinates only)";
-      meta.append(head, scene, where);
+      meta.append(head, scene, where, actions(r));
       li.append(img, meta);
       li.addEventListener("click", () => select(r.rank));
       li.addEventListener("keydown", (ev) => { if (ev.key === "Enter") select(r.rank); });
@@ -160,6 +165,141 @@
     }
     if (state.map && state.resultGroup.getLayers().length) {
       state.map.fitBounds(state.resultGroup.getBounds(), { padding: [30, 30], maxZoom: 14 });
+    }
+  }
+
+  function describe(body) {
+    const parts = [];
+    if (body.query) parts.push(`“${body.query}”`);
+    if (body.like && body.like.length) parts.push(`${body.like.length} liked`);
+    if (body.unlike && body.unlike.length) parts.push(`${body.unlike.length} unliked`);
+    return parts.join(" + ");
+  }
+
+  // -- marks ---------------------------------------------------------------------------------
+
+  const markOf = (id) => state.marks.find((m) => m.id === id && m.region === null);
+
+  function saveMarks() {
+    try { sessionStorage.setItem(MARKS_KEY, JSON.stringify(state.marks)); } catch (e) { /* private mode */ }
+  }
+
+  function loadMarks() {
+    try {
+      const saved = JSON.parse(sessionStorage.getItem(MARKS_KEY) || "[]");
+      if (Array.isArray(saved)) state.marks = saved.filter((m) => m && typeof m.id === "string");
+    } catch (e) { state.marks = []; }
+  }
+
+  function renderMarks() {
+    const list = $("marks-list");
+    list.replaceChildren();
+    const n = state.marks.length;
+    const up = state.marks.filter((m) => m.label === "positive").length;
+    $("marks-title").textContent = n ? `Marks: ${up} 👍 · ${n - up} 👎` : "Marks";
+    $("marks-empty").hidden = n > 0;
+    $("marks-export").disabled = n === 0;
+    $("marks-clear").disabled = n === 0;
+    for (const m of state.marks) {
+      const li = document.createElement("li");
+      li.className = `mark ${m.label}`;
+      li.dataset.id = m.id;
+      li.title = `${m.label}: ${m.scene_id || ""} ${m.id}`;
+      const img = document.createElement("img");
+      img.src = m.chip_url;
+      img.alt = `${m.label} mark`;
+      const label = document.createElement("span");
+      label.className = "mark-label";
+      label.textContent = m.label === "positive" ? "👍 hit" : "👎 miss";
+      const remove = document.createElement("button");
+      remove.type = "button";
+      remove.className = "mark-remove";
+      remove.textContent = "×";
+      remove.setAttribute("aria-label", "remove this mark");
+      remove.addEventListener("click", () => {
+        state.marks = state.marks.filter((x) => x !== m);
+        marksChanged();
+      });
+      li.append(img, label, remove);
+      list.append(li);
+    }
+  }
+
+  function marksChanged() {
+    saveMarks();
+    renderMarks();
+    const q = $("q").value.trim();
+    if (q || state.marks.some((m) => m.label === "positive")) search(q);
+    else { clearResults(); setStatus(state.marks.length ? "Mark a hit (👍) or type a query: a miss alone finds nothing." : "Type what you are looking for."); }
+  }
+
+  function mark(r, label) {
+    const had = markOf(r.id);
+    state.marks = state.marks.filter((m) => m !== had);
+    if (!had || had.label !== label) {
+      state.marks.push({ id: r.id, label, region: null, chip_url: r.chip_url.split("?")[0], scene_id: r.scene_id });
+    }
+    marksChanged();
+  }
+
+  function moreLikeThis(r) {
+    state.marks = [{ id: r.id, label: "positive", region: null, chip_url: r.chip_url.split("?")[0], scene_id: r.scene_id }];
+    $("q").value = "";
+    marksChanged();
+  }
+
+  function actions(r) {
+    const box = document.createElement("div");
+    box.className = "actions";
+    const current = markOf(r.id);
+    const make = (cls, text, title, fn) => {
+      const b = document.createElement("button");
+      b.type = "button";
+      b.className = cls;
+      b.textContent = text;
+      b.title = title;
+      b.setAttribute("aria-label", title);
+      b.addEventListener("click", (ev) => { ev.stopPropagation(); fn(); });
+      b.addEventListener("keydown", (ev) => ev.stopPropagation());
+      return b;
+    };
+    const up = make("up", "👍", "mark as a hit", () => mark(r, "positive"));
+    const down = make("down", "👎", "mark as a miss", () => mark(r, "negative"));
+    if (current) (current.label === "positive" ? up : down).classList.add("on");
+    box.append(make("more", "more like this", "search for more like this tile", () => moreLikeThis(r)), up, down);
+    return box;
+  }
+
+  async function exportLabels() {
+    const body = JSON.stringify({ query: $("q").value.trim() || null,
+      marks: state.marks.map((m) => ({ id: m.id, label: m.label, region: m.region })) });
+    try {
+      const collection = await getJSON("/api/labels/export",
+        { method: "POST", body, headers: { "Content-Type": "application/json" } });
+      const blob = new Blob([JSON.stringify(collection, null, 1)], { type: "application/geo+json" });
+      const a = document.createElement("a");
+      a.href = URL.createObjectURL(blob);
+      a.download = "labels.geojson";
+      document.body.append(a);
+      a.click();
+      a.remove();
+      setTimeout(() => URL.revokeObjectURL(a.href), 10_000);
+    } catch (e) {
+      setStatus(`export labels: ${e.message}`, true);
+    }
+  }
+
+  async function importLabels(file) {
+    try {
+      const text = await file.text();
+      const body = await getJSON("/api/labels/import",
+        { method: "POST", body: text, headers: { "Content-Type": "application/geo+json" } });
+      state.marks = body.marks.map((m) => ({ id: m.id, label: m.label, region: m.region,
+        chip_url: m.chip_url.split("?")[0], scene_id: m.scene_id }));
+      if (body.query && !$("q").value.trim()) $("q").value = body.query;
+      marksChanged();
+    } catch (e) {
+      setStatus(`import labels (${file.name}): ${e.message}`, true);
     }
   }
 
@@ -236,19 +376,25 @@
   }
 
   async function search(q) {
-    const params = new URLSearchParams({ q, k: $("k").value || "20", rerank: $("rerank").checked ? "true" : "false" });
+    const params = new URLSearchParams({ k: $("k").value || "20", rerank: $("rerank").checked ? "true" : "false" });
+    if (q) params.set("q", q);
+    for (const m of state.marks) {
+      const name = (m.label === "positive" ? "like" : "unlike") + (m.region === null ? "" : "_region");
+      params.append(name, m.region === null ? m.id : `${m.id}:${m.region}`);
+    }
     const page = new URL(window.location.href);
-    page.searchParams.set("q", q);
+    if (q) page.searchParams.set("q", q); else page.searchParams.delete("q");
     window.history.replaceState(null, "", page.toString());
     $("go").disabled = true;
     setStatus("Searching…");
+    const seq = (state.seq = (state.seq || 0) + 1);  // marks clicked in a row: the last search wins
     try {
-      renderResults(await getJSON(`/api/search?${params}`));
+      const body = await getJSON(`/api/search?${params}`);
+      if (seq === state.seq) renderResults(body);
     } catch (e) {
-      clearResults();
-      setStatus(e.message, true);
+      if (seq === state.seq) { clearResults(); setStatus(e.message, true); }
     } finally {
-      $("go").disabled = false;
+      if (seq === state.seq) $("go").disabled = false;
     }
   }
 
@@ -257,8 +403,17 @@
     $("search-form").addEventListener("submit", (ev) => {
       ev.preventDefault();
       const q = $("q").value.trim();
-      if (q) search(q);
+      if (q || state.marks.some((m) => m.label === "positive")) search(q);
     });
+    $("marks-export").addEventListener("click", exportLabels);
+    $("marks-clear").addEventListener("click", () => { state.marks = []; marksChanged(); });
+    $("marks-import").addEventListener("change", (ev) => {
+      const file = ev.target.files && ev.target.files[0];
+      if (file) importLabels(file);
+      ev.target.value = "";
+    });
+    loadMarks();
+    renderMarks();
     let info = {};
     try {
       info = await getJSON("/api/info");
@@ -273,7 +428,8 @@
       setStatus(e.message, true);
     }
     const q = new URL(window.location.href).searchParams.get("q");
-    if (q) { $("q").value = q; search(q); }
+    if (q) $("q").value = q;
+    if (q || state.marks.some((m) => m.label === "positive")) search(q || "");
     document.body.dataset.ready = "1";
   }
 
