@@ -64,13 +64,15 @@ def labels_from_refs(refs: list[ExampleRef]) -> list[Label]:
 
 def labels_to_geojson(labels: LabelSet, store: Store) -> dict[str, Any]:
     """The FeatureCollection of ``labels``, footprints read from the store (TileNotFound for an
-    unknown tile); a tile marked twice keeps its last mark."""
-    last = {(m.tile_id, m.region): m for m in labels.labels}
-    marks = list(last.values())
-    positives = {m.tile_id for m in marks if m.label == "positive" and m.region is None}
-    for m in marks:
-        if m.label == "negative" and m.region is None and m.tile_id in positives:
-            raise BadInput(f"labels: tile {m.tile_id} is marked both positive and negative")
+    unknown tile). A mark given twice is written once; a tile (or region) marked both positive
+    and negative is refused."""
+    seen: dict[tuple[str, int | None], Label] = {}
+    for m in labels.labels:
+        other = seen.setdefault((m.tile_id, m.region), m)
+        if other.label != m.label:
+            what = f"tile {m.tile_id}" + ("" if m.region is None else f" region {m.region}")
+            raise BadInput(f"labels: {what} is marked both positive and negative; keep one of the two")
+    marks = list(seen.values())
     found = dict(store.get_tiles(sorted({m.tile_id for m in marks})))
     features = []
     for m in marks:
