@@ -44,12 +44,12 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 # Library messages name parameters in the API's words; on the command line they are flags.
-_PARAM_AT_START = re.compile(r"^(like_region|unlike_region|like|unlike|labels|output) ")
+_PARAM_AT_START = re.compile(r"^(like_region|unlike_region|like|unlike|labels|output)(?=[ :])")
 
 
 def _as_flags(message: str) -> str:
     """``like 'x': ...`` -> ``--like 'x': ...``."""
-    return _PARAM_AT_START.sub(lambda m: "--" + m.group(1).replace("_", "-") + " ", message, count=1)
+    return _PARAM_AT_START.sub(lambda m: "--" + m.group(1).replace("_", "-"), message, count=1)
 
 
 def _fail(message: str, code: int) -> None:

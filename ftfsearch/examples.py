@@ -108,7 +108,7 @@ def parse_ref(value: str, param: str = "like") -> ExampleRef:
     if not path.is_file():
         raise BadInput(
             f"{where}: not a tile id, a point lon,lat or an image file that exists; tile ids are the "
-            "'id' of results (query --json)"
+            "'id' of search results"
         )
     return ExampleRef(param, str(value), image=path, region=region)
 
@@ -189,7 +189,7 @@ def resolve(refs: Sequence[ExampleRef], store: Store, encoder: Encoder) -> list[
             if tid not in row:
                 raise TileNotFound(
                     f"{refs[i].where()}: tile {tid} is not in collection {store.collection!r}; "
-                    "use the 'id' of a current result (query --json)"
+                    "use the 'id' of a current search result"
                 )
             coarse[i], regions[i] = c[row[tid]], r[row[tid]]
     images = [i for i, ref in enumerate(refs) if i not in tile_of]

@@ -205,7 +205,7 @@ class Searcher:
         warnings: list[str] = []
         has_text = text is not None and bool(str(text).strip()) or not examples
         if not has_text and not any(e.positive for e in examples):
-            raise BadInput("like: an unlike example needs a text or at least one like example beside it")
+            raise BadInput("unlike: needs a text or at least one like example beside it (misses alone find nothing)")
         positives: list[torch.Tensor] = []
         if has_text:
             cleaned, warnings = clean_query(text if text is not None else "", self.encoder)

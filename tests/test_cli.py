@@ -125,6 +125,55 @@ def test_bad_input_gives_one_line(tmp_path, tiny_clip_dir):
     assert_one_line_error(run("query", "ships", "--bbox", "0,0,0,1", env=env), "--bbox")
 
 
+def test_query_by_example_and_labels(target, tmp_path):
+    """--like/--unlike/--like-region by tile id, point and image file; labels export, import and
+    query --labels; every bad example is one line naming the flag, and the store is unchanged."""
+    cli = _InProcess(target)
+    assert cli("ingest", str(SCENE), "--levels", "1,2", "--batch-size", "8").returncode == 0
+    tiles = json.loads(cli("scenes", "--json").stdout)[0]["tiles"]
+    text = json.loads(cli("query", "ships near a harbor", "--k", "4", "--json").stdout)
+    a, b = text[0]["id"], text[1]["id"]
+    like = json.loads(cli("query", "--like", a, "--k", "4", "--json").stdout)
+    assert len(like) == 4 and a not in [r["id"] for r in like]
+    both = cli("query", "ships near a harbor", "--like", a, "--unlike", b, "--k", "4", "--json")
+    assert both.returncode == 0 and not {a, b} & {r["id"] for r in json.loads(both.stdout)}
+    w, s, e, n = text[0]["bbox"]
+    point = cli("query", f"--like={(w + e) / 2},{(s + n) / 2}", "--k", "3", "--json")
+    assert point.returncode == 0, point.stderr
+    region = cli("query", "--like-region", f"{a}:4", "--k", "3")
+    assert region.returncode == 0 and "+1 like" in region.stdout
+
+    labels = tmp_path / "labels.geojson"
+    exported = cli("labels", "export", "ships near a harbor", "--like", a, "--unlike", b, "-o", str(labels))
+    assert exported.returncode == 0 and "wrote 2 labels" in exported.stderr
+    fc = json.loads(labels.read_text())
+    assert {f["properties"]["id"]: f["properties"]["label"] for f in fc["features"]} == {a: "positive", b: "negative"}
+    listed = json.loads(cli("labels", "import", str(labels), "--json").stdout)
+    assert listed["query"] == "ships near a harbor" and len(listed["labels"]) == 2
+    again = json.loads(cli("query", "--labels", str(labels), "--k", "4", "--json").stdout)
+    assert [r["id"] for r in again] == [r["id"] for r in json.loads(both.stdout)]
+
+    bad_png = tmp_path / "empty.png"
+    bad_png.write_bytes(b"")
+    not_labels = tmp_path / "x.geojson"
+    not_labels.write_text('{"type": "Feature"}')
+    for args, needles in [
+        (("query", "--like", "00000000-0000-0000-0000-000000000000"), ("--like", "not in collection")),
+        (("query", "--like", "10,10"), ("--like '10,10'", "no stored tile contains this point")),
+        (("query", "--like", str(bad_png)), ("--like", "is not an image")),
+        (("query", "--like", "no-such-file.png"), ("--like", "not a tile id")),
+        (("query", "--like", a, "--unlike", a), ("--unlike", "either liked or unliked")),
+        (("query", "--like-region", f"{a}:99"), ("--like-region", "out of range")),
+        (("query", "--unlike", a), ("--unlike:", "needs a text or at least one like")),
+        (("query",), ("TEXT", "--like")),
+        (("query", "--labels", str(not_labels)), ("--labels", "FeatureCollection")),
+        (("labels", "import", str(not_labels)), ("labels", "FeatureCollection")),
+        (("labels", "export", "-o", str(tmp_path / "o.geojson")), ("--like",)),
+    ]:
+        assert_one_line_error(cli(*args), *needles)
+    assert json.loads(cli("scenes", "--json").stdout)[0]["tiles"] == tiles
+
+
 def test_unreachable_server_is_one_line(tmp_path, tiny_clip_dir):
     import socket
 

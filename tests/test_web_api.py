@@ -135,7 +135,7 @@ def test_search_filters_by_bbox_and_scene(client: TestClient, demo: DemoStore) -
 @pytest.mark.parametrize(
     ("params", "status", "names"),
     [
-        ({}, 422, "q"),
+        ({}, 400, "q:"),
         ({"q": ""}, 400, "query"),
         ({"q": " \t\n "}, 400, "query"),
         ({"q": QUERY, "k": "0"}, 422, "k"),
@@ -300,7 +300,10 @@ def test_openapi_documents_every_endpoint(client: TestClient) -> None:
                  "/api/scenes/{scene_id}/preview.png"):
         assert "get" in paths[path], path
     params = {p["name"]: p for p in paths["/api/search"]["get"]["parameters"]}
-    assert params["q"]["required"] and params["k"]["schema"]["maximum"] == MAX_K
+    assert not params["q"].get("required") and params["k"]["schema"]["maximum"] == MAX_K
+    assert {"like", "unlike", "like_region", "unlike_region"} <= set(params)
+    assert "post" in paths["/api/search"] and "image/png" in paths["/api/search"]["post"]["requestBody"]["content"]
+    assert "post" in paths["/api/labels/export"] and "post" in paths["/api/labels/import"]
     assert "chip_url" in schema["components"]["schemas"]["SearchHit"]["properties"]
 
 
@@ -316,7 +319,7 @@ def test_page_and_static_assets(client: TestClient) -> None:
 
 def test_unknown_routes_and_methods_are_json(client: TestClient) -> None:
     assert_json_error(client.get("/api/nothing"), 404)
-    assert_json_error(client.post("/api/search", params={"q": QUERY}), 405)
+    assert_json_error(client.post("/api/scenes"), 405)
     assert_json_error(client.get("/docs"), 404)  # Swagger UI needs a CDN: off, /openapi.json stays
 
 
@@ -390,6 +393,105 @@ def test_api_on_a_qdrant_server(qdrant_server: str, client: TestClient, demo: De
             assert [s["scene_id"] for s in scenes] == ["rgb1"]
             assert png(other.get(scenes[0]["preview_url"])).shape[2] == 4
             assert_json_error(other.get("/api/tiles/00000000-0000-0000-0000-000000000000/chip.png"), 404)
+            liked = other.get("/api/search", params={"like": hits[0]["id"], "unlike": hits[1]["id"], "k": 3}).json()
+            assert len(liked["results"]) == 3 and not {hits[0]["id"], hits[1]["id"]} & {h["id"] for h in liked["results"]}
+            posted = other.post("/api/search", params={"k": 1}, content=other.get(hits[0]["chip_url"].split("?")[0]).content,
+                                headers={"Content-Type": "image/png"}).json()
+            assert posted["results"][0]["id"] == hits[0]["id"]
     finally:
         db.drop_collection()
         db.close()
+
+
+# -- search by example and labels -------------------------------------------------------------
+
+
+def test_search_by_example_tile_point_and_posted_image(client: TestClient) -> None:
+    hits = client.get("/api/search", params={"q": QUERY, "k": 6}).json()["results"]
+    a, b = hits[0]["id"], hits[1]["id"]
+    body = client.get("/api/search", params=[("like", a), ("unlike", b), ("k", "5")]).json()
+    assert body["like"] == [a] and body["unlike"] == [b] and body["query"] == ""
+    ids = [h["id"] for h in body["results"]]
+    assert len(ids) == 5 and a not in ids and b not in ids
+    assert {"examples", "recall", "rerank"} <= set(body["timings_ms"])
+    # The app's searcher gives the same, from the same refs.
+    from ftfsearch.examples import parse_ref
+
+    res = client.app.state.resources  # type: ignore[attr-defined]
+    with res.lock:
+        want = res.searcher().search(None, k=5, examples=[parse_ref(a), parse_ref(b, "unlike")]).results
+    assert ids == [r.id for r in want]
+    # A point inside the first hit resolves to a stored tile; text and examples combine.
+    w, s, e, n = hits[0]["bbox"]
+    mixed = client.get("/api/search", params={"q": QUERY, "like": f"{(w + e) / 2},{(s + n) / 2}", "k": 4})
+    assert mixed.status_code == 200 and len(mixed.json()["results"]) == 4
+    region = client.get("/api/search", params={"like_region": f"{a}:{hits[0]['region_index']}", "k": 3}).json()
+    assert len(region["results"]) == 3
+    # POST the first hit's own chip: that tile comes first (an image is not a stored example).
+    chip = client.get(f"/api/tiles/{a}/chip.png").content
+    posted = client.post("/api/search", params={"k": 3}, content=chip, headers={"Content-Type": "image/png"})
+    assert posted.status_code == 200, posted.text
+    assert posted.json()["results"][0]["id"] == a and posted.json()["like"] == ["posted image"]
+    negative = client.post("/api/search", params={"q": QUERY, "negative": "true", "k": 3}, content=chip,
+                           headers={"Content-Type": "image/png"})
+    assert negative.status_code == 200 and negative.json()["unlike"] == ["posted image"]
+
+
+@pytest.mark.parametrize(
+    "params, status, needle",
+    [
+        ({"like": "00000000-0000-0000-0000-000000000000"}, 404, "like '00000000"),
+        ({"like": "0.5,0.5"}, 400, "no stored tile contains this point"),
+        ({"like": "/etc/passwd"}, 400, "POST an image"),
+        ({"like": "999,0"}, 400, "WGS84"),
+        ({"like_region": "x"}, 400, "REF:N"),
+        ({"unlike": "TILE"}, 400, "unlike: needs a text"),
+        ({"like": "TILE", "unlike": "TILE"}, 400, "either liked or unliked"),
+        ({"like_region": "TILE:99"}, 400, "out of range"),
+    ],
+)
+def test_bad_examples_are_4xx_json_naming_the_parameter(client: TestClient, params: dict, status: int, needle: str) -> None:
+    tile = client.get("/api/search", params={"q": QUERY, "k": 1}).json()["results"][0]["id"]
+    params = {k: v.replace("TILE", tile) for k, v in params.items()}
+    message = assert_json_error(client.get("/api/search", params=params), status)
+    assert needle in message and "--" not in message
+
+
+def test_posted_images_that_cannot_be_used_are_400(client: TestClient) -> None:
+    for content, needle in [(b"", "is empty"), (b"not an image at all", "not an image"),
+                            (_png((8, 8)), "32 to 8192 pixels"), (_png((40, 200)), "roughly square")]:
+        message = assert_json_error(client.post("/api/search", content=content, headers={"Content-Type": "image/png"}), 400)
+        assert needle in message and "--" not in message
+
+
+def _png(shape: tuple[int, int]) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (shape[1], shape[0]), (90, 120, 60)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_labels_export_then_import(client: TestClient) -> None:
+    hits = client.get("/api/search", params={"q": QUERY, "k": 3}).json()["results"]
+    marks = [{"id": hits[0]["id"], "label": "positive"}, {"id": hits[1]["id"], "label": "negative"},
+             {"id": hits[2]["id"], "label": "positive", "region": 3}]
+    resp = client.post("/api/labels/export", json={"query": QUERY, "marks": marks})
+    assert resp.status_code == 200 and "labels.geojson" in resp.headers["content-disposition"]
+    fc = resp.json()
+    assert fc["type"] == "FeatureCollection" and fc["query"] == QUERY and fc["model_id"]
+    assert [f["properties"]["label"] for f in fc["features"]] == ["positive", "negative", "positive"]
+    assert fc["features"][0]["geometry"]["coordinates"][0][0] == fc["features"][0]["geometry"]["coordinates"][0][-1]
+    back = client.post("/api/labels/import", content=resp.content).json()
+    assert back["query"] == QUERY and [(m["id"], m["label"], m["region"]) for m in back["marks"]] == [
+        (m["id"], m["label"], m.get("region")) for m in marks
+    ]
+    assert back["marks"][2]["chip_url"].endswith("?region=3")
+    for content, status, needle in [
+        (b"{nope", 400, "not a JSON document"),
+        (b'{"type": "FeatureCollection", "features": [{"properties": {"id": "x", "label": "positive"}}]}', 400, "not a tile id"),
+        (b'{"type": "FeatureCollection", "features": [{"properties": {"id": "00000000-0000-0000-0000-000000000000",'
+         b' "label": "negative"}}]}', 404, "not in collection"),
+    ]:
+        message = assert_json_error(client.post("/api/labels/import", content=content), status)
+        assert needle in message and "--" not in message
+    bad = {"query": QUERY, "marks": [{"id": hits[0]["id"], "label": "maybe"}]}
+    assert "positive or negative" in assert_json_error(client.post("/api/labels/export", json=bad), 400)

@@ -381,7 +381,7 @@ def create_app(
         res = res_of(request)
         box = parse_bbox(bbox)
         if not (q or "").strip() and not examples:
-            raise BadInput("q: give a text to look for, or an example with like=")
+            raise BadInput("q: the query is empty; give a text to look for, or an example with like=")
         with res.lock:
             out = res.searcher().search(q or None, k=k, recall_k=recall_k, rerank=rerank, bbox=box,
                                         scenes=tuple(scene), examples=examples)
@@ -416,7 +416,10 @@ def create_app(
             for v in values:
                 text = v.strip()
                 if param.endswith("_region"):
-                    text = text.rpartition(":")[0].strip() or text
+                    head, sep, tail = text.rpartition(":")
+                    if not sep or not tail.strip().isdigit():
+                        parse_ref(v, param)  # raises the REF:N message; no file is looked at
+                    text = head.strip()
                 if not (_UUID.match(text) or "," in text):
                     raise BadInput(f"{param} {v[:200]!r}: give a tile id or a point lon,lat (POST an image to search by it)")
                 refs.append(parse_ref(v, param))
