@@ -10,6 +10,8 @@ DEMO_SCENE := tests/data/pix4d_alpha_nodata.tif
 DEMO_TILING := --tile-size 224 --overlap 0.5 --levels 1,2
 DEMO_QUERY ?= a road between fields
 DEMO_QUERY2 ?= houses with red roofs
+# Search by example: more like the tile under this point (the houses at the north-west corner).
+DEMO_LIKE ?= 115.16057,-8.58392
 
 .PHONY: venv qdrant demo serve test clean
 
@@ -38,6 +40,7 @@ demo: venv
 	$(BIN)/ftfsearch scenes --store $(DEMO_STORE)
 	$(BIN)/ftfsearch query "$(DEMO_QUERY)" --k 5 --store $(DEMO_STORE)
 	$(BIN)/ftfsearch query "$(DEMO_QUERY2)" --k 5 --store $(DEMO_STORE)
+	$(BIN)/ftfsearch query --like=$(DEMO_LIKE) --k 5 --store $(DEMO_STORE)
 
 serve: demo
 	$(BIN)/ftfsearch serve --store $(DEMO_STORE)

@@ -3,9 +3,11 @@
 Run ``make demo`` first (it builds ``.demo/store``), then::
 
     python scripts/screenshot.py ["a road through green farmland"] [--store .demo/store]
+    python scripts/screenshot.py "houses with red roofs" --up 0 --down 2 --out docs/screenshot-marks.png
 
 Starts ``ftfsearch serve`` on loopback, searches QUERY on the page in Debian's Chromium (Playwright,
-no browser download), selects the first result, saves the page, and stops the server.
+no browser download), marks the results given by ``--up``/``--down`` (each mark searches again),
+selects a result, saves the page, and stops the server.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=REPO / "docs" / "screenshot.png")
     ap.add_argument("--select", type=int, default=0, help="result to open in detail (0 = best)")
     ap.add_argument("--k", type=int, default=6, help="results to list")
+    ap.add_argument("--up", type=int, action="append", default=[], help="mark this result (0 = best) a hit")
+    ap.add_argument("--down", type=int, action="append", default=[], help="mark this result a miss")
     args = ap.parse_args()
     if not args.store.is_dir():
         raise SystemExit(f"{args.store}: no store; run make demo first")
@@ -60,7 +64,15 @@ def main() -> int:
             page.fill("#q", args.query)
             page.press("#q", "Enter")
             page.wait_for_selector(".result", timeout=60_000)
-            page.wait_for_function("[...document.querySelectorAll('.result img')].every(i => i.complete && i.naturalWidth > 0)", timeout=180_000)
+            page.evaluate("sessionStorage.clear()")
+            loaded = "[...document.querySelectorAll('.result img, .mark img')].every(i => i.complete && i.naturalWidth > 0)"
+            page.wait_for_function(loaded, timeout=180_000)
+            marks = [("up", i) for i in args.up] + [("down", i) for i in args.down]
+            for n, (button, i) in enumerate(marks, start=1):
+                page.locator(".result").nth(i).locator(f"button.{button}").click()
+                page.wait_for_function(f"document.querySelectorAll('.mark').length === {n} && "
+                                       "!document.getElementById('go').disabled", timeout=60_000)
+                page.wait_for_function(loaded, timeout=180_000)
             page.locator(".result").nth(args.select).click()
             page.wait_for_selector("#detail:not([hidden])")
             page.wait_for_function("document.getElementById('detail-chip').complete", timeout=180_000)

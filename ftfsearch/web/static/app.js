@@ -1,6 +1,6 @@
 // The ftfsearch page: a search box, a Leaflet map (scene previews, scene outlines, result
 // footprints coloured by score), a ranked list with chips and a detail panel, and marks: "more
-// like this" and thumbs up / down on a result refine the search at once (the marks accumulate in
+// like this" and thumbs up / down (hit / miss) on a result refine the search at once (the marks accumulate in
 // the tab's session, export as labels GeoJSON and import back). Plain JS, no build; every text
 // from the server goes through textContent, never innerHTML.
 "use strict";
@@ -196,7 +196,7 @@
     list.replaceChildren();
     const n = state.marks.length;
     const up = state.marks.filter((m) => m.label === "positive").length;
-    $("marks-title").textContent = n ? `Marks: ${up} 👍 · ${n - up} 👎` : "Marks";
+    $("marks-title").textContent = n ? `Marks: ${up} hit${up === 1 ? "" : "s"} · ${n - up} miss${n - up === 1 ? "" : "es"}` : "Marks";
     $("marks-empty").hidden = n > 0;
     $("marks-export").disabled = n === 0;
     $("marks-clear").disabled = n === 0;
@@ -210,7 +210,7 @@
       img.alt = `${m.label} mark`;
       const label = document.createElement("span");
       label.className = "mark-label";
-      label.textContent = m.label === "positive" ? "👍 hit" : "👎 miss";
+      label.textContent = m.label === "positive" ? "✓ hit" : "✗ miss";
       const remove = document.createElement("button");
       remove.type = "button";
       remove.className = "mark-remove";
@@ -230,7 +230,7 @@
     renderMarks();
     const q = $("q").value.trim();
     if (q || state.marks.some((m) => m.label === "positive")) search(q);
-    else { clearResults(); setStatus(state.marks.length ? "Mark a hit (👍) or type a query: a miss alone finds nothing." : "Type what you are looking for."); }
+    else { clearResults(); setStatus(state.marks.length ? "Mark a hit or type a query: misses alone find nothing." : "Type what you are looking for."); }
   }
 
   function mark(r, label) {
@@ -263,8 +263,8 @@
       b.addEventListener("keydown", (ev) => ev.stopPropagation());
       return b;
     };
-    const up = make("up", "👍", "mark as a hit", () => mark(r, "positive"));
-    const down = make("down", "👎", "mark as a miss", () => mark(r, "negative"));
+    const up = make("up", "✓ hit", "mark as a hit (thumbs up)", () => mark(r, "positive"));
+    const down = make("down", "✗ miss", "mark as a miss (thumbs down)", () => mark(r, "negative"));
     if (current) (current.label === "positive" ? up : down).classList.add("on");
     box.append(make("more", "more like this", "search for more like this tile", () => moreLikeThis(r)), up, down);
     return box;
