@@ -17,7 +17,7 @@ from ftfsearch.errors import REINGEST_HINT, BadInput, CollectionNotFound, ModelM
 from ftfsearch.model.base import Encoder
 from ftfsearch.examples import ExampleRef, resolve
 from ftfsearch.rerank import bti_fused
-from ftfsearch.store.base import Candidates, QueryFilter, Store
+from ftfsearch.store.base import Candidates, QueryFilter, Store, average_vector
 from ftfsearch.store.vector_cache import VectorCache
 
 log = logging.getLogger(__name__)
@@ -191,7 +191,7 @@ class Searcher:
     ) -> SearchResponse:
         """Text, examples (``like``/``unlike`` references), or both: recall, then the rerank.
 
-        With examples, recall is Qdrant's recommend query (``sum_scores``) over the coarse
+        With examples, recall is Qdrant's recommend query (``average_vector``) over the coarse
         vectors with the text and liked examples as positives and the unliked as negatives; the
         rerank fuses one BTI per query vector (:func:`~ftfsearch.rerank.bti_fused`). The
         examples' own tiles are never returned.
@@ -224,7 +224,7 @@ class Searcher:
         pos = torch.stack(positives)
         neg = torch.stack(negatives) if negatives else pos.new_zeros((0, pos.shape[1]))
         # What a recalled score is the dot product of: the cache checks its vectors against it.
-        score_vec = (pos.sum(0) - neg.sum(0)).numpy() if examples else pos[0].numpy()
+        score_vec = average_vector(pos.numpy(), neg.numpy()) if examples else pos[0].numpy()
 
         t0 = time.perf_counter()
         flt = QueryFilter(bbox=bbox, scene_ids=tuple(scenes), exclude_ids=exclude) if (bbox or scenes or exclude) else None

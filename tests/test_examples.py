@@ -16,6 +16,7 @@ from ftfsearch.errors import BadInput, TileNotFound
 from ftfsearch.examples import ExampleRef, image_ref, parse_ref, resolve
 from ftfsearch.labels import Label, LabelSet, labels_to_geojson, parse_labels, read_labels
 from ftfsearch.model.loading import load_encoder
+from ftfsearch.rerank import NEGATIVE_WEIGHT
 from ftfsearch.search import Searcher
 from ftfsearch.store.base import Store
 from ingest.pipeline import IngestOptions, ingest_paths
@@ -102,15 +103,15 @@ def test_like_a_tile_recommend_then_fused_rerank_match_numpy(filled: Store, enco
     queries = [t, coarse[2], coarse[7]]
     s = np.stack([_bti_numpy(q / np.linalg.norm(q), c, r, params.tau, params.alpha) for q in queries])
     z = (s - s.mean(axis=1, keepdims=True)) / (s.std(axis=1, keepdims=True) + 1e-6)
-    want = z[:2].mean(axis=0) - 0.5 * z[2]
+    want = z[:2].mean(axis=0) - NEGATIVE_WEIGHT * z[2]
     order = np.argsort(-want, kind="stable")
     np.testing.assert_allclose([x.score for x in resp.results], want[order], atol=2e-3)
     assert got[:5] == [ids[keep[i]] for i in order[:5]]
-    # The recall score is Qdrant's sum_scores: sum of cosines to positives minus negatives.
+    # The recall score is Qdrant's average_vector: the cosine to 2 avg(positives) - avg(negatives).
     rec = {x.id: x.coarse_score for x in resp.results}
+    q = 2 * (t / np.linalg.norm(t) + coarse[2]) / 2 - coarse[7]
     for i in keep[:5]:
-        want_c = coarse[i] @ (t / np.linalg.norm(t)) + coarse[i] @ coarse[2] - coarse[i] @ coarse[7]
-        assert rec[ids[i]] == pytest.approx(float(want_c), abs=2e-3)
+        assert rec[ids[i]] == pytest.approx(float(coarse[i] @ (q / np.linalg.norm(q))), abs=2e-3)
 
 
 def test_cached_searcher_agrees_on_example_queries(filled: Store, encoder) -> None:

@@ -295,28 +295,40 @@ def test_scene_filter(store: Store) -> None:
         store.recall(t, 5, flt=QueryFilter(bbox=(11.0, 45.0, 10.0, 46.0)))
 
 
-def test_recommend_sum_scores_matches_numpy(store: Store) -> None:
-    """sum_scores: sum of cosines to the positives minus those to the negatives, as brute force;
+@pytest.mark.parametrize("strategy", ["average_vector", "sum_scores"])
+def test_recommend_matches_numpy(store: Store, strategy: str) -> None:
+    """average_vector: nearest to 2 avg(p) - avg(n) (Qdrant's own on a server, the same arithmetic
+    on Edge); sum_scores: sum of cosines to the positives minus those to the negatives.
     exclude_ids keeps the examples themselves out."""
     filled(store)
     pos = np.stack([DATA.coarse[3], DATA.coarse[5]])
     neg = np.stack([DATA.coarse[20]])
-    want = DATA.coarse @ pos.T
-    want = want.sum(axis=1) - (DATA.coarse @ neg.T).sum(axis=1)
+    if strategy == "average_vector":
+        q = 2 * pos.mean(axis=0) - neg.mean(axis=0)
+        want = DATA.coarse @ (q / np.linalg.norm(q))
+    else:
+        want = (DATA.coarse @ pos.T).sum(axis=1) - (DATA.coarse @ neg.T).sum(axis=1)
     examples = (DATA.batch.ids[3], DATA.batch.ids[5], DATA.batch.ids[20])
     want[DATA.index(list(examples))] = -np.inf
     order = np.argsort(-want, kind="stable")[:8]
-    got = store.recommend(pos, neg, 8, flt=QueryFilter(exclude_ids=examples), with_vectors=True)
+    got = store.recommend(pos, neg, 8, flt=QueryFilter(exclude_ids=examples), with_vectors=True, strategy=strategy)
     assert got.ids == [DATA.batch.ids[i] for i in order]
     np.testing.assert_allclose(got.scores, want[order], atol=1e-4)
     assert got.coarse is not None and got.regions is not None and got.regions.shape == (8, R, D)
     # No negatives, and a scene filter combined with the exclusion.
     flt = QueryFilter(scene_ids=("scene-b",), exclude_ids=(DATA.batch.ids[13],))
-    got = store.recommend(DATA.coarse[13:14], np.zeros((0, D), np.float32), 5, flt=flt, with_vectors=False)
+    got = store.recommend(DATA.coarse[13:14], np.zeros((0, D), np.float32), 5, flt=flt, with_vectors=False,
+                          strategy=strategy)
     assert got.ids and DATA.batch.ids[13] not in got.ids
     assert all(p["scene_id"] == "scene-b" for p in got.payloads)
-    best = store.recommend(pos, neg, 3, strategy="best_score", with_vectors=False)
-    assert len(best) == 3
+
+
+def test_recommend_strategies_and_refusals(store: Store) -> None:
+    filled(store)
+    pos, neg = DATA.coarse[3:5], DATA.coarse[20:21]
+    assert len(store.recommend(pos, neg, 3, strategy="best_score", with_vectors=False)) == 3
+    default = store.recommend(pos, neg, 5, with_vectors=False)
+    assert default.ids == store.recommend(pos, neg, 5, strategy="average_vector", with_vectors=False).ids
     with pytest.raises(BadInput, match="strategy"):
         store.recommend(pos, neg, 3, strategy="average")
     with pytest.raises(BadInput, match="positive"):

@@ -70,9 +70,20 @@ class QueryFilter:
     exclude_ids: tuple[str, ...] = ()
 
 
-RECOMMEND_STRATEGIES = ("sum_scores", "best_score")
-"""Qdrant's recommend strategies that take raw vectors on both backends. ``sum_scores`` scores a
-tile by ``sum cos(p, g) - sum cos(n, g)``: linear in g, so one vector reproduces the score."""
+RECOMMEND_STRATEGIES = ("average_vector", "sum_scores", "best_score")
+"""Qdrant's recommend strategies over raw vectors. ``average_vector`` (Qdrant's default) searches
+the nearest tiles to ``avg(p) + avg(p) - avg(n)``; ``sum_scores`` scores a tile by
+``sum cos(p, g) - sum cos(n, g)``; ``best_score`` by its best positive unless a negative is
+closer. Qdrant Edge's binding offers the last two only: there ``average_vector`` is that nearest
+query, the same arithmetic."""
+
+
+def average_vector(positives: np.ndarray, negatives: np.ndarray) -> np.ndarray:
+    """The query of Qdrant's ``average_vector`` strategy, unit length: ``2 avg(p) - avg(n)``."""
+    pos = np.atleast_2d(np.asarray(positives, dtype=np.float32))
+    neg = np.asarray(negatives, dtype=np.float32).reshape(-1, pos.shape[1])
+    q = pos.mean(axis=0) + (pos.mean(axis=0) - neg.mean(axis=0) if len(neg) else 0.0)
+    return q / max(float(np.linalg.norm(q)), 1e-12)
 
 
 @dataclass
@@ -198,7 +209,7 @@ class Store(Protocol):
         flt: QueryFilter | None = None,
         with_vectors: bool = True,
         with_payload: bool = True,
-        strategy: str = "sum_scores",
+        strategy: str = "average_vector",
     ) -> Candidates:
         """Top ``k`` tiles by Qdrant's recommend query on the coarse vectors: ``positives [P, D]``
         (P >= 1) and ``negatives [N, D]`` (N >= 0) as raw vectors, scored by ``strategy`` (one of

@@ -57,7 +57,7 @@ from ftfsearch.store._common import (
     valid_point_ids,
     with_packed_vectors,
 )
-from ftfsearch.store.base import Candidates, CollectionMeta, QueryFilter, SceneRecord, TileBatch
+from ftfsearch.store.base import Candidates, CollectionMeta, QueryFilter, SceneRecord, TileBatch, average_vector
 
 log = logging.getLogger(__name__)
 
@@ -489,15 +489,19 @@ class EdgeStore:
         flt: QueryFilter | None = None,
         with_vectors: bool = True,
         with_payload: bool = True,
-        strategy: str = "sum_scores",
+        strategy: str = "average_vector",
     ) -> Candidates:
         tiles = self._need_tiles()
         pos, neg = check_examples(positives, negatives, self.meta(), strategy)
-        kind = qe.Query.RecommendSumScores if strategy == "sum_scores" else qe.Query.RecommendBestScore
+        if strategy == "average_vector":  # not in the binding: Qdrant's arithmetic, then nearest
+            query = qe.Query.Nearest(average_vector(np.array(pos), np.array(neg)).tolist(), using=schema.COARSE)
+        else:
+            kind = qe.Query.RecommendSumScores if strategy == "sum_scores" else qe.Query.RecommendBestScore
+            query = kind(qe.RecommendQuery(pos, neg), using=schema.COARSE)
         packed = with_vectors and self.payload_vectors
         request = qe.QueryRequest(
             limit=check_k(k),
-            query=kind(qe.RecommendQuery(pos, neg), using=schema.COARSE),
+            query=query,
             filter=_edge_filter(filter_conditions(flt)),
             with_payload=_vectors_selector(packed, with_payload),
             with_vector=[schema.COARSE, schema.REGIONS] if with_vectors and not self.payload_vectors else False,

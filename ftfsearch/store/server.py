@@ -612,7 +612,7 @@ class ServerStore:
         flt: QueryFilter | None = None,
         with_vectors: bool = True,
         with_payload: bool = True,
-        strategy: str = "sum_scores",
+        strategy: str = "average_vector",
     ) -> Candidates:
         meta = self.meta()
         if meta is None:
