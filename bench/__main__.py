@@ -1,4 +1,4 @@
-"""``python -m bench query|ingest|scene|report``: see BENCHMARKS.md for the commands and the results."""
+"""``python -m bench query|ingest|scene|examples|report``: see BENCHMARKS.md for the commands and the results."""
 
 from __future__ import annotations
 
@@ -39,6 +39,18 @@ def main(argv: list[str] | None = None) -> int:
     sc.add_argument("--model", default=None)
     sc.add_argument("--queries", type=int, default=100)
     sc.add_argument("--json", type=Path, default=None)
+    ex = sub.add_parser("examples", help="search by example (issue 12): P@10 on UCM/RSICD val+test, latency at 100k")
+    ex.add_argument("--part", choices=["all", "quality", "latency"], default="all")
+    ex.add_argument("--trials", type=int, default=5, help="random example sets per class")
+    ex.add_argument("--seed", type=int, default=0)
+    ex.add_argument("--points", type=int, default=100000, help="latency: tiles in the collection")
+    ex.add_argument("--queries", type=int, default=200, help="latency: queries per kind")
+    ex.add_argument("--warmup", type=int, default=20)
+    ex.add_argument("--backends", default="server,edge", help="latency: comma-separated, of server, edge")
+    ex.add_argument("--model", default=None)
+    ex.add_argument("--threads", type=int, default=1, help="torch threads for the latency part")
+    ex.add_argument("--encode-threads", type=int, default=0, help="torch threads for encoding the labelled images (0: torch's default)")
+    ex.add_argument("--out-dir", type=Path, default=Path("bench/results"))
     sub.add_parser("report", help="Markdown tables of bench/results/*.json (for BENCHMARKS.md)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
@@ -59,6 +71,16 @@ def main(argv: list[str] | None = None) -> int:
         from bench.scene import main as scene_main
 
         return scene_main(args.path, args.model, args.queries, args.json)
+    if args.cmd == "examples":
+        from bench.examples import Options as ExOptions, main as examples_main
+
+        return examples_main(
+            ExOptions(
+                part=args.part, trials=args.trials, seed=args.seed, points=args.points, queries=args.queries,
+                warmup=args.warmup, backends=tuple(b.strip() for b in args.backends.split(",") if b.strip()),
+                model=args.model, threads=args.threads, encode_threads=args.encode_threads, out_dir=args.out_dir,
+            )
+        )
     if args.cmd == "report":
         from bench.report import main as report_main
 
