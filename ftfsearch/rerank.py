@@ -64,9 +64,9 @@ def bti(
 
 NEGATIVE_WEIGHT = 0.25
 """Weight of the negatives' mean against the positives' mean in a search by example. Measured
-(BENCHMARKS.md, "Search by example"): with three examples and two marked misses, 0.25 beats 0
-(the misses only excluded) and 0.5 on both UCM and RSICD; 1.0 ranks tiles unlike the misses, not
-like the examples, and halves precision."""
+(BENCHMARKS.md, "Search by example"; three examples and two marked misses): 0.25 beats 0.5 on
+both UCM and RSICD and ties 0 (the misses only excluded) within a standard error; 1.0 ranks tiles
+unlike the misses rather than like the examples and halves precision."""
 
 
 @dataclass
