@@ -33,6 +33,7 @@ from ftfsearch.errors import (
 )
 from ftfsearch.store import schema
 from ftfsearch.store._common import (
+    KIND_FAILURE,
     KIND_META,
     KIND_SCENE,
     PAGE,
@@ -54,7 +55,7 @@ from ftfsearch.store._common import (
     valid_point_ids,
     with_packed_vectors,
 )
-from ftfsearch.store.base import Candidates, CollectionMeta, QueryFilter, SceneRecord, TileBatch
+from ftfsearch.store.base import Candidates, CollectionMeta, QueryFilter, SceneRecord, SourceFailure, TileBatch
 from ftfsearch.store.rest import RestError, RestTransport
 
 try:  # grpc comes with qdrant-client; only the gRPC transport raises its errors
@@ -727,13 +728,18 @@ class ServerStore:
         return SceneRecord.from_payload(recs[0].payload)
 
     def list_scenes(self) -> list[SceneRecord]:
-        flt = qm.Filter(must=[qm.FieldCondition(key="kind", match=qm.MatchValue(value=KIND_SCENE))])
-        out: list[SceneRecord] = []
+        return sorted((SceneRecord.from_payload(p) for p in self._scroll_kind(KIND_SCENE, "list scenes")),
+                      key=lambda s: s.scene_id)
+
+    def _scroll_kind(self, kind: str, what: str) -> list[dict[str, Any]]:
+        """Payloads of every point of one ``kind`` in the scenes collection (none when it is missing)."""
+        flt = qm.Filter(must=[qm.FieldCondition(key="kind", match=qm.MatchValue(value=kind))])
+        out: list[dict[str, Any]] = []
         offset: Any = None
         while True:
             try:
                 recs, offset = self._run(
-                    "list scenes",
+                    what,
                     lambda o=offset: self._client.scroll(  # type: ignore[misc]
                         self.scenes_collection, scroll_filter=flt, limit=PAGE, offset=o,
                         with_payload=True, with_vectors=False,
@@ -741,7 +747,35 @@ class ServerStore:
                 )
             except _Missing:
                 return []
-            out.extend(SceneRecord.from_payload(r.payload) for r in recs if r.payload)
+            out.extend(r.payload for r in recs if r.payload)
             if offset is None:
                 break
-        return sorted(out, key=lambda s: s.scene_id)
+        return out
+
+    # -- batch source failures ------------------------------------------------------------
+
+    def put_failure(self, failure: SourceFailure) -> None:
+        what = f"record the failure of {failure.source!r}"
+        self._check_writable(what)
+        point = qm.PointStruct(id=schema.failure_point_id(failure.source), vector={}, payload=failure.to_payload())
+        try:
+            self._write(what, lambda: self._client.upsert(self.scenes_collection, [point], wait=True))
+        except _Missing:
+            raise self._missing_collection() from None
+
+    def delete_failure(self, source: str) -> None:
+        what = f"clear the failure of {source!r}"
+        self._check_writable(what)
+        try:
+            self._write(
+                what,
+                lambda: self._client.delete(
+                    self.scenes_collection, qm.PointIdsList(points=[schema.failure_point_id(source)]), wait=True
+                ),
+            )
+        except _Missing:
+            pass
+
+    def list_failures(self) -> list[SourceFailure]:
+        return sorted((SourceFailure.from_payload(p) for p in self._scroll_kind(KIND_FAILURE, "list failures")),
+                      key=lambda f: f.source)
