@@ -63,9 +63,9 @@ class Shard:
 
     def __post_init__(self) -> None:
         if self.count < 1:
-            raise BadInput(f"shard {self}: N must be at least 1")
+            raise BadInput(f"shard {str(self)!r}: N must be at least 1")
         if not 0 <= self.index < self.count:
-            raise BadInput(f"shard {self}: K must be between 0 and N-1 = {self.count - 1}")
+            raise BadInput(f"shard {str(self)!r}: K must be between 0 and N-1 = {self.count - 1}")
 
     @classmethod
     def parse(cls, text: str) -> "Shard":
