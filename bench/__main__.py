@@ -1,4 +1,4 @@
-"""``python -m bench query|ingest|scene|report``: see BENCHMARKS.md for the commands and the results."""
+"""``python -m bench query|ingest|scene|workers|report``: see BENCHMARKS.md for the commands and the results."""
 
 from __future__ import annotations
 
@@ -39,6 +39,9 @@ def main(argv: list[str] | None = None) -> int:
     sc.add_argument("--model", default=None)
     sc.add_argument("--queries", type=int, default=100)
     sc.add_argument("--json", type=Path, default=None)
+    from bench.workers import add_parser as add_workers
+
+    add_workers(sub)
     sub.add_parser("report", help="Markdown tables of bench/results/*.json (for BENCHMARKS.md)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
@@ -55,6 +58,10 @@ def main(argv: list[str] | None = None) -> int:
                 model=args.model, threads=args.threads, json_path=args.json,
             )
         )
+    if args.cmd == "workers":
+        from bench.workers import main as workers_main
+
+        return workers_main(args)
     if args.cmd == "scene":
         from bench.scene import main as scene_main
 
