@@ -83,6 +83,9 @@ def _fork_cli(args: list[str], env: dict[str, str], log: Path) -> int:
             fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
             os.dup2(fd, 1)
             os.dup2(fd, 2)
+            # pytest's capture replaced sys.stdout/err with its own files: write to the fds again
+            sys.stdout = open(1, "w", buffering=1, closefd=False)
+            sys.stderr = open(2, "w", buffering=1, closefd=False)
             for k in [k for k in os.environ if k.startswith(("FTF_", "QDRANT_"))]:
                 del os.environ[k]
             os.environ.update(env)
