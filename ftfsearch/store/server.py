@@ -262,10 +262,11 @@ class ServerStore:
                 raise self._unreachable(what, f"gRPC {code.name if code else 'error'}: {details}") from exc
             raise
 
-    def _write(self, what: str, fn: Callable[[], T]) -> T:
+    def _retried(self, what: str, fn: Callable[[], T]) -> T:
         """``_run`` with bounded retries and exponential backoff on transient failures.
 
-        Only for idempotent writes: a retried upsert rewrites the same points. A refusal
+        Only for idempotent calls: reads, and writes whose retry rewrites the same points (a
+        cluster that just lost a node answers some of both with a 500 until its replicas take over). A refusal
         (PermissionDenied, BadInput) is not transient and is raised at once; after the last
         attempt the StoreUnavailable says how many were made.
         """
@@ -341,7 +342,7 @@ class ServerStore:
         if self._meta is not None:
             return self._meta
         try:
-            recs = self._run(
+            recs = self._retried(
                 "read the collection's model record",
                 lambda: self._client.retrieve(
                     self.scenes_collection, [schema.META_POINT_ID], with_payload=True, with_vectors=False
@@ -355,7 +356,7 @@ class ServerStore:
         return self._meta
 
     def _exists(self, name: str) -> bool:
-        return self._run(f"look up collection {name!r}", lambda: self._client.collection_exists(name))
+        return self._retried(f"look up collection {name!r}", lambda: self._client.collection_exists(name))
 
     def _create(self, what: str, fn: Callable[[], Any]) -> None:
         """Create something that a concurrent process may be creating too ("exists" is fine)."""
@@ -374,7 +375,7 @@ class ServerStore:
                     return None
                 raise
 
-        self._run(what, tolerant)
+        self._retried(what, tolerant)
 
     def ensure_collection(
         self, meta: CollectionMeta, shards: int | None = None, replication_factor: int | None = None
@@ -414,7 +415,7 @@ class ServerStore:
             ),
         )
         for field, kind in schema.TILE_INDEXES.items():
-            self._run(
+            self._retried(
                 f"index payload field {field!r}",
                 lambda f=field, k=kind: self._client.create_payload_index(  # type: ignore[misc]
                     self.collection, f, field_schema=_INDEX_TYPES[k], wait=True
@@ -430,7 +431,7 @@ class ServerStore:
                 write_consistency_factor=wcf,
             ),
         )
-        self._run(
+        self._retried(
             "index payload field 'kind'",
             lambda: self._client.create_payload_index(
                 self.scenes_collection, "kind", field_schema=qm.PayloadSchemaType.KEYWORD, wait=True
@@ -438,7 +439,7 @@ class ServerStore:
         )
         if existing is None:
             payload = {"kind": KIND_META, **meta.to_payload()}
-            self._run(
+            self._retried(
                 "record the collection's model",
                 lambda: self._client.upsert(
                     self.scenes_collection,
@@ -450,7 +451,7 @@ class ServerStore:
 
     def _check_orphan(self, meta: CollectionMeta) -> None:
         """Tiles collection without a model record: accept it only if its vectors fit ``meta``."""
-        info = self._run("describe the collection", lambda: self._client.get_collection(self.collection))
+        info = self._retried("describe the collection", lambda: self._client.get_collection(self.collection))
         vectors = info.config.params.vectors
         sizes = {name: p.size for name, p in vectors.items()} if isinstance(vectors, dict) else {}
         if sizes.get(schema.COARSE) != meta.dim or sizes.get(schema.REGIONS) != meta.dim:
@@ -484,7 +485,7 @@ class ServerStore:
                 payloads=with_packed_vectors(batch.payloads[sl], coarse[sl], regions[sl]),
             )
             try:
-                self._write("write tiles", lambda p=points: self._client.upsert(self.collection, p, wait=True))  # type: ignore[misc]
+                self._retried("write tiles", lambda p=points: self._client.upsert(self.collection, p, wait=True))  # type: ignore[misc]
             except _Missing:
                 raise self._missing_collection() from None
 
@@ -706,7 +707,7 @@ class ServerStore:
         self._check_writable(f"record scene {scene.scene_id!r}")
         point = qm.PointStruct(id=schema.scene_point_id(scene.scene_id), vector={}, payload=scene.to_payload())
         try:
-            self._write(
+            self._retried(
                 f"record scene {scene.scene_id!r}",
                 lambda: self._client.upsert(self.scenes_collection, [point], wait=True),
             )
@@ -759,7 +760,7 @@ class ServerStore:
         self._check_writable(what)
         point = qm.PointStruct(id=schema.failure_point_id(failure.source), vector={}, payload=failure.to_payload())
         try:
-            self._write(what, lambda: self._client.upsert(self.scenes_collection, [point], wait=True))
+            self._retried(what, lambda: self._client.upsert(self.scenes_collection, [point], wait=True))
         except _Missing:
             raise self._missing_collection() from None
 
@@ -767,7 +768,7 @@ class ServerStore:
         what = f"clear the failure of {source!r}"
         self._check_writable(what)
         try:
-            self._write(
+            self._retried(
                 what,
                 lambda: self._client.delete(
                     self.scenes_collection, qm.PointIdsList(points=[schema.failure_point_id(source)]), wait=True
