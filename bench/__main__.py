@@ -1,4 +1,4 @@
-"""``python -m bench query|ingest|scene|examples|report``: see BENCHMARKS.md for the commands and the results."""
+"""``python -m bench query|ingest|scene|examples|workers|report``: see BENCHMARKS.md for the commands and the results."""
 
 from __future__ import annotations
 
@@ -51,6 +51,9 @@ def main(argv: list[str] | None = None) -> int:
     ex.add_argument("--threads", type=int, default=1, help="torch threads for the latency part")
     ex.add_argument("--encode-threads", type=int, default=0, help="torch threads for encoding the labelled images (0: torch's default)")
     ex.add_argument("--out-dir", type=Path, default=Path("bench/results"))
+    from bench.workers import add_parser as add_workers
+
+    add_workers(sub)
     sub.add_parser("report", help="Markdown tables of bench/results/*.json (for BENCHMARKS.md)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
@@ -67,6 +70,10 @@ def main(argv: list[str] | None = None) -> int:
                 model=args.model, threads=args.threads, json_path=args.json,
             )
         )
+    if args.cmd == "workers":
+        from bench.workers import main as workers_main
+
+        return workers_main(args)
     if args.cmd == "scene":
         from bench.scene import main as scene_main
 

@@ -44,12 +44,16 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 # Library messages name parameters in the API's words; on the command line they are flags.
-_PARAM_AT_START = re.compile(r"^(like_region|unlike_region|like|unlike|labels|output)(?=[ :])")
+_FLAGS = {
+    "like_region": "--like-region", "unlike_region": "--unlike-region", "like": "--like", "unlike": "--unlike",
+    "labels": "--labels", "output": "--output", "shard": "--shard", "source list": "--from",
+}
+_PARAM_AT_START = re.compile("^(" + "|".join(map(re.escape, _FLAGS)) + ")(?=[ :])")
 
 
 def _as_flags(message: str) -> str:
-    """``like 'x': ...`` -> ``--like 'x': ...``."""
-    return _PARAM_AT_START.sub(lambda m: "--" + m.group(1).replace("_", "-"), message, count=1)
+    """``like 'x': ...`` -> ``--like 'x': ...``; ``source list ...`` -> ``--from ...``."""
+    return _PARAM_AT_START.sub(lambda m: _FLAGS[m.group(1)], message, count=1)
 
 
 def _fail(message: str, code: int) -> None:
@@ -181,7 +185,16 @@ def _parse_int_list(value: str | None, option: str) -> tuple[int, ...] | None:
 @app.command()
 @handles_errors
 def ingest(
-    paths: list[str] = typer.Argument(..., help="GeoTIFF files, directories or globs; each raster is a scene."),
+    paths: Optional[list[str]] = typer.Argument(
+        None, help="GeoTIFF files, directories or globs; each raster is a scene (or --from LIST)."
+    ),
+    from_list: Optional[Path] = typer.Option(
+        None, "--from", help="A file of sources, one per line (files, directories, globs; # comments); "
+        "relative paths resolve against the file's directory. A failed source is recorded and the others go on.",
+    ),
+    shard: Optional[str] = typer.Option(
+        None, "--shard", help="K/N: ingest only part K (0-based) of N of the --from list (deterministic, balanced)."
+    ),
     scene_id: Optional[str] = typer.Option(None, "--scene-id", help="Scene id (one raster only; default: file name)."),
     tile_size: int = typer.Option(256, "--tile-size", help="Tile size in pixels."),
     overlap: float = typer.Option(0.0, "--overlap", help="Overlap between neighbouring tiles, fraction in [0, 1)."),
@@ -201,12 +214,23 @@ def ingest(
     device: Optional[str] = DeviceOpt,
 ) -> None:
     """Cut rasters into tiles, encode them and store them (resumes an interrupted scene)."""
+    from ftfsearch.errors import BadInput
     from ingest.pipeline import IngestOptions, ingest_paths
     from ingest.scenes import expand_paths
     from ingest.tiling import TilingSpec
 
     settings = _settings(store_dir=store, qdrant_url=qdrant_url, collection=collection, model=model, device=device)
-    files = expand_paths(paths)
+    sources = None
+    if from_list is not None:
+        if paths:
+            raise BadInput("give raster paths or --from LIST, not both")
+        if scene_id is not None:
+            raise BadInput("--scene-id names one raster: a --from list names its scenes after their files")
+        sources, part = _batch_sources(from_list, shard)
+    elif shard is not None:
+        raise BadInput("--shard splits a --from list: give --from LIST with it")
+    else:
+        files = expand_paths(paths or [])
     spec = TilingSpec(
         tile_size=tile_size,
         overlap=overlap,
@@ -221,6 +245,9 @@ def ingest(
         shards=shards,
         replication_factor=replication_factor,
     )
+    if sources is not None:
+        _ingest_batch(sources, part, from_list, options, settings, as_json)  # type: ignore[arg-type]
+        return
     encoder = _load_encoder(settings)
     db = _open_store(settings)
     try:
@@ -241,15 +268,129 @@ def ingest(
         out.print_json(json.dumps({"scenes": [s.to_dict() for s in done], "failed": [f.__dict__ for f in failed]}))
     else:
         for s in done:
-            err.print(
-                f"{s.scene_id}: {s.state}, {s.tiles_in_store} tiles in store ({s.written} written, "
-                f"{s.already_stored} already stored, {s.skipped_nodata} nodata skipped) "
-                f"in {s.seconds:.1f} s, {s.tiles_per_s:.1f} tiles/s",
-                highlight=False,
-            )
+            _print_scene(s)
     if not done:
         _fail(f"nothing was ingested: {len(failed)} of {len(files)} rasters skipped (see above)", 2)
     if failed:
+        raise typer.Exit(1)
+
+
+def _print_scene(s: Any) -> None:
+    err.print(
+        f"{s.scene_id}: {s.state}, {s.tiles_in_store} tiles in store ({s.written} written, "
+        f"{s.already_stored} already stored, {s.skipped_nodata} nodata skipped) "
+        f"in {s.seconds:.1f} s, {s.tiles_per_s:.1f} tiles/s",
+        highlight=False,
+    )
+
+
+def _batch_sources(list_path: Path, shard: str | None) -> tuple[list[Any], Any]:
+    """The sources of ``--from`` (``--shard``'s part of them when given), and that part."""
+    from ingest.batch import Shard, expand_list, partition
+
+    part = Shard.parse(shard) if shard is not None else None
+    sources = expand_list(list_path)
+    return (partition(sources, part) if part is not None else sources), part
+
+
+def _ingest_batch(sources: list[Any], part: Any, list_path: Path, options: Any, settings: Settings,
+                  as_json: bool) -> None:
+    """``ingest --from``: one line per failed source, the others go on; exit 1 unless all complete."""
+    from ingest.batch import ingest_sources
+
+    what = f"{list_path}" + (f" shard {part}" if part is not None else "")
+    if not sources:
+        err.print(f"{what}: no sources in this part (the list has fewer sources than parts)", highlight=False)
+        if as_json:
+            out.print_json(json.dumps({"shard": str(part), "scenes": [], "failed": []}))
+        return
+    encoder = _load_encoder(settings)
+    db = _open_store(settings)
+
+    def report(o: Any) -> None:
+        if o.error is not None:
+            err.print(Text(f"failed: {o.error}"), highlight=False)
+        if o.summary is not None:
+            for warning in o.summary.warnings:
+                err.print(Text(f"warning: {o.summary.path}: {warning}"), highlight=False)
+            if not as_json:
+                _print_scene(o.summary)
+
+    try:
+        result = ingest_sources(
+            sources, encoder, db, options, progress=None if as_json else _RichProgress(), on_source=report
+        )
+    finally:
+        db.close()
+    failed = result.failed
+    if as_json:
+        out.print_json(json.dumps({
+            "shard": None if part is None else str(part),
+            "scenes": [s.to_dict() for s in result.done],
+            "failed": [{"source": o.source.key, "message": o.error} for o in failed],
+        }))
+    err.print(
+        f"{what}: {len(sources)} sources, {len(sources) - len(failed)} complete, {len(failed)} failed",
+        highlight=False,
+    )
+    if failed:
+        raise typer.Exit(1)
+
+
+# batch -------------------------------------------------------------------------------------------
+batch_app = typer.Typer(
+    no_args_is_help=True, help="Batches of sources for parallel workers: `ingest --from LIST --shard K/N`, then their state."
+)
+app.add_typer(batch_app, name="batch")
+
+
+@batch_app.command("status")
+@handles_errors
+def batch_status_cmd(
+    from_list: Path = typer.Option(..., "--from", help="The source list the workers ingest (as for ingest --from)."),
+    shard: Optional[str] = typer.Option(None, "--shard", help="K/N: only the sources of this part."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON: counts and every source with its state."),
+    pending: bool = typer.Option(
+        False, "--pending", help="Print only the sources that are not complete, one per line: a list for --from."
+    ),
+    store: Optional[Path] = StoreOpt,
+    qdrant_url: Optional[str] = UrlOpt,
+    collection: Optional[str] = CollectionOpt,
+) -> None:
+    """How many sources of a list are complete, ingesting, failed or not started, and which (exit 0 only when all are complete)."""
+    from ingest.batch import STATES, batch_status
+
+    settings = _settings(store_dir=store, qdrant_url=qdrant_url, collection=collection)
+    sources, part = _batch_sources(from_list, shard)
+    db = _open_store(settings, read_only=True)
+    try:
+        status = batch_status(sources, db)
+    finally:
+        db.close()
+    counts = status.counts
+    if as_json:
+        out.print_json(json.dumps({"list": str(from_list), "shard": None if part is None else str(part),
+                                   **status.to_dict()}))
+    elif pending:
+        for s in status.sources:
+            if s.state != "complete":
+                out.print(Text(s.source), highlight=False)
+    else:
+        waiting = [s for s in status.sources if s.state != "complete"]
+        if waiting:
+            table = Table()
+            for col in ("state", "source", "error"):
+                table.add_column(col, overflow="fold")
+            for s in waiting:
+                table.add_row(s.state.replace("_", " "), s.source, s.error or "")
+            out.print(table)
+    what = f"{from_list}" + (f" shard {part}" if part is not None else "")
+    err.print(
+        f"{what}: {len(status.sources)} sources: "
+        + ", ".join(f"{counts[k]} {k.replace('_', ' ')}" for k in STATES),
+        highlight=False,
+    )
+    if not status.complete:
         raise typer.Exit(1)
 
 

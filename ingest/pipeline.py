@@ -370,6 +370,15 @@ def ingest_scene(
         )
 
 
+def scene_error(path: Path, exc: BaseException) -> BadInput | None:
+    """``exc`` as the bad input of this one file, or None when it is not about the file."""
+    if isinstance(exc, BadInput):
+        return exc
+    if isinstance(exc, (RasterioError, CPLE_BaseError)):  # GDAL failed on this file (e.g. a footprint outside its CRS)
+        return BadInput(f"{path}: cannot be read as a raster scene ({exc}); check the file")
+    return None
+
+
 @dataclass
 class IngestFailure:
     path: str
@@ -394,9 +403,8 @@ def ingest_paths(
     for path in paths:
         try:
             summary = ingest_scene(path, encoder, store, options, progress)
-        except (BadInput, RasterioError, CPLE_BaseError) as exc:
-            if not isinstance(exc, BadInput):  # GDAL failed on this file (e.g. a footprint outside its CRS)
-                exc = BadInput(f"{path}: cannot be read as a raster scene ({exc}); check the file")
+        except (BadInput, RasterioError, CPLE_BaseError) as raised:
+            exc = scene_error(path, raised) or BadInput(str(raised))
             failure = IngestFailure(str(path), str(exc))
             failed.append(failure)
             log.info("skipped %s: %s", path, exc)

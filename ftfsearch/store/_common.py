@@ -28,6 +28,7 @@ _COLLECTION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 # Meta point and scene points are told apart by this payload field.
 KIND_META = "meta"
 KIND_SCENE = "scene"
+KIND_FAILURE = "failure"
 
 # Page size for scroll / retrieve round trips.
 PAGE = 1024

@@ -124,6 +124,9 @@ class SceneRecord:
     bbox: list[float] | None = None
     crs: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    last_error: str | None = None
+    """Why the last ingest of this scene stopped before it was complete (None once it completes,
+    or while a run is writing it): what ``ftfsearch batch status`` reports as ``failed``."""
 
     def to_payload(self) -> dict[str, Any]:
         return {
@@ -139,6 +142,7 @@ class SceneRecord:
             "bbox": self.bbox,
             "crs": self.crs,
             "extra": self.extra,
+            "last_error": self.last_error,
         }
 
     @classmethod
@@ -155,6 +159,39 @@ class SceneRecord:
             bbox=p.get("bbox"),
             crs=p.get("crs"),
             extra=p.get("extra") or {},
+            last_error=p.get("last_error"),
+        )
+
+
+@dataclass
+class SourceFailure:
+    """A batch source that failed before it had a scene record (missing, not a raster, a glob that
+    matches nothing, a scene id held by another file): kept in the scenes collection, keyed by the
+    source, so a batch's state can be read from the store alone."""
+
+    source: str
+    """The source as the batch names it: an absolute path, a glob or a URL."""
+    message: str
+    scene_id: str | None = None
+    recorded_at: str = ""
+    """UTC time, ISO 8601."""
+
+    def to_payload(self) -> dict[str, Any]:
+        return {
+            "kind": "failure",
+            "source": self.source,
+            "message": self.message,
+            "scene_id": self.scene_id,
+            "recorded_at": self.recorded_at,
+        }
+
+    @classmethod
+    def from_payload(cls, p: dict[str, Any]) -> "SourceFailure":
+        return cls(
+            source=str(p["source"]),
+            message=str(p.get("message") or ""),
+            scene_id=p.get("scene_id"),
+            recorded_at=str(p.get("recorded_at") or ""),
         )
 
 
@@ -253,6 +290,18 @@ class Store(Protocol):
     def get_scene(self, scene_id: str) -> SceneRecord | None: ...
 
     def list_scenes(self) -> list[SceneRecord]: ...
+
+    def put_failure(self, failure: SourceFailure) -> None:
+        """Record (or replace) the failure of one batch source; the collection must exist."""
+        ...
+
+    def delete_failure(self, source: str) -> None:
+        """Forget the failure of ``source`` (nothing happens when none is recorded)."""
+        ...
+
+    def list_failures(self) -> list[SourceFailure]:
+        """Every recorded source failure, by source; empty when the collection does not exist."""
+        ...
 
     def optimize(self) -> bool:
         """Build indexes now (Edge builds HNSW only when asked; a server does it by itself)."""

@@ -33,6 +33,7 @@ from ftfsearch.errors import (
 )
 from ftfsearch.store import schema
 from ftfsearch.store._common import (
+    KIND_FAILURE,
     KIND_META,
     KIND_SCENE,
     PAGE,
@@ -57,7 +58,15 @@ from ftfsearch.store._common import (
     valid_point_ids,
     with_packed_vectors,
 )
-from ftfsearch.store.base import Candidates, CollectionMeta, QueryFilter, SceneRecord, TileBatch, average_vector
+from ftfsearch.store.base import (
+    Candidates,
+    CollectionMeta,
+    QueryFilter,
+    SceneRecord,
+    SourceFailure,
+    TileBatch,
+    average_vector,
+)
 
 log = logging.getLogger(__name__)
 
@@ -576,17 +585,36 @@ class EdgeStore:
         return SceneRecord.from_payload(recs[0].payload)
 
     def list_scenes(self) -> list[SceneRecord]:
+        return sorted((SceneRecord.from_payload(p) for p in self._scroll_kind(KIND_SCENE)), key=lambda s: s.scene_id)
+
+    def _scroll_kind(self, kind: str) -> list[dict[str, Any]]:
+        """Payloads of every point of one ``kind`` in the scenes shard."""
         self._check_open()
         if self._scenes is None:
             return []
-        flt = qe.Filter(must=[qe.FieldCondition("kind", match=qe.MatchValue(KIND_SCENE))])
-        out: list[SceneRecord] = []
+        flt = qe.Filter(must=[qe.FieldCondition("kind", match=qe.MatchValue(kind))])
+        out: list[dict[str, Any]] = []
         offset: Any = None
         while True:
             recs, offset = self._scenes.scroll(
                 qe.ScrollRequest(offset=offset, limit=PAGE, filter=flt, with_payload=True, with_vector=False)
             )
-            out.extend(SceneRecord.from_payload(r.payload) for r in recs if r.payload)
+            out.extend(r.payload for r in recs if r.payload)
             if offset is None:
                 break
-        return sorted(out, key=lambda s: s.scene_id)
+        return out
+
+    # -- batch source failures ------------------------------------------------------------
+
+    def put_failure(self, failure: SourceFailure) -> None:
+        self._check_writable(f"record the failure of {failure.source!r}")
+        point = qe.Point(schema.failure_point_id(failure.source), {}, failure.to_payload())
+        self._need_scenes().update(qe.UpdateOperation.upsert_points([point]))
+
+    def delete_failure(self, source: str) -> None:
+        self._check_writable(f"clear the failure of {source!r}")
+        if self._scenes is not None:
+            self._scenes.update(qe.UpdateOperation.delete_points([schema.failure_point_id(source)]))
+
+    def list_failures(self) -> list[SourceFailure]:
+        return sorted((SourceFailure.from_payload(p) for p in self._scroll_kind(KIND_FAILURE)), key=lambda f: f.source)

@@ -33,6 +33,12 @@ def scene_point_id(scene_id: str) -> str:
     return str(uuid.uuid5(FTF_NAMESPACE, f"scene/{scene_id}"))
 
 
+def failure_point_id(source: str) -> str:
+    """The point that records a batch source's failure (keyed by the source, not a scene id: a
+    source that never opened has no scene id of its own)."""
+    return str(uuid.uuid5(FTF_NAMESPACE, f"failure/{source}"))
+
+
 META_POINT_ID = str(uuid.uuid5(FTF_NAMESPACE, "collection-meta"))
 
 

@@ -33,6 +33,7 @@ from ftfsearch.errors import (
 )
 from ftfsearch.store import schema
 from ftfsearch.store._common import (
+    KIND_FAILURE,
     KIND_META,
     KIND_SCENE,
     PAGE,
@@ -56,7 +57,7 @@ from ftfsearch.store._common import (
     valid_point_ids,
     with_packed_vectors,
 )
-from ftfsearch.store.base import Candidates, CollectionMeta, QueryFilter, SceneRecord, TileBatch
+from ftfsearch.store.base import Candidates, CollectionMeta, QueryFilter, SceneRecord, SourceFailure, TileBatch
 from ftfsearch.store.rest import RestError, RestTransport
 
 try:  # grpc comes with qdrant-client; only the gRPC transport raises its errors
@@ -215,10 +216,12 @@ class ServerStore:
             return self._refused(what, status)
         if status in (400, 422):
             return BadInput(f"Qdrant at {self.url} rejected the request to {what}: {self._redact(detail)}")
-        return StoreUnavailable(
+        failed = StoreUnavailable(
             f"Qdrant at {self.url} failed to {what} (HTTP {status}: {self._redact(detail)}); "
             "check the server's log"
         )
+        failed.http_status = status  # type: ignore[attr-defined]  # answered: worth a retry on a cluster
+        return failed
 
     def _run(self, what: str, fn: Callable[[], T]) -> T:
         """Call ``fn`` and map its failures; raises ``_Missing`` on a not-found answer."""
@@ -266,10 +269,13 @@ class ServerStore:
                 raise self._unreachable(what, f"gRPC {code.name if code else 'error'}: {details}") from exc
             raise
 
-    def _write(self, what: str, fn: Callable[[], T]) -> T:
+    def _retried(self, what: str, fn: Callable[[], T], answered_only: bool = False) -> T:
         """``_run`` with bounded retries and exponential backoff on transient failures.
 
-        Only for idempotent writes: a retried upsert rewrites the same points. A refusal
+        Only for idempotent calls: reads, and writes whose retry rewrites the same points (a
+        cluster that just lost a node answers some of both with a 500 until its replicas take over).
+        ``answered_only``: retry only failures the server answered (an error status), so a server
+        that cannot be reached at all is reported at once. A refusal
         (PermissionDenied, BadInput) is not transient and is raised at once; after the last
         attempt the StoreUnavailable says how many were made.
         """
@@ -277,6 +283,8 @@ class ServerStore:
             try:
                 return self._run(what, fn)
             except StoreUnavailable as exc:
+                if answered_only and getattr(exc, "http_status", None) is None:
+                    raise
                 if self._closed or attempt == WRITE_ATTEMPTS:
                     raise StoreUnavailable(f"{exc} (gave up after {attempt} attempts)") from exc
                 delay = WRITE_BACKOFF_S * 2 ** (attempt - 1)
@@ -345,11 +353,12 @@ class ServerStore:
         if self._meta is not None:
             return self._meta
         try:
-            recs = self._run(
+            recs = self._retried(
                 "read the collection's model record",
                 lambda: self._client.retrieve(
                     self.scenes_collection, [schema.META_POINT_ID], with_payload=True, with_vectors=False
                 ),
+                answered_only=True,
             )
         except _Missing:
             return None
@@ -359,7 +368,9 @@ class ServerStore:
         return self._meta
 
     def _exists(self, name: str) -> bool:
-        return self._run(f"look up collection {name!r}", lambda: self._client.collection_exists(name))
+        return self._retried(
+            f"look up collection {name!r}", lambda: self._client.collection_exists(name), answered_only=True
+        )
 
     def _create(self, what: str, fn: Callable[[], Any]) -> None:
         """Create something that a concurrent process may be creating too ("exists" is fine)."""
@@ -378,7 +389,7 @@ class ServerStore:
                     return None
                 raise
 
-        self._run(what, tolerant)
+        self._retried(what, tolerant)
 
     def ensure_collection(
         self, meta: CollectionMeta, shards: int | None = None, replication_factor: int | None = None
@@ -418,7 +429,7 @@ class ServerStore:
             ),
         )
         for field, kind in schema.TILE_INDEXES.items():
-            self._run(
+            self._retried(
                 f"index payload field {field!r}",
                 lambda f=field, k=kind: self._client.create_payload_index(  # type: ignore[misc]
                     self.collection, f, field_schema=_INDEX_TYPES[k], wait=True
@@ -434,7 +445,7 @@ class ServerStore:
                 write_consistency_factor=wcf,
             ),
         )
-        self._run(
+        self._retried(
             "index payload field 'kind'",
             lambda: self._client.create_payload_index(
                 self.scenes_collection, "kind", field_schema=qm.PayloadSchemaType.KEYWORD, wait=True
@@ -442,7 +453,7 @@ class ServerStore:
         )
         if existing is None:
             payload = {"kind": KIND_META, **meta.to_payload()}
-            self._run(
+            self._retried(
                 "record the collection's model",
                 lambda: self._client.upsert(
                     self.scenes_collection,
@@ -454,7 +465,9 @@ class ServerStore:
 
     def _check_orphan(self, meta: CollectionMeta) -> None:
         """Tiles collection without a model record: accept it only if its vectors fit ``meta``."""
-        info = self._run("describe the collection", lambda: self._client.get_collection(self.collection))
+        info = self._retried(
+            "describe the collection", lambda: self._client.get_collection(self.collection), answered_only=True
+        )
         vectors = info.config.params.vectors
         sizes = {name: p.size for name, p in vectors.items()} if isinstance(vectors, dict) else {}
         if sizes.get(schema.COARSE) != meta.dim or sizes.get(schema.REGIONS) != meta.dim:
@@ -488,7 +501,7 @@ class ServerStore:
                 payloads=with_packed_vectors(batch.payloads[sl], coarse[sl], regions[sl]),
             )
             try:
-                self._write("write tiles", lambda p=points: self._client.upsert(self.collection, p, wait=True))  # type: ignore[misc]
+                self._retried("write tiles", lambda p=points: self._client.upsert(self.collection, p, wait=True))  # type: ignore[misc]
             except _Missing:
                 raise self._missing_collection() from None
 
@@ -754,7 +767,7 @@ class ServerStore:
         self._check_writable(f"record scene {scene.scene_id!r}")
         point = qm.PointStruct(id=schema.scene_point_id(scene.scene_id), vector={}, payload=scene.to_payload())
         try:
-            self._write(
+            self._retried(
                 f"record scene {scene.scene_id!r}",
                 lambda: self._client.upsert(self.scenes_collection, [point], wait=True),
             )
@@ -776,13 +789,18 @@ class ServerStore:
         return SceneRecord.from_payload(recs[0].payload)
 
     def list_scenes(self) -> list[SceneRecord]:
-        flt = qm.Filter(must=[qm.FieldCondition(key="kind", match=qm.MatchValue(value=KIND_SCENE))])
-        out: list[SceneRecord] = []
+        return sorted((SceneRecord.from_payload(p) for p in self._scroll_kind(KIND_SCENE, "list scenes")),
+                      key=lambda s: s.scene_id)
+
+    def _scroll_kind(self, kind: str, what: str) -> list[dict[str, Any]]:
+        """Payloads of every point of one ``kind`` in the scenes collection (none when it is missing)."""
+        flt = qm.Filter(must=[qm.FieldCondition(key="kind", match=qm.MatchValue(value=kind))])
+        out: list[dict[str, Any]] = []
         offset: Any = None
         while True:
             try:
                 recs, offset = self._run(
-                    "list scenes",
+                    what,
                     lambda o=offset: self._client.scroll(  # type: ignore[misc]
                         self.scenes_collection, scroll_filter=flt, limit=PAGE, offset=o,
                         with_payload=True, with_vectors=False,
@@ -790,7 +808,35 @@ class ServerStore:
                 )
             except _Missing:
                 return []
-            out.extend(SceneRecord.from_payload(r.payload) for r in recs if r.payload)
+            out.extend(r.payload for r in recs if r.payload)
             if offset is None:
                 break
-        return sorted(out, key=lambda s: s.scene_id)
+        return out
+
+    # -- batch source failures ------------------------------------------------------------
+
+    def put_failure(self, failure: SourceFailure) -> None:
+        what = f"record the failure of {failure.source!r}"
+        self._check_writable(what)
+        point = qm.PointStruct(id=schema.failure_point_id(failure.source), vector={}, payload=failure.to_payload())
+        try:
+            self._retried(what, lambda: self._client.upsert(self.scenes_collection, [point], wait=True))
+        except _Missing:
+            raise self._missing_collection() from None
+
+    def delete_failure(self, source: str) -> None:
+        what = f"clear the failure of {source!r}"
+        self._check_writable(what)
+        try:
+            self._retried(
+                what,
+                lambda: self._client.delete(
+                    self.scenes_collection, qm.PointIdsList(points=[schema.failure_point_id(source)]), wait=True
+                ),
+            )
+        except _Missing:
+            pass
+
+    def list_failures(self) -> list[SourceFailure]:
+        return sorted((SourceFailure.from_payload(p) for p in self._scroll_kind(KIND_FAILURE, "list failures")),
+                      key=lambda f: f.source)
