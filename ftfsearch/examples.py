@@ -160,7 +160,7 @@ def _read_rgb(ds: rasterio.io.DatasetReader, where: str) -> np.ndarray:
 
 
 def resolve(refs: Sequence[ExampleRef], store: Store, encoder: Encoder) -> list[Example]:
-    """The vectors of ``refs``: stored tiles read in one request, images encoded in one batch.
+    """The vectors of ``refs``: stored tiles read in one request, each image encoded on the fly.
 
     Raises TileNotFound (an unknown id), BadInput (a point under no tile, a bad image, a region
     index out of range, one tile both liked and unliked, too many examples).
