@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
-from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -13,7 +11,7 @@ import rasterio
 
 from ftfsearch.errors import BadInput
 from ftfsearch.store.base import CollectionMeta, SourceFailure
-from ingest.batch import Shard, Source, batch_status, expand_list, partition, read_list
+from ingest.batch import Shard, Source, expand_list, partition, read_list
 from test_cli import _InProcess, assert_one_line_error
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "geotiffs"

@@ -3,7 +3,6 @@ with the Helm values' secret, and running a command line the real CLI accepts (a
 
 from __future__ import annotations
 
-import os
 import re
 import shlex
 import subprocess
