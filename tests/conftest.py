@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import sys
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -12,13 +11,9 @@ from pathlib import Path
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-# deploy/ is a development package, not part of the installed distribution.
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
+from deploy.qdrant_local import QdrantBinaryNotFound, QdrantServer, find_qdrant_binary
+from ftfsearch.store import Store, open_store
 
-from deploy.qdrant_local import QdrantBinaryNotFound, QdrantServer, find_qdrant_binary  # noqa: E402
-from ftfsearch.store import Store, open_store  # noqa: E402
 
 
 # --- Qdrant server and stores ----------------------------------------------------------------

@@ -15,7 +15,8 @@ from PIL import Image
 from ftfsearch.errors import BadInput, ModelNotFound
 from ftfsearch.model.base import Encoder
 from ftfsearch.model.clip import ClipEncoder
-from ftfsearch.model.loading import load_encoder, locate_model, resolve_device
+from ftfsearch.model.loading import load_encoder
+from ftfsearch.model.sources import locate_model, resolve_device
 from ftfsearch.model.tiny import build_tiny_clip
 
 RSICD = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "rsicd"

@@ -9,7 +9,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ftfsearch.model.base import Encoder, RerankParams
-from ftfsearch.model.loading import DEFAULT_MODEL_DIR, ModelSource, load_encoder, locate_model, resolve_device
+from ftfsearch.model.loading import DEFAULT_MODEL_DIR, load_encoder
+from ftfsearch.model.sources import ModelSource, locate_model, resolve_device
 from ftfsearch.model.regions import DEFAULT_LAYOUT, layout_boxes, num_regions, parse_layout
 
 if TYPE_CHECKING:

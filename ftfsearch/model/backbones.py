@@ -219,7 +219,7 @@ def minilm_dir() -> Path:
 
 def load_minilm() -> nn.Module:
     """The MiniLM BERT (transformers ``BertModel``) with its pretrained weights, offline."""
-    from ftfsearch.model.loading import force_offline
+    from ftfsearch.model.sources import force_offline
 
     force_offline()
     from transformers import BertModel

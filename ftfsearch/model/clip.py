@@ -40,7 +40,7 @@ import torch.nn.functional as F
 
 from ftfsearch.errors import BadInput, ModelNotFound
 from ftfsearch.model.base import RerankParams
-from ftfsearch.model.loading import ModelSource, force_offline, locate_model, resolve_device
+from ftfsearch.model.sources import ModelSource, force_offline, locate_model, resolve_device
 from ftfsearch.model.preprocess import ImageTransform, check_images
 from ftfsearch.model.regions import DEFAULT_LAYOUT, layout_boxes
 

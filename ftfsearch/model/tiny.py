@@ -17,7 +17,7 @@ from typing import Literal
 
 import torch
 
-from ftfsearch.model.loading import force_offline
+from ftfsearch.model.sources import force_offline
 from ftfsearch.model.preprocess import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
