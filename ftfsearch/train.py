@@ -535,13 +535,7 @@ class _ClipTask(_PixelTask):
         self.std = torch.tensor(t.std, device=device).view(1, 3, 1, 1)
 
     def images(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        vision = self.model.vision_model
-        out = vision(pixel_values=(x - self.mean) / self.std)
-        patches = out.last_hidden_state[:, 1:, :]
-        pooled = torch.einsum("rp,bph->brh", self.enc._token_weights.to(patches.dtype), patches)
-        coarse = F.normalize(self.model.visual_projection(out.pooler_output).float(), dim=-1)
-        regions = F.normalize(self.model.visual_projection(vision.post_layernorm(pooled)).float(), dim=-1)
-        return coarse, regions
+        return self.enc.token_vectors((x - self.mean) / self.std)
 
     def texts(self, rows: np.ndarray) -> torch.Tensor:
         batch = self.enc.tokenizer([self.captions[i] for i in rows], padding=True, truncation=True,

@@ -15,7 +15,6 @@ from deploy.qdrant_local import QdrantBinaryNotFound, QdrantServer, find_qdrant_
 from ftfsearch.store import Store, open_store
 
 
-
 # --- Qdrant server and stores ----------------------------------------------------------------
 
 

@@ -353,17 +353,24 @@ class ClipEncoder:
         regions = torch.stack([by_box.get(r, coarse) for r in range(self.num_regions)], dim=1)
         return coarse, regions
 
+    def token_vectors(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One vision pass over normalised pixels -> unit ``(coarse [B, D], regions [B, R, D])``:
+        regions are patch tokens pooled over each box (overlap-weighted), then the final layer norm
+        and the projection. Differentiable: training runs the same function."""
+        vision = self.model.vision_model
+        out = vision(pixel_values=pixel_values)
+        patches = out.last_hidden_state[:, 1:, :]
+        if patches.shape[1] != self._grid * self._grid:
+            raise BadInput(f"{self.files.model_dir}: expected {self._grid}x{self._grid} patch tokens, got {patches.shape[1]}")
+        pooled = torch.einsum("rp,bph->brh", self._token_weights.to(patches.dtype), patches)
+        return self._project(out.pooler_output), self._project(vision.post_layernorm(pooled))
+
     def _encode_tokens(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         coarse, regions = [], []
-        vision = self.model.vision_model
         for start in range(0, len(x), self.max_batch):
-            out = vision(pixel_values=self.transform.resize(x[start : start + self.max_batch]))
-            patches = out.last_hidden_state[:, 1:, :]
-            if patches.shape[1] != self._grid * self._grid:
-                raise BadInput(f"{self.files.model_dir}: expected {self._grid}x{self._grid} patch tokens, got {patches.shape[1]}")
-            pooled = torch.einsum("rp,bph->brh", self._token_weights.to(patches.dtype), patches)
-            coarse.append(self._project(out.pooler_output))
-            regions.append(self._project(vision.post_layernorm(pooled)))
+            c, r = self.token_vectors(self.transform.resize(x[start : start + self.max_batch]))
+            coarse.append(c)
+            regions.append(r)
         return torch.cat(coarse), torch.cat(regions)
 
     def encode_images(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
