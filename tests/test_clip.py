@@ -13,7 +13,8 @@ from PIL import Image
 
 from ftfsearch.errors import BadInput
 from ftfsearch.model.base import Encoder, RerankParams
-from ftfsearch.model.clip import ClipEncoder, patch_box_weights
+from ftfsearch.model.clip import ClipEncoder
+from ftfsearch.model.regions import box_pooling_matrix
 from ftfsearch.model.loading import load_encoder
 from ftfsearch.model.tiny import build_tiny_clip
 
@@ -139,7 +140,7 @@ def test_tokens_regions_pool_patch_tokens_by_overlap(tokens: ClipEncoder, tiles:
     """Recompute the grid-2 top-right region by hand from the vision tower's patch tokens."""
     grid = tokens._grid
     assert grid == 4
-    weights = patch_box_weights(tokens.region_boxes, grid)
+    weights = box_pooling_matrix(tokens.region_boxes, grid, grid)
     torch.testing.assert_close(weights.sum(dim=1), torch.ones(14))
     top_right = weights[2].reshape(grid, grid)  # box 2 = grid-2 cell row 0, col 1: patch rows 0-1, cols 2-3
     assert torch.allclose(top_right[:2, 2:], torch.full((2, 2), 0.25)) and top_right.sum() == pytest.approx(1.0)

@@ -17,11 +17,10 @@ from ftfsearch.model.ftf import (
     CONFIG_NAME,
     FtfConfig,
     FtfModel,
-    box_pooling_matrix,
     load_ftf_encoder,
     save_ftf_model,
 )
-from ftfsearch.model.regions import layout_boxes
+from ftfsearch.model.regions import box_pooling_matrix, layout_boxes
 from ftfsearch.model.text import encode_batch, train_tokenizer
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"

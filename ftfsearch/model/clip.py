@@ -42,7 +42,7 @@ from ftfsearch.errors import BadInput, ModelNotFound
 from ftfsearch.model.base import RerankParams
 from ftfsearch.model.sources import ModelSource, force_offline, locate_model, resolve_device
 from ftfsearch.model.preprocess import ImageTransform, check_images
-from ftfsearch.model.regions import DEFAULT_LAYOUT, layout_boxes
+from ftfsearch.model.regions import DEFAULT_LAYOUT, box_pooling_matrix, layout_boxes
 
 log = logging.getLogger(__name__)
 
@@ -227,18 +227,6 @@ def fingerprint(files: ClipFiles, chunk: int = 1 << 16, samples: int = 16) -> st
     return digest.hexdigest()
 
 
-def patch_box_weights(boxes: np.ndarray, grid: int) -> torch.Tensor:
-    """``[R, grid*grid]`` weights: the share of each box covered by each patch (rows sum to 1)."""
-    edges = np.arange(grid + 1, dtype=np.float64) / grid
-    lo, hi = edges[:-1], edges[1:]
-    b = boxes.astype(np.float64)
-    ox = np.clip(np.minimum(b[:, 2:3], hi) - np.maximum(b[:, 0:1], lo), 0.0, None)  # [R, grid] by column
-    oy = np.clip(np.minimum(b[:, 3:4], hi) - np.maximum(b[:, 1:2], lo), 0.0, None)  # [R, grid] by row
-    weights = oy[:, :, None] * ox[:, None, :]  # [R, row, col], row-major like the patch sequence
-    weights = weights.reshape(len(b), grid * grid)
-    return torch.from_numpy(weights / weights.sum(axis=1, keepdims=True)).float()
-
-
 def _source(model: str | Path | ModelSource, cache_dir: Path | None) -> ModelSource:
     if isinstance(model, ModelSource):
         return model
@@ -277,7 +265,7 @@ class ClipEncoder:
         vision = config.vision_config
         self.transform = ImageTransform.from_processor_config(self.files.processor_config, int(vision.image_size))
         self._grid = int(vision.image_size) // int(vision.patch_size)
-        self._token_weights = patch_box_weights(self._boxes, self._grid).to(self.device)
+        self._token_weights = box_pooling_matrix(self._boxes, self._grid, self._grid).to(self.device)
         full = np.flatnonzero(np.all(np.isclose(self._boxes, [0.0, 0.0, 1.0, 1.0]), axis=1))
         self._full_box: int | None = int(full[0]) if len(full) else None
         self.max_text_tokens = int(min(self.tokenizer.model_max_length, config.text_config.max_position_embeddings))

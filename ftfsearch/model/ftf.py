@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from ftfsearch.errors import BadInput, ModelNotFound
 from ftfsearch.model.base import RerankParams
-from ftfsearch.model.regions import DEFAULT_LAYOUT, layout_boxes
+from ftfsearch.model.regions import DEFAULT_LAYOUT, box_pooling_matrix, layout_boxes
 from ftfsearch.model.text import count_tokens, encode_batch, load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -103,19 +103,6 @@ class _Block(nn.Module):
         y = F.relu(self.bn1(self.conv1(x)), inplace=True)
         y = self.bn2(self.conv2(y))
         return F.relu(y + self.short(x), inplace=True)
-
-
-def box_pooling_matrix(boxes: np.ndarray, h: int, w: int) -> torch.Tensor:
-    """``[R, h*w]`` weights that average a feature map over each box (fractional cell overlap)."""
-    ys = np.arange(h + 1) / h
-    xs = np.arange(w + 1) / w
-    mats = []
-    for x0, y0, x1, y1 in boxes.astype(np.float64):
-        oy = np.clip(np.minimum(ys[1:], y1) - np.maximum(ys[:-1], y0), 0, None)
-        ox = np.clip(np.minimum(xs[1:], x1) - np.maximum(xs[:-1], x0), 0, None)
-        m = np.outer(oy, ox)
-        mats.append(m.ravel() / m.sum())
-    return torch.tensor(np.stack(mats), dtype=torch.float32)
 
 
 class ImageTower(nn.Module):

@@ -43,8 +43,8 @@ from ftfsearch.model.backbones import (
     minilm_dir,
 )
 from ftfsearch.model.base import RerankParams
-from ftfsearch.model.ftf import FtfEncoderBase, box_pooling_matrix, prepare_images, weights_digest
-from ftfsearch.model.regions import DEFAULT_LAYOUT, layout_boxes
+from ftfsearch.model.ftf import FtfEncoderBase, prepare_images, weights_digest
+from ftfsearch.model.regions import DEFAULT_LAYOUT, box_pooling_matrix, layout_boxes
 
 FAMILY = "pretrained"
 FORMAT_VERSION = 1

@@ -7,6 +7,7 @@ Boxes are ``(x0, y0, x1, y1)`` fractions of the tile, row-major within each grid
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from ftfsearch.errors import BadInput
 
@@ -39,3 +40,16 @@ def layout_boxes(layout: str = DEFAULT_LAYOUT) -> np.ndarray:
 
 def num_regions(layout: str = DEFAULT_LAYOUT) -> int:
     return sum(n * n for n in parse_layout(layout))
+
+
+def box_pooling_matrix(boxes: np.ndarray, h: int, w: int) -> torch.Tensor:
+    """``[R, h*w]`` float32 weights that average an ``h x w`` map (row-major, as a flattened feature
+    map or a ViT's patch sequence) over each box: each cell weighs by the exact fraction of it
+    inside the box, so any layout works at any map size; rows sum to 1."""
+    b = np.asarray(boxes, dtype=np.float64)
+    ys, xs = np.arange(h + 1, dtype=np.float64) / h, np.arange(w + 1, dtype=np.float64) / w
+    oy = np.clip(np.minimum(b[:, 3:4], ys[1:]) - np.maximum(b[:, 1:2], ys[:-1]), 0.0, None)  # [R, h]
+    ox = np.clip(np.minimum(b[:, 2:3], xs[1:]) - np.maximum(b[:, 0:1], xs[:-1]), 0.0, None)  # [R, w]
+    weights = (oy[:, :, None] * ox[:, None, :]).reshape(len(b), h * w)
+    # torch.tensor, not from_numpy: the ONNX exporter traces numpy and hands from_numpy a Tensor
+    return torch.tensor(weights / weights.sum(axis=1, keepdims=True), dtype=torch.float32)
