@@ -38,6 +38,7 @@ from rasterio.windows import Window
 
 from ftfsearch import raster
 from ftfsearch.errors import BadInput, SourceUnavailable
+from ftfsearch.model.regions import region_in_window
 from ftfsearch.raster import RasterStyle
 from ftfsearch.search import Result
 from ftfsearch.store.base import Store
@@ -96,7 +97,8 @@ class ChipSpec:
     width: int
     height: int
     level: int = 1
-    tile_size: int = 256
+    tile_size: int | None = None
+    """Pixels per side of the tile the model saw; None (stores before it was recorded): the window."""
     bands: tuple[int, ...] | None = None
     """The scene's ``--bands`` (from its tiling spec); None chooses as ingest does."""
     region: tuple[float, float, float, float] | None = None
@@ -123,7 +125,7 @@ class ChipSpec:
                 width=int(window["width"]),
                 height=int(window["height"]),
                 level=int(payload.get("level") or 1),
-                tile_size=int(payload.get("tile_size") or 256),
+                tile_size=int(payload["tile_size"]) if payload.get("tile_size") else None,
                 bands=tuple(int(b) for b in bands) if bands else None,
                 region=None if region is None else tuple(float(v) for v in region[:4]),  # type: ignore[arg-type]
                 size=size,
@@ -142,7 +144,9 @@ class ChipSpec:
             raise BadInput(f"chip window {self.width}x{self.height}: must be at least 1x1 pixel")
         long_window = max(self.width, self.height)
         if self.size is None:
-            long_out = min(self.tile_size, max(1, round(long_window / self.level)))
+            long_out = max(1, round(long_window / self.level))
+            if self.tile_size:
+                long_out = min(self.tile_size, long_out)
         else:
             if not 1 <= self.size <= MAX_CHIP_SIDE:
                 raise BadInput(f"size {self.size}: must be between 1 and {MAX_CHIP_SIDE} pixels")
@@ -156,13 +160,10 @@ class ChipSpec:
         (``tile_size`` pixels per side, each ``level`` scene pixels), so they map through it."""
         if self.region is None:
             return None
-        x0, y0, x1, y1 = self.region
-        per_frac = self.tile_size * self.level  # scene pixels per unit fraction
+        x0, y0, x1, y1 = region_in_window(self.region, self.width, self.height, self.tile_size, self.level)
         sx, sy = out_w / self.width, out_h / self.height
-        left = int(round(x0 * per_frac * sx))
-        top = int(round(y0 * per_frac * sy))
-        right = int(round(x1 * per_frac * sx)) - 1
-        bottom = int(round(y1 * per_frac * sy)) - 1
+        left, top = int(round(x0 * sx)), int(round(y0 * sy))
+        right, bottom = int(round(x1 * sx)) - 1, int(round(y1 * sy)) - 1
         left, top = max(0, min(left, out_w - 1)), max(0, min(top, out_h - 1))
         right, bottom = max(left, min(right, out_w - 1)), max(top, min(bottom, out_h - 1))
         return left, top, right, bottom
@@ -301,12 +302,9 @@ def region_footprints(results: Sequence[Result]) -> list[list[list[float]] | Non
         if r.region is None or r.bbox is None or not crs or not bounds or len(bounds) != 4:
             continue
         minx, miny, maxx, maxy = (float(v) for v in bounds)
-        # region fractions are of the tile_size * level square; the window may be smaller (padding)
-        span = int(r.payload.get("tile_size") or 256) * r.level
-        fx0, fy0, fx1, fy1 = (
-            min(1.0, max(0.0, v * span / max(1, r.window[k])))
-            for v, k in zip(r.region, ("width", "height", "width", "height"))
-        )
+        w, h = max(1, r.window["width"]), max(1, r.window["height"])
+        px0, py0, px1, py1 = region_in_window(r.region, w, h, r.payload.get("tile_size"), r.level)
+        fx0, fy0, fx1, fy1 = px0 / w, py0 / h, px1 / w, py1 / h
         x0, x1 = minx + fx0 * (maxx - minx), minx + fx1 * (maxx - minx)
         y0, y1 = maxy - fy0 * (maxy - miny), maxy - fy1 * (maxy - miny)
         xs = np.concatenate([x0 + (x1 - x0) * t, np.full_like(t, x1), x1 - (x1 - x0) * t, np.full_like(t, x0)])

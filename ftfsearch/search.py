@@ -15,6 +15,7 @@ import torch
 
 from ftfsearch.errors import REINGEST_HINT, BadInput, CollectionNotFound, ModelMismatch
 from ftfsearch.model.base import Encoder
+from ftfsearch.model.regions import region_in_window
 from ftfsearch.examples import ExampleRef, resolve
 from ftfsearch.rerank import bti_fused
 from ftfsearch.store.base import Candidates, QueryFilter, Store, average_vector
@@ -72,20 +73,15 @@ class Result:
         """The matched region in scene pixels."""
         if self.region is None:
             return None
-        x0, y0, x1, y1 = self.region
-        # The tile covers tile_size * level scene pixels from the window origin; a window clipped
-        # at a small scene's edge is padded, so fractions scale by that extent, not the window.
-        extent = int(self.payload.get("tile_size") or 0) * self.level
-        w = extent or self.window["width"]
-        h = extent or self.window["height"]
+        w, h = self.window["width"], self.window["height"]
+        x0, y0, x1, y1 = region_in_window(self.region, w, h, self.payload.get("tile_size"), self.level)
         c0, r0 = self.window["col"], self.window["row"]
-        c_end, r_end = c0 + self.window["width"], r0 + self.window["height"]
-        col, row = min(c0 + int(round(x0 * w)), c_end - 1), min(r0 + int(round(y0 * h)), r_end - 1)
+        col, row = c0 + min(int(round(x0)), w - 1), r0 + min(int(round(y0)), h - 1)
         return {
             "col": col,
             "row": row,
-            "width": max(1, min(c0 + int(round(x1 * w)), c_end) - col),
-            "height": max(1, min(r0 + int(round(y1 * h)), r_end) - row),
+            "width": max(1, c0 + int(round(x1)) - col),
+            "height": max(1, r0 + int(round(y1)) - row),
         }
 
 

@@ -282,3 +282,23 @@ def test_query_chips_cli_writes_the_pngs_the_server_serves(tmp_path_factory: pyt
         spec = ChipSpec.from_payload({"path": r["path"], "window": r["window"], "level": r["level"]},
                                      region=r["region"])
         assert f.read_bytes() == renderer.chip(spec)
+
+
+def test_region_geometry_is_one_rule_for_results_and_chips() -> None:
+    """A level-2 window clipped at the scene's edge (300 of the 512 scene pixels the model saw as a
+    256 px tile): region fractions scale the square, not the window, in Result.region_window and
+    in the chip outline alike; a store without tile_size takes the window as the square."""
+    from ftfsearch.search import Result
+
+    r = Result(rank=1, score=0.0, coarse_score=0.0, id="t", scene_id="s", path=str(RGB), level=2,
+               window={"col": 100, "row": 50, "width": 300, "height": 512}, bbox=None, footprint=None,
+               region=[0.5, 0.0, 1.0, 0.5], payload={"tile_size": 256})
+    assert r.region_window() == {"col": 356, "row": 50, "width": 44, "height": 256}
+    spec = ChipSpec.from_result(r)
+    out_h, out_w = spec.output_shape()
+    assert (out_h, out_w) == (256, 150)
+    assert spec.region_pixels(out_h, out_w) == (128, 0, 149, 127)
+    r.payload = {}
+    assert r.region_window() == {"col": 250, "row": 50, "width": 150, "height": 256}
+    old = ChipSpec.from_result(r)
+    assert old.region_pixels(*old.output_shape()) == (75, 0, 149, 127)
