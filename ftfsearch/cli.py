@@ -46,7 +46,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 # Library messages name parameters in the API's words; on the command line they are flags.
 _FLAGS = {
     "like_region": "--like-region", "unlike_region": "--unlike-region", "like": "--like", "unlike": "--unlike",
-    "labels": "--labels", "output": "--output", "shard": "--shard", "source list": "--from",
+    "labels": "--labels", "output": "--output", "shard": "--shard", "source list": "--from", "bbox": "--bbox",
 }
 _PARAM_AT_START = re.compile("^(" + "|".join(map(re.escape, _FLAGS)) + ")(?=[ :])")
 

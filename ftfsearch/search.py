@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 import time
 import unicodedata
 from collections.abc import Sequence
@@ -18,6 +17,7 @@ from ftfsearch.model.base import Encoder
 from ftfsearch.model.regions import region_in_window
 from ftfsearch.examples import ExampleRef, resolve
 from ftfsearch.rerank import bti_fused
+from ftfsearch.store._common import check_bbox
 from ftfsearch.store.base import Candidates, QueryFilter, Store, average_vector
 from ftfsearch.store.vector_cache import VectorCache
 
@@ -114,30 +114,18 @@ def clean_query(text: str, encoder: Encoder) -> tuple[str, list[str]]:
 
 
 def parse_bbox(value: str | None) -> tuple[float, float, float, float] | None:
-    """Parse ``minlon,minlat,maxlon,maxlat`` (WGS84) and check it describes a real box."""
+    """Parse ``minlon,minlat,maxlon,maxlat`` (WGS84); the checks are the store's
+    (:func:`~ftfsearch.store._common.check_bbox`: a point or a line is a box too)."""
     if value is None:
         return None
     parts = [p.strip() for p in str(value).split(",")]
-    if len(parts) != 4:
-        raise BadInput(f"--bbox {value!r}: expected four numbers minlon,minlat,maxlon,maxlat")
     try:
-        west, south, east, north = (float(p) for p in parts)
+        if len(parts) != 4:
+            raise ValueError(value)
+        numbers = tuple(float(p) for p in parts)
     except ValueError as exc:
-        raise BadInput(f"--bbox {value!r}: expected four numbers minlon,minlat,maxlon,maxlat") from exc
-    if not all(math.isfinite(v) for v in (west, south, east, north)):
-        raise BadInput(f"--bbox {value!r}: values must be finite numbers")
-    if not (-180 <= west <= 180 and -180 <= east <= 180):
-        raise BadInput(f"--bbox {value!r}: longitudes must be within [-180, 180]")
-    if not (-90 <= south <= 90 and -90 <= north <= 90):
-        raise BadInput(f"--bbox {value!r}: latitudes must be within [-90, 90]")
-    if south >= north:
-        raise BadInput(f"--bbox {value!r}: minlat must be below maxlat (is the box inverted?)")
-    if west >= east:
-        raise BadInput(
-            f"--bbox {value!r}: minlon must be below maxlon (inverted, or crossing the antimeridian: "
-            "split it into two queries)"
-        )
-    return west, south, east, north
+        raise BadInput(f"bbox {str(value)[:200]!r}: expected four numbers minlon,minlat,maxlon,maxlat") from exc
+    return check_bbox(numbers, shown=str(value))
 
 
 def check_model(store: Store, encoder: Encoder) -> None:

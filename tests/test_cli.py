@@ -122,7 +122,7 @@ def test_bad_input_gives_one_line(tmp_path, tiny_clip_dir):
     assert long.returncode == 0 and "truncated" in long.stderr
     assert_one_line_error(cli("query", "ships", "--model", "no-such-model-xyz"), "no-such-model-xyz")
     assert_one_line_error(cli("query", "ships", "--device", "cuda"), "--device")
-    assert_one_line_error(run("query", "ships", "--bbox", "0,0,0,1", env=env), "--bbox")
+    assert_one_line_error(run("query", "ships", "--bbox", "0,1,0,0", env=env), "--bbox")
 
 
 def test_query_by_example_and_labels(target, tmp_path):

@@ -82,21 +82,27 @@ def check_collection_name(name: str) -> str:
     return name
 
 
-def check_bbox(bbox: tuple[float, float, float, float]) -> tuple[float, float, float, float]:
-    """A WGS84 (west, south, east, north) box, finite, ordered and in range."""
+def check_bbox(
+    bbox: tuple[float, float, float, float], shown: str | None = None
+) -> tuple[float, float, float, float]:
+    """A WGS84 (west, south, east, north) box, finite, ordered and in range; a point or a line
+    (west == east, south == north) is a box too. ``shown``: the box as the user wrote it."""
+    where = f"bbox {shown[:200]!r}" if shown is not None else f"bbox {bbox!r}"
     if len(bbox) != 4:
-        raise BadInput(f"bbox {bbox!r}: give four numbers west,south,east,north")
+        raise BadInput(f"{where}: give four numbers west,south,east,north")
     west, south, east, north = (float(v) for v in bbox)
     if not all(math.isfinite(v) for v in (west, south, east, north)):
-        raise BadInput(f"bbox {bbox!r}: all four values must be finite numbers")
+        raise BadInput(f"{where}: all four values must be finite numbers")
     if not (-180.0 <= west <= 180.0 and -180.0 <= east <= 180.0):
-        raise BadInput(f"bbox {bbox!r}: longitudes must lie in [-180, 180]")
+        raise BadInput(f"{where}: longitudes must lie in [-180, 180]")
     if not (-90.0 <= south <= 90.0 and -90.0 <= north <= 90.0):
-        raise BadInput(f"bbox {bbox!r}: latitudes must lie in [-90, 90]")
-    if west > east or south > north:
+        raise BadInput(f"{where}: latitudes must lie in [-90, 90]")
+    if south > north:
+        raise BadInput(f"{where}: minlat must not be above maxlat (is the box inverted?)")
+    if west > east:
         raise BadInput(
-            f"bbox {bbox!r}: needs west <= east and south <= north (a box across the antimeridian "
-            "must be split into two queries)"
+            f"{where}: minlon must not be above maxlon (inverted, or crossing the antimeridian: split it "
+            "into two queries)"
         )
     return west, south, east, north
 
