@@ -12,13 +12,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from ftfsearch.errors import REINGEST_HINT, BadInput, CollectionNotFound, ModelMismatch
+from ftfsearch.errors import BadInput, CollectionNotFound
 from ftfsearch.model.base import Encoder
 from ftfsearch.model.regions import region_in_window
 from ftfsearch.examples import ExampleRef, resolve
 from ftfsearch.rerank import bti_fused
-from ftfsearch.store._common import check_bbox
-from ftfsearch.store.base import Candidates, QueryFilter, Store, average_vector
+from ftfsearch.store._common import check_bbox, check_meta
+from ftfsearch.store.base import Candidates, CollectionMeta, QueryFilter, Store, average_vector
 from ftfsearch.store.vector_cache import VectorCache
 
 log = logging.getLogger(__name__)
@@ -128,20 +128,24 @@ def parse_bbox(value: str | None) -> tuple[float, float, float, float] | None:
     return check_bbox(numbers, shown=str(value))
 
 
+def collection_meta(encoder: Encoder) -> CollectionMeta:
+    """What a collection filled by ``encoder`` records (and what a query with it must find)."""
+    return CollectionMeta(
+        model_id=encoder.id, dim=encoder.dim, num_regions=encoder.num_regions, region_layout=encoder.region_layout
+    )
+
+
 def check_model(store: Store, encoder: Encoder) -> None:
-    """Refuse to query a collection filled by another model."""
+    """Refuse to query a collection filled by another model: the same rule as ingest's
+    (:func:`~ftfsearch.store._common.check_meta`)."""
     meta = store.meta()
+    location = str(store.describe().get("location"))
     if meta is None:
         raise CollectionNotFound(
-            f"collection {store.collection!r} does not exist in {store.describe().get('location')}: "
+            f"collection {store.collection!r} does not exist in {location}: "
             "run 'ftfsearch ingest SCENE' first, or pick another --collection"
         )
-    if (meta.model_id, meta.dim, meta.num_regions) != (encoder.id, encoder.dim, encoder.num_regions):
-        raise ModelMismatch(
-            f"collection {store.collection!r} was built with model {meta.model_id} "
-            f"(D={meta.dim}, R={meta.num_regions}), not {encoder.id} (D={encoder.dim}, "
-            f"R={encoder.num_regions}); " + REINGEST_HINT
-        )
+    check_meta(meta, collection_meta(encoder), store.collection, location)
 
 
 class Searcher:

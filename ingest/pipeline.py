@@ -25,7 +25,8 @@ from rasterio.errors import RasterioError
 
 from ftfsearch.errors import BadInput
 from ftfsearch.model.base import Encoder
-from ftfsearch.store.base import CollectionMeta, SceneRecord, Store, TileBatch
+from ftfsearch.search import collection_meta
+from ftfsearch.store.base import SceneRecord, Store, TileBatch
 from ftfsearch.store.schema import tile_point_id
 from ingest.scenes import default_scene_id, fingerprint
 from ingest.tiling import SceneReader, Tile, TileWindow, TilingSpec
@@ -96,12 +97,6 @@ class SceneSummary:
             "tiles_per_s": round(self.tiles_per_s, 2),
             "warnings": self.warnings,
         }
-
-
-def collection_meta(encoder: Encoder) -> CollectionMeta:
-    return CollectionMeta(
-        model_id=encoder.id, dim=encoder.dim, num_regions=encoder.num_regions, region_layout=encoder.region_layout
-    )
 
 
 def window_id(fp: str, w: TileWindow) -> str:
