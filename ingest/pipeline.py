@@ -231,8 +231,7 @@ def _window_bound(width: int, height: int, spec: TilingSpec) -> int:
     """An upper bound of the windows ``plan_windows`` makes, computed without listing them."""
     total = 0
     for level in spec.levels:
-        size = spec.tile_size * level
-        step = max(1, int(round(size * (1.0 - spec.overlap))))
+        step = spec.step(level)
         total += (width // step + 2) * (height // step + 2)
     return total
 

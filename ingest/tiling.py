@@ -60,6 +60,10 @@ class TilingSpec:
     max_nodata: float = 0.5
     """Tiles with more than this fraction of nodata/masked pixels are skipped."""
 
+    def step(self, level: int) -> int:
+        """Scene pixels between neighbouring windows at ``level`` (the window less the overlap)."""
+        return max(1, int(round(self.tile_size * level * (1.0 - self.overlap))))
+
     def __post_init__(self) -> None:
         if isinstance(self.tile_size, bool) or not isinstance(self.tile_size, int):
             raise BadInput(f"--tile-size {self.tile_size!r}: must be an integer")
@@ -178,7 +182,7 @@ def plan_windows(width: int, height: int, spec: TilingSpec) -> list[TileWindow]:
     out: list[TileWindow] = []
     for level in spec.levels:
         size = spec.tile_size * level
-        step = max(1, int(round(size * (1.0 - spec.overlap))))
+        step = spec.step(level)
         for row, h in _axis_offsets(height, size, step):
             for col, w in _axis_offsets(width, size, step):
                 out.append(TileWindow(level=level, col=col, row=row, width=w, height=h))
