@@ -14,7 +14,6 @@ import math
 import threading
 import warnings
 from dataclasses import asdict, dataclass
-from datetime import datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -31,6 +30,7 @@ from rasterio.windows import Window
 
 from ftfsearch.errors import BadInput
 from ftfsearch.raster import RasterStyle, choose_style, require_bands
+from ftfsearch.times import iso_utc, read_time
 
 log = logging.getLogger(__name__)
 
@@ -187,20 +187,6 @@ def plan_windows(width: int, height: int, spec: TilingSpec) -> list[TileWindow]:
     return out
 
 
-def _iso_datetime(value: str) -> str | None:
-    """A metadata date as ISO 8601, or None when it is not a date."""
-    text = value.strip()
-    for fmt in ("%Y:%m:%d %H:%M:%S", "%Y-%m-%d %H:%M:%S", "%Y/%m/%d %H:%M:%S"):
-        try:
-            return datetime.strptime(text, fmt).isoformat()
-        except ValueError:
-            pass
-    try:
-        return datetime.fromisoformat(text.replace("Z", "+00:00")).isoformat()
-    except ValueError:
-        return None
-
-
 def _simplify(points: np.ndarray, tol: float) -> np.ndarray:
     """Douglas-Peucker on one densified edge: keep only the points that carry curvature."""
     if len(points) <= 2:
@@ -349,14 +335,14 @@ class SceneReader:
         return gsd if math.isfinite(gsd) and gsd > 0 else None
 
     def _acquired(self, ds: DatasetReader) -> str | None:
-        """Acquisition time from imagery metadata, else the TIFF date tag."""
+        """Acquisition time (ISO 8601 UTC) from imagery metadata, else the TIFF date tag."""
         candidates = [ds.tags(ns="IMAGERY").get("ACQUISITIONDATETIME"), ds.tags().get(
             "ACQUISITIONDATETIME"), ds.tags().get("TIFFTAG_DATETIME")]
         for value in candidates:
             if value:
-                iso = _iso_datetime(value)
-                if iso is not None:
-                    return iso
+                when = read_time(value)
+                if when is not None:
+                    return iso_utc(when)
         return None
 
     # -- tiles -------------------------------------------------------------------------------
