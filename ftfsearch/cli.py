@@ -47,7 +47,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 _FLAGS = {
     "like_region": "--like-region", "unlike_region": "--unlike-region", "like": "--like", "unlike": "--unlike",
     "labels": "--labels", "output": "--output", "shard": "--shard", "source list": "--from",
-    "after": "--after", "before": "--before", "acquired": "--acquired",
+    "after": "--after", "before": "--before", "acquired": "--acquired", "stack": "--stack",
 }
 _PARAM_AT_START = re.compile("^(" + "|".join(map(re.escape, _FLAGS)) + ")(?=[ :])")
 
@@ -196,6 +196,10 @@ def ingest(
     shard: Optional[str] = typer.Option(
         None, "--shard", help="K/N: ingest only part K (0-based) of N of the --from list (deterministic, balanced)."
     ),
+    stack: Optional[list[str]] = typer.Option(
+        None, "--stack", help="Band files of one scene, comma-separated, shown as red,green,blue in that order "
+        "(e.g. B04.tif,B03.tif,B02.tif); read through a VRT on the finest band's grid (repeatable).",
+    ),
     scene_id: Optional[str] = typer.Option(None, "--scene-id", help="Scene id (one raster only; default: file name)."),
     acquired: Optional[str] = typer.Option(
         None, "--acquired", help="Acquisition time of the scenes (ISO 8601; UTC if no zone); default: the "
@@ -225,17 +229,17 @@ def ingest(
     from ingest.tiling import TilingSpec
 
     settings = _settings(store_dir=store, qdrant_url=qdrant_url, collection=collection, model=model, device=device)
-    sources = None
+    sources: list[Any] | None = None
     if from_list is not None:
-        if paths:
-            raise BadInput("give raster paths or --from LIST, not both")
+        if paths or stack:
+            raise BadInput("give raster paths and --stack, or --from LIST, not both")
         if scene_id is not None:
             raise BadInput("--scene-id names one raster: a --from list names its scenes after their files")
         sources, part = _batch_sources(from_list, shard)
     elif shard is not None:
         raise BadInput("--shard splits a --from list: give --from LIST with it")
     else:
-        files = expand_paths(paths or [])
+        files = expand_paths(paths) if paths or not stack else []
     spec = TilingSpec(
         tile_size=tile_size,
         overlap=overlap,
@@ -254,6 +258,10 @@ def ingest(
     if sources is not None:
         _ingest_batch(sources, part, from_list, options, settings, as_json)  # type: ignore[arg-type]
         return
+    if stack:
+        from ingest.stack import build_stack
+
+        files += [build_stack(value, settings.resolved_stack_dir) for value in stack]
     encoder = _load_encoder(settings)
     db = _open_store(settings)
     try:
