@@ -16,6 +16,9 @@ HEAD_TAIL_BYTES = 1 << 20
 SAMPLE_BYTES = 64 << 10
 SAMPLE_COUNT = 8
 RASTER_SUFFIXES = frozenset({".tif", ".tiff", ".vrt", ".jp2", ".img"})
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp"})
+"""Plain images (drone and dataset chips): ingested like rasters, without a CRS unless a world
+file or an .aux.xml gives them one."""
 SIDECAR_SUFFIXES = (".ovr", ".aux.xml", ".msk", ".tfw", ".prj", ".xml")
 _GLOB_CHARS = re.compile(r"[*?\[]")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -75,7 +78,7 @@ def default_scene_id(path: str | Path) -> str:
 
 
 def _is_raster(p: Path) -> bool:
-    return p.suffix.lower() in RASTER_SUFFIXES
+    return p.suffix.lower() in RASTER_SUFFIXES or p.suffix.lower() in IMAGE_SUFFIXES
 
 
 def _is_sidecar(p: Path) -> bool:
@@ -94,7 +97,8 @@ def _directory_rasters(d: Path) -> list[Path]:
 
 def expand_paths(args: list[str]) -> list[Path]:
     """Raster files named by ``args``: files as given, directories searched recursively for
-    ``*.tif *.tiff *.vrt *.jp2 *.img`` (any case, hidden entries skipped), globs expanded
+    ``*.tif *.tiff *.vrt *.jp2 *.img`` and the images ``*.jpg *.jpeg *.png *.webp`` (any case,
+    hidden entries skipped), globs expanded
     (sidecars such as ``.ovr``/``.aux.xml`` dropped). Sorted within each argument, duplicates
     removed, order of arguments kept; paths are absolute. A path or glob naming nothing is a
     :class:`BadInput` naming it.
@@ -110,7 +114,8 @@ def expand_paths(args: list[str]) -> list[Path]:
             found = _directory_rasters(p)
             if not found:
                 raise BadInput(
-                    f"{arg}: directory holds no rasters ({', '.join(sorted(RASTER_SUFFIXES))})"
+                    f"{arg}: directory holds no rasters or images "
+                    f"({', '.join(sorted(RASTER_SUFFIXES | IMAGE_SUFFIXES))})"
                 )
         elif _GLOB_CHARS.search(arg):
             found = []
