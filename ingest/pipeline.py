@@ -251,7 +251,7 @@ def _window_bound(width: int, height: int, spec: TilingSpec) -> int:
 
 
 def ingest_scene(
-    path: Path,
+    path: Path | str,
     encoder: Encoder,
     store: Store,
     options: IngestOptions,
@@ -387,7 +387,7 @@ def ingest_scene(
         )
 
 
-def scene_error(path: Path, exc: BaseException) -> BadInput | None:
+def scene_error(path: Path | str, exc: BaseException) -> BadInput | None:
     """``exc`` as the bad input of this one file, or None when it is not about the file."""
     if isinstance(exc, BadInput):
         return exc
@@ -403,7 +403,7 @@ class IngestFailure:
 
 
 def ingest_paths(
-    paths: list[Path],
+    paths: list[Path | str],
     encoder: Encoder,
     store: Store,
     options: IngestOptions,

@@ -29,7 +29,7 @@ from rasterio.warp import transform as warp_transform
 from rasterio.windows import Window
 
 from ftfsearch.errors import BadInput
-from ftfsearch.raster import RasterStyle, choose_style, require_bands
+from ftfsearch.raster import RasterStyle, choose_style, gdal_options, is_url, require_bands
 from ftfsearch.times import iso_utc, read_time
 
 log = logging.getLogger(__name__)
@@ -226,7 +226,9 @@ class SceneReader:
     """
 
     def __init__(self, path: str | Path, spec: TilingSpec) -> None:
-        self.path = Path(path)
+        # a URL stays a string (a Path would fold its '//'); rasterio reads it through /vsicurl/
+        self.path: str | Path = path if is_url(path) else Path(path)
+        self._env = gdal_options(self.path)
         self.spec = spec
         self.warnings: list[str] = []
         self._local = _Local()
@@ -234,14 +236,15 @@ class SceneReader:
         self._lock = threading.Lock()
         self._closed = False
         self._windows: list[TileWindow] | None = None
-        if not self.path.exists():
-            raise BadInput(f"{self.path}: no such file")
-        if self.path.is_dir():
-            raise BadInput(f"{self.path}: is a directory, not a raster file (pass its files)")
-        if self.path.stat().st_size == 0:
-            raise BadInput(f"{self.path}: the file is empty")
+        if isinstance(self.path, Path):
+            if not self.path.exists():
+                raise BadInput(f"{self.path}: no such file")
+            if self.path.is_dir():
+                raise BadInput(f"{self.path}: is a directory, not a raster file (pass its files)")
+            if self.path.stat().st_size == 0:
+                raise BadInput(f"{self.path}: the file is empty")
         try:
-            with rasterio.Env():
+            with rasterio.Env(**self._env):
                 self._inspect(self._dataset())
         except BaseException:
             self.close()
@@ -255,6 +258,8 @@ class SceneReader:
                 warnings.simplefilter("ignore", NotGeoreferencedWarning)
                 return rasterio.open(self.path)
         except RasterioError as exc:
+            if self._env:
+                raise BadInput(f"{self.path}: cannot be read over HTTP ({exc}); check the URL") from exc
             raise BadInput(
                 f"{self.path}: not a readable raster ({exc}); check the file, or convert it "
                 "with gdal_translate"
@@ -356,7 +361,7 @@ class SceneReader:
     def read(self, window: TileWindow) -> Tile | None:
         """The tile of a window, or None when it is mostly nodata (see ``max_nodata``)."""
         # an Env routes GDAL's messages to logging; outside one GDAL prints them on stderr
-        with rasterio.Env():
+        with rasterio.Env(**self._env):
             return self._read(window)
 
     def _read(self, window: TileWindow) -> Tile | None:
