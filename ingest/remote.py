@@ -3,9 +3,10 @@
 A cloud-optimised GeoTIFF keeps its header and tile index at the front, so GDAL opens it with
 one or two small range requests and then fetches only the tiles (or overview tiles) a read
 touches; GDAL's block cache and ``/vsicurl/``'s chunk cache keep those fetched once per
-process, so a whole ingest reads such a file about once. The settings below bound the wait
-for a slow server, retry transient failures, and stop GDAL from probing the server for sidecar
-files and directory listings that a COG does not have.
+process, so a whole ingest reads such a file about once. The GDAL settings of every remote
+read (:data:`ftfsearch.raster.GDAL_HTTP_OPTIONS`, shared with the chips) bound the wait for a
+slow server, retry transient failures, and stop GDAL from probing the server for sidecar files
+and directory listings that a COG does not have.
 
 The scene fingerprint of a URL covers the size, the server's ETag and Last-Modified and the
 first :data:`HEADER_BYTES` (the TIFF header and IFDs of a COG): never the whole file. A file
@@ -17,16 +18,15 @@ from __future__ import annotations
 import hashlib
 import urllib.error
 import urllib.request
-from typing import Any
 
 from ftfsearch.errors import BadInput
-from ftfsearch.raster import GDAL_HTTP_OPTIONS, is_url  # noqa: F401 (re-exported for ingest)
 
 URL_FINGERPRINT_VERSION = "ftf-fp-url1"
 HEADER_BYTES = 64 << 10
 """Bytes from the start of a remote file that its fingerprint hashes."""
 HTTP_TIMEOUT_S = 30
 """Seconds without an answer after which one request of the fingerprint fails."""
+
 
 def _request(url: str, method: str, headers: dict[str, str] | None = None) -> tuple[dict[str, str], bytes]:
     req = urllib.request.Request(url, method=method, headers=headers or {})
