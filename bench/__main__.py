@@ -1,4 +1,4 @@
-"""``python -m bench query|ingest|scene|examples|workers|report``: see BENCHMARKS.md for the commands and the results."""
+"""``python -m bench query|ingest|scene|remote|examples|workers|report``: see BENCHMARKS.md for the commands and the results."""
 
 from __future__ import annotations
 
@@ -34,6 +34,10 @@ def main(argv: list[str] | None = None) -> int:
     i.add_argument("--model", default=None)
     i.add_argument("--json", type=Path, default=None)
     i.add_argument("--mode", choices=["all", "pipeline", "encoder", "torch", "eager", "naive"], default="all", help=argparse.SUPPRESS)
+    rm = sub.add_parser("remote", help="a COG ingested over loopback HTTP (/vsicurl/) vs the same file locally")
+    rm.add_argument("--scale", type=int, default=2, help="upsample the real COG to this many times its side")
+    rm.add_argument("--levels", default="1", help="tiling levels, e.g. 1,2")
+    rm.add_argument("--model", default=None)
     sc = sub.add_parser("scene", help="one real scene: ingest tiles/s and query p50 on both backends")
     sc.add_argument("path", type=Path)
     sc.add_argument("--model", default=None)
@@ -74,6 +78,10 @@ def main(argv: list[str] | None = None) -> int:
         from bench.workers import main as workers_main
 
         return workers_main(args)
+    if args.cmd == "remote":
+        from bench.remote import main as remote_main
+
+        return remote_main(args.scale, args.model, tuple(int(v) for v in args.levels.split(",")))
     if args.cmd == "scene":
         from bench.scene import main as scene_main
 

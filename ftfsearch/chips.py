@@ -39,7 +39,7 @@ from rasterio.windows import Window
 from ftfsearch import raster
 from ftfsearch.errors import BadInput, SourceUnavailable
 from ftfsearch.model.regions import region_in_window
-from ftfsearch.raster import RasterStyle
+from ftfsearch.raster import RasterStyle, gdal_options, is_url
 from ftfsearch.search import Result
 from ftfsearch.store.base import Store
 
@@ -59,7 +59,8 @@ def _open(path: str | Path) -> DatasetReader:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            return rasterio.open(path)
+            with rasterio.Env(**gdal_options(path)):
+                return rasterio.open(path)
     except (RasterioError, OSError) as exc:
         raise SourceUnavailable(
             f"{path}: the scene's source raster cannot be read ({exc}); it was moved, deleted or "
@@ -383,7 +384,10 @@ class LruCache(Generic[K, V]):
 
 
 def _file_key(path: str) -> tuple[str, int, int]:
-    """Identity of a file's current content for cache keys: a rewritten file is not served stale."""
+    """Identity of a file's current content for cache keys: a rewritten file is not served stale
+    (a URL is its own key: asking the server each time would cost a request per chip)."""
+    if is_url(path):
+        return path, 0, 0
     try:
         st = os.stat(path)
     except OSError as exc:

@@ -47,6 +47,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 _FLAGS = {
     "like_region": "--like-region", "unlike_region": "--unlike-region", "like": "--like", "unlike": "--unlike",
     "labels": "--labels", "output": "--output", "shard": "--shard", "source list": "--from", "bbox": "--bbox",
+    "after": "--after", "before": "--before", "acquired": "--acquired", "stack": "--stack",
 }
 _PARAM_AT_START = re.compile("^(" + "|".join(map(re.escape, _FLAGS)) + ")(?=[ :])")
 
@@ -195,7 +196,15 @@ def ingest(
     shard: Optional[str] = typer.Option(
         None, "--shard", help="K/N: ingest only part K (0-based) of N of the --from list (deterministic, balanced)."
     ),
+    stack: Optional[list[str]] = typer.Option(
+        None, "--stack", help="Band files of one scene, comma-separated, shown as red,green,blue in that order "
+        "(e.g. B04.tif,B03.tif,B02.tif); read through a VRT on the finest band's grid (repeatable).",
+    ),
     scene_id: Optional[str] = typer.Option(None, "--scene-id", help="Scene id (one raster only; default: file name)."),
+    acquired: Optional[str] = typer.Option(
+        None, "--acquired", help="Acquisition time of the scenes (ISO 8601; UTC if no zone); default: the "
+        "raster's ACQUISITIONDATETIME or TIFFTAG_DATETIME tag.",
+    ),
     tile_size: int = typer.Option(256, "--tile-size", help="Tile size in pixels."),
     overlap: float = typer.Option(0.0, "--overlap", help="Overlap between neighbouring tiles, fraction in [0, 1)."),
     levels: str = typer.Option("1,2", "--levels", help="Scale levels: level L tiles windows of L*tile-size pixels."),
@@ -220,17 +229,17 @@ def ingest(
     from ingest.tiling import TilingSpec
 
     settings = _settings(store_dir=store, qdrant_url=qdrant_url, collection=collection, model=model, device=device)
-    sources = None
+    sources: list[Any] | None = None
     if from_list is not None:
-        if paths:
-            raise BadInput("give raster paths or --from LIST, not both")
+        if paths or stack:
+            raise BadInput("give raster paths and --stack, or --from LIST, not both")
         if scene_id is not None:
             raise BadInput("--scene-id names one raster: a --from list names its scenes after their files")
         sources, part = _batch_sources(from_list, shard)
     elif shard is not None:
         raise BadInput("--shard splits a --from list: give --from LIST with it")
     else:
-        files = expand_paths(paths or [])
+        files = expand_paths(paths) if paths or not stack else []
     spec = TilingSpec(
         tile_size=tile_size,
         overlap=overlap,
@@ -244,10 +253,15 @@ def ingest(
         scene_id=scene_id,
         shards=shards,
         replication_factor=replication_factor,
+        acquired=acquired,
     )
     if sources is not None:
         _ingest_batch(sources, part, from_list, options, settings, as_json)  # type: ignore[arg-type]
         return
+    if stack:
+        from ingest.stack import build_stack
+
+        files += [build_stack(value, settings.resolved_stack_dir) for value in stack]
     encoder = _load_encoder(settings)
     db = _open_store(settings)
     try:
@@ -431,6 +445,12 @@ def query(
     no_rerank: bool = typer.Option(False, "--no-rerank", help="Return the coarse recall order."),
     bbox: Optional[str] = typer.Option(None, "--bbox", help="minlon,minlat,maxlon,maxlat (WGS84)."),
     scene: Optional[list[str]] = typer.Option(None, "--scene", help="Only these scene ids (repeatable)."),
+    after: Optional[str] = typer.Option(
+        None, "--after", help="Only scenes acquired at or after this time (ISO 8601, e.g. 2024-05-01; UTC if no zone)."
+    ),
+    before: Optional[str] = typer.Option(
+        None, "--before", help="Only scenes acquired before this time. A time range leaves out scenes without a time."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON array of results."),
     geojson: Optional[Path] = typer.Option(None, "--geojson", help="Write result footprints as GeoJSON."),
     chips: Optional[Path] = typer.Option(
@@ -445,9 +465,11 @@ def query(
     """Search the ingested tiles by text, by example, or both: recall on coarse vectors, then rerank with the regions."""
     from ftfsearch.export import results_to_json, write_geojson
     from ftfsearch.search import Searcher, parse_bbox
+    from ftfsearch.times import check_range, parse_time
 
     settings = _settings(store_dir=store, qdrant_url=qdrant_url, collection=collection, model=model, device=device)
     box = parse_bbox(bbox)
+    check_range(parse_time(after, "after"), parse_time(before, "before"))  # before loading a model
     refs = _example_refs(like, unlike, like_region, unlike_region)
     if labels is not None:
         from ftfsearch.labels import read_labels
@@ -463,7 +485,7 @@ def query(
     try:
         response = Searcher(encoder, db, vector_cache_bytes=0).search(  # one query: nothing to reuse
             text, k=k, recall_k=recall_k, rerank=not no_rerank, bbox=box, scenes=tuple(scene or ()),
-            examples=refs,
+            examples=refs, after=after, before=before,
         )
         if chips is not None:
             from ftfsearch.chips import scene_bands
@@ -492,10 +514,12 @@ def query(
         out.print_json(json.dumps(results_to_json(response.results)))
         return
     if not response.results:
-        err.print("no tiles matched (is the bbox or scene filter too narrow?)")
+        err.print("no tiles matched (is the bbox, time or scene filter too narrow?)")
         return
     table = Table(title=title, title_justify="left")
-    for col in ("#", "score", "coarse", "scene", "level", "window col,row,w,h", "bbox W,S,E,N", "region x0,y0,x1,y1"):
+    timed = any(r.acquired for r in response.results)
+    for col in ("#", "score", "coarse", "scene", "level", "window col,row,w,h", "bbox W,S,E,N",
+                "region x0,y0,x1,y1") + ("acquired",) * timed:
         table.add_column(col, no_wrap=True)
     for r in response.results:
         w = r.window
@@ -508,6 +532,7 @@ def query(
             f"{w.get('col')},{w.get('row')},{w.get('width')},{w.get('height')}",
             "no CRS" if r.bbox is None else ",".join(f"{v:.4f}" for v in r.bbox),
             "-" if r.region is None else ",".join(f"{v:.2f}" for v in r.region),
+            *([r.acquired or "-"] * timed),
         )
     out.print(table)
     t = response.timings_ms

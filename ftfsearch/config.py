@@ -27,6 +27,7 @@ ENV_VARS = {
     "model": "FTF_MODEL",
     "device": "FTF_DEVICE",
     "timeout": "FTF_TIMEOUT",
+    "stack_dir": "FTF_STACK_DIR",
 }
 
 
@@ -41,11 +42,18 @@ class Settings:
     model: str | None = None
     device: str = "auto"
     timeout: float = 30.0
+    stack_dir: Path | None = None
+    """Where ``ingest --stack`` writes the VRTs of band-per-file scenes (their scenes' paths)."""
 
     @property
     def resolved_store_dir(self) -> Path:
         """The embedded store directory: the configured one or the user data directory."""
         return self.store_dir or Path(user_data_dir("ftfsearch")) / "store"
+
+    @property
+    def resolved_stack_dir(self) -> Path:
+        """The VRT directory of band stacks: the configured one or the user data directory."""
+        return self.stack_dir or Path(user_data_dir("ftfsearch")) / "stacks"
 
     def redacted(self) -> dict[str, Any]:
         """Settings safe to show or log: the API key is never included."""
@@ -63,7 +71,7 @@ class Settings:
 def _coerce(name: str, value: Any, source: str) -> Any:
     if value is None or value == "":
         return None
-    if name == "store_dir":
+    if name in ("store_dir", "stack_dir"):
         return Path(str(value)).expanduser()
     if name == "timeout":
         try:

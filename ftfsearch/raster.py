@@ -24,9 +24,10 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 from rasterio.enums import ColorInterp, MaskFlags, Resampling
@@ -49,6 +50,35 @@ STRETCH_PERCENTILES = (2.0, 98.0)
 _RGB_NAMES = {"red": ColorInterp.red, "green": ColorInterp.green, "blue": ColorInterp.blue}
 
 Dataset = DatasetReader | WarpedVRT
+
+# -- rasters over HTTP ---------------------------------------------------------------------------
+# Timeouts (s) and retries of GDAL's /vsicurl/ reads: a stalled server fails a read after 30 s
+# without an answer, and transient failures (429, 5xx) are retried 3 times, 1 s apart and more.
+_URL = re.compile(r"^https?://", re.IGNORECASE)
+
+GDAL_HTTP_OPTIONS: dict[str, Any] = {
+    "GDAL_HTTP_TIMEOUT": 30,
+    "GDAL_HTTP_CONNECTTIMEOUT": 10,
+    "GDAL_HTTP_MAX_RETRY": 3,
+    "GDAL_HTTP_RETRY_DELAY": 1,
+    # a COG has no .ovr/.aux.xml/.msk beside it and no directory to list: do not ask for them
+    "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",
+    "CPL_VSIL_CURL_ALLOWED_EXTENSIONS": ".tif,.tiff,.TIF,.TIFF,.vrt,.jp2,.img,.jpg,.jpeg,.png,.webp",
+    # the header and IFDs in the first request rather than several small ones
+    "GDAL_INGESTED_BYTES_AT_OPEN": 32768,
+    "GDAL_HTTP_MERGE_CONSECUTIVE_RANGES": "YES",
+}
+"""GDAL configuration for every read of a remote raster (``rasterio.Env(**GDAL_HTTP_OPTIONS)``)."""
+
+
+def is_url(source: object) -> bool:
+    """An ``http://`` or ``https://`` address (read through ``/vsicurl/``)."""
+    return isinstance(source, str) and bool(_URL.match(source))
+
+
+def gdal_options(source: object) -> dict[str, Any]:
+    """The GDAL configuration for reading ``source``: :data:`GDAL_HTTP_OPTIONS` for a URL."""
+    return GDAL_HTTP_OPTIONS if is_url(source) else {}
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ import time
 import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import numpy as np
@@ -20,6 +21,7 @@ from ftfsearch.rerank import bti_fused
 from ftfsearch.store._common import check_bbox, check_meta
 from ftfsearch.store.base import Candidates, CollectionMeta, QueryFilter, Store, average_vector
 from ftfsearch.store.vector_cache import VectorCache
+from ftfsearch.times import check_range, parse_time
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +54,11 @@ class Result:
     fine_score: float | None = None
     payload: dict[str, Any] = field(default_factory=dict, repr=False)
 
+    @property
+    def acquired(self) -> str | None:
+        """The scene's acquisition time, ISO 8601 UTC; None when unknown."""
+        return self.payload.get("acquired")
+
     def to_dict(self) -> dict[str, Any]:
         """Stable field names for ``--json`` and the HTTP API."""
         return {
@@ -65,6 +72,7 @@ class Result:
             "level": self.level,
             "window": self.window,
             "bbox": self.bbox,
+            "acquired": self.acquired,
             "region": self.region,
             "region_window": self.region_window(),
         }
@@ -176,8 +184,13 @@ class Searcher:
         bbox: tuple[float, float, float, float] | None = None,
         scenes: tuple[str, ...] = (),
         examples: Sequence[ExampleRef] = (),
+        after: str | datetime | None = None,
+        before: str | datetime | None = None,
     ) -> SearchResponse:
         """Text, examples (``like``/``unlike`` references), or both: recall, then the rerank.
+
+        ``after``/``before`` keep tiles acquired in ``after <= acquired < before`` (ISO 8601;
+        no zone means UTC); scenes without a known time never match a time range.
 
         With examples, recall is Qdrant's recommend query (``average_vector``) over the coarse
         vectors with the text and liked examples as positives and the unliked as negatives; the
@@ -189,6 +202,8 @@ class Searcher:
         if not 1 <= recall_k <= MAX_RECALL_K:
             raise BadInput(f"--recall-k {recall_k}: must be between 1 and {MAX_RECALL_K}")
         recall_k = max(recall_k, k)
+        after_t, before_t = parse_time(after, "after"), parse_time(before, "before")
+        check_range(after_t, before_t)
         timings: dict[str, float] = {}
         warnings: list[str] = []
         has_text = text is not None and bool(str(text).strip()) or not examples
@@ -215,7 +230,9 @@ class Searcher:
         score_vec = average_vector(pos.numpy(), neg.numpy()) if examples else pos[0].numpy()
 
         t0 = time.perf_counter()
-        flt = QueryFilter(bbox=bbox, scene_ids=tuple(scenes), exclude_ids=exclude) if (bbox or scenes or exclude) else None
+        flt = QueryFilter(
+            bbox=bbox, scene_ids=tuple(scenes), exclude_ids=exclude, after=after_t, before=before_t
+        ) if (bbox or scenes or exclude or after_t or before_t) else None
         # The rerank reads only vectors: payloads come for the k winners, not all K candidates
         # (afterwards, or with the cache misses' vectors on the cached path).
         cached = rerank and self.vector_cache is not None

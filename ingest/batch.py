@@ -38,6 +38,7 @@ from ftfsearch.errors import (
 )
 from ftfsearch.model.base import Encoder
 from ftfsearch.store.base import SceneRecord, SourceFailure, Store
+from ftfsearch.raster import is_url
 from ingest.pipeline import IngestOptions, Progress, SceneSummary, collection_meta, ingest_scene, scene_error
 from ingest.scenes import default_scene_id, expand_paths, fingerprint
 
@@ -90,8 +91,8 @@ class Source:
     """What the partition hashes: ``key`` relative to the list's directory when under it."""
     line: int
     """Line of the list it came from (1-based)."""
-    path: Path | None = None
-    """The raster file, when the entry named one."""
+    path: Path | str | None = None
+    """The raster file (a path, or an http(s) URL as a string), when the entry named one."""
     problem: str | None = None
     """Why the entry cannot be ingested, found while expanding it (matches nothing, a URL)."""
 
@@ -141,11 +142,14 @@ def expand_list(list_path: str | Path) -> list[Source]:
     base = p.resolve().parent
     out: dict[str, Source] = {}
     for number, entry in entries:
+        if is_url(entry):  # read in place through /vsicurl/
+            out.setdefault(entry, Source(key=entry, name=entry, line=number, path=entry))
+            continue
         if _URL.match(entry):
             out.setdefault(entry, Source(
                 key=entry, name=entry, line=number,
-                problem=f"{entry}: URL sources are not ingested yet (local files and globs only): "
-                "download the file or mount its storage, and list the path",
+                problem=f"{entry}: only http(s) URLs are read in place (local files, globs and http(s) "
+                "URLs): use the store's https address, or mount its storage and list the path",
             ))
             continue
         target = Path(entry).expanduser()

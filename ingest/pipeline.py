@@ -28,6 +28,7 @@ from ftfsearch.model.base import Encoder
 from ftfsearch.search import collection_meta
 from ftfsearch.store.base import SceneRecord, Store, TileBatch
 from ftfsearch.store.schema import tile_point_id
+from ftfsearch.times import iso_utc, parse_time
 from ingest.scenes import default_scene_id, fingerprint
 from ingest.tiling import SceneReader, Tile, TileWindow, TilingSpec
 
@@ -58,8 +59,13 @@ class IngestOptions:
     scene_id: str | None = None
     shards: int | None = None
     replication_factor: int | None = None
+    acquired: str | None = None
+    """The user's ``acquired`` time (any form :func:`~ftfsearch.times.parse_time` reads); it
+    replaces a time found in the rasters' metadata. Stored as ISO 8601 UTC."""
 
     def __post_init__(self) -> None:
+        if self.acquired is not None:
+            self.acquired = iso_utc(parse_time(self.acquired, "acquired"))  # type: ignore[arg-type]
         if not 1 <= self.batch_size <= 4096:
             raise BadInput(f"--batch-size {self.batch_size}: must be between 1 and 4096")
         if not 1 <= self.readers <= 64:
@@ -103,7 +109,9 @@ def window_id(fp: str, w: TileWindow) -> str:
     return tile_point_id(fp, w.level, w.col, w.row, w.width, w.height)
 
 
-def tile_payload(scene_id: str, reader: SceneReader, fp: str, tile: Tile, encoder: Encoder) -> dict[str, Any]:
+def tile_payload(
+    scene_id: str, reader: SceneReader, fp: str, tile: Tile, encoder: Encoder, acquired: str | None = None
+) -> dict[str, Any]:
     """The stored payload of one tile (DESIGN.md, Store)."""
     w = tile.window
     payload: dict[str, Any] = {
@@ -125,8 +133,8 @@ def tile_payload(scene_id: str, reader: SceneReader, fp: str, tile: Tile, encode
         payload["footprint"] = tile.footprint
     if tile.center is not None:
         payload["center"] = {"lon": float(tile.center[0]), "lat": float(tile.center[1])}
-    if reader.acquired:
-        payload["acquired"] = reader.acquired
+    if acquired:
+        payload["acquired"] = acquired
     return payload
 
 
@@ -237,7 +245,7 @@ def _window_bound(width: int, height: int, spec: TilingSpec) -> int:
 
 
 def ingest_scene(
-    path: Path,
+    path: Path | str,
     encoder: Encoder,
     store: Store,
     options: IngestOptions,
@@ -264,6 +272,14 @@ def ingest_scene(
                 "pass --scene-id to name this one, or 'ftfsearch drop' the old one"
             )
         spec = json.loads(json.dumps(options.spec.to_dict()))  # as stored: tuples become lists
+        acquired = options.acquired or reader.acquired
+        if previous is not None and "acquired" in previous.extra and previous.extra["acquired"] != acquired:
+            # stored tiles carry the time: a scene has one, and changing it means re-ingesting
+            raise BadInput(
+                f"acquired {acquired or 'unknown'}: scene {sid!r} was ingested with acquisition time "
+                f"{previous.extra.get('acquired') or 'unknown'}; drop it first to change its time, "
+                "or ingest with the same one"
+            )
         if previous is not None and previous.tiling != spec:
             raise BadInput(
                 f"{path}: scene {sid!r} was ingested with other tiling options ({previous.tiling}); "
@@ -280,7 +296,8 @@ def ingest_scene(
             footprint=reader.footprint,
             bbox=list(reader.bbox) if reader.bbox else None,
             crs=reader.crs,
-            extra={"width": reader.width, "height": reader.height, "dtype": reader.dtype, "gsd": reader.gsd},
+            extra={"width": reader.width, "height": reader.height, "dtype": reader.dtype, "gsd": reader.gsd,
+                   "acquired": acquired},
         )
         if previous is not None and previous.state == "complete":
             stored = store.count_tiles(sid)
@@ -313,7 +330,7 @@ def ingest_scene(
                     ids=[ids[t.window] for t in batch],
                     coarse=coarse,
                     regions=regions,
-                    payloads=[tile_payload(sid, reader, fp, t, encoder) for t in batch],
+                    payloads=[tile_payload(sid, reader, fp, t, encoder, acquired) for t in batch],
                 )
             )
             if progress:
@@ -364,7 +381,7 @@ def ingest_scene(
         )
 
 
-def scene_error(path: Path, exc: BaseException) -> BadInput | None:
+def scene_error(path: Path | str, exc: BaseException) -> BadInput | None:
     """``exc`` as the bad input of this one file, or None when it is not about the file."""
     if isinstance(exc, BadInput):
         return exc
@@ -380,7 +397,7 @@ class IngestFailure:
 
 
 def ingest_paths(
-    paths: list[Path],
+    paths: list[Path | str],
     encoder: Encoder,
     store: Store,
     options: IngestOptions,

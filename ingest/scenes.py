@@ -7,8 +7,11 @@ import hashlib
 import re
 import unicodedata
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from ftfsearch.errors import BadInput
+from ftfsearch.raster import is_url
+from ingest.remote import url_fingerprint
 
 FINGERPRINT_VERSION = "ftf-fp1"
 """Bumped whenever the sampling below changes, so old and new fingerprints never collide."""
@@ -16,6 +19,9 @@ HEAD_TAIL_BYTES = 1 << 20
 SAMPLE_BYTES = 64 << 10
 SAMPLE_COUNT = 8
 RASTER_SUFFIXES = frozenset({".tif", ".tiff", ".vrt", ".jp2", ".img"})
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp"})
+"""Plain images (drone and dataset chips): ingested like rasters, without a CRS unless a world
+file or an .aux.xml gives them one."""
 SIDECAR_SUFFIXES = (".ovr", ".aux.xml", ".msk", ".tfw", ".prj", ".xml")
 _GLOB_CHARS = re.compile(r"[*?\[]")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -32,8 +38,11 @@ def fingerprint(path: str | Path) -> str:
     mtime are left out on purpose: a copy of a scene elsewhere is the same scene, and touching
     a file does not make it another one. The limit, stated honestly: an in-place edit of
     pixels confined to unsampled bytes of a large file, same size, keeps the fingerprint (such
-    a file needs a new scene id). A VRT is hashed as its XML text, not its sources.
+    a file needs a new scene id). A VRT is hashed as its XML text, not its sources. A URL is
+    identified without reading it whole (:func:`ingest.remote.url_fingerprint`).
     """
+    if is_url(path):
+        return url_fingerprint(str(path))
     p = Path(path)
     if not p.exists():
         raise BadInput(f"{p}: no such file")
@@ -62,7 +71,7 @@ def fingerprint(path: str | Path) -> str:
 
 def default_scene_id(path: str | Path) -> str:
     """The file stem as an id made of ``[A-Za-z0-9._-]`` (accents folded, others to ``_``)."""
-    stem = Path(path).name
+    stem = Path(urlsplit(path).path if is_url(path) else path).name
     for suffix in sorted(RASTER_SUFFIXES, key=len, reverse=True):
         if stem.lower().endswith(suffix):
             stem = stem[: -len(suffix)]
@@ -75,7 +84,7 @@ def default_scene_id(path: str | Path) -> str:
 
 
 def _is_raster(p: Path) -> bool:
-    return p.suffix.lower() in RASTER_SUFFIXES
+    return p.suffix.lower() in RASTER_SUFFIXES or p.suffix.lower() in IMAGE_SUFFIXES
 
 
 def _is_sidecar(p: Path) -> bool:
@@ -92,17 +101,22 @@ def _directory_rasters(d: Path) -> list[Path]:
     )
 
 
-def expand_paths(args: list[str]) -> list[Path]:
+def expand_paths(args: list[str]) -> list[Path | str]:
     """Raster files named by ``args``: files as given, directories searched recursively for
-    ``*.tif *.tiff *.vrt *.jp2 *.img`` (any case, hidden entries skipped), globs expanded
-    (sidecars such as ``.ovr``/``.aux.xml`` dropped). Sorted within each argument, duplicates
+    ``*.tif *.tiff *.vrt *.jp2 *.img`` and the images ``*.jpg *.jpeg *.png *.webp`` (any case,
+    hidden entries skipped), globs expanded
+    (sidecars such as ``.ovr``/``.aux.xml`` dropped), ``http(s)://`` URLs kept as they are
+    (strings). Sorted within each argument, duplicates
     removed, order of arguments kept; paths are absolute. A path or glob naming nothing is a
     :class:`BadInput` naming it.
     """
     if not args:
         raise BadInput("no input paths: give raster files, directories or globs")
-    out: dict[Path, None] = {}
+    out: dict[Path | str, None] = {}
     for arg in args:
+        if is_url(arg):  # read in place by GDAL; whether it is a raster shows when it opens
+            out.setdefault(arg, None)  # type: ignore[arg-type]
+            continue
         p = Path(arg).expanduser()
         if p.is_file():
             found = [p]
@@ -110,7 +124,8 @@ def expand_paths(args: list[str]) -> list[Path]:
             found = _directory_rasters(p)
             if not found:
                 raise BadInput(
-                    f"{arg}: directory holds no rasters ({', '.join(sorted(RASTER_SUFFIXES))})"
+                    f"{arg}: directory holds no rasters or images "
+                    f"({', '.join(sorted(RASTER_SUFFIXES | IMAGE_SUFFIXES))})"
                 )
         elif _GLOB_CHARS.search(arg):
             found = []

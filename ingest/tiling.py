@@ -14,7 +14,6 @@ import math
 import threading
 import warnings
 from dataclasses import asdict, dataclass
-from datetime import datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -30,7 +29,8 @@ from rasterio.warp import transform as warp_transform
 from rasterio.windows import Window
 
 from ftfsearch.errors import BadInput
-from ftfsearch.raster import RasterStyle, choose_style, require_bands
+from ftfsearch.raster import RasterStyle, choose_style, gdal_options, is_url, require_bands
+from ftfsearch.times import iso_utc, read_time
 
 log = logging.getLogger(__name__)
 
@@ -191,20 +191,6 @@ def plan_windows(width: int, height: int, spec: TilingSpec) -> list[TileWindow]:
     return out
 
 
-def _iso_datetime(value: str) -> str | None:
-    """A metadata date as ISO 8601, or None when it is not a date."""
-    text = value.strip()
-    for fmt in ("%Y:%m:%d %H:%M:%S", "%Y-%m-%d %H:%M:%S", "%Y/%m/%d %H:%M:%S"):
-        try:
-            return datetime.strptime(text, fmt).isoformat()
-        except ValueError:
-            pass
-    try:
-        return datetime.fromisoformat(text.replace("Z", "+00:00")).isoformat()
-    except ValueError:
-        return None
-
-
 def _simplify(points: np.ndarray, tol: float) -> np.ndarray:
     """Douglas-Peucker on one densified edge: keep only the points that carry curvature."""
     if len(points) <= 2:
@@ -244,7 +230,9 @@ class SceneReader:
     """
 
     def __init__(self, path: str | Path, spec: TilingSpec) -> None:
-        self.path = Path(path)
+        # a URL stays a string (a Path would fold its '//'); rasterio reads it through /vsicurl/
+        self.path: str | Path = path if is_url(path) else Path(path)
+        self._env = gdal_options(self.path)
         self.spec = spec
         self.warnings: list[str] = []
         self._local = _Local()
@@ -252,14 +240,15 @@ class SceneReader:
         self._lock = threading.Lock()
         self._closed = False
         self._windows: list[TileWindow] | None = None
-        if not self.path.exists():
-            raise BadInput(f"{self.path}: no such file")
-        if self.path.is_dir():
-            raise BadInput(f"{self.path}: is a directory, not a raster file (pass its files)")
-        if self.path.stat().st_size == 0:
-            raise BadInput(f"{self.path}: the file is empty")
+        if isinstance(self.path, Path):
+            if not self.path.exists():
+                raise BadInput(f"{self.path}: no such file")
+            if self.path.is_dir():
+                raise BadInput(f"{self.path}: is a directory, not a raster file (pass its files)")
+            if self.path.stat().st_size == 0:
+                raise BadInput(f"{self.path}: the file is empty")
         try:
-            with rasterio.Env():
+            with rasterio.Env(**self._env):
                 self._inspect(self._dataset())
         except BaseException:
             self.close()
@@ -273,6 +262,8 @@ class SceneReader:
                 warnings.simplefilter("ignore", NotGeoreferencedWarning)
                 return rasterio.open(self.path)
         except RasterioError as exc:
+            if self._env:
+                raise BadInput(f"{self.path}: cannot be read over HTTP ({exc}); check the URL") from exc
             raise BadInput(
                 f"{self.path}: not a readable raster ({exc}); check the file, or convert it "
                 "with gdal_translate"
@@ -353,14 +344,14 @@ class SceneReader:
         return gsd if math.isfinite(gsd) and gsd > 0 else None
 
     def _acquired(self, ds: DatasetReader) -> str | None:
-        """Acquisition time from imagery metadata, else the TIFF date tag."""
+        """Acquisition time (ISO 8601 UTC) from imagery metadata, else the TIFF date tag."""
         candidates = [ds.tags(ns="IMAGERY").get("ACQUISITIONDATETIME"), ds.tags().get(
             "ACQUISITIONDATETIME"), ds.tags().get("TIFFTAG_DATETIME")]
         for value in candidates:
             if value:
-                iso = _iso_datetime(value)
-                if iso is not None:
-                    return iso
+                when = read_time(value)
+                if when is not None:
+                    return iso_utc(when)
         return None
 
     # -- tiles -------------------------------------------------------------------------------
@@ -374,7 +365,7 @@ class SceneReader:
     def read(self, window: TileWindow) -> Tile | None:
         """The tile of a window, or None when it is mostly nodata (see ``max_nodata``)."""
         # an Env routes GDAL's messages to logging; outside one GDAL prints them on stderr
-        with rasterio.Env():
+        with rasterio.Env(**self._env):
             return self._read(window)
 
     def _read(self, window: TileWindow) -> Tile | None:

@@ -102,21 +102,24 @@ def test_list_skips_comments_and_blanks_resolves_against_its_directory_and_expan
         f"{d / 'scenes' / 'sub'}\n"         # a directory, absolute
         "scenes/missing.tif\n"
         "scenes/*.jp2\n"
-        "https://example.com/scene.tif\n"
+        "https://example.com/scene.tif\n"  # read in place when ingested (test_remote.py)
+        "s3://bucket/scene.tif\n"
     )
     monkeypatch.chdir(tmp_path)  # the working directory plays no part
-    assert [n for n, _ in read_list(lst)] == [4, 5, 6, 7, 8, 9]
+    assert [n for n, _ in read_list(lst)] == [4, 5, 6, 7, 8, 9, 10]
     sources = expand_list(lst)
     assert [s.key for s in sources] == [
         str(d / "scenes" / "a.tif"), str(d / "scenes" / "b.tif"), str(d / "scenes" / "sub" / "c.tif"),
         str(d / "scenes" / "missing.tif"), str(d / "scenes" / "*.jp2"), "https://example.com/scene.tif",
+        "s3://bucket/scene.tif",
     ]
     assert [s.name for s in sources][:3] == ["scenes/a.tif", "scenes/b.tif", "scenes/sub/c.tif"]
-    assert [s.line for s in sources] == [4, 4, 6, 7, 8, 9]
-    assert [s.problem is None for s in sources] == [True, True, True, False, False, False]
+    assert [s.line for s in sources] == [4, 4, 6, 7, 8, 9, 10]
+    assert [s.problem is None for s in sources] == [True, True, True, False, False, True, False]
     assert "line 7" in sources[3].problem and "no such file" in sources[3].problem
     assert "matches no raster" in sources[4].problem
-    assert "URL" in sources[5].problem and sources[5].path is None
+    assert sources[5].path == "https://example.com/scene.tif" and sources[5].scene_id == "scene"
+    assert "only http(s) URLs are read in place" in sources[6].problem and sources[6].path is None
 
 
 @pytest.mark.parametrize("content,why", [

@@ -114,6 +114,7 @@ def test_default_scene_id_is_safe(name: str, expected: str) -> None:
 
 def test_expand_paths(tmp_path: Path) -> None:
     (tmp_path / "sub" / "deeper").mkdir(parents=True)
+    (tmp_path / "chips").mkdir()
     (tmp_path / ".cache").mkdir()
     files = {
         "a.tif": True,
@@ -121,6 +122,11 @@ def test_expand_paths(tmp_path: Path) -> None:
         "sub/deeper/c.vrt": True,
         "sub/d.jp2": True,
         "sub/e.img": True,
+        "chips/f.jpg": True,
+        "chips/g.JPEG": True,
+        "chips/h.png": True,
+        "chips/i.webp": True,
+        "chips/f.jpg.aux.xml": False,
         "notes.txt": False,
         "a.tif.aux.xml": False,
         "a.tif.ovr": False,
@@ -151,5 +157,5 @@ def test_expand_paths_refuses_what_names_nothing(tmp_path: Path) -> None:
     with pytest.raises(BadInput, match=r"\*.tif: matches no raster"):
         expand_paths([str(tmp_path / "*.tif")])
     (tmp_path / "empty").mkdir()
-    with pytest.raises(BadInput, match="empty: directory holds no rasters"):
+    with pytest.raises(BadInput, match="empty: directory holds no rasters or images"):
         expand_paths([str(tmp_path / "empty")])

@@ -13,6 +13,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import datetime, timezone
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -136,6 +137,12 @@ def allowed(data: Data, flt: QueryFilter | None) -> np.ndarray:
         if flt.bbox is not None:
             w, s, e, n = flt.bbox
             if "west" not in p or not (p["west"] <= e and p["east"] >= w and p["south"] <= n and p["north"] >= s):
+                mask[i] = False
+        if flt.after is not None or flt.before is not None:
+            when = datetime.fromisoformat(p["acquired"]) if "acquired" in p else None
+            if when is None or (flt.after is not None and when < flt.after) or (
+                flt.before is not None and when >= flt.before
+            ):
                 mask[i] = False
     return mask
 
@@ -295,6 +302,44 @@ def test_scene_filter(store: Store) -> None:
         store.recall(t, 5, flt=QueryFilter(bbox=(11.0, 45.0, 10.0, 46.0)))
 
 
+def _utc(text: str) -> datetime:
+    return datetime.fromisoformat(text).replace(tzinfo=timezone.utc)
+
+
+@pytest.mark.parametrize(
+    "after, before, expected",
+    [
+        # rows of scene-a/b were acquired on 1, 2 and 3 June 2021 at 10:30 UTC; scene-c has no time
+        ("2021-06-02", None, 2 * 4 * 2),
+        (None, "2021-06-02", 1 * 4 * 2),
+        ("2021-06-02T10:30", "2021-06-03T10:30", 1 * 4 * 2),  # after inclusive, before exclusive
+        ("2021-06-01T10:30:01", "2021-06-02T10:29:59", 0),
+        ("2000-01-01", "2100-01-01", 3 * 4 * 2),  # everything with a time, never scene-c
+    ],
+)
+def test_time_filter(store: Store, after: str | None, before: str | None, expected: int) -> None:
+    filled(store)
+    flt = QueryFilter(after=after and _utc(after), before=before and _utc(before))
+    assert int(allowed(DATA, flt).sum()) == expected
+    t = texts()[3]
+    got = store.recall(t, 50, flt=flt, with_vectors=False)
+    assert sorted(got.ids) == sorted(brute_force(t, 50, flt)[0])
+    assert len(got.ids) == expected
+    assert all(p["scene_id"] != "scene-c" for p in got.payloads)
+    both = QueryFilter(after=_utc("2021-06-02"), scene_ids=("scene-b",), bbox=BBOXES[0])
+    got = store.recall(t, 50, flt=both, with_vectors=False)
+    assert set(got.ids) == {DATA.batch.ids[i] for i in np.flatnonzero(allowed(DATA, both))}
+
+
+def test_time_filter_refusals(store: Store) -> None:
+    filled(store)
+    t = texts()[0]
+    with pytest.raises(BadInput, match="^after 2021-06-03T00:00:00Z: must be earlier than before"):
+        store.recall(t, 5, flt=QueryFilter(after=_utc("2021-06-03"), before=_utc("2021-06-02")))
+    with pytest.raises(BadInput, match="^before 'June': not a date"):
+        store.recall(t, 5, flt=QueryFilter(before="June"))  # type: ignore[arg-type]
+
+
 @pytest.mark.parametrize("strategy", ["average_vector", "sum_scores"])
 def test_recommend_matches_numpy(store: Store, strategy: str) -> None:
     """average_vector: nearest to 2 avg(p) - avg(n) (Qdrant's own on a server, the same arithmetic
@@ -418,7 +463,8 @@ def test_backends_agree(qdrant_server: str, store_tmp: Path) -> None:
     name = f"cong_{uuid.uuid4().hex[:8]}"
     server = filled(ServerStore(qdrant_server, collection=name, timeout=10.0))
     try:
-        filters = [None, QueryFilter(bbox=BBOXES[0]), QueryFilter(scene_ids=("scene-b", "scene-c"))]
+        filters = [None, QueryFilter(bbox=BBOXES[0]), QueryFilter(scene_ids=("scene-b", "scene-c")),
+                   QueryFilter(after=datetime(2021, 6, 2, tzinfo=timezone.utc))]
         for t in texts(8, seed=5):
             for flt in filters:
                 a = edge.recall(t, 12, flt=flt, with_vectors=True)

@@ -590,7 +590,7 @@ def test_acquisition_time_from_tiff_tag(tmp_path: Path) -> None:
         dst.write(data)
         dst.update_tags(TIFFTAG_DATETIME="2020:05:01 10:20:30")
     with SceneReader(path, TilingSpec(tile_size=32)) as reader:
-        assert reader.acquired == "2020-05-01T10:20:30"
+        assert reader.acquired == "2020-05-01T10:20:30Z"  # ISO 8601 UTC: a TIFF date has no zone
     with SceneReader(FIXTURE, TilingSpec()) as reader:
         assert reader.acquired is None
 

@@ -20,6 +20,7 @@ import numpy as np
 
 from ftfsearch.errors import REINGEST_HINT, BadInput, ModelMismatch
 from ftfsearch.store import schema
+from ftfsearch.times import check_range, iso_utc, parse_time
 from ftfsearch.store.base import RECOMMEND_STRATEGIES, Candidates, CollectionMeta, QueryFilter, TileBatch
 
 # Qdrant collection names become directory names in the embedded store: keep them plain.
@@ -50,6 +51,15 @@ class RangeCond:
 
 
 @dataclass(frozen=True)
+class TimeCond:
+    """``gte <= payload[key] < lt`` on a datetime field (RFC 3339 strings, either bound optional)."""
+
+    key: str
+    gte: str | None = None
+    lt: str | None = None
+
+
+@dataclass(frozen=True)
 class AnyCond:
     """``payload[key]`` is one of ``values`` (keyword match)."""
 
@@ -64,7 +74,7 @@ class ExcludeIds:
     ids: tuple[str, ...]
 
 
-Condition = RangeCond | AnyCond | ExcludeIds
+Condition = RangeCond | TimeCond | AnyCond | ExcludeIds
 
 
 def check_collection_name(name: str) -> str:
@@ -113,7 +123,8 @@ def filter_conditions(flt: QueryFilter | None) -> list[Condition]:
     bbox: tiles whose WGS84 bbox intersects the query box, i.e. ``west_t <= east_q``,
     ``east_t >= west_q``, ``south_t <= north_q`` and ``north_t >= south_q`` (edges touching
     count). A range condition fails on a missing field, so tiles without a bbox (rasters
-    without a CRS) never match a bbox query.
+    without a CRS) never match a bbox query, and tiles without an acquisition time never match
+    a time range (``after <= acquired < before``: consecutive ranges do not overlap).
     """
     if flt is None:
         return []
@@ -126,6 +137,14 @@ def filter_conditions(flt: QueryFilter | None) -> list[Condition]:
             RangeCond("south", lte=north),
             RangeCond("north", gte=south),
         ]
+    if flt.after is not None or flt.before is not None:
+        after, before = parse_time(flt.after, "after"), parse_time(flt.before, "before")
+        check_range(after, before)
+        conds.append(TimeCond(
+            "acquired",
+            gte=iso_utc(after) if after is not None else None,
+            lt=iso_utc(before) if before is not None else None,
+        ))
     if flt.scene_ids:
         conds.append(AnyCond("scene_id", tuple(str(s) for s in flt.scene_ids)))
     if flt.exclude_ids:

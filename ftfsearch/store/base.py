@@ -7,6 +7,7 @@ building Python lists.
 
 from __future__ import annotations
 
+from datetime import datetime
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -63,11 +64,14 @@ class TileBatch:
 @dataclass(frozen=True)
 class QueryFilter:
     """Restricts recall: tiles whose WGS84 bbox intersects ``bbox``, and/or of given scenes,
+    and/or acquired in ``after <= acquired < before`` (aware datetimes, either bound optional),
     and never the tiles in ``exclude_ids`` (the examples of a search by example)."""
 
     bbox: tuple[float, float, float, float] | None = None
     scene_ids: tuple[str, ...] = ()
     exclude_ids: tuple[str, ...] = ()
+    after: datetime | None = None
+    before: datetime | None = None
 
 
 RECOMMEND_STRATEGIES = ("average_vector", "sum_scores", "best_score")

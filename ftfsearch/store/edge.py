@@ -42,6 +42,7 @@ from ftfsearch.store._common import (
     Condition,
     ExcludeIds,
     RangeCond,
+    TimeCond,
     candidates_of,
     check_batch,
     check_collection_name,
@@ -129,6 +130,8 @@ def _edge_filter(conds: list[Condition]) -> qe.Filter | None:
     for c in conds:
         if isinstance(c, RangeCond):
             must.append(qe.FieldCondition(c.key, range=qe.RangeFloat(gte=c.gte, lte=c.lte)))
+        elif isinstance(c, TimeCond):
+            must.append(qe.FieldCondition(c.key, range=qe.RangeDateTime(gte=c.gte, lt=c.lt)))
         elif isinstance(c, AnyCond):
             must.append(qe.FieldCondition(c.key, match=qe.MatchAny(list(c.values))))
         elif isinstance(c, ExcludeIds) and c.ids:

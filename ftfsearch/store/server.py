@@ -42,6 +42,7 @@ from ftfsearch.store._common import (
     Condition,
     ExcludeIds,
     RangeCond,
+    TimeCond,
     candidates_of,
     check_batch,
     check_collection_name,
@@ -117,6 +118,8 @@ def _client_filter(conds: list[Condition]) -> qm.Filter | None:
     for c in conds:
         if isinstance(c, RangeCond):
             must.append(qm.FieldCondition(key=c.key, range=qm.Range(gte=c.gte, lte=c.lte)))
+        elif isinstance(c, TimeCond):
+            must.append(qm.FieldCondition(key=c.key, range=qm.DatetimeRange(gte=c.gte, lt=c.lt)))
         elif isinstance(c, AnyCond):
             must.append(qm.FieldCondition(key=c.key, match=qm.MatchAny(any=list(c.values))))
         elif isinstance(c, ExcludeIds) and c.ids:

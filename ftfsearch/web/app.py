@@ -84,6 +84,10 @@ ERROR_STATUS: tuple[tuple[type[FtfError], int], ...] = (
 )
 
 
+AFTER_DOC = "only scenes acquired at or after this time (ISO 8601, e.g. 2024-05-01; UTC if no zone)"
+BEFORE_DOC = "only scenes acquired before this time; a time range leaves out scenes without a time"
+
+
 def status_of(exc: FtfError) -> int:
     """The HTTP status of a library error (500 only for a class nobody mapped: a bug)."""
     for cls, status in ERROR_STATUS:
@@ -218,6 +222,7 @@ class SearchHit(BaseModel):
     level: int
     window: Window
     bbox: list[float] | None = Field(description="[minlon, minlat, maxlon, maxlat] WGS84; null without CRS")
+    acquired: str | None = Field(None, description="acquisition time of the scene, ISO 8601 UTC; null when unknown")
     region: list[float] | None = Field(description="matched region [x0, y0, x1, y1] as fractions of the tile")
     region_window: Window | None = Field(description="matched region in scene pixels")
     region_index: int | None
@@ -267,6 +272,7 @@ class SceneBody(BaseModel):
     crs: str | None
     bbox: list[float] | None
     footprint: list[list[float]] | None
+    acquired: str | None = Field(None, description="acquisition time, ISO 8601 UTC; null when unknown")
     preview_url: str | None = Field(description="RGBA PNG warped to Web Mercator; null without CRS or source")
     preview_bounds: list[float] | None = Field(description="[west, south, east, north] WGS84 of the preview image")
 
@@ -376,7 +382,8 @@ def create_app(
 
     def run_search(
         request: Request, response: Response, q: str | None, k: int, recall_k: int, bbox: str | None,
-        scene: list[str], rerank: bool, examples: list[ExampleRef],
+        scene: list[str], rerank: bool, examples: list[ExampleRef], after: str | None = None,
+        before: str | None = None,
     ) -> dict[str, Any]:
         res = res_of(request)
         box = parse_bbox(bbox)
@@ -384,7 +391,8 @@ def create_app(
             raise BadInput("q: the query is empty; give a text to look for, or an example with like=")
         with res.lock:
             out = res.searcher().search(q or None, k=k, recall_k=recall_k, rerank=rerank, bbox=box,
-                                        scenes=tuple(scene), examples=examples)
+                                        scenes=tuple(scene), examples=examples, after=after or None,
+                                        before=before or None)
             res.remember(out.results)
         hits = []
         rings = region_footprints(out.results)
@@ -439,11 +447,13 @@ def create_app(
         bbox: str | None = Query(None, description="minlon,minlat,maxlon,maxlat (WGS84)"),
         scene: list[str] = Query([], description="only these scene ids (repeatable)"),
         rerank: bool = Query(True, description="false: the coarse recall order"),
+        after: str | None = Query(None, max_length=64, description=AFTER_DOC),
+        before: str | None = Query(None, max_length=64, description=BEFORE_DOC),
     ) -> dict[str, Any]:
         """Search the tiles by text, by example, or both: the same result fields as
         ``ftfsearch query --json``, plus a chip URL."""
         examples = example_refs(like, unlike, like_region, unlike_region)
-        return run_search(request, response, q, k, recall_k, bbox, scene, rerank, examples)
+        return run_search(request, response, q, k, recall_k, bbox, scene, rerank, examples, after, before)
 
     @app.post(
         "/api/search", response_model=SearchBody, responses=ERROR_RESPONSES, tags=["api"],
@@ -466,6 +476,8 @@ def create_app(
         bbox: str | None = Query(None),
         scene: list[str] = Query([]),
         rerank: bool = Query(True),
+        after: str | None = Query(None, max_length=64, description=AFTER_DOC),
+        before: str | None = Query(None, max_length=64, description=BEFORE_DOC),
     ) -> dict[str, Any]:
         """Search by a POSTed image chip (PNG, JPEG or GeoTIFF as the request body), with the
         same parameters as GET; the image is encoded with the collection's model."""
@@ -475,7 +487,9 @@ def create_app(
         param = ("unlike" if negative else "like") + ("_region" if region is not None else "")
         examples = [image_ref(body, param, "posted image", region)]
         examples += example_refs(like, unlike, like_region, unlike_region)
-        return await run_in_threadpool(run_search, request, response, q, k, recall_k, bbox, scene, rerank, examples)
+        return await run_in_threadpool(
+            run_search, request, response, q, k, recall_k, bbox, scene, rerank, examples, after, before
+        )
 
     def marks_body(request: Request, labels: LabelSet, collection: dict[str, Any]) -> dict[str, Any]:
         marks = []
@@ -547,6 +561,7 @@ def create_app(
                     "crs": s.crs,
                     "bbox": s.bbox,
                     "footprint": s.footprint,
+                    "acquired": s.extra.get("acquired"),
                     "preview_url": None if bounds is None else str(
                         request.url_for("scene_preview", scene_id=s.scene_id)
                     ),

@@ -100,7 +100,7 @@
     const results = body.results;
     state.results = results;
     if (!results.length) {
-      setStatus("No tiles matched (is the bbox or scene filter too narrow?).");
+      setStatus("No tiles matched (is the date range or scene filter too narrow?).");
       return;
     }
     const scores = results.map((r) => r.score);
@@ -151,7 +151,7 @@
       head.append(rank, score);
       const scene = document.createElement("div");
       scene.className = "scene";
-      scene.textContent = `${r.scene_id} · level ${r.level}`;
+      scene.textContent = `${r.scene_id} · level ${r.level}` + (r.acquired ? ` · ${r.acquired.slice(0, 10)}` : "");
       scene.title = r.path;
       const where = document.createElement("div");
       where.className = "where";
@@ -350,6 +350,7 @@
     field(dl, "scene", r.scene_id);
     field(dl, "file", r.path);
     field(dl, "level", String(r.level));
+    field(dl, "acquired", r.acquired || "unknown");
     const w = r.window;
     field(dl, "window", `col ${w.col}, row ${w.row}, ${w.width}×${w.height} px`);
     if (r.bbox) {
@@ -375,9 +376,18 @@
     $("detail").hidden = false;
   }
 
+  function nextDay(isoDate) {
+    const d = new Date(`${isoDate}T00:00:00Z`);
+    d.setUTCDate(d.getUTCDate() + 1);
+    return d.toISOString().slice(0, 10);
+  }
+
   async function search(q) {
     const params = new URLSearchParams({ k: $("k").value || "20", rerank: $("rerank").checked ? "true" : "false" });
     if (q) params.set("q", q);
+    // a day range, both ends included: after = the first day's start, before = the day after the last
+    if ($("after").value) params.set("after", $("after").value);
+    if ($("before").value) params.set("before", nextDay($("before").value));
     for (const m of state.marks) {
       const name = (m.label === "positive" ? "like" : "unlike") + (m.region === null ? "" : "_region");
       params.append(name, m.region === null ? m.id : `${m.id}:${m.region}`);
