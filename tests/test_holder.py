@@ -213,17 +213,22 @@ def test_holder_killed_mid_ingest_then_a_rerun_is_exact(
     serve, url = start_serve(procs, store, model_dir, env, tmp_path / "serve.log")
     ingest = procs.start([ftfsearch_command(), *ingest_args(store, model_dir), "--json"], env)
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if int(get_json(url + "/api/info")[1]["tiles"]) >= 16:  # type: ignore[index]
-            break
+    seen = 0
+    while time.monotonic() < deadline and seen < 16:
+        seen = int(get_json(url + "/api/info")[1]["tiles"])  # type: ignore[index]
         time.sleep(0.05)
     serve.send_signal(signal.SIGKILL)
     serve.wait(timeout=30)
     _, errs = ingest.communicate(timeout=60)
     assert ingest.returncode != 0 and "Traceback" not in errs
+    assert "error:" in errs and len([ln for ln in errs.splitlines() if ln.startswith("error:")]) == 1, errs
+    after = cli(["info", "--json", "--store", str(store)], env)
+    assert after.returncode == 0, after.stderr
+    assert f"pid {serve.pid}, which is gone" in after.stderr  # taken over, one warning
+    assert json.loads(after.stdout)["tiles"] >= seen  # nothing a search had seen is lost
+    assert not (store / ".tiles.holder.json").exists()
     rerun = cli(ingest_args(store, model_dir), env)
     assert rerun.returncode == 0, rerun.stderr
-    assert f"pid {serve.pid}, which is gone" in rerun.stderr
     assert summary_of(store, model_dir, env) == plain
 
 
@@ -259,3 +264,30 @@ def test_ctrl_c_of_the_client_cancels_on_request_and_the_scene_resumes(
         time.sleep(0.5)
     assert summary_of(store, model_dir, env) == plain
     assert serve.poll() is None
+
+
+@pytest.mark.server
+def test_push_through_the_holder(
+    tmp_path: Path, env: dict[str, str], procs: Procs, model_dir: Path, qdrant_server: str,
+    plain: tuple[list[object], list[str]],
+) -> None:
+    import uuid
+
+    from ftfsearch.store.server import ServerStore
+
+    store = tmp_path / "store"
+    start_serve(procs, store, model_dir, env, tmp_path / "serve.log")
+    done = cli(ingest_args(store, model_dir), env)
+    assert done.returncode == 0, done.stderr
+    name = f"holder_push_{uuid.uuid4().hex[:8]}"
+    pushed = cli(["push", "--to", qdrant_server, "--collection", name, "--store", str(store), "--json"], env)
+    try:
+        assert pushed.returncode == 0, pushed.stderr
+        summary = json.loads(pushed.stdout)
+        assert summary["source_tiles"] == summary["target_tiles"] == plain[0][0]["tiles"]  # type: ignore[index]
+    finally:
+        target = ServerStore(qdrant_server, collection=name, api_key=None, timeout=30)
+        try:
+            target.drop_collection()
+        finally:
+            target.close()
