@@ -107,6 +107,15 @@ def _open_store(settings: Settings, read_only: bool = False):  # type: ignore[no
     )
 
 
+def _live_holder(settings: Settings) -> Any:
+    """The client of the 'ftfsearch serve' holding the embedded store, None when none does."""
+    if settings.qdrant_url:
+        return None
+    from ftfsearch.store.holder_client import HolderClient
+
+    return HolderClient.find(settings.resolved_store_dir, settings.collection)
+
+
 def _store_or_holder(settings: Settings, read_only: bool = False) -> tuple[Any, Any]:
     """``(store, None)``, or ``(None, holder client)`` when ``ftfsearch serve`` holds the embedded
     store: the command then runs there (its output is the same)."""
@@ -115,11 +124,7 @@ def _store_or_holder(settings: Settings, read_only: bool = False) -> tuple[Any, 
     try:
         return _open_store(settings, read_only=read_only), None
     except StoreLocked:
-        if settings.qdrant_url:
-            raise
-        from ftfsearch.store.holder_client import HolderClient
-
-        client = HolderClient.find(settings.resolved_store_dir, settings.collection)
+        client = _live_holder(settings)
         if client is None:
             raise
         return None, client
@@ -266,15 +271,15 @@ def ingest(
     if sources is not None:
         _ingest_batch(sources, part, from_list, options, settings, as_json)  # type: ignore[arg-type]
         return
-    db, holder = _store_or_holder(settings)
+    # The model loads before the store opens (a bad --model leaves no store behind), unless the
+    # store is held by 'serve', which ingests with its own.
+    holder = _live_holder(settings)
+    if holder is None:
+        encoder = _load_encoder(settings)
+        db, holder = _store_or_holder(settings)
     if holder is not None:
         _ingest_via_holder(holder, files, options, model, as_json)
         return
-    try:
-        encoder = _load_encoder(settings)
-    except BaseException:
-        db.close()
-        raise
     try:
 
         def report(item: Any) -> None:
@@ -414,8 +419,20 @@ def _ingest_batch(sources: list[Any], part: Any, list_path: Path, options: Any, 
         if as_json:
             out.print_json(json.dumps({"shard": str(part), "scenes": [], "failed": []}))
         return
+    from ftfsearch.errors import StoreLocked
+
     encoder = _load_encoder(settings)
-    db = _open_store(settings)
+    try:
+        db = _open_store(settings)
+    except StoreLocked as exc:
+        holder = _live_holder(settings)
+        if holder is None:
+            raise
+        raise StoreLocked(
+            f"embedded store {settings.resolved_store_dir} is held by 'ftfsearch serve' (pid {holder.record.pid}); "
+            "ingest --from does not go through it: ingest the rasters by name, stop the server, or use a "
+            "Qdrant server (QDRANT_URL)"
+        ) from exc
 
     def report(o: Any) -> None:
         if o.error is not None:

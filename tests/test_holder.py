@@ -264,6 +264,11 @@ def test_ctrl_c_of_the_client_cancels_on_request_and_the_scene_resumes(
         time.sleep(0.5)
     assert summary_of(store, model_dir, env) == plain
     assert serve.poll() is None
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"{SCENE}\n")
+    batch = cli(["ingest", "--from", str(listing), "--store", str(store), "--model", str(model_dir), "--device", "cpu"],
+                env)
+    assert batch.returncode == 3 and f"pid {serve.pid}" in batch.stderr and "does not go through it" in batch.stderr
 
 
 @pytest.mark.server
