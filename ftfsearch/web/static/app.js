@@ -435,7 +435,7 @@
   // this server) both are refreshed every few seconds, so its new tiles and its state show.
   async function refreshStore(info) {
     try {
-      if (!info) info = await getJSON("/api/info");
+      if (!info || !info.encoder) info = await getJSON("/api/info");
       const scenes = (await getJSON("/api/scenes")).scenes;
       const ingesting = scenes.filter((s) => s.state === "ingesting");
       let line = `${info.tiles} tiles · ${info.scenes} scenes · ${info.encoder.id}`;
