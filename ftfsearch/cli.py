@@ -108,6 +108,29 @@ def _open_store(settings: Settings, read_only: bool = False):  # type: ignore[no
     )
 
 
+def _live_holder(settings: Settings) -> Any:
+    """The client of the 'ftfsearch serve' holding the embedded store, None when none does."""
+    if settings.qdrant_url:
+        return None
+    from ftfsearch.store.holder_client import HolderClient
+
+    return HolderClient.find(settings.resolved_store_dir, settings.collection)
+
+
+def _store_or_holder(settings: Settings, read_only: bool = False) -> tuple[Any, Any]:
+    """``(store, None)``, or ``(None, holder client)`` when ``ftfsearch serve`` holds the embedded
+    store: the command then runs there (its output is the same)."""
+    from ftfsearch.errors import StoreLocked
+
+    try:
+        return _open_store(settings, read_only=read_only), None
+    except StoreLocked:
+        client = _live_holder(settings)
+        if client is None:
+            raise
+        return None, client
+
+
 def _load_encoder(settings: Settings):  # type: ignore[no-untyped-def]
     from ftfsearch.model.loading import load_encoder
 
@@ -262,8 +285,15 @@ def ingest(
         from ingest.stack import build_stack
 
         files += [build_stack(value, settings.resolved_stack_dir) for value in stack]
-    encoder = _load_encoder(settings)
-    db = _open_store(settings)
+    # The model loads before the store opens (a bad --model leaves no store behind), unless the
+    # store is held by 'serve', which ingests with its own.
+    holder = _live_holder(settings)
+    if holder is None:
+        encoder = _load_encoder(settings)
+        db, holder = _store_or_holder(settings)
+    if holder is not None:
+        _ingest_via_holder(holder, files, options, model, as_json)
+        return
     try:
 
         def report(item: Any) -> None:
@@ -280,6 +310,91 @@ def ingest(
         db.close()
     if as_json:
         out.print_json(json.dumps({"scenes": [s.to_dict() for s in done], "failed": [f.__dict__ for f in failed]}))
+    else:
+        for s in done:
+            _print_scene(s)
+    if not done:
+        _fail(f"nothing was ingested: {len(failed)} of {len(files)} rasters skipped (see above)", 2)
+    if failed:
+        raise typer.Exit(1)
+
+
+def _ingest_via_holder(holder: Any, files: list[Path], options: Any, model: Optional[str], as_json: bool) -> None:
+    """``ingest`` run by the server holding the store: its progress streamed here. The ingest
+    lives in the server; Ctrl+C here asks whether to cancel it or leave it running."""
+    import click
+
+    from ingest.pipeline import SceneSummary
+    from ftfsearch.store.holder_client import remote_error
+
+    body = {
+        "paths": [str(Path(f).absolute()) for f in files],
+        "tiling": options.spec.to_dict(),
+        "options": {"batch_size": options.batch_size, "readers": options.readers, "scene_id": options.scene_id},
+        "model": None if model is None else (str(Path(model).absolute()) if Path(model).exists() else model),
+    }
+    job = holder.start_ingest(body)
+    err.print(
+        f"ingesting in 'ftfsearch serve' (pid {holder.record.pid}), which holds the store; Ctrl+C asks "
+        "whether to cancel it", highlight=False,
+    )
+    progress = None if as_json else _RichProgress()
+    seen = 0
+    final: dict[str, Any] | None = None
+    while final is None:
+        try:
+            for event in holder.events(job, seen):
+                seen += 1
+                kind = event.get("type")
+                if kind == "start" and progress:
+                    progress.start(event["scene_id"], int(event["total"]), int(event["already"]))
+                elif kind == "advance" and progress:
+                    progress.advance(int(event["n"]))
+                elif kind == "finish" and progress:
+                    progress.finish()
+                elif kind == "failure":
+                    err.print(Text(f"skipped: {event['message']}"), highlight=False)
+                elif kind == "scene":
+                    summary = event["summary"]
+                    for warning in summary.get("warnings") or []:
+                        err.print(Text(f"warning: {summary['path']}: {warning}"), highlight=False)
+                elif kind in ("done", "error"):
+                    final = event
+                    break
+            else:
+                from ftfsearch.errors import StoreUnavailable
+
+                raise StoreUnavailable(
+                    "the server holding the store stopped during the ingest; what it wrote is kept, and "
+                    "the same ingest command resumes the scene"
+                )
+        except KeyboardInterrupt:
+            if progress:
+                progress.finish()
+            try:
+                cancel = typer.confirm("\ncancel the ingest in the server? (no: it goes on there)", default=False,
+                                       err=True)
+            except click.exceptions.Abort:
+                cancel = False
+            if cancel:
+                holder.cancel(job)
+                err.print("cancelling; the scene stays resumable", highlight=False)
+                continue
+            err.print(
+                f"the ingest goes on in 'ftfsearch serve' (pid {holder.record.pid}); 'ftfsearch scenes' shows "
+                "its progress", highlight=False,
+            )
+            raise typer.Exit(0)
+    if final.get("type") == "error":
+        raise remote_error(final)
+    done = [
+        SceneSummary(d["scene_id"], d["path"], d["windows"], d["written"], d["already_stored"], d["skipped_nodata"],
+                     d["tiles"], d["state"], float(d["seconds"]), list(d.get("warnings") or []))
+        for d in final.get("scenes") or []
+    ]
+    failed = final.get("failed") or []
+    if as_json:
+        out.print_json(json.dumps({"scenes": [s.to_dict() for s in done], "failed": failed}))
     else:
         for s in done:
             _print_scene(s)
@@ -318,8 +433,20 @@ def _ingest_batch(sources: list[Any], part: Any, list_path: Path, options: Any, 
         if as_json:
             out.print_json(json.dumps({"shard": str(part), "scenes": [], "failed": []}))
         return
+    from ftfsearch.errors import StoreLocked
+
     encoder = _load_encoder(settings)
-    db = _open_store(settings)
+    try:
+        db = _open_store(settings)
+    except StoreLocked as exc:
+        holder = _live_holder(settings)
+        if holder is None:
+            raise
+        raise StoreLocked(
+            f"embedded store {settings.resolved_store_dir} is held by 'ftfsearch serve' (pid {holder.record.pid}); "
+            "ingest --from does not go through it: ingest the rasters by name, stop the server, or use a "
+            "Qdrant server (QDRANT_URL)"
+        ) from exc
 
     def report(o: Any) -> None:
         if o.error is not None:
@@ -480,19 +607,24 @@ def query(
     if text is None and not refs:
         _fail("give a TEXT to look for, or an example with --like", 2)
     _single_thread_queries()
-    encoder = _load_encoder(settings)
-    db = _open_store(settings, read_only=True)
+    db, holder = _store_or_holder(settings, read_only=True)
     try:
-        response = Searcher(encoder, db, vector_cache_bytes=0).search(  # one query: nothing to reuse
-            text, k=k, recall_k=recall_k, rerank=not no_rerank, bbox=box, scenes=tuple(scene or ()),
-            examples=refs, after=after, before=before,
-        )
-        if chips is not None:
-            from ftfsearch.chips import scene_bands
+        if holder is not None:
+            response, bands = _search_via_holder(holder, text, k, recall_k, not no_rerank, box, scene, refs,
+                                                 after, before)
+        else:
+            encoder = _load_encoder(settings)
+            response = Searcher(encoder, db, vector_cache_bytes=0).search(  # one query: nothing to reuse
+                text, k=k, recall_k=recall_k, rerank=not no_rerank, bbox=box, scenes=tuple(scene or ()),
+                examples=refs, after=after, before=before,
+            )
+            if chips is not None:
+                from ftfsearch.chips import scene_bands
 
-            bands = scene_bands(db, [r.scene_id for r in response.results])
+                bands = scene_bands(db, [r.scene_id for r in response.results])
     finally:
-        db.close()
+        if db is not None:
+            db.close()
     title = " ".join(
         [repr(text)] * (text is not None)
         + [f"+{sum(r.positive for r in refs)} like"] * any(r.positive for r in refs)
@@ -539,6 +671,25 @@ def query(
     err.print(
         ", ".join(f"{stage} {ms:.1f} ms" for stage, ms in t.items()), highlight=False
     )
+
+
+def _search_via_holder(holder: Any, text: Optional[str], k: int, recall_k: int, rerank: bool, box: Any,
+                       scene: Optional[list[str]], refs: list[Any], after: Optional[str] = None,
+                       before: Optional[str] = None) -> tuple[Any, Any]:
+    """The search run by the server holding the store: (response, each result scene's bands)."""
+    from ftfsearch.search import Result, SearchResponse
+
+    examples = [
+        {"param": r.param, "text": r.text, "tile_id": r.tile_id, "point": list(r.point) if r.point else None,
+         "image": str(Path(r.image).absolute()) if r.image is not None else None, "region": r.region}
+        for r in refs
+    ]
+    body = holder.search({"text": text, "k": k, "recall_k": recall_k, "rerank": rerank,
+                          "bbox": list(box) if box else None, "scenes": list(scene or ()), "examples": examples,
+                          "after": after, "before": before})
+    response = SearchResponse([Result(**r) for r in body["results"]], dict(body["timings_ms"]), list(body["warnings"]))
+    bands = {sid: (tuple(v) if v else None) for sid, v in (body.get("bands") or {}).items()}
+    return response, bands
 
 
 # labels ------------------------------------------------------------------------------------------
@@ -626,14 +777,16 @@ def scenes(
 ) -> None:
     """List scenes with their tile counts (counted in the store) and state."""
     settings = _settings(store_dir=store, qdrant_url=qdrant_url, collection=collection)
-    db = _open_store(settings, read_only=True)
-    try:
-        rows = [
-            {"scene_id": s.scene_id, "path": s.path, "tiles": db.count_tiles(s.scene_id), "state": s.state}
-            for s in db.list_scenes()
-        ]
-    finally:
-        db.close()
+    from ftfsearch.web.holder import scenes_rows
+
+    db, holder = _store_or_holder(settings, read_only=True)
+    if holder is not None:
+        rows = holder.scenes()
+    else:
+        try:
+            rows = scenes_rows(db)
+        finally:
+            db.close()
     if as_json:
         out.print_json(json.dumps(rows))
         return
@@ -654,16 +807,17 @@ def drop(
     collection: Optional[str] = CollectionOpt,
 ) -> None:
     """Remove a scene and its tiles."""
-    from ftfsearch.errors import SceneNotFound
+    from ftfsearch.web.holder import drop_scene
 
     settings = _settings(store_dir=store, qdrant_url=qdrant_url, collection=collection)
-    db = _open_store(settings)
-    try:
-        if db.get_scene(scene_id) is None:
-            raise SceneNotFound(f"scene {scene_id!r}: not in collection {db.collection!r}; 'ftfsearch scenes' lists them")
-        removed = db.delete_scene(scene_id)
-    finally:
-        db.close()
+    db, holder = _store_or_holder(settings)
+    if holder is not None:
+        removed = holder.drop(scene_id)
+    else:
+        try:
+            removed = drop_scene(db, scene_id)
+        finally:
+            db.close()
     err.print(f"dropped {scene_id}: {removed} tiles removed", highlight=False)
 
 
@@ -677,19 +831,16 @@ def info(
 ) -> None:
     """Show the store, the collection, its model and counts (never the API key)."""
     settings = _settings(store_dir=store, qdrant_url=qdrant_url, collection=collection)
-    db = _open_store(settings, read_only=True)
-    try:
-        described = db.describe()
-        meta = db.meta()
-        scene_list = db.list_scenes() if meta is not None else []
-        data: dict[str, Any] = {
-            **described,
-            "tiles": db.count_tiles() if meta is not None else 0,
-            "scenes": len(scene_list),
-            "scenes_complete": sum(s.state == "complete" for s in scene_list),
-        }
-    finally:
-        db.close()
+    from ftfsearch.web.holder import info_data
+
+    db, holder = _store_or_holder(settings, read_only=True)
+    if holder is not None:
+        data: dict[str, Any] = holder.info()
+    else:
+        try:
+            data = info_data(db)
+        finally:
+            db.close()
     if as_json:
         out.print_json(json.dumps(data, default=str))
         return
@@ -720,8 +871,24 @@ def push(
     from ftfsearch.store.server import ServerStore
     from ftfsearch.store.transfer import push_store
 
+    from ftfsearch.errors import StoreLocked
+    from ftfsearch.store.holder_client import HolderClient
+    from ftfsearch.store.transfer import PushSummary, ScenePush
+
     settings = _settings(store_dir=store, collection=source_collection)
-    source = EdgeStore(settings.resolved_store_dir, collection=settings.collection, read_only=True)
+    try:
+        source = EdgeStore(settings.resolved_store_dir, collection=settings.collection, read_only=True)
+    except StoreLocked:
+        holder = HolderClient.find(settings.resolved_store_dir, settings.collection)
+        if holder is None:
+            raise
+        d = holder.push({"to": to, "collection": collection or settings.collection, "api_key": settings.qdrant_api_key,
+                         "timeout": settings.timeout, "shards": shards, "replication_factor": replication_factor})
+        _print_push(PushSummary(
+            d["source"], d["target"], d["collection"], [ScenePush(**x) for x in d["scenes"]],
+            d["source_tiles"], d["target_tiles"], float(d["seconds"]),
+        ), as_json)
+        return
     try:
         target = ServerStore(
             to, collection=collection or settings.collection, api_key=settings.qdrant_api_key, timeout=settings.timeout
@@ -732,6 +899,10 @@ def push(
             target.close()
     finally:
         source.close()
+    _print_push(summary, as_json)
+
+
+def _print_push(summary: Any, as_json: bool) -> None:
     if as_json:
         out.print_json(json.dumps(summary.to_dict()))
         return
@@ -828,7 +999,18 @@ def serve(
         preview_cache_bytes=chip_cache_mb << 20,
         vector_cache_bytes=vector_cache_mb << 20,
     )
-    resources = Resources.open(settings, options)
+    resources = Resources.open(settings, options, writable=not settings.qdrant_url)
+    if not settings.qdrant_url:
+        # The embedded store is ours alone: the other commands of this user work through us.
+        from ftfsearch.web.holder import Holder
+
+        holder = Holder(resources, settings, settings.resolved_store_dir, settings.collection)
+        try:
+            holder.start()
+        except BaseException:
+            resources.close()
+            raise
+        resources.before_close.append(holder.stop)
     try:
         resources.searcher()
     except CollectionNotFound as exc:

@@ -81,3 +81,9 @@ class SourceUnavailable(FtfError):
     """A scene's source raster cannot be read any more (moved, deleted or changed since ingest)."""
 
     exit_code = 8
+
+
+class IngestCancelled(FtfError):
+    """An ingest was cancelled on request; its unfinished scene stays resumable."""
+
+    exit_code = 130

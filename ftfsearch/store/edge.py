@@ -4,7 +4,9 @@ Layout of a store directory::
 
     <store_dir>/<collection>/            tiles shard (coarse + regions vectors, payload indexes)
     <store_dir>/<collection>_scenes/     scenes shard (scene records + the collection meta point)
-    <store_dir>/.<collection>.lock       flock held while a process has the collection open
+    <store_dir>/.<collection>.lock       flock held while a process has the collection open; it
+                                         records that process (pid and start time)
+    <store_dir>/.<collection>.holder.json  where ``serve`` holding the store listens (0600)
 
 An Edge shard has no server to arbitrate writers, so one process at a time opens a collection
 (``StoreLocked`` otherwise). Edge builds HNSW only when asked: ``optimize()`` after bulk ingest.
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import json
 import logging
 import os
 import shutil
@@ -32,6 +35,14 @@ from ftfsearch.errors import (
     StoreUnavailable,
 )
 from ftfsearch.store import schema
+from ftfsearch.store.holder_record import (
+    alive,
+    holder_path,
+    identity,
+    parse_lock_record,
+    read_holder,
+    remove_holder,
+)
 from ftfsearch.store._common import (
     KIND_FAILURE,
     KIND_META,
@@ -194,7 +205,7 @@ class EdgeStore:
             holder = ""
             try:
                 fh.seek(0)
-                pid = fh.read().strip()
+                pid, _ = parse_lock_record(fh.read())
                 holder = f" (pid {pid})" if pid else ""
             except OSError:
                 pass
@@ -202,13 +213,28 @@ class EdgeStore:
             if exc.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
                 raise StoreLocked(
                     f"embedded store {self.store_dir} (collection {self.collection!r}) is in use by another "
-                    f"process{holder}: wait for it to finish, or serve the data from a Qdrant server "
-                    "(QDRANT_URL) for concurrent access"
+                    f"process{holder}: wait for it to finish, run 'ftfsearch serve' on it (the other commands "
+                    "then go through it), or serve the data from a Qdrant server (QDRANT_URL)"
                 ) from None
             raise StoreUnavailable(f"--store {self.store_dir}: cannot lock it ({exc.strerror})") from exc
+        # The flock is ours: the kernel freed it when its last holder exited. A record left in the
+        # file is that of a holder that died without closing (a clean close empties it).
+        try:
+            fh.seek(0)
+            pid, start = parse_lock_record(fh.read())
+        except (OSError, UnicodeDecodeError):
+            pid, start = None, None
+        if pid is not None and pid != os.getpid() and not alive(pid, start):
+            log.warning(
+                "took over the store %s (collection %r) from pid %d, which is gone; its acknowledged writes "
+                "are replayed from the write-ahead log", self.store_dir, self.collection, pid,
+            )
+        stale = holder_path(self.store_dir, self.collection)
+        if stale.exists() and read_holder(stale) is None:
+            remove_holder(stale)  # a dead holder's address: nobody listens there any more
         fh.seek(0)
         fh.truncate()
-        fh.write(str(os.getpid()))
+        fh.write(json.dumps(identity()))
         fh.flush()
         self._lock_file = fh
 
@@ -218,6 +244,7 @@ class EdgeStore:
             try:
                 fh.seek(0)
                 fh.truncate()
+                fh.flush()
                 fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
             finally:
                 fh.close()

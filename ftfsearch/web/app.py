@@ -126,14 +126,17 @@ class Resources:
         self.lock = threading.Lock()
         """Serialises store and encoder calls."""
         self._searcher: Searcher | None = None
+        self.before_close: list[Any] = []
+        """Called first by close() (the holder stops its ingests while the store is still open)."""
         # Chips of the results just returned are what the page asks for next: their payloads are
         # remembered so those chips never wait for the lock behind a running search.
         self._tiles: LruCache[str, tuple[float, dict[str, Any]]] = LruCache(1 << 62, 20_000, lambda v: 1)
         self._bands: LruCache[str, tuple[float, tuple[int, ...] | None]] = LruCache(1 << 62, 10_000, lambda v: 1)
 
     @classmethod
-    def open(cls, settings: Settings, options: ServeOptions | None = None) -> "Resources":
-        """Open the store (read-only) and load the encoder named by ``settings``."""
+    def open(cls, settings: Settings, options: ServeOptions | None = None, writable: bool = False) -> "Resources":
+        """Open the store (read-only unless ``writable``: the holder of an embedded store ingests
+        and drops for the other commands) and load the encoder named by ``settings``."""
         from ftfsearch.model.loading import load_encoder
         from ftfsearch.store import open_store
 
@@ -144,7 +147,7 @@ class Resources:
             qdrant_url=settings.qdrant_url,
             api_key=settings.qdrant_api_key,
             timeout=settings.timeout,
-            read_only=True,
+            read_only=not writable,
         )
         try:
             encoder = load_encoder(settings.model, device=settings.device)
@@ -194,7 +197,12 @@ class Resources:
             return payload, self._scene_bands(str(payload.get("scene_id", "")))
 
     def close(self) -> None:
-        self.store.close()
+        try:
+            for hook in self.before_close:
+                hook()
+        finally:
+            self.before_close = []
+            self.store.close()
 
 
 # -- response models (they make /openapi.json describe the API) ----------------------------------

@@ -62,7 +62,10 @@
   function addScenes(scenes) {
     if (!state.map) return;
     const all = L.latLngBounds([]);
+    state.shownScenes = state.shownScenes || new Set();
     for (const s of scenes) {
+      if (state.shownScenes.has(s.scene_id)) continue;
+      state.shownScenes.add(s.scene_id);
       if (s.preview_url && s.preview_bounds) {
         const [w, so, e, n] = s.preview_bounds;
         const b = L.latLngBounds([so, w], [n, e]);
@@ -427,20 +430,35 @@
     let info = {};
     try {
       info = await getJSON("/api/info");
-      $("store-info").textContent = `${info.tiles} tiles · ${info.scenes} scenes · ${info.encoder.id}`;
     } catch (e) {
       setStatus(e.message, true);
     }
     initMap(info);
-    try {
-      addScenes((await getJSON("/api/scenes")).scenes);
-    } catch (e) {
-      setStatus(e.message, true);
-    }
+    await refreshStore(info);
     const q = new URL(window.location.href).searchParams.get("q");
     if (q) $("q").value = q;
     if (q || state.marks.some((m) => m.label === "positive")) search(q || "");
     document.body.dataset.ready = "1";
+  }
+
+  // The store line and the scenes; while a scene is being ingested (by `ftfsearch ingest` through
+  // this server) both are refreshed every few seconds, so its new tiles and its state show.
+  async function refreshStore(info) {
+    try {
+      if (!info || !info.encoder) info = await getJSON("/api/info");
+      const scenes = (await getJSON("/api/scenes")).scenes;
+      const ingesting = scenes.filter((s) => s.state === "ingesting");
+      let line = `${info.tiles} tiles · ${info.scenes} scenes · ${info.encoder.id}`;
+      if (ingesting.length) {
+        line += ` · ingesting: ${ingesting.map((s) => `${s.scene_id} (${s.tiles} tiles)`).join(", ")}`;
+      }
+      $("store-info").textContent = line;
+      $("store-info").dataset.ingesting = String(ingesting.length);
+      addScenes(scenes);
+      if (ingesting.length) setTimeout(() => refreshStore(null), 3000);
+    } catch (e) {
+      setStatus(e.message, true);
+    }
   }
 
   start();
