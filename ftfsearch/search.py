@@ -146,14 +146,16 @@ def collection_meta(encoder: Encoder) -> CollectionMeta:
 def check_model(store: Store, encoder: Encoder) -> None:
     """Refuse to query a collection filled by another model: the same rule as ingest's
     (:func:`~ftfsearch.store._common.check_meta`)."""
-    meta = store.meta()
+    meta, wanted = store.meta(), collection_meta(encoder)
+    if meta == wanted:
+        return  # the common case: no describe() (a request to a server) just for an error message
     location = str(store.describe().get("location"))
     if meta is None:
         raise CollectionNotFound(
             f"collection {store.collection!r} does not exist in {location}: "
             "run 'ftfsearch ingest SCENE' first, or pick another --collection"
         )
-    check_meta(meta, collection_meta(encoder), store.collection, location)
+    check_meta(meta, wanted, store.collection, location)
 
 
 class Searcher:
