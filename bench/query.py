@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from bench.baselines import QdrantMaxSim
 from bench.common import (
     CACHE,
     GEOTIFFS,
@@ -35,8 +36,9 @@ from bench.common import (
 from ftfsearch.model.base import Encoder
 from ftfsearch.rerank import bti
 from ftfsearch.search import DEFAULT_VECTOR_CACHE_BYTES, Searcher
-from ftfsearch.store import open_store
 from ftfsearch.store.base import Store, TileBatch
+from ftfsearch.store.edge import EdgeStore
+from ftfsearch.store.server import RestClient, ServerStore
 from ftfsearch.store.schema import tile_point_id
 from ftfsearch.store.vector_cache import VectorCache
 from ingest.pipeline import collection_meta
@@ -181,21 +183,53 @@ def build(store: Store, encoder: Encoder, base: tuple[np.ndarray, np.ndarray], p
     return time.perf_counter() - t0
 
 
+@dataclass
+class Place:
+    """Where the benchmark's collection lives: an embedded store directory, or a server URL (and
+    the Qdrant server this run started, when QDRANT_URL names none)."""
+
+    backend: str
+    name: str
+    url: str | None = None
+    api_key: str | None = None
+    server: Any = None
+
+    @classmethod
+    def start(cls, backend: str, name: str) -> "Place":
+        if backend == "edge":
+            return cls(backend, name)
+        url = os.environ.get("QDRANT_URL")
+        server = None
+        if not url:
+            from deploy.qdrant_local import QdrantServer
+
+            server = QdrantServer(storage_dir=CACHE / "qdrant", startup_timeout=120.0).start()
+            url = server.url
+        return cls(backend, name, url, os.environ.get("QDRANT_API_KEY"), server)
+
+    def open(self, payload_vectors: bool = True, rest_client: RestClient = "auto") -> Store:
+        """The store; ``payload_vectors=False`` reads vectors the plain way, ``rest_client``
+        picks the server's query transport (see ``ServerStore``)."""
+        if self.url is None:
+            return EdgeStore(CACHE / "edge", collection=self.name, payload_vectors=payload_vectors)
+        return ServerStore(self.url, collection=self.name, api_key=self.api_key, timeout=120.0,
+                           payload_vectors=payload_vectors, rest_client=rest_client)
+
+    def maxsim(self, use_httpx: bool | None = None) -> QdrantMaxSim:
+        """Qdrant's own rerank over the collection (on Edge, only while no store holds it)."""
+        if self.url is None:
+            return QdrantMaxSim.on_edge(CACHE / "edge", self.name)
+        return QdrantMaxSim.on_server(self.url, self.name, self.api_key, 120.0, use_httpx=use_httpx)
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.stop()
+
+
 def open_bench_store(backend: str, name: str) -> tuple[Store, Any]:
     """The store and, for ``server`` without QDRANT_URL, the Qdrant server this run started."""
-    if backend == "edge":
-        return open_store(collection=name, store_dir=CACHE / "edge", qdrant_url=None, api_key=None, timeout=60.0), None
-    url = os.environ.get("QDRANT_URL")
-    server = None
-    if not url:
-        from deploy.qdrant_local import QdrantServer
-
-        server = QdrantServer(storage_dir=CACHE / "qdrant", startup_timeout=120.0).start()
-        url = server.url
-    store = open_store(
-        collection=name, store_dir=None, qdrant_url=url, api_key=os.environ.get("QDRANT_API_KEY"), timeout=120.0
-    )
-    return store, server
+    place = Place.start(backend, name)
+    return place.open(), place.server
 
 
 def exhaustive_top(encoder: Encoder, text: torch.Tensor, coarse: torch.Tensor, regions: torch.Tensor, k: int) -> np.ndarray:
@@ -213,18 +247,66 @@ def run(opts: Options) -> dict[str, Any]:
     torch.set_num_threads(opts.threads)
     encoder, model_note = load_bench_encoder(opts.model)
     base = base_vectors(encoder)
-    name = collection_name(encoder, opts.points)
-    store, server = open_bench_store(opts.backend, name)
+    place = Place.start(opts.backend, collection_name(encoder, opts.points))
     try:
-        build_s = build(store, encoder, base, opts.points)
-        return measure(opts, encoder, model_note, store, build_s)
+        store = place.open()
+        try:
+            build_s = build(store, encoder, base, opts.points)
+            res, texts = measure(opts, encoder, model_note, store, place, build_s)
+        finally:
+            store.close()  # an embedded store has one opener: the baselines below open it again
+        plain_texts = [encoder.encode_text([q])[0] for q in texts[: opts.plain_queries]]
+        res["baselines"].update(_plain(place, encoder, plain_texts, opts))
+        _maxsim(place, encoder, texts, opts, res)
+        return res
+    finally:
+        place.stop()
+
+
+def _plain(place: Place, encoder: Encoder, texts: list[torch.Tensor], opts: Options) -> dict[str, Any]:
+    """The plain path: Qdrant's named vectors through the client/binding (the path the packed copy
+    replaced), then the same rerank."""
+    store = place.open(payload_vectors=False)
+    searcher = Searcher(encoder, store, vector_cache_bytes=0)
+    plain: list[float] = []
+    try:
+        for tv in texts:
+            ms_f, cands = timed(lambda: store.recall(tv.numpy(), opts.recall_k, with_vectors=True))
+            ms_r, _ = timed(lambda: searcher.rank(tv[None], tv.new_zeros((0, tv.shape[0])), cands, opts.k, True))
+            plain.append(ms_f + ms_r)
     finally:
         store.close()
-        if server is not None:
-            server.stop()
+    return {"plain_fetch_rerank_ms_p50": round(Stat.of(plain).p50, 3), "plain_queries": len(plain)}
 
 
-def measure(opts: Options, encoder: Encoder, model_note: str, store: Store, build_s: float) -> dict[str, Any]:
+def _maxsim(place: Place, encoder: Encoder, texts: list[str], opts: Options, res: dict[str, Any]) -> None:
+    """Qdrant's prefetch + MaxSim (text encoding included, as in FTF end to end), after warm-up; on
+    a server also through httpx, interleaved query by query (``transport``)."""
+    k, rk = opts.k, opts.recall_k
+    warm = captions(opts.warmup)
+    runs: dict[str, list[float]] = {"http_client": [], "httpx": []}
+    with place.maxsim() as maxsim:
+        for q in warm:
+            maxsim(encoder.encode_text([q])[0].numpy(), k, rk)
+        st = [timed(lambda: maxsim(encoder.encode_text([q])[0].numpy(), k, rk))[0] for q in texts]
+        if res.get("transport") is not None:
+            with place.maxsim(use_httpx=True) as slow:
+                for q in texts[: opts.transport_queries]:
+                    for name, run_one in (("http_client", maxsim), ("httpx", slow)):
+                        runs[name].append(timed(lambda: run_one(encoder.encode_text([q])[0].numpy(), k, rk))[0])
+    stat = Stat.of(st)
+    res["stages"]["server_maxsim"] = stat.to_dict()
+    res["baselines"]["server_maxsim_ms_p50"] = round(stat.p50, 3)
+    if res.get("transport") is not None:
+        for name, values in runs.items():
+            res["transport"][f"{name}_maxsim"] = round(Stat.of(values).p50, 3)
+
+
+def measure(
+    opts: Options, encoder: Encoder, model_note: str, store: Store, place: Place, build_s: float
+) -> tuple[dict[str, Any], list[str]]:
+    """FTF's stages and end-to-end paths on ``store``; the result and the timed queries (the
+    baselines that need the store to themselves run on them afterwards)."""
     # One call per query (the CLI: candidates and their packed vectors in the recall), and the
     # long-lived searcher of `serve` (ids-only recall, vectors from its cache, misses fetched);
     # `cold` is the cached path with an empty cache on every query.
@@ -236,14 +318,12 @@ def measure(opts: Options, encoder: Encoder, model_note: str, store: Store, buil
     for q in texts[: opts.warmup]:
         searcher.search(q, k=k, recall_k=rk)
         cached.search(q, k=k, recall_k=rk)
-        store.recall_maxsim(encoder.encode_text([q])[0].numpy(), k, rk)
     texts = texts[opts.warmup :]
     assert cached.vector_cache is not None
     warm_stats = dataclasses.replace(cached.vector_cache.stats)
     st: dict[str, list[float]] = {n: [] for n in (
         "encode_text", "recall", "recall_fetch", "rerank", "fetch_rerank", "end_to_end", "end_to_end_cached",
-        "end_to_end_cold_cache", "cached_recall_ids", "cached_vectors", "cached_rerank", "coarse_only",
-        "server_maxsim")}
+        "end_to_end_cold_cache", "cached_recall_ids", "cached_vectors", "cached_rerank", "coarse_only")}
     ftf_top: dict[str, list[str]] = {}
     same_top = 0
     for q in texts:
@@ -268,20 +348,7 @@ def measure(opts: Options, encoder: Encoder, model_note: str, store: Store, buil
         cold.vector_cache = VectorCache(encoder.dim, encoder.num_regions, DEFAULT_VECTOR_CACHE_BYTES)
         st["end_to_end_cold_cache"].append(timed(lambda: cold.search(q, k=k, recall_k=rk))[0])
         st["coarse_only"].append(timed(lambda: searcher.search(q, k=k, rerank=False))[0])
-        st["server_maxsim"].append(
-            timed(lambda: store.recall_maxsim(encoder.encode_text([q])[0].numpy(), k, rk))[0]
-        )
-    # The plain path: Qdrant's named vectors through the client/binding (the path this work replaced).
-    plain: list[float] = []
-    store.payload_vectors = False  # type: ignore[attr-defined]
-    try:
-        for q in texts[: opts.plain_queries]:
-            tv = encoder.encode_text([q])[0]
-            ms_f, cands = timed(lambda: store.recall(tv.numpy(), rk, with_vectors=True))
-            plain.append(ms_f + timed(lambda: searcher.rank(tv[None], tv.new_zeros((0, tv.shape[0])), cands, k, True))[0])
-    finally:
-        store.payload_vectors = True  # type: ignore[attr-defined]
-    transport = _transport_comparison(store, searcher, cached, texts[: opts.transport_queries], k, rk)
+    transport = _transport_comparison(place, searcher, cached, texts[: opts.transport_queries], k, rk)
     cs = cached.vector_cache.stats
     hit_rate = (cs.hits - warm_stats.hits) / max(1, cs.hits + cs.misses - warm_stats.hits - warm_stats.misses)
     qps = {c: _qps(searcher, texts, k, rk, c) for c in (1, 4)}
@@ -320,47 +387,40 @@ def measure(opts: Options, encoder: Encoder, model_note: str, store: Store, buil
         "qps_cached_concurrency_4": round(qps_cached[4], 1),
         "baselines": {
             "coarse_only_ms_p50": round(stats["coarse_only"].p50, 3),
-            "server_maxsim_ms_p50": round(stats["server_maxsim"].p50, 3),
             "exhaustive_ms_p50": round(float(np.median(exh_ms)), 3),
             "exhaustive_queries": len(exh_ms),
-            "plain_fetch_rerank_ms_p50": round(Stat.of(plain).p50, 3),
-            "plain_queries": len(plain),
         },
         "transport": transport,
         "exhaustive_speedup": round(float(np.median(exh_ms)) / stats["end_to_end"].p50, 1),
         "recall_at_10_vs_exhaustive": round(agree, 3),
     }
-    return res
+    return res, texts
 
 
 def _transport_comparison(
-    store: Store, one_call: Searcher, cached: Searcher, texts: list[str], k: int, rk: int
+    place: Place, one_call: Searcher, cached: Searcher, texts: list[str], k: int, rk: int
 ) -> dict[str, Any] | None:
     """The server's REST transport (``http.client``) against httpx, which it replaced: the one-call
-    query, the cached query and the MaxSim baseline through each, interleaved query by query.
+    query and the cached query through a store opened with each, interleaved query by query (the
+    MaxSim baseline's pair is added by ``_maxsim``).
 
     The queries ran before, so the cached path finds every candidate in its cache (the hit rate is
     reported): it is the steady state of a long-running ``serve`` whose queries recur."""
-    if store.backend != "server" or not texts or cached.vector_cache is None:
+    if place.backend != "server" or not texts or cached.vector_cache is None:
         return None
     before = dataclasses.replace(cached.vector_cache.stats)
-    from ftfsearch.store.rest import RestTransport
-
-    fast = store._http  # type: ignore[attr-defined]
-    slow = RestTransport(store.url, store._headers, store.timeout, use_httpx=True)  # type: ignore[attr-defined]
+    slow_store = place.open(rest_client="httpx")
+    slow_one_call = Searcher(one_call.encoder, slow_store, vector_cache_bytes=0)
+    slow_cached = Searcher(cached.encoder, slow_store)
+    slow_cached.vector_cache = cached.vector_cache  # the same warm cache: only the transport differs
     runs: dict[str, list[float]] = {}
     try:
         for q in texts:
-            for name, transport in (("http_client", fast), ("httpx", slow)):
-                store._http = transport  # type: ignore[attr-defined]
-                runs.setdefault(f"{name}_one_call", []).append(timed(lambda: one_call.search(q, k=k, recall_k=rk))[0])
-                runs.setdefault(f"{name}_cached", []).append(timed(lambda: cached.search(q, k=k, recall_k=rk))[0])
-                runs.setdefault(f"{name}_maxsim", []).append(
-                    timed(lambda: store.recall_maxsim(one_call.encoder.encode_text([q])[0].numpy(), k, rk))[0]  # type: ignore[attr-defined]
-                )
+            for name, pair in (("http_client", (one_call, cached)), ("httpx", (slow_one_call, slow_cached))):
+                runs.setdefault(f"{name}_one_call", []).append(timed(lambda: pair[0].search(q, k=k, recall_k=rk))[0])
+                runs.setdefault(f"{name}_cached", []).append(timed(lambda: pair[1].search(q, k=k, recall_k=rk))[0])
     finally:
-        store._http = fast  # type: ignore[attr-defined]
-        slow.close()
+        slow_store.close()
     out: dict[str, Any] = {n: round(Stat.of(v).p50, 3) for n, v in runs.items()}
     after = cached.vector_cache.stats
     hits, misses = after.hits - before.hits, after.misses - before.misses

@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from qdrant_client import QdrantClient
 
 from conftest import fast_tmp_root, qdrant_binary_or_skip
 from deploy.qdrant_local import QdrantCluster
@@ -147,15 +148,17 @@ def _content(store: ServerStore) -> tuple[dict[str, dict], dict[str, tuple]]:
     """Every tile (id -> payload without the packed vectors) and every scene record."""
     tiles: dict[str, dict] = {}
     offset = None
+    client = QdrantClient(url=store.url, check_compatibility=False)
     while True:
-        recs, offset = store._client.scroll(store.collection, limit=1024, offset=offset, with_payload=True,
-                                            with_vectors=False)
+        recs, offset = client.scroll(store.collection, limit=1024, offset=offset, with_payload=True,
+                                     with_vectors=False)
         for r in recs:
             payload = dict(r.payload or {})
             payload.pop(VECTORS_FIELD, None)
             tiles[str(r.id)] = payload
         if offset is None:
             break
+    client.close()
     scenes = {s.scene_id: (s.path, s.fingerprint, s.state, s.expected_tiles, s.tiling, s.last_error)
               for s in store.list_scenes()}
     return tiles, scenes

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
+from qdrant_client import QdrantClient
 
 from deploy.qdrant_local import QdrantServer
 from ftfsearch.errors import StoreUnavailable
@@ -439,7 +440,9 @@ def test_push_is_resumable_and_verified(qdrant_server, reference, encoder):
         again = push_store(source, target)
         assert again.scenes[0].skipped and again.copied == 0
 
-        info = target._client.get_collection(name)  # collection settings as an ingest makes them
+        client = QdrantClient(url=qdrant_server, check_compatibility=False)
+        info = client.get_collection(name)  # collection settings as an ingest makes them
+        client.close()
         assert info.config.params.shard_number == 2
         assert set(TILE_INDEXES) <= set(info.payload_schema)
         assert set(target.describe()["meta"].items()) == set(source.meta().to_payload().items())

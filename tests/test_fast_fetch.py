@@ -15,7 +15,7 @@ from ftfsearch.store import Store
 from ftfsearch.store import _common
 from ftfsearch.store._common import VECTORS_FIELD, pack_vectors, unit_rows, unpack_vectors
 
-from test_store import DATA, META, D, R, filled, texts
+from test_store import DATA, META, D, R, filled, qdrant_maxsim, reopened, texts
 
 
 def _bti_order(t: np.ndarray, coarse: np.ndarray, regions: np.ndarray) -> list[int]:
@@ -40,11 +40,11 @@ def test_pack_round_trip_is_what_qdrant_stores() -> None:
 
 def test_fast_path_equals_plain_path(store: Store) -> None:
     filled(store)
-    for t in texts(8):
-        store.payload_vectors = False  # type: ignore[attr-defined]
-        plain = store.recall(t, 20, with_vectors=True)
-        store.payload_vectors = True  # type: ignore[attr-defined]
-        fast = store.recall(t, 20, with_vectors=True)
+    queries = texts(8)
+    fasts = [store.recall(t, 20, with_vectors=True) for t in queries]
+    with reopened(store, payload_vectors=False) as plain_store:
+        plains = [plain_store.recall(t, 20, with_vectors=True) for t in queries]
+    for t, fast, plain in zip(queries, fasts, plains):
         assert fast.ids == plain.ids
         np.testing.assert_array_equal(fast.scores, plain.scores)
         assert fast.payloads == plain.payloads
@@ -66,11 +66,12 @@ def test_packed_field_never_leaks(store: Store) -> None:
     t = texts(2)[1]
     got = store.recall(t, 10, with_vectors=False)
     assert got.payloads and all(VECTORS_FIELD not in p for p in got.payloads)
-    got = store.recall_maxsim(t, 5, recall_k=20)
-    assert got.payloads and all(VECTORS_FIELD not in p for p in got.payloads)
     tiles = store.get_tiles(DATA.batch.ids[:4])
     assert [i for i, _ in tiles] == DATA.batch.ids[:4]
     assert tiles[0][1] == DATA.batch.payloads[0]
+    with qdrant_maxsim(store) as maxsim:  # the benchmark's baseline asks Qdrant to leave it out too
+        got_maxsim = maxsim(t, 5, recall_k=20)
+    assert got_maxsim.payloads and all(VECTORS_FIELD not in p for p in got_maxsim.payloads)
 
 
 def test_tiles_without_packed_copy_fall_back(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -79,10 +80,14 @@ def test_tiles_without_packed_copy_fall_back(store: Store, monkeypatch: pytest.M
     monkeypatch.setattr(f"{backend}.with_packed_vectors", lambda payloads, c, r: list(payloads))
     filled(store)
     t = texts(4)[3]
-    store.payload_vectors = False  # type: ignore[attr-defined]
-    plain = store.recall(t, 15, with_vectors=True)
-    store.payload_vectors = True  # type: ignore[attr-defined]
     fast = store.recall(t, 15, with_vectors=True)
+    scanned = [b for scene in DATA.scenes for b in store.scan_tiles(scene.scene_id, page=4)]  # push's bulk read
+    assert sum(len(b) for b in scanned) == len(DATA.batch)
+    for b in scanned:
+        np.testing.assert_allclose(b.coarse, DATA.coarse[DATA.index(b.ids)], rtol=0, atol=1e-6)
+        assert all(VECTORS_FIELD not in p for p in b.payloads)
+    with reopened(store, payload_vectors=False) as plain_store:
+        plain = plain_store.recall(t, 15, with_vectors=True)
     assert fast.ids == plain.ids
     assert fast.coarse is not None and fast.regions is not None
     np.testing.assert_array_equal(fast.coarse, plain.coarse)

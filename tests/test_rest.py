@@ -13,6 +13,7 @@ import uuid
 
 import numpy as np
 import pytest
+from qdrant_client import QdrantClient
 
 from ftfsearch.store.rest import RestError, RestTransport, _proxied
 from ftfsearch.store.server import ServerStore
@@ -114,10 +115,14 @@ def test_concurrent_recalls_equal_the_client_path(qdrant_server):
         queries = texts(8) * 3
         with ThreadPoolExecutor(max_workers=4) as pool:
             got = list(pool.map(lambda t: store.recall(t, 20, with_vectors=False, with_payload=False), queries))
-        for t, cands in zip(queries, got):
-            points = store._client.query_points(store.collection, query=t.tolist(), using="coarse", limit=20).points
-            assert cands.ids == [str(p.id) for p in points]
-            np.testing.assert_allclose(cands.scores, [p.score for p in points], rtol=0, atol=1e-6)
+        client = QdrantClient(url=qdrant_server, check_compatibility=False)  # qdrant-client's own path
+        try:
+            for t, cands in zip(queries, got):
+                points = client.query_points(store.collection, query=t.tolist(), using="coarse", limit=20).points
+                assert cands.ids == [str(p.id) for p in points]
+                np.testing.assert_allclose(cands.scores, [p.score for p in points], rtol=0, atol=1e-6)
+        finally:
+            client.close()
     finally:
         store.drop_collection()
         store.close()

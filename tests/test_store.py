@@ -13,13 +13,16 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import pytest
+from qdrant_client import QdrantClient
 
+from bench.baselines import QdrantMaxSim
 from deploy.qdrant_local import QdrantLaunchError, QdrantServer, find_qdrant_binary, free_port
 from ftfsearch.errors import (
     BadInput,
@@ -34,6 +37,7 @@ from ftfsearch.store.base import CollectionMeta, QueryFilter, SceneRecord, TileB
 from ftfsearch.store.edge import EdgeStore
 from ftfsearch.store.schema import tile_point_id
 from ftfsearch.store.server import ServerStore
+from ftfsearch.store.transfer import push_store
 
 from conftest import fast_tmp_root, qdrant_binary_or_skip
 
@@ -155,6 +159,36 @@ def brute_force(text: np.ndarray, k: int, flt: QueryFilter | None = None) -> tup
     return [DATA.batch.ids[i] for i in order], scores[order]
 
 
+@contextmanager
+def reopened(store: Store, payload_vectors: bool) -> Iterator[Store]:
+    """The same collection opened again with ``payload_vectors``. An embedded store is closed
+    first (it has one opener at a time); a server store stays open beside the new one."""
+    if isinstance(store, EdgeStore):
+        store.close()
+        again: Store = EdgeStore(store.store_dir, collection=store.collection, payload_vectors=payload_vectors)
+    else:
+        assert isinstance(store, ServerStore)
+        again = ServerStore(store.url, collection=store.collection, timeout=10.0, payload_vectors=payload_vectors)
+    try:
+        yield again
+    finally:
+        again.close()
+
+
+@contextmanager
+def qdrant_maxsim(store: Store) -> Iterator[QdrantMaxSim]:
+    """The benchmark's Qdrant MaxSim baseline on the store's collection (an embedded store is
+    closed first: the baseline opens its shard)."""
+    if isinstance(store, EdgeStore):
+        store.close()
+        baseline = QdrantMaxSim.on_edge(store.store_dir, store.collection)
+    else:
+        assert isinstance(store, ServerStore)
+        baseline = QdrantMaxSim.on_server(store.url, store.collection, timeout=10.0)
+    with baseline:
+        yield baseline
+
+
 def maxsim_reference(text: np.ndarray, k: int, recall_k: int, flt: QueryFilter | None = None) -> tuple[list[str], np.ndarray]:
     pre_ids, _ = brute_force(text, recall_k, flt)
     idx = DATA.index(pre_ids)
@@ -196,6 +230,8 @@ def test_missing_collection_reads_empty(store: Store) -> None:
     assert store.get_tiles(DATA.batch.ids[:3]) == []
     with pytest.raises(CollectionNotFound, match=store.collection):
         store.recall(texts()[0], 5)
+    with pytest.raises(CollectionNotFound, match=store.collection):
+        next(store.scan_tiles("scene-a"))
 
 
 def test_upsert_is_idempotent_and_existing_ids(store: Store) -> None:
@@ -398,15 +434,35 @@ def test_find_tiles_under_a_point(store: Store) -> None:
     assert store.find_tiles(QueryFilter(bbox=(0.0, 0.0, 0.0, 0.0))) == []
 
 
-def test_recall_maxsim_matches_numpy(store: Store) -> None:
+def test_qdrant_maxsim_baseline_matches_numpy(store: Store) -> None:
+    """The benchmark's baseline reads the collection as the store wrote it: Qdrant's MaxSim over
+    the ``regions`` multivector of the coarse top ``recall_k``; payloads without the packed copy."""
     filled(store)
-    for t in texts():
-        for flt in (None, QueryFilter(scene_ids=("scene-a", "scene-c"))):
-            want_ids, want_scores = maxsim_reference(t, 5, 15, flt)
-            got = store.recall_maxsim(t, 5, recall_k=15, flt=flt)
-            assert got.coarse is None and got.regions is None
+    with qdrant_maxsim(store) as maxsim:
+        for t in texts():
+            want_ids, want_scores = maxsim_reference(t, 5, 15)
+            got = maxsim(t, 5, recall_k=15)
             assert got.ids == want_ids
             np.testing.assert_allclose(got.scores, want_scores, atol=2e-3)
+            assert got.payloads == [DATA.batch.payloads[i] for i in DATA.index(got.ids)]
+
+
+def test_scan_tiles_reads_every_tile_of_a_scene(store: Store) -> None:
+    filled(store)
+    for scene in DATA.scenes:
+        batches = list(store.scan_tiles(scene.scene_id, page=5))
+        assert batches and all(1 <= len(b) <= 5 for b in batches)
+        ids = [i for b in batches for i in b.ids]
+        want = [i for i, p in zip(DATA.batch.ids, DATA.batch.payloads) if p["scene_id"] == scene.scene_id]
+        assert sorted(ids) == sorted(want) and len(set(ids)) == len(ids)
+        idx = DATA.index(ids)
+        coarse = np.concatenate([b.coarse for b in batches])
+        regions = np.concatenate([b.regions for b in batches])
+        assert coarse.dtype == np.float32 and regions.shape == (len(ids), R, D)
+        np.testing.assert_allclose(coarse, DATA.coarse[idx], atol=1e-6)
+        np.testing.assert_allclose(regions.astype(np.float32), DATA.regions[idx].astype(np.float32), atol=2e-3)
+        assert [p for b in batches for p in b.payloads] == [DATA.batch.payloads[i] for i in idx]
+    assert list(store.scan_tiles("scene-zz")) == []
 
 
 # --- counts, deletion, scenes registry ------------------------------------------------------
@@ -476,16 +532,54 @@ def test_backends_agree(qdrant_server: str, store_tmp: Path) -> None:
                 np.testing.assert_allclose(a.coarse, b.coarse, atol=1e-6)
                 assert a.regions is not None and b.regions is not None
                 np.testing.assert_array_equal(a.regions, b.regions)
-                a2 = edge.recall_maxsim(t, 6, recall_k=20, flt=flt)
-                b2 = server.recall_maxsim(t, 6, recall_k=20, flt=flt)
-                assert a2.ids == b2.ids
-                np.testing.assert_allclose(a2.scores, b2.scores, atol=1e-4)
         assert edge.list_scenes() == server.list_scenes()
         assert edge.count_tiles() == server.count_tiles() == len(DATA.batch)
+        with qdrant_maxsim(edge) as on_edge, qdrant_maxsim(server) as on_server:
+            for t in texts(8, seed=5):
+                a2, b2 = on_edge(t, 6, recall_k=20), on_server(t, 6, recall_k=20)
+                assert a2.ids == b2.ids
+                np.testing.assert_allclose(a2.scores, b2.scores, atol=1e-4)
     finally:
         edge.close()
         server.drop_collection()
         server.close()
+
+
+# --- push: from any backend to any other -----------------------------------------------------
+
+
+@pytest.mark.server
+@pytest.mark.parametrize("route", ["server-server", "edge-server", "server-edge"])
+def test_push_between_backends(route: str, qdrant_server: str, store_tmp: Path) -> None:
+    """push copies a collection through the protocol alone (``scan_tiles`` out, ``upsert_tiles``
+    in), so the target answers as the source, whatever the two backends; a second push copies nothing."""
+
+    def open_backend(kind: str, tag: str) -> Store:
+        if kind == "edge":
+            return EdgeStore(store_tmp / tag)
+        return ServerStore(qdrant_server, collection=f"push_{tag}_{uuid.uuid4().hex[:8]}", timeout=10.0)
+
+    source_kind, target_kind = route.split("-")
+    source = filled(open_backend(source_kind, "src"))
+    target = open_backend(target_kind, "dst")
+    try:
+        summary = push_store(source, target, page=7)
+        assert summary.copied == summary.source_tiles == summary.target_tiles == len(DATA.batch)
+        assert target.count_tiles() == len(DATA.batch) and target.meta() == META
+        assert target.list_scenes() == source.list_scenes()
+        for t in texts(4, seed=9):
+            a, b = source.recall(t, 12), target.recall(t, 12)
+            assert a.ids == b.ids and a.payloads == b.payloads
+            np.testing.assert_allclose(a.scores, b.scores, atol=1e-5)
+            assert a.regions is not None and b.regions is not None
+            np.testing.assert_array_equal(a.regions, b.regions)
+        again = push_store(source, target)
+        assert again.copied == 0 and all(s.skipped for s in again.scenes)
+    finally:
+        for s in (source, target):
+            if isinstance(s, ServerStore):
+                s.drop_collection()
+            s.close()
 
 
 # --- embedded store: persistence, lock, read-only -------------------------------------------
@@ -608,17 +702,19 @@ def test_bad_collection_name(store_tmp: Path) -> None:
 def test_server_sharding_applies_on_creation(qdrant_server: str) -> None:
     name = f"shard_{uuid.uuid4().hex[:8]}"
     s = ServerStore(qdrant_server, collection=name, timeout=10.0)
+    client = QdrantClient(url=qdrant_server, check_compatibility=False)
     try:
         s.ensure_collection(META, shards=3, replication_factor=2)
-        params = s._client.get_collection(name).config.params
+        params = client.get_collection(name).config.params
         assert (params.shard_number, params.replication_factor, params.write_consistency_factor) == (3, 2, 1)
         s.ensure_collection(META, shards=1, replication_factor=1)  # existing: left as created
-        assert s._client.get_collection(name).config.params.shard_number == 3
+        assert client.get_collection(name).config.params.shard_number == 3
         filled(s)
         assert s.count_tiles() == len(DATA.batch)
         t = texts()[2]
         assert s.recall(t, 10, with_vectors=False).ids == brute_force(t, 10)[0]
     finally:
+        client.close()
         s.drop_collection()
         s.close()
 
@@ -683,13 +779,10 @@ def test_server_api_keys(secured: Secured) -> None:
             assert "QDRANT_API_KEY" in msg
             for secret in (secured.rw, secured.ro, key or secured.rw):
                 assert secret not in msg
-        for grpc in (False, True):
-            ro = ServerStore(
-                url, collection=name, api_key=secured.ro, timeout=5.0,
-                prefer_grpc=grpc, grpc_port=secured.server.grpc_port,
-            )
+        for payload_vectors in (True, False):  # the query path's own REST, and qdrant-client's
+            ro = ServerStore(url, collection=name, api_key=secured.ro, timeout=5.0, payload_vectors=payload_vectors)
             t = texts()[0]
-            got = ro.recall(t, 5, with_vectors=True)  # REST and gRPC decode the same vectors
+            got = ro.recall(t, 5, with_vectors=True)
             idx = DATA.index(got.ids)
             assert got.ids == brute_force(t, 5)[0]
             assert got.regions is not None and got.coarse is not None

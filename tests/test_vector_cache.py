@@ -17,7 +17,7 @@ from ftfsearch.store.vector_cache import PAYLOAD_BYTES, VectorCache
 from ingest.pipeline import IngestOptions, ingest_paths
 from ingest.tiling import TilingSpec
 
-from test_store import D, R, filled, texts, unit
+from test_store import D, R, filled, reopened, texts, unit
 
 SCENE = Path(__file__).resolve().parent / "data" / "RGB.byte.tif"
 QUERIES = ["ships near a harbor", "green farmland next to a river", "a white sandy beach", "dense forest", "clouds"]
@@ -105,12 +105,12 @@ def test_get_vectors_equals_recalled_vectors(store: Store) -> None:
     assert full.versions is not None and full.versions.dtype == np.int64 and (full.versions >= 0).all()
     _, _, _, payloads = store.get_vectors(wanted, with_payload=True)
     assert payloads == [full.payloads[i] for i in pos]
-    store.payload_vectors = False  # type: ignore[attr-defined]
-    for with_payload in (False, True):
-        plain_ids, plain_c, plain_r, plain_p = store.get_vectors(wanted, with_payload=with_payload)
-        assert plain_ids == ids and plain_p == ([full.payloads[i] for i in pos] if with_payload else [{}] * 6)
-        np.testing.assert_allclose(plain_c, coarse, rtol=0, atol=1e-6)
-        np.testing.assert_allclose(plain_r.astype(np.float32), regions.astype(np.float32), rtol=0, atol=1e-3)
+    with reopened(store, payload_vectors=False) as plain_store:
+        for with_payload in (False, True):
+            plain_ids, plain_c, plain_r, plain_p = plain_store.get_vectors(wanted, with_payload=with_payload)
+            assert plain_ids == ids and plain_p == ([full.payloads[i] for i in pos] if with_payload else [{}] * 6)
+            np.testing.assert_allclose(plain_c, coarse, rtol=0, atol=1e-6)
+            np.testing.assert_allclose(plain_r.astype(np.float32), regions.astype(np.float32), rtol=0, atol=1e-3)
 
 
 def test_writing_a_point_again_raises_its_version(store: Store) -> None:

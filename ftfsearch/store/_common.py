@@ -13,13 +13,14 @@ import re
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 
 from ftfsearch.errors import REINGEST_HINT, BadInput, ModelMismatch
 from ftfsearch.store import schema
+from ftfsearch.store.schema import VECTORS_FIELD
 from ftfsearch.times import check_range, iso_utc, parse_time
 from ftfsearch.store.base import RECOMMEND_STRATEGIES, Candidates, CollectionMeta, QueryFilter, TileBatch
 
@@ -34,11 +35,8 @@ KIND_FAILURE = "failure"
 # Page size for scroll / retrieve round trips.
 PAGE = 1024
 
-# Payload field holding a compact copy of a tile's vectors (see ``pack_vectors``). Qdrant returns
-# vectors as JSON float lists (server) or Python lists (Edge binding); decoding 100 tiles' regions
-# that way costs 30 to 400 ms, while the same bytes as one base64 string decode in well under
-# 1 ms. The ``regions`` multivector stays in the schema: the server-side MaxSim baseline uses it.
-VECTORS_FIELD = "_ftf_vectors"
+
+S = TypeVar("S")
 
 
 @dataclass(frozen=True)
@@ -322,42 +320,69 @@ def public_url(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", ""))
 
 
+def payload_selector(use_packed: bool, with_payload: bool, only_packed: S, without_packed: S) -> bool | S:
+    """The payload to ask a backend for: the packed vectors when the rerank reads them from the
+    payload (``use_packed``), the rest of the payload when ``with_payload``. ``only_packed`` and
+    ``without_packed`` are the backend's own selectors of the packed field and of everything else."""
+    if use_packed:
+        return True if with_payload else only_packed
+    return without_packed if with_payload else False
+
+
+ReadNamed = Callable[[list[str]], list[Any]]
+"""Qdrant's named vectors (``{"coarse": [...], "regions": [[...], ...]}``) of ``ids``, in their order."""
+
+
 def tile_vectors(
-    ids: list[str],
-    packed: list[str] | None,
-    vectors: list[Any] | None,
-    meta: CollectionMeta,
-    use_packed: bool,
-    read_named: Callable[[list[str]], list[Any]],
+    ids: list[str], packed: list[str] | None, meta: CollectionMeta, read_named: ReadNamed
 ) -> tuple[np.ndarray, np.ndarray]:
-    """``coarse`` and ``regions`` of ``ids``: from their packed copies (``use_packed``), from
-    ``vectors`` (Qdrant's named vectors already read), or else from ``read_named(ids)`` (the named
-    vectors in the order of ``ids``: tiles written before the packed copy existed)."""
-    if use_packed and packed is not None:
+    """``coarse`` and ``regions`` of ``ids``: from their packed copies when every tile has one
+    (``packed``), else from Qdrant's named vectors (tiles written before the packed copy existed)."""
+    if packed is not None:
         return unpack_vectors(packed, meta.dim, meta.num_regions)
-    if vectors is None:
-        vectors = read_named(ids)
-    return decode_vectors(vectors, meta.dim, meta.num_regions)
+    return decode_vectors(read_named(ids), meta.dim, meta.num_regions)
 
 
 def candidates_of(
     points: Sequence[Any],
     with_vectors: bool,
-    decode: Callable[[list[str], list[str] | None, list[Any] | None], tuple[np.ndarray, np.ndarray]],
+    meta: CollectionMeta | None,
     use_packed: bool,
+    read_named: ReadNamed,
 ) -> Candidates:
-    """Candidates from scored points (``id``, ``score``, ``payload``, ``vector``); the vectors,
-    when asked for, come from ``decode(ids, packed, named vectors or None)``."""
+    """Candidates from scored points (``id``, ``score``, ``payload``, ``vector``, ``version``).
+
+    The vectors, when asked for, come from the packed payload copy (``use_packed``, the points
+    were asked for it) or from the points' named vectors (``use_packed`` False: the points carry
+    them); ``read_named`` reads those of tiles that lack a packed copy."""
     ids = [str(p.id) for p in points]
     scores = np.fromiter((p.score for p in points), dtype=np.float32, count=len(points))
     versions = np.fromiter((_version(p) for p in points), dtype=np.int64, count=len(points))
     payloads, packed = split_packed([p.payload for p in points])
     if not with_vectors:
         return Candidates(ids=ids, scores=scores, payloads=payloads, versions=versions)
-    # Edge builds p.vector's Python lists on each access: read it once per point, and only
-    # on the plain path.
-    coarse, regions = decode(ids, packed, None if use_packed else [p.vector for p in points])
+    assert meta is not None, "vectors of a collection without a model record"
+    if use_packed:
+        coarse, regions = tile_vectors(ids, packed, meta, read_named)
+    else:
+        # Edge builds p.vector's Python lists on each access: read it once per point.
+        coarse, regions = decode_vectors([p.vector for p in points], meta.dim, meta.num_regions)
     return Candidates(ids=ids, scores=scores, payloads=payloads, coarse=coarse, regions=regions, versions=versions)
+
+
+def stored_vectors(
+    ids: list[str],
+    payloads: Sequence[dict[str, Any] | None],
+    meta: CollectionMeta,
+    use_packed: bool,
+    read_named: ReadNamed,
+) -> tuple[list[dict[str, Any]], np.ndarray, np.ndarray]:
+    """``(payloads without the packed field, coarse, regions)`` of tiles read by id with the
+    payload ``payload_selector`` chose: from the packed copies when ``use_packed`` and every tile
+    has one, else from Qdrant's named vectors (``read_named``)."""
+    clean, packed = split_packed(payloads)
+    coarse, regions = tile_vectors(ids, packed if use_packed else None, meta, read_named)
+    return clean, coarse, regions
 
 
 def _version(point: Any) -> int:

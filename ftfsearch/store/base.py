@@ -8,6 +8,7 @@ building Python lists.
 from __future__ import annotations
 
 from datetime import datetime
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -275,10 +276,9 @@ class Store(Protocol):
         its recall). Payloads are empty dicts unless ``with_payload``."""
         ...
 
-    def recall_maxsim(
-        self, text: np.ndarray, k: int, recall_k: int = 100, flt: QueryFilter | None = None
-    ) -> Candidates:
-        """Qdrant's own rerank (``recall_k`` by coarse, then MaxSim over regions): a baseline, no vectors."""
+    def scan_tiles(self, scene_id: str, page: int = 1024) -> Iterator[TileBatch]:
+        """Every tile of one scene with its vectors, in batches of up to ``page`` (a bulk read:
+        ``push`` copies a store into another this way, from any backend to any other)."""
         ...
 
     def count_tiles(self, scene_id: str | None = None) -> int:

@@ -21,7 +21,7 @@ import logging
 import os
 import shutil
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -62,11 +62,9 @@ from ftfsearch.store._common import (
     check_meta,
     check_text,
     chunks,
-    decode_vectors,
     filter_conditions,
-    split_packed,
-    tile_vectors,
-    unpack_vectors,
+    payload_selector,
+    stored_vectors,
     valid_point_ids,
     with_packed_vectors,
 )
@@ -96,14 +94,7 @@ _SCENES_PLACEHOLDER_VECTOR = "_none"
 # Payload of a tile without its packed vectors (what callers that do not rerank read).
 _WITHOUT_PACKED = qe.PayloadSelector.Exclude([VECTORS_FIELD])
 _ONLY_PACKED = qe.PayloadSelector.Include([VECTORS_FIELD])
-
-
-def _vectors_selector(packed: bool, with_payload: bool) -> Any:
-    """The payload to ask for: the packed vectors when the rerank reads them from the payload
-    (``packed``), the rest of the payload when ``with_payload``."""
-    if packed:
-        return True if with_payload else _ONLY_PACKED
-    return _WITHOUT_PACKED if with_payload else False
+_NAMED_VECTORS = [schema.COARSE, schema.REGIONS]
 
 
 # Points per upsert call: bounds the Python -> Rust conversion held at once.
@@ -150,6 +141,16 @@ def _edge_filter(conds: list[Condition]) -> qe.Filter | None:
     return qe.Filter(must=must or None, must_not=must_not or None)
 
 
+def _point_ids(ids: Sequence[str]) -> list[qe.PointId]:
+    """Ids as the binding types them (a list is invariant: ``list[str]`` is no ``list[PointId]``)."""
+    return list(ids)
+
+
+def _dense(vectors: list[list[float]]) -> list[qe.NamedVector]:
+    """Dense vectors as the binding's recommend query types them (see ``_point_ids``)."""
+    return list(vectors)
+
+
 def _scene_filter(scene_id: str) -> qe.Filter:
     return qe.Filter(must=[qe.FieldCondition("scene_id", match=qe.MatchValue(scene_id))])
 
@@ -158,14 +159,17 @@ class EdgeStore:
     """A tiles collection and its scenes registry in a local directory (Qdrant Edge)."""
 
     backend = "edge"
-    payload_vectors: bool = True
-    """Read the rerank's vectors from their packed payload copy (fast); False reads the named
-    vectors through the binding, which builds Python lists (the plain path, kept as a reference)."""
 
-    def __init__(self, store_dir: Path, collection: str = "tiles", read_only: bool = False) -> None:
+    def __init__(
+        self, store_dir: Path, collection: str = "tiles", read_only: bool = False, payload_vectors: bool = True
+    ) -> None:
+        """``payload_vectors``: read the rerank's vectors from their packed payload copy (fast);
+        False reads Qdrant's named vectors through the binding, which builds Python lists (the
+        plain path, kept as a reference for the benchmark and the tests)."""
         self.collection = check_collection_name(collection)
         self.store_dir = Path(store_dir).expanduser().absolute()
         self.read_only = read_only
+        self.payload_vectors = payload_vectors
         self._tiles_path = self.store_dir / collection
         self._scenes_path = self.store_dir / schema.scenes_collection(collection)
         self._lock_path = self.store_dir / f".{collection}.lock"
@@ -433,11 +437,10 @@ class EdgeStore:
             return set()
         found: set[str] = set()
         for sl in chunks(len(ids), PAGE):
-            found.update(str(r.id) for r in self._tiles.retrieve(ids[sl], False, False))
+            found.update(str(r.id) for r in self._tiles.retrieve(_point_ids(ids[sl]), False, False))
         return found
 
     def scan_tiles(self, scene_id: str, page: int = PAGE) -> Iterator[TileBatch]:
-        """Every tile of one scene with its vectors, in pages in id order (``ftfsearch push``)."""
         meta = self.meta()
         tiles = self._need_tiles()
         assert meta is not None
@@ -445,17 +448,15 @@ class EdgeStore:
         while True:
             recs, offset = tiles.scroll(
                 qe.ScrollRequest(
-                    offset=offset, limit=page, filter=_scene_filter(scene_id), with_payload=True, with_vector=False
+                    offset=offset, limit=check_k(page, "page"), filter=_scene_filter(scene_id),
+                    with_payload=True, with_vector=False,
                 )
             )
             if recs:
                 ids = [str(r.id) for r in recs]
-                payloads, blobs = split_packed([r.payload for r in recs])
-                if blobs is not None:
-                    coarse, regions = unpack_vectors(blobs, meta.dim, meta.num_regions)
-                else:  # tiles written before vectors were packed into the payload
-                    full = {str(r.id): r.vector for r in tiles.retrieve(ids, False, True)}
-                    coarse, regions = decode_vectors([full[i] for i in ids], meta.dim, meta.num_regions)
+                payloads, coarse, regions = stored_vectors(
+                    ids, [r.payload for r in recs], meta, self.payload_vectors, self._read_named
+                )
                 yield TileBatch(ids=ids, coarse=coarse.astype(np.float32), regions=regions, payloads=payloads)
             if offset is None:
                 return
@@ -467,37 +468,46 @@ class EdgeStore:
             return []
         found: dict[str, dict[str, Any]] = {}
         for sl in chunks(len(wanted), PAGE):
-            for r in self._tiles.retrieve(wanted[sl], _WITHOUT_PACKED, False):
+            for r in self._tiles.retrieve(_point_ids(wanted[sl]), _WITHOUT_PACKED, False):
                 found[str(r.id)] = r.payload or {}
         return [(i, found[i]) for i in wanted if i in found]
 
+    def _read_named(self, ids: list[str]) -> list[Any]:
+        """Qdrant's named vectors of ``ids``, in their order (tiles without a packed copy)."""
+        found = self._need_tiles().retrieve(_point_ids(ids), False, _NAMED_VECTORS)
+        by_id = {str(p.id): p.vector for p in found}
+        return [by_id[i] for i in ids]
+
     def _candidates(self, points: Iterable[Any], with_vectors: bool) -> Candidates:
-        return candidates_of(list(points), with_vectors, self._decode, self.payload_vectors)
+        return candidates_of(list(points), with_vectors, self.meta(), self.payload_vectors, self._read_named)
 
-    def _decode(
-        self, ids: list[str], packed: list[str] | None, vectors: list[Any] | None
-    ) -> tuple[np.ndarray, np.ndarray]:
-        meta = self.meta()
-        assert meta is not None
-
-        def read_named(ids: list[str]) -> list[Any]:
-            by_id = {str(p.id): p.vector for p in self._need_tiles().retrieve(ids, False, [schema.COARSE, schema.REGIONS])}
-            return [by_id[i] for i in ids]
-
-        return tile_vectors(ids, packed, vectors, meta, self.payload_vectors, read_named)
+    def _query(self, query: Any, k: int, flt: QueryFilter | None, with_vectors: bool, with_payload: bool) -> Candidates:
+        """``query`` on the coarse vectors, with what the caller asked for of each tile."""
+        packed = with_vectors and self.payload_vectors
+        request = qe.QueryRequest(
+            limit=check_k(k),
+            query=query,
+            filter=_edge_filter(filter_conditions(flt)),
+            with_payload=payload_selector(packed, with_payload, _ONLY_PACKED, _WITHOUT_PACKED),
+            with_vector=_NAMED_VECTORS if with_vectors and not self.payload_vectors else False,
+        )
+        return self._candidates(self._need_tiles().query(request), with_vectors)
 
     def get_vectors(
         self, ids: list[str], with_payload: bool = False
     ) -> tuple[list[str], np.ndarray, np.ndarray, list[dict[str, Any]]]:
         tiles = self._need_tiles()
+        meta = self.meta()
+        assert meta is not None
         wanted = valid_point_ids(ids)
-        selector = _vectors_selector(self.payload_vectors, with_payload)
+        selector = payload_selector(self.payload_vectors, with_payload, _ONLY_PACKED, _WITHOUT_PACKED)
         recs: dict[str, Any] = {}
         for sl in chunks(len(wanted), PAGE):
-            recs.update((str(r.id), r) for r in tiles.retrieve(wanted[sl], selector, False))
+            recs.update((str(r.id), r) for r in tiles.retrieve(_point_ids(wanted[sl]), selector, False))
         found = [i for i in wanted if i in recs]
-        payloads, packed = split_packed([recs[i].payload for i in found])
-        coarse, regions = self._decode(found, packed, None)
+        payloads, coarse, regions = stored_vectors(
+            found, [recs[i].payload for i in found], meta, self.payload_vectors, self._read_named
+        )
         return found, coarse, regions, payloads
 
     def recall(
@@ -508,17 +518,10 @@ class EdgeStore:
         with_vectors: bool = True,
         with_payload: bool = True,
     ) -> Candidates:
-        tiles = self._need_tiles()
+        self._need_tiles()
         vec = check_text(text, self.meta())
-        packed = with_vectors and self.payload_vectors
-        request = qe.QueryRequest(
-            limit=check_k(k),
-            query=qe.Query.Nearest(vec.tolist(), using=schema.COARSE),
-            filter=_edge_filter(filter_conditions(flt)),
-            with_payload=_vectors_selector(packed, with_payload),
-            with_vector=[schema.COARSE, schema.REGIONS] if with_vectors and not self.payload_vectors else False,
-        )
-        return self._candidates(tiles.query(request), with_vectors)
+        query = qe.Query.Nearest(vec.tolist(), using=schema.COARSE)
+        return self._query(query, k, flt, with_vectors, with_payload)
 
     def recommend(
         self,
@@ -530,22 +533,14 @@ class EdgeStore:
         with_payload: bool = True,
         strategy: str = "average_vector",
     ) -> Candidates:
-        tiles = self._need_tiles()
+        self._need_tiles()
         pos, neg = check_examples(positives, negatives, self.meta(), strategy)
         if strategy == "average_vector":  # not in the binding: Qdrant's arithmetic, then nearest
             query = qe.Query.Nearest(average_vector(np.array(pos), np.array(neg)).tolist(), using=schema.COARSE)
         else:
             kind = qe.Query.RecommendSumScores if strategy == "sum_scores" else qe.Query.RecommendBestScore
-            query = kind(qe.RecommendQuery(pos, neg), using=schema.COARSE)
-        packed = with_vectors and self.payload_vectors
-        request = qe.QueryRequest(
-            limit=check_k(k),
-            query=query,
-            filter=_edge_filter(filter_conditions(flt)),
-            with_payload=_vectors_selector(packed, with_payload),
-            with_vector=[schema.COARSE, schema.REGIONS] if with_vectors and not self.payload_vectors else False,
-        )
-        return self._candidates(tiles.query(request), with_vectors)
+            query = kind(qe.RecommendQuery(_dense(pos), _dense(neg)), using=schema.COARSE)
+        return self._query(query, k, flt, with_vectors, with_payload)
 
     def find_tiles(self, flt: QueryFilter, limit: int = 256) -> list[tuple[str, dict[str, Any]]]:
         self._check_open()
@@ -558,27 +553,6 @@ class EdgeStore:
             )
         )
         return [(str(r.id), r.payload or {}) for r in recs]
-
-    def recall_maxsim(
-        self, text: np.ndarray, k: int, recall_k: int = 100, flt: QueryFilter | None = None
-    ) -> Candidates:
-        """Qdrant's own rerank: ``recall_k`` by coarse, then MaxSim of the text over the regions."""
-        tiles = self._need_tiles()
-        vec = check_text(text, self.meta())
-        request = qe.QueryRequest(
-            limit=check_k(k),
-            prefetches=[
-                qe.Prefetch(
-                    limit=max(check_k(recall_k, "recall_k"), k),
-                    query=qe.Query.Nearest(vec.tolist(), using=schema.COARSE),
-                    filter=_edge_filter(filter_conditions(flt)),
-                )
-            ],
-            query=qe.Query.Nearest([vec.tolist()], using=schema.REGIONS),
-            with_payload=_WITHOUT_PACKED,
-            with_vector=False,
-        )
-        return self._candidates(tiles.query(request), with_vectors=False)
 
     def count_tiles(self, scene_id: str | None = None) -> int:
         self._check_open()

@@ -36,7 +36,8 @@ def _proxied(url: str) -> bool:
     proxies = urllib.request.getproxies_environment()
     if not (proxies.get(parts.scheme) or proxies.get("all")):
         return False
-    return not urllib.request.proxy_bypass_environment(parts.hostname or "", proxies)
+    # proxy_bypass_environment is in CPython's urllib.request (the NO_PROXY rule) but not in typeshed.
+    return not urllib.request.proxy_bypass_environment(parts.hostname or "", proxies)  # type: ignore[attr-defined]
 
 
 class RestTransport:

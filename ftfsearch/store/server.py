@@ -1,6 +1,6 @@
 """The server backend: a Qdrant server (single node or cluster) through qdrant-client.
 
-Every client call goes through ``_run``, which turns transport and HTTP/gRPC failures into the
+Every client call goes through ``_run``, which turns transport and HTTP failures into the
 named errors (StoreUnavailable, PermissionDenied, CollectionNotFound) with a message that
 names the URL without credentials; the API key never appears in a message or a log line.
 """
@@ -12,9 +12,10 @@ import logging
 import math
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from datetime import datetime
 from types import SimpleNamespace
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
 import httpx
@@ -52,19 +53,14 @@ from ftfsearch.store._common import (
     check_text,
     chunks,
     filter_conditions,
+    payload_selector,
     public_url,
-    split_packed,
-    tile_vectors,
+    stored_vectors,
     valid_point_ids,
     with_packed_vectors,
 )
 from ftfsearch.store.base import Candidates, CollectionMeta, QueryFilter, SceneRecord, SourceFailure, TileBatch
 from ftfsearch.store.rest import RestError, RestTransport
-
-try:  # grpc comes with qdrant-client; only the gRPC transport raises its errors
-    import grpc
-except ImportError:  # pragma: no cover
-    grpc = None  # type: ignore[assignment]
 
 log = logging.getLogger(__name__)
 
@@ -91,14 +87,11 @@ WRITE_BACKOFF_S = 0.5
 # Payload of a tile without its packed vectors (what callers that do not rerank read).
 _WITHOUT_PACKED = qm.PayloadSelectorExclude(exclude=[VECTORS_FIELD])
 _ONLY_PACKED = qm.PayloadSelectorInclude(include=[VECTORS_FIELD])
+_NAMED_VECTORS = [schema.COARSE, schema.REGIONS]
 
-
-def _vectors_selector(packed: bool, with_payload: bool) -> Any:
-    """The payload to ask for: the packed vectors when the rerank reads them from the payload
-    (``packed``), the rest of the payload when ``with_payload``."""
-    if packed:
-        return True if with_payload else _ONLY_PACKED
-    return _WITHOUT_PACKED if with_payload else False
+RestClient = Literal["auto", "http.client", "httpx"]
+"""What the query path's REST requests go through (see :mod:`ftfsearch.store.rest`): ``auto``
+is ``http.client``, or httpx where the environment names a proxy for the URL."""
 
 
 def _json(selector: Any) -> Any:
@@ -110,6 +103,15 @@ class _Missing(Exception):
     """Internal: the collection (or point) the call addressed does not exist."""
 
 
+def _error_detail(exc: UnexpectedResponse) -> str:
+    """What the server said was wrong (its JSON ``status.error``, else the start of the body)."""
+    try:
+        detail = str(exc.structured().get("status", {}).get("error", ""))
+    except Exception:
+        detail = (exc.content or b"")[:200].decode("utf-8", "replace")
+    return detail[:300]
+
+
 def _client_filter(conds: list[Condition]) -> qm.Filter | None:
     if not conds:
         return None
@@ -119,12 +121,21 @@ def _client_filter(conds: list[Condition]) -> qm.Filter | None:
         if isinstance(c, RangeCond):
             must.append(qm.FieldCondition(key=c.key, range=qm.Range(gte=c.gte, lte=c.lte)))
         elif isinstance(c, TimeCond):
-            must.append(qm.FieldCondition(key=c.key, range=qm.DatetimeRange(gte=c.gte, lt=c.lt)))
+            must.append(qm.FieldCondition(key=c.key, range=qm.DatetimeRange(gte=_datetime(c.gte), lt=_datetime(c.lt))))
         elif isinstance(c, AnyCond):
             must.append(qm.FieldCondition(key=c.key, match=qm.MatchAny(any=list(c.values))))
         elif isinstance(c, ExcludeIds) and c.ids:
             must_not.append(qm.HasIdCondition(has_id=list(c.ids)))
     return qm.Filter(must=must or None, must_not=must_not or None)
+
+
+def _datetime(rfc3339: str | None) -> datetime | None:
+    return None if rfc3339 is None else datetime.fromisoformat(rfc3339)
+
+
+def _vector_inputs(vectors: list[list[float]]) -> list[qm.VectorInput]:
+    """Dense vectors as qdrant-client's models type them (a list is invariant)."""
+    return list(vectors)
 
 
 def _scene_filter(scene_id: str) -> qm.Filter:
@@ -135,9 +146,6 @@ class ServerStore:
     """A tiles collection and its scenes registry on a Qdrant server."""
 
     backend = "server"
-    payload_vectors: bool = True
-    """Read the rerank's vectors from their packed payload copy (fast); False asks Qdrant for the
-    named vectors as JSON float lists (the plain path, kept as a reference)."""
 
     def __init__(
         self,
@@ -145,10 +153,21 @@ class ServerStore:
         collection: str = "tiles",
         api_key: str | None = None,
         timeout: float = 30.0,
-        prefer_grpc: bool = False,
-        grpc_port: int | None = None,
         read_only: bool = False,
+        payload_vectors: bool = True,
+        rest_client: RestClient = "auto",
     ) -> None:
+        """``payload_vectors``: read the rerank's vectors from their packed payload copy (fast);
+        False asks Qdrant for the named vectors as JSON float lists through qdrant-client (the
+        plain path, kept as a reference for the benchmark and the tests). ``rest_client``: what
+        the query path's own REST requests go through (``RestClient``; the benchmark compares them).
+
+        Everything goes over REST: the query path through its own connections, the rest through
+        qdrant-client's. (qdrant-client's gRPC was measured slower than its REST for the query,
+        which is the one call whose speed matters, and no setting selected it, so it is gone.)
+        """
+        if rest_client not in ("auto", "http.client", "httpx"):
+            raise BadInput(f"rest_client {rest_client!r}: use auto, http.client or httpx")
         self.collection = check_collection_name(collection)
         self.scenes_collection = schema.scenes_collection(collection)
         parts = urlsplit(url)
@@ -162,6 +181,7 @@ class ServerStore:
             raise BadInput(f"timeout {timeout}: must be positive")
         self.url = public_url(url)
         self.read_only = read_only
+        self.payload_vectors = payload_vectors
         self.timeout = timeout
         self._secrets = [s for s in (api_key,) if s]
         self._has_key = bool(api_key)
@@ -175,20 +195,18 @@ class ServerStore:
                 url=self.url,
                 api_key=api_key or None,
                 timeout=max(1, math.ceil(timeout)),
-                prefer_grpc=prefer_grpc,
-                grpc_port=grpc_port or 6334,
                 check_compatibility=False,
                 # REST headers. httpx asks for gzip by default: Qdrant then compresses every
                 # response and the client inflates it, ~15 ms of CPU per 100 tiles' vectors
                 # (1.1 MB that barely compresses) against ~1 ms to move them over loopback.
                 metadata={"accept-encoding": "identity"},
             )
-        self._prefer_grpc = prefer_grpc
-        self._headers = {"accept-encoding": "identity", "content-type": "application/json"}
+        headers = {"accept-encoding": "identity", "content-type": "application/json"}
         if api_key:
-            self._headers["api-key"] = api_key
+            headers["api-key"] = api_key
         # The query path's own REST connections (see ``_raw_post``).
-        self._http = RestTransport(self.url, self._headers, timeout)
+        use_httpx = None if rest_client == "auto" else rest_client == "httpx"
+        self._http = RestTransport(self.url, headers, timeout, use_httpx=use_httpx)
 
     # -- error mapping ---------------------------------------------------------------------
 
@@ -236,12 +254,7 @@ class ServerStore:
             status = int(exc.status_code or 0)
             if status == 404:
                 raise _Missing() from None
-            detail = ""
-            try:
-                detail = str(exc.structured().get("status", {}).get("error", ""))
-            except Exception:
-                detail = (exc.content or b"")[:200].decode("utf-8", "replace")
-            raise self._from_status(what, status, detail[:300]) from exc
+            raise self._from_status(what, status, _error_detail(exc)) from exc
         except ResponseHandlingException as exc:
             source = exc.source if isinstance(exc.source, BaseException) else exc
             reason = (
@@ -255,22 +268,6 @@ class ServerStore:
         except RestError as exc:
             reason = f"no answer within {self.timeout:g} s" if exc.timed_out else str(exc)
             raise self._unreachable(what, reason) from exc
-        except Exception as exc:
-            if grpc is not None and isinstance(exc, grpc.RpcError):
-                code = exc.code() if hasattr(exc, "code") else None
-                details = str(exc.details()) if hasattr(exc, "details") else ""
-                if code == grpc.StatusCode.NOT_FOUND:
-                    raise _Missing() from None
-                if code == grpc.StatusCode.UNAUTHENTICATED:
-                    raise self._refused(what, 401) from exc
-                if code == grpc.StatusCode.PERMISSION_DENIED:
-                    raise self._refused(what, 403) from exc
-                if code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION):
-                    raise self._from_status(what, 400, details) from exc
-                if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-                    raise self._unreachable(what, f"no answer within {self.timeout:g} s") from exc
-                raise self._unreachable(what, f"gRPC {code.name if code else 'error'}: {details}") from exc
-            raise
 
     def _retried(self, what: str, fn: Callable[[], T], answered_only: bool = False) -> T:
         """``_run`` with bounded retries and exponential backoff on transient failures.
@@ -383,12 +380,6 @@ class ServerStore:
                 return fn()
             except UnexpectedResponse as exc:
                 if exc.status_code == 409 or b"already exists" in (exc.content or b""):
-                    return None
-                raise
-            except Exception as exc:
-                if grpc is not None and isinstance(exc, grpc.RpcError) and (
-                    exc.code() == grpc.StatusCode.ALREADY_EXISTS or "already exists" in str(exc.details())
-                ):
                     return None
                 raise
 
@@ -516,20 +507,12 @@ class ServerStore:
         for 307 calls), which cost more than the answer for the few tiles a query reads."""
         recs: list[Any] = []
         for sl in chunks(len(ids), PAGE):
+            body = {"ids": ids[sl], "with_payload": _json(with_payload), "with_vector": False}
             try:
-                if self._prefer_grpc:
-                    recs += self._run(
-                        what,
-                        lambda s=sl: self._client.retrieve(  # type: ignore[misc]
-                            self.collection, ids[s], with_payload=with_payload, with_vectors=False
-                        ),
-                    )
-                else:
-                    body = {"ids": ids[sl], "with_payload": _json(with_payload), "with_vector": False}
-                    recs += [
-                        SimpleNamespace(id=p["id"], payload=p.get("payload"), vector=None)
-                        for p in self._raw_post(what, f"/collections/{self.collection}/points", body)
-                    ]
+                recs += [
+                    SimpleNamespace(id=p["id"], payload=p.get("payload"), vector=None)
+                    for p in self._raw_post(what, f"/collections/{self.collection}/points", body)
+                ]
             except _Missing:
                 return []
         return recs
@@ -542,39 +525,58 @@ class ServerStore:
         found = {str(r.id): r.payload or {} for r in self._retrieve("read tiles", wanted, _WITHOUT_PACKED)}
         return [(i, found[i]) for i in wanted if i in found]
 
+    def _read_named(self, ids: list[str]) -> list[Any]:
+        """Qdrant's named vectors of ``ids``, in their order (tiles without a packed copy)."""
+        recs = self._run(
+            "read tile vectors",
+            lambda: self._client.retrieve(self.collection, ids, with_payload=False, with_vectors=_NAMED_VECTORS),
+        )
+        by_id = {str(r.id): r.vector for r in recs}
+        return [by_id[i] for i in ids]
+
     def _candidates(self, points: list[Any], with_vectors: bool) -> Candidates:
-        return candidates_of(points, with_vectors, self._decode, self.payload_vectors)
-
-    def _decode(
-        self, ids: list[str], packed: list[str] | None, vectors: list[Any] | None
-    ) -> tuple[np.ndarray, np.ndarray]:
-        meta = self.meta()
-        assert meta is not None
-
-        def read_named(ids: list[str]) -> list[Any]:
-            recs = self._run(
-                "read tile vectors",
-                lambda: self._client.retrieve(
-                    self.collection, ids, with_payload=False, with_vectors=[schema.COARSE, schema.REGIONS]
-                ),
-            )
-            by_id = {str(r.id): r.vector for r in recs}
-            return [by_id[i] for i in ids]
-
-        return tile_vectors(ids, packed, vectors, meta, self.payload_vectors, read_named)
+        return candidates_of(points, with_vectors, self.meta(), self.payload_vectors, self._read_named)
 
     def get_vectors(
         self, ids: list[str], with_payload: bool = False
     ) -> tuple[list[str], np.ndarray, np.ndarray, list[dict[str, Any]]]:
-        if self.meta() is None:
+        meta = self.meta()
+        if meta is None:
             raise self._missing_collection()
         wanted = valid_point_ids(ids)
-        selector = _vectors_selector(self.payload_vectors, with_payload)
+        selector = payload_selector(self.payload_vectors, with_payload, _ONLY_PACKED, _WITHOUT_PACKED)
         recs = {str(r.id): r for r in self._retrieve("read tile vectors", wanted, selector)}
         found = [i for i in wanted if i in recs]
-        payloads, packed = split_packed([recs[i].payload for i in found])
-        coarse, regions = self._decode(found, packed, None)
+        payloads, coarse, regions = stored_vectors(
+            found, [recs[i].payload for i in found], meta, self.payload_vectors, self._read_named
+        )
         return found, coarse, regions, payloads
+
+    def scan_tiles(self, scene_id: str, page: int = PAGE) -> Iterator[TileBatch]:
+        meta = self.meta()
+        if meta is None:
+            raise self._missing_collection()
+        limit = check_k(page, "page")
+        offset: Any = None
+        while True:
+            try:
+                recs, offset = self._retried(
+                    f"read the tiles of scene {scene_id!r}",
+                    lambda o=offset: self._client.scroll(  # type: ignore[misc]
+                        self.collection, scroll_filter=_scene_filter(scene_id), limit=limit, offset=o,
+                        with_payload=True, with_vectors=False,
+                    ),
+                )
+            except _Missing:
+                raise self._missing_collection() from None
+            if recs:
+                ids = [str(r.id) for r in recs]
+                payloads, coarse, regions = stored_vectors(
+                    ids, [r.payload for r in recs], meta, self.payload_vectors, self._read_named
+                )
+                yield TileBatch(ids=ids, coarse=coarse.astype(np.float32), regions=regions, payloads=payloads)
+            if offset is None:
+                return
 
     def _query(self, what: str, fn: Callable[[], qm.QueryResponse]) -> list[Any]:
         try:
@@ -635,7 +637,9 @@ class ServerStore:
             raise self._missing_collection()
         pos, neg = check_examples(positives, negatives, meta, strategy)
         query = qm.RecommendQuery(
-            recommend=qm.RecommendInput(positive=pos, negative=neg, strategy=qm.RecommendStrategy(strategy))
+            recommend=qm.RecommendInput(
+                positive=_vector_inputs(pos), negative=_vector_inputs(neg), strategy=qm.RecommendStrategy(strategy)
+            )
         )
         as_json = {"recommend": {"positive": pos, "negative": neg, "strategy": strategy}}
         return self._query_coarse("recommend tiles", as_json, query, k, flt, with_vectors, with_payload)
@@ -648,12 +652,12 @@ class ServerStore:
         same in qdrant-client's models) otherwise."""
         limit = check_k(k)
         query_filter = _client_filter(filter_conditions(flt))
-        if self.payload_vectors and not self._prefer_grpc:
+        if self.payload_vectors:
             body: dict[str, Any] = {
                 "query": as_json,
                 "using": schema.COARSE,
                 "limit": limit,
-                "with_payload": _json(_vectors_selector(with_vectors, with_payload)),
+                "with_payload": _json(payload_selector(with_vectors, with_payload, _ONLY_PACKED, _WITHOUT_PACKED)),
                 "with_vector": False,
             }
             if query_filter is not None:
@@ -667,8 +671,8 @@ class ServerStore:
                 using=schema.COARSE,
                 query_filter=query_filter,
                 limit=limit,
-                with_payload=_vectors_selector(with_vectors and self.payload_vectors, with_payload),
-                with_vectors=[schema.COARSE, schema.REGIONS] if with_vectors and not self.payload_vectors else False,
+                with_payload=payload_selector(False, with_payload, _ONLY_PACKED, _WITHOUT_PACKED),
+                with_vectors=_NAMED_VECTORS if with_vectors else False,
             ),
         )
         return self._candidates(points, with_vectors)
@@ -688,45 +692,6 @@ class ServerStore:
         except _Missing:
             return []
         return [(str(p.id), p.payload or {}) for p in points]
-
-    def recall_maxsim(
-        self, text: np.ndarray, k: int, recall_k: int = 100, flt: QueryFilter | None = None
-    ) -> Candidates:
-        """Qdrant's own rerank: ``recall_k`` by coarse, then MaxSim of the text over the regions."""
-        meta = self.meta()
-        if meta is None:
-            raise self._missing_collection()
-        vec = check_text(text, meta).tolist()
-        limit = check_k(k)
-        prefetch = qm.Prefetch(
-            query=vec,
-            using=schema.COARSE,
-            limit=max(check_k(recall_k, "recall_k"), limit),
-            filter=_client_filter(filter_conditions(flt)),
-        )
-        if not self._prefer_grpc:  # the same REST path as ``recall``, so the baseline pays no more than FTF
-            body = {
-                "prefetch": prefetch.model_dump(mode="json", exclude_none=True),
-                "query": [vec],
-                "using": schema.REGIONS,
-                "limit": limit,
-                "with_payload": _json(_WITHOUT_PACKED),
-                "with_vector": False,
-            }
-            return self._candidates(self._raw_points("rerank tiles", body), with_vectors=False)
-        points = self._query(
-            "rerank tiles",
-            lambda: self._client.query_points(
-                self.collection,
-                prefetch=prefetch,
-                query=[vec],
-                using=schema.REGIONS,
-                limit=limit,
-                with_payload=_WITHOUT_PACKED,
-                with_vectors=False,
-            ),
-        )
-        return self._candidates(points, with_vectors=False)
 
     def count_tiles(self, scene_id: str | None = None) -> int:
         flt = _scene_filter(scene_id) if scene_id is not None else None

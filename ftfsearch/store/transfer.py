@@ -1,14 +1,15 @@
-"""``ftfsearch push``: copy an embedded store into a Qdrant server collection.
+"""``ftfsearch push``: copy one store's collection into another, from any backend to any other.
 
-Users start on one machine (Qdrant Edge) and move to a shared server without re-encoding.
-The copy goes scene by scene through the target's own ``ensure_collection`` and
+Users start on one machine (Qdrant Edge) and move to a shared server without re-encoding; the
+same copy moves a collection between servers (as qdrant-client's ``migrate`` does), or back
+into an embedded store. The copy goes scene by scene through the target's own ``ensure_collection`` and
 ``upsert_tiles``, so the target gets exactly the collection settings, payload indexes and
 packed vectors that an ingest would create. It is resumable and idempotent: point ids are
 kept, pages already on the target are not sent again, a scene's record on the target says
 ``ingesting`` until its tiles are counted there, and a scene whose count already matches is
 skipped. The end result is verified by exact counts, per scene and in total.
 
-The source is read with ``EdgeStore.scan_tiles`` (the Store protocol has no bulk read).
+The source is read with the protocol's bulk read, ``Store.scan_tiles``.
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ from typing import Any
 from ftfsearch.errors import BadInput, CollectionNotFound, FtfError
 from ftfsearch.store._common import PAGE
 from ftfsearch.store.base import SceneRecord, Store, TileBatch
-from ftfsearch.store.edge import EdgeStore
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ ProgressFn = Callable[[str, int, int], None]
 
 
 def push_store(
-    source: EdgeStore,
+    source: Store,
     target: Store,
     *,
     shards: int | None = None,
@@ -91,15 +91,16 @@ def push_store(
         raise BadInput(f"page {page}: must be between 1 and {PAGE * 4}")
     t0 = time.perf_counter()
     meta = source.meta()
+    where = source.describe().get("location")
     if meta is None:
         raise CollectionNotFound(
-            f"collection {source.collection!r} in {source.store_dir} holds nothing to push: ingest first, or "
+            f"collection {source.collection!r} in {where} holds nothing to push: ingest first, or "
             "check --store and --source-collection"
         )
     target.ensure_collection(meta, shards, replication_factor)
     described = target.describe()
     summary = PushSummary(
-        source=f"{source.store_dir} ({source.collection})",
+        source=f"{where} ({source.collection})",
         target=str(described.get("location")),
         collection=target.collection,
     )
@@ -118,7 +119,7 @@ def push_store(
 
 
 def _push_scene(
-    source: EdgeStore,
+    source: Store,
     target: Store,
     scene: SceneRecord,
     page: int,
