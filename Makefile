@@ -15,7 +15,7 @@ DEMO_LIKE ?= 115.16057,-8.58392
 
 .PHONY: venv qdrant demo serve test clean
 
-venv: $(VENV)/.installed ftfsearch/web/static/vendor/leaflet/leaflet.js
+venv: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,10 +24,6 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 qdrant: .qdrant/bin/qdrant
-
-# Leaflet is bundled from the npm registry at build time (the page works offline, no CDN).
-ftfsearch/web/static/vendor/leaflet/leaflet.js: scripts/get-leaflet.sh
-	bash scripts/get-leaflet.sh
 
 .qdrant/bin/qdrant: scripts/get-qdrant.sh
 	bash scripts/get-qdrant.sh

@@ -124,24 +124,13 @@ def captions(n: int) -> list[str]:
 
 
 def load_bench_encoder(model: str | None, device: str = "cpu") -> tuple[Encoder, str]:
-    """The default model when shipped (or ``model``), else an untrained FTF encoder of the default
-    architecture (D=256, R=14; tokenizer learned from real captions): real forward passes at the
-    real cost and shape, without trained weights."""
-    from ftfsearch.model.loading import DEFAULT_MODEL_DIR, FTF_CONFIG_NAME, load_encoder
+    """``model`` (a name or directory) or, when None, the shipped default model; with the label
+    the benchmark prints for it."""
+    from ftfsearch.model.loading import load_encoder
 
     if model is not None:
         return load_encoder(model, device=device), model
-    if (DEFAULT_MODEL_DIR / FTF_CONFIG_NAME).is_file():
-        return load_encoder(None, device=device), "default model (ftfsearch/model/default)"
-    from ftfsearch.model.ftf import FtfConfig, FtfEncoder, FtfModel
-    from ftfsearch.model.text import train_tokenizer
-
-    torch.manual_seed(0)
-    cfg = FtfConfig()
-    tok = train_tokenizer(captions(20000), cfg.vocab_size)
-    cfg.vocab_size = tok.get_vocab_size()
-    enc = FtfEncoder(FtfModel(cfg), tok, torch.device(device), weights_digest="bench-untrained-seed0")
-    return enc, "untrained FTF encoder, default architecture (no trained default model shipped yet)"
+    return load_encoder(None, device=device), "default model (ftfsearch/model/default)"
 
 
 def table(title: str, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:

@@ -27,7 +27,7 @@ import math
 import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Sequence, TypeAlias
 
 import numpy as np
 from rasterio.enums import ColorInterp, MaskFlags, Resampling
@@ -49,7 +49,8 @@ STRETCH_PERCENTILES = (2.0, 98.0)
 
 _RGB_NAMES = {"red": ColorInterp.red, "green": ColorInterp.green, "blue": ColorInterp.blue}
 
-Dataset = DatasetReader | WarpedVRT
+Dataset: TypeAlias = DatasetReader | WarpedVRT
+"""What a read takes: a file as it is, or warped (the chips and previews of the read path)."""
 
 # -- rasters over HTTP ---------------------------------------------------------------------------
 # Timeouts (s) and retries of GDAL's /vsicurl/ reads: a stalled server fails a read after 30 s
@@ -225,31 +226,12 @@ def choose_bands(
     data = [i + 1 for i, ci in enumerate(interp) if ci != ColorInterp.alpha]
     if not data:
         raise BadInput(f"{name}: has only alpha bands, no usable band")
-    found: dict[ColorInterp, int] = {}
-    for i in data:
-        if interp[i - 1] in _RGB_NAMES.values():
-            found.setdefault(interp[i - 1], i)
-    if len(found) < 3:
-        found = {}
-        for i in data:
-            description = (ds.descriptions[i - 1] or "").strip().lower()
-            if description in _RGB_NAMES:
-                found.setdefault(_RGB_NAMES[description], i)
-    if len(found) == 3:
-        return (found[ColorInterp.red], found[ColorInterp.green], found[ColorInterp.blue]), None, ()
+    named = _named_rgb(ds, interp, data)
+    if named is not None:
+        return named, None, ()
     if len(data) == 1:
         band = data[0]
-        if interp[band - 1] == ColorInterp.palette and "int" in ds.dtypes[band - 1]:
-            try:
-                colormap = ds.colormap(band)
-            except ValueError:
-                colormap = {}
-            if colormap:
-                lut = np.zeros((max(colormap) + 1, 4), dtype=np.uint8)
-                for index, rgba in colormap.items():
-                    lut[index] = rgba
-                return (band, band, band), lut, ()
-        return (band, band, band), None, ()
+        return (band, band, band), _palette_lut(ds, band, interp[band - 1]), ()
     if len(data) == 2:
         return (data[0], data[0], data[0]), None, (
             f"2 bands without colour interpretation: showing band {data[0]} "
@@ -261,6 +243,38 @@ def choose_bands(
         f"reading bands {first[0]},{first[1]},{first[2]} as red,green,blue; pass --bands "
         "(e.g. --bands 3,2,1) if that is wrong",
     )
+
+
+def _named_rgb(ds: DatasetReader, interp: list[ColorInterp], data: list[int]) -> tuple[int, int, int] | None:
+    """The red, green and blue ``data`` bands by colour interpretation, else by band description
+    (``red``, ``green``, ``blue``); None when either names fewer than all three."""
+    by_interp = {i: interp[i - 1] for i in data}
+    by_description = {i: _RGB_NAMES.get((ds.descriptions[i - 1] or "").strip().lower()) for i in data}
+    for colours in (by_interp, by_description):
+        found: dict[ColorInterp, int] = {}
+        for i, colour in colours.items():
+            if colour in _RGB_NAMES.values():
+                found.setdefault(colour, i)
+        if len(found) == 3:
+            return found[ColorInterp.red], found[ColorInterp.green], found[ColorInterp.blue]
+    return None
+
+
+def _palette_lut(ds: DatasetReader, band: int, interp: ColorInterp) -> np.ndarray | None:
+    """``uint8 [n, 4]`` RGBA rows of a palette-indexed integer band's colour map; None for
+    any other band, or a palette band without a readable colour map."""
+    if interp != ColorInterp.palette or "int" not in ds.dtypes[band - 1]:
+        return None
+    try:
+        colormap = ds.colormap(band)
+    except ValueError:
+        return None
+    if not colormap:
+        return None
+    lut = np.zeros((max(colormap) + 1, 4), dtype=np.uint8)
+    for index, rgba in colormap.items():
+        lut[index] = rgba
+    return lut
 
 
 def stats_shape(ds: DatasetReader, band: int) -> tuple[int, int]:

@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
-# Bundle Leaflet with the web page of `ftfsearch serve`, so the page works offline (no CDN).
+# Refresh the copy of Leaflet that ships inside the package (the map of `ftfsearch serve`).
 #
-# Fetches leaflet@1.9.4 from the npm registry with `npm pack` at build time, checks the
-# tarball's sha256 against the pinned value (a changed upload is refused), and installs the
-# files the page needs (leaflet.js, leaflet.css, images/, LICENSE) into
-# <repo>/ftfsearch/web/static/vendor/leaflet/ (gitignored; the Makefile `venv` target runs this).
+# Leaflet is vendored: ftfsearch/web/static/vendor/leaflet/ is committed and goes into the wheel as
+# package data, so `pip install .` alone gives a page whose map works, offline (no CDN, no npm at
+# install time). This script is what produced that copy, and what a maintainer runs to move the pin:
+# it fetches leaflet@$VERSION from the npm registry with `npm pack`, refuses a tarball whose sha256
+# is not the pinned one, and replaces the vendored directory with the files the page needs
+# (leaflet.js, leaflet.css, images/*.png, the BSD-2-Clause LICENSE), plus VERSION and SHA256SUMS
+# (the files' digests, which tests/test_wheel.py checks offline). Review and commit the result.
 #
 # Usage: scripts/get-leaflet.sh [--from FILE.tgz]
-#   --from FILE.tgz   use an already downloaded leaflet-1.9.4.tgz instead of running `npm pack`
+#   --from FILE.tgz   use an already downloaded leaflet-$VERSION.tgz instead of running `npm pack`
 #                     (for machines without registry access).
-# Idempotent: does nothing when the installed copy carries the pinned version stamp.
 set -euo pipefail
 
 PKG="leaflet"
@@ -18,21 +20,15 @@ SHA256="84c65a256e50657896f54c33bd857b6849ebe94c817803be818bf32a3dde0b77"
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 DEST="$REPO/ftfsearch/web/static/vendor/leaflet"
-STAMP="$DEST/.version"
 
 FROM=""
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --from) FROM="${2:?--from needs a .tgz file}"; shift 2 ;;
-        -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
         *) echo "get-leaflet.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
     esac
 done
-
-if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$VERSION $SHA256" && -f "$DEST/leaflet.js" ]]; then
-    echo "leaflet $VERSION already installed at $DEST"
-    exit 0
-fi
 
 TMP="$(mktemp -d)"
 trap 'rm -rf "$TMP"' EXIT
@@ -58,8 +54,9 @@ rm -rf "$NEW"
 mkdir -p "$NEW/images"
 cp "$TMP/package/dist/leaflet.js" "$TMP/package/dist/leaflet.css" "$TMP/package/LICENSE" "$NEW/"
 cp "$TMP/package/dist/images/"*.png "$NEW/images/"
-echo "$VERSION $SHA256" > "$NEW/.version"
+echo "$PKG $VERSION, npm tarball sha256 $SHA256" > "$NEW/VERSION"
+(cd "$NEW" && find . -type f ! -name SHA256SUMS | sed 's|^\./||' | LC_ALL=C sort | xargs sha256sum > SHA256SUMS)
 rm -rf "$DEST"
 mkdir -p "$(dirname "$DEST")"
 mv "$NEW" "$DEST"
-echo "installed leaflet $VERSION at $DEST"
+echo "vendored $PKG $VERSION at $DEST: review and commit it"

@@ -61,7 +61,7 @@ def _get(url: str, timeout: float = 30.0) -> tuple[int, bytes]:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     if not LEAFLET.is_file():
-        pytest.fail(f"{LEAFLET} missing: run scripts/get-leaflet.sh (the Makefile's venv target does)")
+        pytest.fail(f"{LEAFLET} missing: Leaflet is vendored in the checkout (scripts/get-leaflet.sh refreshes it)")
     demo = demo_store(tmp_path_factory)
     port = free_port()
     log = tmp_path_factory.mktemp("serve") / "serve.log"

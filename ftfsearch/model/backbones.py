@@ -19,13 +19,16 @@ import importlib.util
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from ftfsearch.errors import ModelNotFound
+
+if TYPE_CHECKING:
+    from transformers import BertModel
 
 
 @dataclass(frozen=True)
@@ -217,7 +220,7 @@ def minilm_dir() -> Path:
     return MINILM.path().parent
 
 
-def load_minilm() -> nn.Module:
+def load_minilm() -> BertModel:
     """The MiniLM BERT (transformers ``BertModel``) with its pretrained weights, offline."""
     from ftfsearch.model.sources import force_offline
 
@@ -237,9 +240,12 @@ def load_minilm() -> nn.Module:
 
 def fold_batchnorm(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
     """Weights and bias of one convolution that equals ``bn(conv(x))`` in eval mode."""
-    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    mean, var = bn.running_mean, bn.running_var
+    if mean is None or var is None:
+        raise TypeError("fold_batchnorm: this BatchNorm keeps no running statistics (track_running_stats=False)")
+    scale = bn.weight / torch.sqrt(var + bn.eps)
     weight = conv.weight * scale.view(-1, 1, 1, 1)
-    bias = bn.bias - bn.running_mean * scale
+    bias = bn.bias - mean * scale
     if conv.bias is not None:
         bias = bias + conv.bias * scale
     return weight, bias

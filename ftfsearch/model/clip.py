@@ -279,9 +279,10 @@ class ClipEncoder:
         from transformers import AutoTokenizer, CLIPModel
 
         transformers.utils.logging.disable_progress_bar()
-        dtype_kw = "dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype"
+        # transformers 5 renamed torch_dtype to dtype
+        dtype_kw: dict[str, Any] = {"dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype": torch.float32}
         try:
-            model = CLIPModel.from_pretrained(files.model_dir, local_files_only=True, **{dtype_kw: torch.float32})
+            model = CLIPModel.from_pretrained(files.model_dir, local_files_only=True, **dtype_kw)
             tokenizer = AutoTokenizer.from_pretrained(files.model_dir, local_files_only=True)
         except Exception as exc:  # noqa: BLE001 - any loader failure means the directory cannot be used
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

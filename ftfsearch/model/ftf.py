@@ -183,6 +183,9 @@ class TextTower(nn.Module):
 class FtfModel(nn.Module):
     """Both towers; :meth:`forward_images` / :meth:`forward_text` return unit vectors."""
 
+    mean: torch.Tensor
+    std: torch.Tensor
+
     def __init__(self, cfg: FtfConfig) -> None:
         super().__init__()
         self.cfg = cfg

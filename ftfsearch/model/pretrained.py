@@ -22,7 +22,7 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn as nn
@@ -45,6 +45,9 @@ from ftfsearch.model.backbones import (
 from ftfsearch.model.base import RerankParams
 from ftfsearch.model.ftf import FtfEncoderBase, prepare_images, weights_digest
 from ftfsearch.model.regions import DEFAULT_LAYOUT, box_pooling_matrix, layout_boxes
+
+if TYPE_CHECKING:
+    from transformers import BertModel
 
 FAMILY = "pretrained"
 FORMAT_VERSION = 1
@@ -143,7 +146,7 @@ class PretrainedImageTower(nn.Module):
 class PretrainedTextTower(nn.Module):
     """MiniLM token states -> mean pool -> MLP -> ``[B, D]``, not normalised."""
 
-    def __init__(self, cfg: PretrainedConfig, bert: nn.Module) -> None:
+    def __init__(self, cfg: PretrainedConfig, bert: BertModel) -> None:
         super().__init__()
         self.bert = bert
         width = int(bert.config.hidden_size)
@@ -169,7 +172,10 @@ class PretrainedTextTower(nn.Module):
 class PretrainedFtfModel(nn.Module):
     """Both towers; :meth:`forward_images` / :meth:`forward_text` return unit float32 vectors."""
 
-    def __init__(self, cfg: PretrainedConfig, trunk: EfficientNetLite | None = None, bert: nn.Module | None = None) -> None:
+    mean: torch.Tensor
+    std: torch.Tensor
+
+    def __init__(self, cfg: PretrainedConfig, trunk: EfficientNetLite | None = None, bert: BertModel | None = None) -> None:
         super().__init__()
         self.cfg = cfg
         self.image = PretrainedImageTower(cfg, trunk)
@@ -244,7 +250,8 @@ def fused_trunk(trunk: EfficientNetLite) -> EfficientNetLite:
     fold(net, "_conv_head", "_bn1")
     for p in net.parameters():
         p.requires_grad_(False)
-    return net.to(memory_format=torch.channels_last)
+    # nn.Module.to documents memory_format; torch's overloads for it leave the keyword out.
+    return net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
 
 
 class _FusedImagePath(nn.Module):
@@ -289,8 +296,10 @@ class OrtImagePath:
         try:
             with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
                 warnings.simplefilter("ignore")
-                torch.onnx.export(path.eval(), (example,), buf, input_names=["x"], output_names=["coarse", "regions"],
-                                  dynamic_axes={"x": {0: "b"}}, dynamo=False)
+                # torch annotates f as a path; its TorchScript exporter (dynamo=False) writes to a file
+                # object as well, which keeps the graph in memory.
+                torch.onnx.export(path.eval(), (example,), buf, input_names=["x"],  # type: ignore[arg-type]
+                                  output_names=["coarse", "regions"], dynamic_axes={"x": {0: "b"}}, dynamo=False)
         except Exception as exc:  # the exporter raises many types; the torch path stays correct
             logging.getLogger(__name__).warning("ONNX export of the image path failed (%s); using torch", exc)
             return None

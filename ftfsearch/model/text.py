@@ -16,6 +16,8 @@ from typing import Iterable
 import torch
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
 
+from ftfsearch.errors import ModelNotFound
+
 PAD, UNK = "[PAD]", "[UNK]"
 
 
@@ -37,7 +39,18 @@ def train_tokenizer(captions: Iterable[str], vocab_size: int = 4000, min_count: 
 
 
 def load_tokenizer(path: Path) -> Tokenizer:
-    return Tokenizer.from_file(str(path))
+    """A saved FTF tokenizer; refused (ModelNotFound) when it has no UNK token."""
+    tok = Tokenizer.from_file(str(path))
+    unk_id(tok, path)
+    return tok
+
+
+def unk_id(tok: Tokenizer, source: Path | None = None) -> int:
+    """The id of UNK, which every tokenizer of :func:`train_tokenizer` has (an empty text encodes as it)."""
+    found = tok.token_to_id(UNK)
+    if found is None:
+        raise ModelNotFound(f"{source or 'tokenizer'}: no {UNK} token; not an FTF tokenizer")
+    return found
 
 
 def encode_batch(tok: Tokenizer, texts: list[str], max_tokens: int) -> torch.Tensor:
@@ -46,7 +59,8 @@ def encode_batch(tok: Tokenizer, texts: list[str], max_tokens: int) -> torch.Ten
     An empty text keeps one UNK token so every row attends to something.
     """
     encs = tok.encode_batch(texts)
-    rows = [e.ids[:max_tokens] or [tok.token_to_id(UNK)] for e in encs]
+    unk = unk_id(tok)
+    rows = [e.ids[:max_tokens] or [unk] for e in encs]
     width = max(len(r) for r in rows)
     out = torch.zeros((len(rows), width), dtype=torch.long)
     for i, r in enumerate(rows):

@@ -106,7 +106,8 @@ def build_tiny_clip(
     transformers.utils.logging.disable_progress_bar()
     out_dir = Path(out_dir)
     vocab, merges = _train_bpe(list(corpus) if corpus is not None else TINY_CORPUS, vocab_size)
-    tokenizer = CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77)
+    # transformers annotates merges as list[str]; the tokenizers BPE it passes them to takes (a, b) pairs.
+    tokenizer = CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77)  # type: ignore[arg-type]
     config = CLIPConfig(
         text_config={
             "vocab_size": len(vocab),
@@ -152,10 +153,3 @@ def build_tiny_clip(
     (out_dir / "modules.json").write_text(json.dumps(modules, indent=2))
     return out_dir
 
-
-if __name__ == "__main__":  # `python -m ftfsearch.model.tiny OUT_DIR`: a model for demos before one ships
-    import sys
-
-    if len(sys.argv) != 2:
-        sys.exit("usage: python -m ftfsearch.model.tiny OUT_DIR")
-    print(build_tiny_clip(Path(sys.argv[1])))

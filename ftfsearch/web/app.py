@@ -358,7 +358,7 @@ def create_app(
             CORSMiddleware, allow_origins=list(options.cors_origins), allow_methods=["GET", "POST"], allow_headers=["*"]
         )
     if not LEAFLET_JS.is_file():
-        log.warning("Leaflet is not bundled (%s missing): run scripts/get-leaflet.sh; the map stays empty", LEAFLET_JS)
+        log.warning("Leaflet is missing from the package (%s): reinstall ftfsearch; the map stays empty", LEAFLET_JS)
 
     @app.exception_handler(FtfError)
     async def _ftf_error(request: Request, exc: FtfError) -> JSONResponse:
