@@ -12,7 +12,7 @@ import json
 import os
 import shutil
 import signal
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +58,7 @@ def band_asset(href: str, common_name: str | None = None) -> dict[str, Any]:
     return asset
 
 
-def catalog(cat_id: str, children: list[str] = (), items: list[str] = (), kind: str = "Catalog") -> dict[str, Any]:  # type: ignore[assignment]
+def catalog(cat_id: str, children: Sequence[str] = (), items: Sequence[str] = (), kind: str = "Catalog") -> dict[str, Any]:
     d: dict[str, Any] = {
         "type": kind, "stac_version": "1.0.0", "id": cat_id, "description": f"{cat_id} (test)",
         "links": [{"rel": "child", "href": c} for c in children] + [{"rel": "item", "href": i} for i in items],
@@ -83,8 +83,9 @@ def s2_item_dir(root: Path, place: str = "casablanca") -> Path:
     for name, path in zip(S2_COMMON, s2_bands(place, *S2_COMMON)):
         shutil.copyfile(path, root / f"{name}.tif")
         assets[name] = band_asset(f"./{name}.tif", S2_COMMON[name])
-    write(root / "item.json", item(f"S2_{place}", assets, **{"eo:cloud_cover": 1.5, "platform": "sentinel-2a",
-                                                              "gsd": 10, "constellation": "sentinel-2"}))
+    properties: dict[str, Any] = {"eo:cloud_cover": 1.5, "platform": "sentinel-2a", "gsd": 10,
+                                  "constellation": "sentinel-2"}
+    write(root / "item.json", item(f"S2_{place}", assets, **properties))
     return root / "item.json"
 
 
@@ -319,3 +320,44 @@ def test_a_stac_ingest_through_the_serve_holding_the_store(tmp_path: Path, tiny_
         serve.wait(timeout=60)
     finally:
         procs.kill_all()
+
+
+def test_stac_json_over_http_is_retried_like_gdal_reads(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A busy server (503) is asked again, as GDAL asks again for a COG; a 404 is not."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    import ingest.remote as remote
+
+    body = json.dumps(item("busy", {"visual": {"href": "./busy.tif"}})).encode()
+    answers = [503, 503, 200]
+    asked: list[str] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - quiet
+            pass
+
+        def do_GET(self) -> None:  # noqa: N802
+            asked.append(self.path)
+            status = 404 if self.path != "/busy.json" else answers.pop(0)
+            self.send_response(status)
+            self.send_header("Content-Length", str(len(body) if status == 200 else 0))
+            self.end_headers()
+            if status == 200:
+                self.wfile.write(body)
+
+    monkeypatch.setattr(remote, "HTTP_RETRY_DELAY_S", 0.01)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        [scene] = read_stac(f"{url}/busy.json", tmp_path / "stacks")
+        assert scene.assets == (("visual", f"{url}/busy.tif"),) and asked == ["/busy.json"] * 3
+        with pytest.raises(BadInput, match=r"gone.json: the server answered HTTP 404"):
+            read_stac(f"{url}/gone.json", tmp_path / "stacks")
+        assert asked[3:] == ["/gone.json"]
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
