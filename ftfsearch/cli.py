@@ -48,6 +48,7 @@ _FLAGS = {
     "like_region": "--like-region", "unlike_region": "--unlike-region", "like": "--like", "unlike": "--unlike",
     "labels": "--labels", "output": "--output", "shard": "--shard", "source list": "--from", "bbox": "--bbox",
     "after": "--after", "before": "--before", "acquired": "--acquired", "stack": "--stack",
+    "assets": "--assets", "limit": "--limit",
 }
 _PARAM_AT_START = re.compile("^(" + "|".join(map(re.escape, _FLAGS)) + ")(?=[ :])")
 
@@ -210,7 +211,8 @@ def _parse_int_list(value: str | None, option: str) -> tuple[int, ...] | None:
 @handles_errors
 def ingest(
     paths: Optional[list[str]] = typer.Argument(
-        None, help="GeoTIFF files, directories or globs; each raster is a scene (or --from LIST)."
+        None, help="GeoTIFF files, directories, globs or URLs, each raster a scene; or STAC items, catalogs or "
+        "collections (.json files or URLs), each item a scene (or --from LIST).",
     ),
     from_list: Optional[Path] = typer.Option(
         None, "--from", help="A file of sources, one per line (files, directories, globs; # comments); "
@@ -223,10 +225,15 @@ def ingest(
         None, "--stack", help="Band files of one scene, comma-separated, shown as red,green,blue in that order "
         "(e.g. B04.tif,B03.tif,B02.tif); read through a VRT on the finest band's grid (repeatable).",
     ),
+    assets: Optional[str] = typer.Option(
+        None, "--assets", help="STAC asset keys of the RGB pixels: one RGB asset or red,green,blue ones (e.g. "
+        "B04,B03,B02); default: the item's visual asset, else its red, green and blue bands by eo:bands common name.",
+    ),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Ingest at most N items of the STAC catalogs given."),
     scene_id: Optional[str] = typer.Option(None, "--scene-id", help="Scene id (one raster only; default: file name)."),
     acquired: Optional[str] = typer.Option(
-        None, "--acquired", help="Acquisition time of the scenes (ISO 8601; UTC if no zone); default: the "
-        "raster's ACQUISITIONDATETIME or TIFFTAG_DATETIME tag.",
+        None, "--acquired", help="Acquisition time of the scenes (ISO 8601; UTC if no zone); default: the STAC "
+        "item's datetime, or the raster's ACQUISITIONDATETIME or TIFFTAG_DATETIME tag.",
     ),
     tile_size: int = typer.Option(256, "--tile-size", help="Tile size in pixels."),
     overlap: float = typer.Option(0.0, "--overlap", help="Overlap between neighbouring tiles, fraction in [0, 1)."),
@@ -246,23 +253,17 @@ def ingest(
     device: Optional[str] = DeviceOpt,
 ) -> None:
     """Cut rasters into tiles, encode them and store them (resumes an interrupted scene)."""
-    from ftfsearch.errors import BadInput
-    from ingest.pipeline import IngestOptions, ingest_paths
-    from ingest.scenes import expand_paths
+    from ingest.pipeline import IngestOptions
     from ingest.tiling import TilingSpec
 
     settings = _settings(store_dir=store, qdrant_url=qdrant_url, collection=collection, model=model, device=device)
-    sources: list[Any] | None = None
     if from_list is not None:
-        if paths or stack:
-            raise BadInput("give raster paths and --stack, or --from LIST, not both")
-        if scene_id is not None:
-            raise BadInput("--scene-id names one raster: a --from list names its scenes after their files")
+        _check_list_flags(paths, stack, scene_id, assets, limit)
         sources, part = _batch_sources(from_list, shard)
     elif shard is not None:
+        from ftfsearch.errors import BadInput
+
         raise BadInput("--shard splits a --from list: give --from LIST with it")
-    else:
-        files = expand_paths(paths) if paths or not stack else []
     spec = TilingSpec(
         tile_size=tile_size,
         overlap=overlap,
@@ -278,13 +279,73 @@ def ingest(
         replication_factor=replication_factor,
         acquired=acquired,
     )
-    if sources is not None:
-        _ingest_batch(sources, part, from_list, options, settings, as_json)  # type: ignore[arg-type]
+    if from_list is not None:
+        _ingest_batch(sources, part, from_list, options, settings, as_json)
         return
+    files = _scene_sources(paths or [], stack or [], assets, limit, settings)
+    _ingest_files(files, options, settings, model, as_json)
+
+
+def _check_list_flags(paths: Optional[list[str]], stack: Optional[list[str]], scene_id: Optional[str],
+                      assets: Optional[str], limit: Optional[int]) -> None:
+    from ftfsearch.errors import BadInput
+
+    if paths or stack:
+        raise BadInput("give raster paths and --stack, or --from LIST, not both")
+    if scene_id is not None:
+        raise BadInput("--scene-id names one raster: a --from list names its scenes after their files")
+    if assets is not None or limit is not None:
+        raise BadInput("--assets and --limit apply to STAC items given as PATHS, not to a --from list")
+
+
+def _scene_sources(paths: list[str], stack: list[str], assets: Optional[str], limit: Optional[int],
+                   settings: Settings) -> list[Any]:
+    """What ``ingest`` reads, in order: rasters of PATHS, the items of STAC PATHS (``.json``),
+    then the --stack VRTs. STAC JSON is read here, before the model loads: a catalog that is not
+    STAC or loops leaves the store untouched."""
+    from ftfsearch.errors import BadInput
+    from ingest.scenes import expand_paths, is_stac
+
+    stac_args = [p for p in paths if is_stac(p)]
+    keys = _parse_assets(assets)
+    if (keys is not None or limit is not None) and not stac_args:
+        raise BadInput(f"{'assets' if keys is not None else 'limit'}: applies to STAC items: give an item, "
+                       "catalog or collection (.json) to ingest")
+    if limit is not None and limit < 1:
+        raise BadInput(f"limit {limit}: give at least 1")
+    rasters = [p for p in paths if not is_stac(p)]
+    files: list[Any] = list(expand_paths(rasters)) if rasters or not (stack or stac_args) else []
+    if stac_args:
+        from ingest.stac import read_stac
+
+        for arg in stac_args:
+            left = None if limit is None else limit - sum(1 for f in files if not isinstance(f, (str, Path)))
+            if left == 0:
+                break
+            files += read_stac(arg, settings.resolved_stack_dir, keys, left)
     if stack:
         from ingest.stack import build_stack
 
         files += [build_stack(value, settings.resolved_stack_dir) for value in stack]
+    return files
+
+
+def _parse_assets(value: Optional[str]) -> Optional[tuple[str, ...]]:
+    from ftfsearch.errors import BadInput
+
+    if value is None:
+        return None
+    keys = tuple(k.strip() for k in value.split(","))
+    if len(keys) not in (1, 3) or not all(keys) or len(set(keys)) != len(keys):
+        raise BadInput(f"assets {value!r}: give one RGB asset key or three distinct keys, red,green,blue "
+                       "(e.g. B04,B03,B02)")
+    return keys
+
+
+def _ingest_files(files: list[Any], options: Any, settings: Settings, model: Optional[str], as_json: bool) -> None:
+    """Ingest the rasters and STAC scenes here, or in the 'serve' holding the embedded store."""
+    from ingest.pipeline import ingest_paths
+
     # The model loads before the store opens (a bad --model leaves no store behind), unless the
     # store is held by 'serve', which ingests with its own.
     holder = _live_holder(settings)
@@ -292,99 +353,81 @@ def ingest(
         encoder = _load_encoder(settings)
         db, holder = _store_or_holder(settings)
     if holder is not None:
-        _ingest_via_holder(holder, files, options, model, as_json)
+        done, failed = _ingest_via_holder(holder, files, options, model, as_json)
+        _report_ingest(done, failed, len(files), as_json)
         return
     try:
 
         def report(item: Any) -> None:
             if hasattr(item, "message"):
-                err.print(Text(f"skipped: {item.message}"), highlight=False)
+                _print_failure(item.message)
             else:
-                for warning in item.warnings:
-                    err.print(Text(f"warning: {item.path}: {warning}"), highlight=False)
+                _print_warnings(item.path, item.warnings)
 
-        done, failed = ingest_paths(
+        done, fails = ingest_paths(
             files, encoder, db, options, progress=None if as_json else _RichProgress(), on_scene=report
         )
     finally:
         db.close()
+    _report_ingest(done, [f.__dict__ for f in fails], len(files), as_json)
+
+
+def _print_failure(message: str) -> None:
+    err.print(Text(f"skipped: {_as_flags(message)}"), highlight=False)
+
+
+def _print_warnings(path: str, warnings: list[str]) -> None:
+    for warning in warnings:
+        err.print(Text(f"warning: {path}: {warning}"), highlight=False)
+
+
+def _report_ingest(done: list[Any], failed: list[dict[str, Any]], total: int, as_json: bool) -> None:
+    """The summary of an ingest; exit 2 when nothing was ingested, 1 when some scenes failed."""
     if as_json:
-        out.print_json(json.dumps({"scenes": [s.to_dict() for s in done], "failed": [f.__dict__ for f in failed]}))
+        out.print_json(json.dumps({"scenes": [s.to_dict() for s in done], "failed": failed}))
     else:
         for s in done:
             _print_scene(s)
     if not done:
-        _fail(f"nothing was ingested: {len(failed)} of {len(files)} rasters skipped (see above)", 2)
+        _fail(f"nothing was ingested: {len(failed)} of {total} rasters skipped (see above)", 2)
     if failed:
         raise typer.Exit(1)
 
 
-def _ingest_via_holder(holder: Any, files: list[Path], options: Any, model: Optional[str], as_json: bool) -> None:
-    """``ingest`` run by the server holding the store: its progress streamed here. The ingest
-    lives in the server; Ctrl+C here asks whether to cancel it or leave it running."""
-    import click
+def _holder_body(files: list[Any], options: Any, model: Optional[str]) -> dict[str, Any]:
+    """The ingest request to the holder: files as absolute paths (URLs as they are), STAC scenes
+    as their data, the options the holder's pipeline takes."""
+    from ftfsearch.raster import is_url
 
+    def source(f: Any) -> Any:
+        if hasattr(f, "to_dict"):
+            return f.to_dict()
+        return f if is_url(f) else str(Path(f).absolute())
+
+    return {
+        "paths": [source(f) for f in files],
+        "tiling": options.spec.to_dict(),
+        "options": {"batch_size": options.batch_size, "readers": options.readers, "scene_id": options.scene_id,
+                    "acquired": options.acquired},
+        "model": None if model is None else (str(Path(model).absolute()) if Path(model).exists() else model),
+    }
+
+
+def _ingest_via_holder(holder: Any, files: list[Any], options: Any, model: Optional[str],
+                       as_json: bool) -> tuple[list[Any], list[dict[str, Any]]]:
+    """``ingest`` run by the server holding the store: its progress streamed here, its scenes and
+    failures returned. The ingest lives in the server; Ctrl+C here asks whether to cancel it or
+    leave it running."""
     from ingest.pipeline import SceneSummary
     from ftfsearch.store.holder_client import remote_error
 
-    body = {
-        "paths": [str(Path(f).absolute()) for f in files],
-        "tiling": options.spec.to_dict(),
-        "options": {"batch_size": options.batch_size, "readers": options.readers, "scene_id": options.scene_id},
-        "model": None if model is None else (str(Path(model).absolute()) if Path(model).exists() else model),
-    }
-    job = holder.start_ingest(body)
+    job = holder.start_ingest(_holder_body(files, options, model))
     err.print(
         f"ingesting in 'ftfsearch serve' (pid {holder.record.pid}), which holds the store; Ctrl+C asks "
         "whether to cancel it", highlight=False,
     )
     progress = None if as_json else _RichProgress()
-    seen = 0
-    final: dict[str, Any] | None = None
-    while final is None:
-        try:
-            for event in holder.events(job, seen):
-                seen += 1
-                kind = event.get("type")
-                if kind == "start" and progress:
-                    progress.start(event["scene_id"], int(event["total"]), int(event["already"]))
-                elif kind == "advance" and progress:
-                    progress.advance(int(event["n"]))
-                elif kind == "finish" and progress:
-                    progress.finish()
-                elif kind == "failure":
-                    err.print(Text(f"skipped: {event['message']}"), highlight=False)
-                elif kind == "scene":
-                    summary = event["summary"]
-                    for warning in summary.get("warnings") or []:
-                        err.print(Text(f"warning: {summary['path']}: {warning}"), highlight=False)
-                elif kind in ("done", "error"):
-                    final = event
-                    break
-            else:
-                from ftfsearch.errors import StoreUnavailable
-
-                raise StoreUnavailable(
-                    "the server holding the store stopped during the ingest; what it wrote is kept, and "
-                    "the same ingest command resumes the scene"
-                )
-        except KeyboardInterrupt:
-            if progress:
-                progress.finish()
-            try:
-                cancel = typer.confirm("\ncancel the ingest in the server? (no: it goes on there)", default=False,
-                                       err=True)
-            except click.exceptions.Abort:
-                cancel = False
-            if cancel:
-                holder.cancel(job)
-                err.print("cancelling; the scene stays resumable", highlight=False)
-                continue
-            err.print(
-                f"the ingest goes on in 'ftfsearch serve' (pid {holder.record.pid}); 'ftfsearch scenes' shows "
-                "its progress", highlight=False,
-            )
-            raise typer.Exit(0)
+    final = _follow_holder_job(holder, job, progress)
     if final.get("type") == "error":
         raise remote_error(final)
     done = [
@@ -392,16 +435,64 @@ def _ingest_via_holder(holder: Any, files: list[Path], options: Any, model: Opti
                      d["tiles"], d["state"], float(d["seconds"]), list(d.get("warnings") or []))
         for d in final.get("scenes") or []
     ]
-    failed = final.get("failed") or []
-    if as_json:
-        out.print_json(json.dumps({"scenes": [s.to_dict() for s in done], "failed": failed}))
-    else:
-        for s in done:
-            _print_scene(s)
-    if not done:
-        _fail(f"nothing was ingested: {len(failed)} of {len(files)} rasters skipped (see above)", 2)
-    if failed:
-        raise typer.Exit(1)
+    return done, list(final.get("failed") or [])
+
+
+def _follow_holder_job(holder: Any, job: Any, progress: Optional[_RichProgress]) -> dict[str, Any]:
+    """The holder job's events drawn here until its final one (``done`` or ``error``)."""
+    seen = 0
+    while True:
+        try:
+            for event in holder.events(job, seen):
+                seen += 1
+                if event.get("type") in ("done", "error"):
+                    return dict(event)
+                _show_holder_event(event, progress)
+            from ftfsearch.errors import StoreUnavailable
+
+            raise StoreUnavailable(
+                "the server holding the store stopped during the ingest; what it wrote is kept, and "
+                "the same ingest command resumes the scene"
+            )
+        except KeyboardInterrupt:
+            _interrupted_holder_job(holder, job, progress)
+
+
+def _show_holder_event(event: dict[str, Any], progress: Optional[_RichProgress]) -> None:
+    kind = event.get("type")
+    if kind == "start" and progress:
+        progress.start(event["scene_id"], int(event["total"]), int(event["already"]))
+    elif kind == "advance" and progress:
+        progress.advance(int(event["n"]))
+    elif kind == "finish" and progress:
+        progress.finish()
+    elif kind == "failure":
+        _print_failure(event["message"])
+    elif kind == "scene":
+        summary = event["summary"]
+        _print_warnings(summary["path"], summary.get("warnings") or [])
+
+
+def _interrupted_holder_job(holder: Any, job: Any, progress: Optional[_RichProgress]) -> None:
+    """Ctrl+C during a holder's ingest: cancel it there (and keep following it to its end), or
+    leave it running and exit."""
+    import click
+
+    if progress:
+        progress.finish()
+    try:
+        cancel = typer.confirm("\ncancel the ingest in the server? (no: it goes on there)", default=False, err=True)
+    except click.exceptions.Abort:
+        cancel = False
+    if cancel:
+        holder.cancel(job)
+        err.print("cancelling; the scene stays resumable", highlight=False)
+        return
+    err.print(
+        f"the ingest goes on in 'ftfsearch serve' (pid {holder.record.pid}); 'ftfsearch scenes' shows "
+        "its progress", highlight=False,
+    )
+    raise typer.Exit(0)
 
 
 def _print_scene(s: Any) -> None:
@@ -790,12 +881,28 @@ def scenes(
     if as_json:
         out.print_json(json.dumps(rows))
         return
+    timed = any(row.get("acquired") for row in rows)
+    stac = any(row.get("stac") for row in rows)
     table = Table()
-    for col in ("scene_id", "tiles", "state", "path"):
+    for col in ("scene_id", "tiles", "state") + ("acquired",) * timed + ("stac item",) * stac + ("path",):
         table.add_column(col, overflow="fold")
     for row in rows:
-        table.add_row(row["scene_id"], str(row["tiles"]), row["state"], row["path"])
+        table.add_row(row["scene_id"], str(row["tiles"]), row["state"], *[row.get("acquired") or "-"] * timed,
+                      *[_stac_summary(row.get("stac"))] * stac, row["path"])
     out.print(table)
+
+
+def _stac_summary(stac: Optional[dict[str, Any]]) -> str:
+    """``collection/item, cloud 12.5%, gsd 10 m, sentinel-2b`` of a STAC scene's stored properties."""
+    if not stac:
+        return "-"
+    parts = ["/".join(str(v) for v in (stac.get("collection"), stac.get("item")) if v)]
+    if stac.get("cloud_cover") is not None:
+        parts.append(f"cloud {stac['cloud_cover']}%")
+    if stac.get("gsd") is not None:
+        parts.append(f"gsd {stac['gsd']} m")
+    parts += [str(stac[k]) for k in ("platform", "constellation") if stac.get(k)]
+    return ", ".join(parts)
 
 
 @app.command()

@@ -78,8 +78,20 @@ def is_url(source: object) -> bool:
 
 
 def gdal_options(source: object) -> dict[str, Any]:
-    """The GDAL configuration for reading ``source``: :data:`GDAL_HTTP_OPTIONS` for a URL."""
-    return GDAL_HTTP_OPTIONS if is_url(source) else {}
+    """The GDAL configuration for reading ``source``: :data:`GDAL_HTTP_OPTIONS` for a URL, and
+    for a VRT whose bands are URLs (a STAC item's band assets, :mod:`ingest.stack`)."""
+    return GDAL_HTTP_OPTIONS if is_url(source) or _reads_urls(source) else {}
+
+
+def _reads_urls(source: object) -> bool:
+    """A local VRT naming a ``/vsicurl/`` source (a VRT is a small XML file)."""
+    if not isinstance(source, (str, Path)) or not str(source).lower().endswith(".vrt"):
+        return False
+    try:
+        with open(source, "rb") as f:
+            return b"/vsicurl/" in f.read(1 << 20)
+    except OSError:
+        return False
 
 
 @dataclass(frozen=True)

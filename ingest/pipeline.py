@@ -16,7 +16,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Protocol
+from typing import Any, Callable, Iterator, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -30,6 +30,7 @@ from ftfsearch.store.base import SceneRecord, Store, TileBatch
 from ftfsearch.store.schema import tile_point_id
 from ftfsearch.times import iso_utc, parse_time
 from ingest.scenes import default_scene_id, fingerprint
+from ingest.stac import StacScene
 from ingest.tiling import SceneReader, Tile, TileWindow, TilingSpec
 
 log = logging.getLogger(__name__)
@@ -251,8 +252,11 @@ def ingest_scene(
     options: IngestOptions,
     progress: Progress | None = None,
     scene_id: str | None = None,
+    acquired: str | None = None,
+    stac: dict[str, Any] | None = None,
 ) -> SceneSummary:
-    """Ingest one raster as one scene; resumable and idempotent."""
+    """Ingest one raster as one scene; resumable and idempotent. ``acquired`` and ``stac`` are
+    what a STAC item says of it (its time, its id and properties, kept in the scene's extra)."""
     t_start = time.perf_counter()
     with SceneReader(path, options.spec) as reader:
         sid = scene_id or options.scene_id or default_scene_id(path)
@@ -272,7 +276,7 @@ def ingest_scene(
                 "pass --scene-id to name this one, or 'ftfsearch drop' the old one"
             )
         spec = json.loads(json.dumps(options.spec.to_dict()))  # as stored: tuples become lists
-        acquired = options.acquired or reader.acquired
+        acquired = options.acquired or acquired or reader.acquired
         if previous is not None and "acquired" in previous.extra and previous.extra["acquired"] != acquired:
             # stored tiles carry the time: a scene has one, and changing it means re-ingesting
             raise BadInput(
@@ -297,7 +301,7 @@ def ingest_scene(
             bbox=list(reader.bbox) if reader.bbox else None,
             crs=reader.crs,
             extra={"width": reader.width, "height": reader.height, "dtype": reader.dtype, "gsd": reader.gsd,
-                   "acquired": acquired},
+                   "acquired": acquired, **({"stac": stac} if stac else {})},
         )
         if previous is not None and previous.state == "complete":
             stored = store.count_tiles(sid)
@@ -381,7 +385,7 @@ def ingest_scene(
         )
 
 
-def scene_error(path: Path | str, exc: BaseException) -> BadInput | None:
+def scene_error(path: Path | str | StacScene, exc: BaseException) -> BadInput | None:
     """``exc`` as the bad input of this one file, or None when it is not about the file."""
     if isinstance(exc, BadInput):
         return exc
@@ -397,14 +401,14 @@ class IngestFailure:
 
 
 def ingest_paths(
-    paths: list[Path | str],
+    paths: Sequence[Path | str | StacScene],
     encoder: Encoder,
     store: Store,
     options: IngestOptions,
     progress: Progress | None = None,
     on_scene: Callable[[SceneSummary | IngestFailure], None] | None = None,
 ) -> tuple[list[SceneSummary], list[IngestFailure]]:
-    """Ingest many rasters: one bad file is reported and skipped, the others go on."""
+    """Ingest many rasters (and STAC items): one bad file is reported and skipped, the others go on."""
     if options.scene_id and len(paths) > 1:
         raise BadInput("--scene-id names one scene: give exactly one raster with it")
     if store.meta() is not None:  # refuse another model before reading anything
@@ -413,7 +417,12 @@ def ingest_paths(
     failed: list[IngestFailure] = []
     for path in paths:
         try:
-            summary = ingest_scene(path, encoder, store, options, progress)
+            if isinstance(path, StacScene):
+                summary = ingest_scene(path.raster(), encoder, store, options, progress,
+                                       scene_id=options.scene_id or path.scene_id, acquired=path.acquired,
+                                       stac=path.properties)
+            else:
+                summary = ingest_scene(path, encoder, store, options, progress)
         except (BadInput, RasterioError, CPLE_BaseError) as raised:
             exc = scene_error(path, raised) or BadInput(str(raised))
             failure = IngestFailure(str(path), str(exc))

@@ -71,16 +71,27 @@ def fingerprint(path: str | Path) -> str:
 
 def default_scene_id(path: str | Path) -> str:
     """The file stem as an id made of ``[A-Za-z0-9._-]`` (accents folded, others to ``_``)."""
-    stem = Path(urlsplit(path).path if is_url(path) else path).name
+    stem = Path(urlsplit(str(path)).path if is_url(path) else path).name
     for suffix in sorted(RASTER_SUFFIXES, key=len, reverse=True):
         if stem.lower().endswith(suffix):
             stem = stem[: -len(suffix)]
             break
     else:
         stem = Path(stem).stem
-    ascii_stem = unicodedata.normalize("NFKD", stem).encode("ascii", "ignore").decode("ascii")
-    safe = _UNSAFE.sub("_", ascii_stem).strip("_.-")
+    return safe_id(stem)
+
+
+def safe_id(text: str) -> str:
+    """``text`` as a scene id made of ``[A-Za-z0-9._-]`` (accents folded, others to ``_``)."""
+    ascii_text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode("ascii")
+    safe = _UNSAFE.sub("_", ascii_text).strip("_.-")
     return safe or "scene"
+
+
+def is_stac(arg: str | Path) -> bool:
+    """A STAC item, catalog or collection to ingest: a ``.json`` file or URL (ingest/stac.py)."""
+    path = urlsplit(str(arg)).path if is_url(arg) else str(arg)
+    return path.lower().endswith(".json")
 
 
 def _is_raster(p: Path) -> bool:

@@ -10,6 +10,10 @@ covers the VRT's text, which records each band file's path and content fingerpri
 stack always gets the same file and scene fingerprint (a re-run resumes), an edited band file
 gives another. Files that do not line up (another CRS, another extent, rotated grids) are
 refused: reproject or clip them first, as a mosaic tool would silently do otherwise.
+
+A STAC item's separate red, green and blue assets (:mod:`ingest.stac`) are stacked the same way;
+band files over HTTP(S) are VRT sources through ``/vsicurl/``, read with the timeouts and retries
+of every remote read.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import os
 import tempfile
 import warnings
 import xml.etree.ElementTree as ET
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +32,7 @@ import rasterio
 from rasterio.errors import NotGeoreferencedWarning, RasterioError
 
 from ftfsearch.errors import BadInput
+from ftfsearch.raster import gdal_options, is_url
 from ingest.scenes import default_scene_id, fingerprint
 
 EXTENT_TOLERANCE = 0.5
@@ -36,7 +42,8 @@ _COLOURS = ("Red", "Green", "Blue")
 
 @dataclass(frozen=True)
 class _Band:
-    path: Path
+    path: Path | str
+    """A local file, or an http(s) URL."""
     width: int
     height: int
     transform: rasterio.Affine
@@ -48,9 +55,22 @@ class _Band:
     fingerprint: str
 
     @property
+    def name(self) -> str:
+        return _name(self.path)
+
+    @property
+    def source(self) -> str:
+        """The VRT's name for the file: GDAL reads a URL through ``/vsicurl/``."""
+        return f"/vsicurl/{self.path}" if is_url(self.path) else str(self.path)
+
+    @property
     def bounds(self) -> tuple[float, float, float, float]:
         t = self.transform
         return (t.c, t.f + t.e * self.height, t.c + t.a * self.width, t.f)
+
+
+def _name(path: Path | str) -> str:
+    return str(path).rstrip("/").rsplit("/", 1)[-1].split("?", 1)[0] if is_url(path) else Path(path).name
 
 
 def parse_stack(value: str) -> list[Path]:
@@ -69,37 +89,40 @@ def parse_stack(value: str) -> list[Path]:
     return paths
 
 
-def _read_band(path: Path, value: str) -> _Band:
+def _read_band(path: Path | str, what: str) -> _Band:
+    """One band file's grid and fingerprint; ``what`` names the stack in messages."""
+    name = _name(path)
+    fp = fingerprint(path)  # first: a missing URL is named as such (HTTP 404), not as an unreadable raster
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), rasterio.Env(**gdal_options(path)):
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
             with rasterio.open(path) as ds:
                 if ds.count != 1:
                     raise BadInput(
-                        f"stack {value!r}: {path.name} has {ds.count} bands; each file of a stack is one "
+                        f"{what}: {name} has {ds.count} bands; each file of a stack is one "
                         "band (pass a multi-band raster as a PATH, with --bands)"
                     )
                 if "complex" in ds.dtypes[0]:
-                    raise BadInput(f"stack {value!r}: {path.name} has complex pixels; convert to amplitude first")
+                    raise BadInput(f"{what}: {name} has complex pixels; convert to amplitude first")
                 t = ds.transform
                 if t.b != 0 or t.d != 0:
-                    raise BadInput(f"stack {value!r}: {path.name} has a rotated grid; warp it north-up first (gdalwarp)")
+                    raise BadInput(f"{what}: {name} has a rotated grid; warp it north-up first (gdalwarp)")
                 return _Band(
                     path=path, width=ds.width, height=ds.height, transform=t, crs=ds.crs or None,
                     dtype=ds.dtypes[0], nodata=ds.nodata, description=ds.descriptions[0] or "",
                     tags={k: v for k, v in ds.tags().items() if k in ("ACQUISITIONDATETIME", "TIFFTAG_DATETIME")},
-                    fingerprint=fingerprint(path),
+                    fingerprint=fp,
                 )
     except RasterioError as exc:
-        raise BadInput(f"stack {value!r}: {path.name} is not a readable raster ({exc})") from exc
+        raise BadInput(f"{what}: {name} is not a readable raster ({exc})") from exc
 
 
-def _check_aligned(bands: list[_Band], value: str) -> None:
+def _check_aligned(bands: list[_Band], what: str) -> None:
     first = bands[0]
     for b in bands[1:]:
         if (b.crs is None) != (first.crs is None) or (b.crs is not None and b.crs != first.crs):
             raise BadInput(
-                f"stack {value!r}: {b.path.name} is in {b.crs or 'no CRS'}, {first.path.name} in "
+                f"{what}: {b.name} is in {b.crs or 'no CRS'}, {first.name} in "
                 f"{first.crs or 'no CRS'}; reproject the bands to one CRS first (gdalwarp -t_srs)"
             )
     coarsest = max(max(abs(b.transform.a), abs(b.transform.e)) for b in bands)
@@ -107,11 +130,11 @@ def _check_aligned(bands: list[_Band], value: str) -> None:
     for b in bands[1:]:
         if any(abs(x - y) > tol for x, y in zip(b.bounds, first.bounds)):
             raise BadInput(
-                f"stack {value!r}: {b.path.name} covers {_fmt(b.bounds)}, {first.path.name} covers "
+                f"{what}: {b.name} covers {_fmt(b.bounds)}, {first.name} covers "
                 f"{_fmt(first.bounds)}; the bands of a stack must cover the same extent (clip them first)"
             )
         if (b.transform.a > 0) != (first.transform.a > 0) or (b.transform.e > 0) != (first.transform.e > 0):
-            raise BadInput(f"stack {value!r}: {b.path.name} is flipped against {first.path.name}")
+            raise BadInput(f"{what}: {b.name} is flipped against {first.name}")
 
 
 def _fmt(bounds: tuple[float, ...]) -> str:
@@ -130,18 +153,18 @@ def _vrt_text(bands: list[_Band]) -> str:
     for key, val in next((b.tags for b in bands if b.tags), {}).items():
         ET.SubElement(meta, "MDI", key=key).text = val
     # what the scene fingerprint (a hash of this text) must change with: each band's content
-    ET.SubElement(meta, "MDI", key="FTF_STACK").text = ";".join(f"{b.path.name}={b.fingerprint}" for b in bands)
+    ET.SubElement(meta, "MDI", key="FTF_STACK").text = ";".join(f"{b.name}={b.fingerprint}" for b in bands)
     for i, b in enumerate(bands, start=1):
         vb = ET.SubElement(root, "VRTRasterBand", dataType=_gdal_type(b.dtype), band=str(i))
-        ET.SubElement(vb, "Description").text = b.description or b.path.stem
+        ET.SubElement(vb, "Description").text = b.description or Path(b.name).stem
         if b.nodata is not None and math.isfinite(b.nodata):
             ET.SubElement(vb, "NoDataValue").text = repr(float(b.nodata))
         ET.SubElement(vb, "ColorInterp").text = _COLOURS[i - 1] if len(bands) >= 3 and i <= 3 else (
             "Gray" if len(bands) == 1 else "Undefined")
         same_grid = b.width == grid.width and b.height == grid.height
         src = ET.SubElement(vb, "ComplexSource" if b.nodata is not None else "SimpleSource",
-                            **({} if same_grid else {"resampling": "bilinear"}))
-        ET.SubElement(src, "SourceFilename", relativeToVRT="0").text = str(b.path)
+                            attrib={} if same_grid else {"resampling": "bilinear"})
+        ET.SubElement(src, "SourceFilename", relativeToVRT="0").text = b.source
         ET.SubElement(src, "SourceBand").text = "1"
         ET.SubElement(src, "SrcRect", xOff="0", yOff="0", xSize=str(b.width), ySize=str(b.height))
         # the band's extent on the grid (equal extents up to the tolerance: the whole grid)
@@ -168,7 +191,7 @@ def _gdal_type(dtype: str) -> str:
         raise BadInput(f"stack: band type {dtype} is not supported") from None
 
 
-def stack_scene_id(paths: list[Path]) -> str:
+def stack_scene_id(paths: Sequence[Path | str]) -> str:
     """The band files' common name prefix (``..._Sentinel-2_L2A_B04`` etc. -> ``..._Sentinel-2_L2A``),
     else the first file's name with ``_stack``."""
     stems = [default_scene_id(p) for p in paths]
@@ -185,12 +208,21 @@ def build_stack(value: str, stack_dir: Path) -> Path:
     Raises :class:`BadInput` naming ``stack`` for a missing or multi-band file, bands in other
     CRSs or extents, and a stack directory that cannot be written.
     """
-    paths = parse_stack(value)
-    bands = [_read_band(p, value) for p in paths]
-    _check_aligned(bands, value)
+    return stack_vrt(list(parse_stack(value)), stack_dir, f"stack {value!r}")
+
+
+def stack_vrt(sources: list[Path | str], stack_dir: Path, what: str, name: str | None = None) -> Path:
+    """The VRT of band files or URLs (red, green, blue first), written once under ``stack_dir``.
+
+    ``what`` names the stack in messages (``stack 'B04.tif,...'``, a STAC item's assets);
+    ``name`` is the VRT's file name (default: the files' common prefix). Raises
+    :class:`BadInput` as :func:`build_stack` does.
+    """
+    bands = [_read_band(p, what) for p in sources]
+    _check_aligned(bands, what)
     text = _vrt_text(bands)
     digest = hashlib.sha256(text.encode()).hexdigest()[:16]
-    out = stack_dir / digest / f"{stack_scene_id(paths)}.vrt"
+    out = stack_dir / digest / f"{name or stack_scene_id(sources)}.vrt"
     if out.is_file() and out.read_text(encoding="utf-8") == text:
         return out
     try:
@@ -202,7 +234,7 @@ def build_stack(value: str, stack_dir: Path) -> Path:
         os.replace(tmp, out)
     except OSError as exc:
         raise BadInput(
-            f"stack {value!r}: cannot write its VRT under {stack_dir} ({exc.strerror or exc}); "
+            f"{what}: cannot write its VRT under {stack_dir} ({exc.strerror or exc}); "
             "set FTF_STACK_DIR to a writable directory"
         ) from exc
     return out

@@ -74,8 +74,11 @@ def _locked_iter(it: Iterator[Any], lock: threading.Lock) -> Iterator[Any]:
 
 
 def scenes_rows(db: Any) -> list[dict[str, Any]]:
+    """``ftfsearch scenes``' rows; the acquisition time and the STAC item's id, collection and
+    properties where a scene has them."""
     return [
-        {"scene_id": s.scene_id, "path": s.path, "tiles": db.count_tiles(s.scene_id), "state": s.state}
+        {"scene_id": s.scene_id, "path": s.path, "tiles": db.count_tiles(s.scene_id), "state": s.state,
+         **{k: s.extra[k] for k in ("acquired", "stac") if s.extra.get(k)}}
         for s in db.list_scenes()
     ]
 
@@ -227,11 +230,16 @@ class Holder:
                 f"--model {model}: the server holding this store runs model {self.settings.model}; ingest "
                 "with that one, or stop 'ftfsearch serve' to ingest with another"
             )
-        files = [Path(p) for p in body.get("paths") or []]
+        from ftfsearch.raster import is_url
+        from ingest.stac import StacScene
+
+        # files as paths, URLs as they are, STAC items as their data (ftfsearch ingest sends them)
+        files = [StacScene.from_dict(p) if isinstance(p, dict) else (p if is_url(p) else Path(p))
+                 for p in body.get("paths") or []]
         spec = TilingSpec.from_dict(body.get("tiling") or {})
         o = body.get("options") or {}
         options = IngestOptions(spec=spec, batch_size=int(o.get("batch_size", 32)), readers=int(o.get("readers", 2)),
-                                scene_id=o.get("scene_id"))
+                                scene_id=o.get("scene_id"), acquired=o.get("acquired"))
         with self._jobs_lock:
             busy = next((j for j in self.jobs.values() if not j.done), None)
             if busy is not None:
