@@ -23,10 +23,10 @@ TERMS = ("fine", "text", "region")
 def run_one(name: str, args: argparse.Namespace) -> dict:
     import torch
 
-    from ftfsearch.datasets import load_dataset
-    from ftfsearch.evaluate import evaluate
+    from ftfsearch.training.datasets import load_dataset
+    from ftfsearch.training.evaluate import evaluate
     from ftfsearch.model.ftf import FtfConfig, load_ftf_encoder
-    from ftfsearch.train import LossWeights, TrainConfig, train
+    from ftfsearch.training.train import LossWeights, TrainConfig, train
 
     torch.set_num_threads(1)
     weights = LossWeights()

@@ -44,9 +44,9 @@ def _z(s: torch.Tensor) -> torch.Tensor:
 
 def mean_recall(ranked_hits: torch.Tensor) -> float:
     """Mean of R@1, R@5, R@10 of ``[Q, >=10]`` rank hits, as ``ftfsearch eval`` counts them."""
-    from ftfsearch.evaluate import _recalls
+    from ftfsearch.training.evaluate import recalls
 
-    r = _recalls(ranked_hits)
+    r = recalls(ranked_hits)
     return (r.r1 + r.r5 + r.r10) / 3
 
 
@@ -83,8 +83,8 @@ def variants() -> dict[str, tuple[float, Fuse]]:
 
 
 def main() -> int:
-    from ftfsearch.datasets import load_dataset, load_pixels
-    from ftfsearch.evaluate import EVAL_PIXELS, encode_split
+    from ftfsearch.training.datasets import load_dataset, load_pixels
+    from ftfsearch.training.evaluate import EVAL_PIXELS, encode_split
     from ftfsearch.model.loading import load_encoder
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])

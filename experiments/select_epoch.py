@@ -12,9 +12,9 @@ import sys
 import torch
 from pathlib import Path
 from ftfsearch.model.pretrained import PretrainedConfig, build_model, save_pretrained_model, PretrainedFtfEncoder
-from ftfsearch.train import choose_rerank
-from ftfsearch.datasets import load_datasets, load_pixels
-from ftfsearch.evaluate import EVAL_PIXELS, encode_split
+from ftfsearch.training.train import choose_rerank
+from ftfsearch.training.datasets import load_datasets, load_pixels
+from ftfsearch.training.evaluate import EVAL_PIXELS, encode_split
 torch.set_num_threads(2)
 ckpt = torch.load(sys.argv[1], map_location='cpu', weights_only=False)
 out = Path(sys.argv[2])

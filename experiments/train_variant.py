@@ -22,7 +22,7 @@ from pathlib import Path
 def main(argv: list[str]) -> int:
     from ftfsearch.model.ftf import FtfConfig
     from ftfsearch.model.pretrained import PretrainedConfig
-    from ftfsearch.train import LossWeights, TrainConfig, train
+    from ftfsearch.training.train import LossWeights, TrainConfig, train
 
     if len(argv) < 2:
         print(__doc__, file=sys.stderr)

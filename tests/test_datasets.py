@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ftfsearch.datasets import CaptionSplit, load_dataset, load_pixels
+from ftfsearch.training.datasets import CaptionSplit, load_dataset, load_pixels
 from ftfsearch.errors import DatasetError
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ftfsearch.datasets import CaptionSplit, load_dataset, load_pixels
+from ftfsearch.training.datasets import CaptionSplit, load_dataset, load_pixels
 from ftfsearch.errors import ModelNotFound
 from ftfsearch.model.base import Encoder, RerankParams
 from ftfsearch.model.ftf import (

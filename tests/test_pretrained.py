@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 import torch
 
-from ftfsearch.datasets import load_dataset, load_pixels
+from ftfsearch.training.datasets import load_dataset, load_pixels
 from ftfsearch.errors import ModelNotFound
 from ftfsearch.model.backbones import LITE0, MINILM, BaseWeights, load_lite0
 from ftfsearch.model.loading import load_encoder
 from ftfsearch.model.pretrained import PretrainedConfig, build_model, fused_trunk, save_pretrained_model
-from ftfsearch.train import CHECKPOINT_NAME, TrainConfig, TrainProgress, train
+from ftfsearch.training.train import CHECKPOINT_NAME, TrainConfig, TrainProgress, train
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 UCM = DATA / "ucm" / "dataset_ucm.json"

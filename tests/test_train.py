@@ -11,7 +11,7 @@ import torch
 from ftfsearch.errors import BadInput
 from ftfsearch.model.ftf import FtfConfig, FtfModel, load_ftf_encoder
 from ftfsearch.model.text import encode_batch, train_tokenizer
-from ftfsearch.train import (
+from ftfsearch.training.train import (
     CHECKPOINT_NAME,
     LossHead,
     LossWeights,
@@ -21,7 +21,7 @@ from ftfsearch.train import (
     compute_losses,
     train,
 )
-from ftfsearch.datasets import CaptionSplit, load_dataset, load_pixels
+from ftfsearch.training.datasets import CaptionSplit, load_dataset, load_pixels
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 UCM = DATA / "ucm" / "dataset_ucm.json"

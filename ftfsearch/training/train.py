@@ -35,9 +35,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ftfsearch.datasets import CaptionSplit, load_datasets, load_pixels
+from ftfsearch.training.datasets import CaptionSplit, load_datasets, load_pixels
 from ftfsearch.errors import BadInput, DatasetError
-from ftfsearch.evaluate import EVAL_PIXELS, Embeddings, encode_split, score
+from ftfsearch.training.evaluate import EVAL_PIXELS, Embeddings, encode_split, score
 from ftfsearch.model.base import RerankParams
 from ftfsearch.model.ftf import FtfConfig, FtfEncoder, FtfModel, save_ftf_model
 from ftfsearch.model.loading import resolve_device
@@ -269,13 +269,13 @@ def choose_rerank(embs: list[Embeddings], recall_k: int, taus: tuple[float, ...]
     for tau in taus:
         for alpha in alphas:
             p = RerankParams(tau=tau, alpha=alpha, balanced=True)
-            mrs = [score(e, recall_k, p)[1].mR for e in embs]
+            mrs = [score(e, recall_k, p).ftf.mR for e in embs]
             m = float(np.mean(mrs))
             grid.append({"tau": tau, "alpha": alpha, "ftf_mR": round(m, 2)})
             if best is None or m > best[0]:
                 best = (m, p)
     assert best is not None
-    coarse = float(np.mean([score(e, recall_k, best[1])[0].mR for e in embs]))
+    coarse = float(np.mean([score(e, recall_k, best[1]).coarse.mR for e in embs]))
     return best[1], {"grid": grid, "best_ftf_mR": round(best[0], 2), "coarse_mR": round(coarse, 2)}
 
 
@@ -666,7 +666,7 @@ def train(config: TrainConfig, progress: Callable[[TrainProgress], None] | None 
             report(TrainProgress("train", epoch + 1, config.epochs, s + 1, steps_per_epoch, float(loss.detach())))
         report(TrainProgress("val", epoch + 1, config.epochs, message="validating"))
         embs = _validate(task, val)
-        val_mR = float(np.mean([score(e, config.recall_k, task.rerank)[0].mR for e in embs]))
+        val_mR = float(np.mean([score(e, config.recall_k, task.rerank).coarse.mR for e in embs]))
         stats = EpochStats(epoch + 1, total_loss / steps_per_epoch, {k: v / steps_per_epoch for k, v in sums.items()},
                            round(val_mR, 2), round(time.perf_counter() - t0, 1))
         history.append(stats)
