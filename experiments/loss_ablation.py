@@ -5,7 +5,7 @@ on one dataset's train split at a reduced input size and epoch count, chooses ta
 val split, and evaluates coarse and FTF on its test split. Runs are independent processes, so
 two can share a 2-core machine (``--parallel 2``, one torch thread each).
 
-    python scripts/loss_ablation.py --data ../shared/data/ucm/dataset_ucm.json --out .cache/ablation
+    python experiments/loss_ablation.py --data ../shared/data/ucm/dataset_ucm.json --out .cache/ablation
 """
 
 from __future__ import annotations
