@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import fast_tmp_root, qdrant_binary_or_skip
+from _qdrant import fast_tmp_root, qdrant_binary_or_skip
 from deploy.qdrant_local import QdrantCluster
 from ftfsearch.store._common import VECTORS_FIELD
 from ftfsearch.store.server import ServerStore

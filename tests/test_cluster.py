@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import fast_tmp_root, qdrant_binary_or_skip
+from _qdrant import fast_tmp_root, qdrant_binary_or_skip
 from deploy.qdrant_local import QdrantCluster
 from ftfsearch.model.loading import load_encoder
 from ftfsearch.search import Searcher

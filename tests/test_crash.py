@@ -38,7 +38,7 @@ from ftfsearch.store.transfer import push_store
 from ingest.pipeline import IngestOptions, ingest_paths, ingest_scene, window_id
 from ingest.scenes import fingerprint
 from ingest.tiling import SceneReader, TilingSpec
-from conftest import fast_tmp_root, qdrant_binary_or_skip
+from _qdrant import fast_tmp_root, qdrant_binary_or_skip
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "geotiffs"
 ORTHO = DATA / "rio-tiler" / "201404_13SED190110_201404_0x1500m_CL_1.tif"

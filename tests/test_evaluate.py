@@ -3,21 +3,19 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
+from _data import TINY_CAPTIONS
 from ftfsearch.training.datasets import CaptionSplit, load_dataset, load_pixels
 from ftfsearch.training.evaluate import Embeddings, evaluate, format_report, score
 from ftfsearch.model.base import RerankParams
 from ftfsearch.model.ftf import FtfConfig, FtfEncoder, FtfModel
 from ftfsearch.model.text import train_tokenizer
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-UCM = DATA / "ucm" / "dataset_ucm.json"
 
 
 def _emb(n: int, caps: int, d: int = 16, seed: int = 0) -> Embeddings:
@@ -60,7 +58,7 @@ def test_alpha_zero_equals_coarse_and_k_bounds_ceiling() -> None:
 
 def test_evaluate_tiny_real_split() -> None:
     torch.manual_seed(0)
-    part = load_dataset(UCM).split("test")
+    part = load_dataset(TINY_CAPTIONS).split("test")
     part = CaptionSplit(part.name, part.split, part.images[:12])
     tok = train_tokenizer(part.captions, 200)
     cfg = FtfConfig(name="t", dim=16, image_size=48, widths=(8, 16), blocks=(1, 1), text_width=16, text_layers=1,

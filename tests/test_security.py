@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from conftest import fast_tmp_root, qdrant_binary_or_skip
+from _qdrant import fast_tmp_root, qdrant_binary_or_skip
 from deploy.qdrant_local import QdrantServer
 from ftfsearch.cli import app
 from ftfsearch.errors import PermissionDenied, StoreUnavailable

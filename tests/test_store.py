@@ -35,7 +35,7 @@ from ftfsearch.store.edge import EdgeStore
 from ftfsearch.store.schema import tile_point_id
 from ftfsearch.store.server import ServerStore
 
-from conftest import fast_tmp_root, qdrant_binary_or_skip
+from _qdrant import fast_tmp_root, qdrant_binary_or_skip
 
 D, R = 32, 14
 META = CollectionMeta(model_id="test/random-d32", dim=D, num_regions=R, region_layout="grid-1-2-3")
