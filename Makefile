@@ -44,7 +44,7 @@ serve: demo
 # The lint gate first (ruff: undefined names, unused imports, syntax); then the tests. pytest exits 5
 # when it collected no tests: that is a failure here.
 test: venv qdrant
-	$(BIN)/ruff check ftfsearch ingest deploy bench tests scripts
+	$(BIN)/ruff check ftfsearch ingest deploy bench tests scripts experiments docs
 	@$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
 

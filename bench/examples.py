@@ -46,7 +46,7 @@ from bench.common import (
     table,
     timed,
 )
-from ftfsearch.datasets import CaptionImage, CaptionSplit, load_dataset, load_pixels
+from ftfsearch.training.datasets import CaptionImage, CaptionSplit, load_dataset, load_pixels
 from ftfsearch.examples import parse_ref, resolve
 from ftfsearch.model.base import Encoder
 from ftfsearch.rerank import NEGATIVE_WEIGHT, bti, bti_fused

@@ -1161,8 +1161,8 @@ def train(
     """Train the FTF dual encoder (or fine-tune a CLIP) on caption datasets; the result loads with --model."""
     import time
 
-    from ftfsearch.train import TrainConfig, TrainProgress
-    from ftfsearch.train import train as run_training
+    from ftfsearch.training.train import TrainConfig, TrainProgress
+    from ftfsearch.training.train import train as run_training
 
     for option, value in (("--epochs", epochs), ("--batch-size", batch_size), ("--threads", threads)):
         if value < 1:
@@ -1226,8 +1226,8 @@ def evaluate_cmd(
     device: Optional[str] = DeviceOpt,
 ) -> None:
     """R@1/5/10 both directions and mR on a caption set, coarse recall alone vs FTF."""
-    from ftfsearch.datasets import load_datasets
-    from ftfsearch.evaluate import evaluate, format_report
+    from ftfsearch.training.datasets import load_datasets
+    from ftfsearch.training.evaluate import evaluate, format_report
 
     settings = _settings(model=model, device=device)
     datasets = load_datasets(data, images)  # bad input before the model loads

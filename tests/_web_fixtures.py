@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-GEOTIFFS = DATA / "geotiffs"
+from _data import SHARED_DATA, require_shared_data
+
+GEOTIFFS = SHARED_DATA / "geotiffs"
 SCENES = (
     GEOTIFFS / "rasterio" / "RGB.byte.tif",  # Landsat uint8 RGB, EPSG:32618, nodata corners
     GEOTIFFS / "solaris_spacenet" / "sample_geotiff_custom_proj.tif",  # int16, custom Albers, stretched
@@ -41,8 +42,7 @@ def ftfsearch_command() -> str:
 def demo_store(tmp_path_factory: pytest.TempPathFactory) -> DemoStore:
     """Build (or reuse, within one session) the store; its ``.complete`` marker says it is whole."""
     for scene in SCENES:
-        if not scene.is_file():
-            pytest.fail(f"real test data missing: {scene} (the shared data set must be beside the repo)")
+        require_shared_data(*scene.relative_to(SHARED_DATA).parts)
     root = tmp_path_factory.getbasetemp() / "web-demo"
     done = root / ".complete"
     result = DemoStore(root / "store", root / "tiny-clip", tuple(p.stem for p in SCENES))

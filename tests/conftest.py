@@ -1,8 +1,7 @@
-"""Shared fixtures."""
+"""Shared fixtures. Helpers that test modules import live in underscore modules beside this one."""
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 import uuid
@@ -11,30 +10,22 @@ from pathlib import Path
 
 import pytest
 
-from deploy.qdrant_local import QdrantBinaryNotFound, QdrantServer, find_qdrant_binary
+from _data import require_shared_data
+from _qdrant import fast_tmp_root, qdrant_binary_or_skip
+from deploy.qdrant_local import QdrantServer
 from ftfsearch.store import Store, open_store
 
 
+# --- data ----------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """``../shared/data``: skipped when it is missing, a failure under CI (see ``tests/_data.py``)."""
+    return require_shared_data()
+
+
 # --- Qdrant server and stores ----------------------------------------------------------------
-
-
-def qdrant_binary_or_skip() -> Path:
-    """The verified Qdrant binary; skip when it is not installed (fail in CI, which installs it)."""
-    try:
-        return find_qdrant_binary()
-    except QdrantBinaryNotFound as exc:
-        if os.environ.get("CI"):
-            pytest.fail(f"CI must run the server tests: {exc}")
-        pytest.skip(f"Qdrant server binary missing ({exc})")
-
-
-def fast_tmp_root() -> Path | None:
-    """tmpfs when there is one: Qdrant fsyncs every collection change, 100+ ms each on a disk.
-
-    The store tests check behaviour, not durability, so memory-backed files test the same code.
-    """
-    shm = Path("/dev/shm")
-    return shm if shm.is_dir() and os.access(shm, os.W_OK) else None
 
 
 @pytest.fixture

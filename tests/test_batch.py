@@ -9,12 +9,13 @@ from pathlib import Path
 import pytest
 import rasterio
 
+from _data import SHARED_DATA
 from ftfsearch.errors import BadInput
 from ftfsearch.store.base import CollectionMeta, SourceFailure
 from ingest.batch import Shard, Source, expand_list, partition, read_list
-from test_cli import _InProcess, assert_one_line_error
+from _cli import InProcess, assert_one_line_error
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "geotiffs"
+DATA = SHARED_DATA / "geotiffs"
 SCENE = Path(__file__).resolve().parent / "data" / "RGB.byte.tif"
 OTHER = DATA / "rasterio" / "rgb1.tif"
 SMALL = DATA / "rio-tiler" / "cog_rgb.tif"
@@ -71,6 +72,7 @@ def test_partition_is_deterministic_and_independent_of_list_order():
     assert [s.name for s in partition(_sources(6), Shard(0, 3))] == ["scene_0000.tif", "scene_0004.tif"]
 
 
+@pytest.mark.usefixtures("shared_data")
 def test_partition_hashes_names_so_another_mount_point_agrees(tmp_path):
     for root in ("a", "b/c"):
         d = tmp_path / root / "scenes"
@@ -87,6 +89,7 @@ def test_partition_hashes_names_so_another_mount_point_agrees(tmp_path):
 # -- the list ------------------------------------------------------------------------------------------
 
 
+@pytest.mark.usefixtures("shared_data")
 def test_list_skips_comments_and_blanks_resolves_against_its_directory_and_expands_globs(tmp_path, monkeypatch):
     d = tmp_path / "batch"
     (d / "scenes" / "sub").mkdir(parents=True)
@@ -183,7 +186,7 @@ def _corrupt_copy(path: Path) -> Path:
 def cli(tmp_path, tiny_clip_dir):
     env = {"FTF_STORE": str(tmp_path / "store"), "FTF_MODEL": str(tiny_clip_dir),
            "FTF_CONFIG": str(tmp_path / "none.toml")}
-    return _InProcess(env)
+    return InProcess(env)
 
 
 def _status(cli, lst: Path, *extra: str) -> tuple[int, dict]:
@@ -191,6 +194,7 @@ def _status(cli, lst: Path, *extra: str) -> tuple[int, dict]:
     return proc.returncode, json.loads(proc.stdout)
 
 
+@pytest.mark.usefixtures("shared_data")
 def test_failed_entries_are_one_line_each_recorded_and_the_others_ingest(cli, tmp_path):
     d = tmp_path / "in"
     d.mkdir()
@@ -247,6 +251,7 @@ def test_failed_entries_are_one_line_each_recorded_and_the_others_ingest(cli, tm
     assert cli("batch", "status", "--from", str(lst)).returncode == 0
 
 
+@pytest.mark.usefixtures("shared_data")
 def test_failure_is_cleared_when_the_source_later_succeeds(cli, tmp_path):
     lst = tmp_path / "list.txt"
     lst.write_text("late.tif\n")
@@ -266,6 +271,7 @@ def test_failure_is_cleared_when_the_source_later_succeeds(cli, tmp_path):
         db.close()
 
 
+@pytest.mark.usefixtures("shared_data")
 def test_bad_shard_and_list_arguments_give_one_line(cli, tmp_path):
     lst = tmp_path / "list.txt"
     lst.write_text(f"{SMALL}\n{SCENE}\n")
@@ -284,6 +290,7 @@ def test_bad_shard_and_list_arguments_give_one_line(cli, tmp_path):
     assert not (tmp_path / "store").exists()  # nothing was created by refused input
 
 
+@pytest.mark.usefixtures("shared_data")
 def test_a_part_with_no_sources_succeeds(cli, tmp_path):
     lst = tmp_path / "list.txt"
     lst.write_text(f"{SMALL}\n")

@@ -22,18 +22,19 @@ from pathlib import Path
 import pytest
 from qdrant_client import QdrantClient
 
-from conftest import fast_tmp_root, qdrant_binary_or_skip
+from _data import SHARED_DATA
+from _qdrant import fast_tmp_root, qdrant_binary_or_skip
 from deploy.qdrant_local import QdrantCluster
 from ftfsearch.store._common import VECTORS_FIELD
 from ftfsearch.store.server import ServerStore
 from ingest.batch import Shard, expand_list, partition
-from test_cli import _InProcess
-from test_crash import ORTHO, _upsampling_vrt
+from _cli import InProcess
+from _scenes import ORTHO, upsampling_vrt
 
-pytestmark = [pytest.mark.server, pytest.mark.slow]
+pytestmark = [pytest.mark.server, pytest.mark.slow, pytest.mark.usefixtures("shared_data")]
 
 TESTS = Path(__file__).resolve().parent
-DATA = TESTS.parents[1] / "shared" / "data" / "geotiffs"
+DATA = SHARED_DATA / "geotiffs"
 SCENES = [
     TESTS / "data" / "RGB.byte.tif",
     TESTS / "data" / "pix4d_alpha_nodata.tif",
@@ -53,7 +54,7 @@ WORKERS = 3
 def batch_dir() -> Iterator[Path]:
     d = Path(tempfile.mkdtemp(prefix="ftf-batch-", dir=fast_tmp_root()))
     (d / "scenes").mkdir()
-    _upsampling_vrt(d / "scenes" / f"{BIG}.vrt", ORTHO, 6.0)
+    upsampling_vrt(d / "scenes" / f"{BIG}.vrt", ORTHO, 6.0)
     lines = ["# the test batch: shared rasters by absolute path, the big one relative to this list", ""]
     lines += [str(p) for p in SCENES] + [f"scenes/{BIG}.vrt"]
     (d / "list.txt").write_text("\n".join(lines) + "\n")
@@ -175,7 +176,7 @@ def _assert_equal_to_reference(store: ServerStore, reference: dict) -> None:
 
 
 def _status(env: dict[str, str], batch_dir: Path) -> tuple[int, dict]:
-    proc = _InProcess(env)("batch", "status", "--from", str(batch_dir / "list.txt"), "--json")
+    proc = InProcess(env)("batch", "status", "--from", str(batch_dir / "list.txt"), "--json")
     return proc.returncode, json.loads(proc.stdout)
 
 
@@ -184,7 +185,7 @@ def reference(qdrant_server, model_dir, batch_dir) -> Iterator[dict]:
     """A single-process ingest of the whole list (no --shard), through the same CLI."""
     name = f"ref_{uuid.uuid4().hex[:8]}"
     env = _env(qdrant_server, name, model_dir, batch_dir)
-    proc = _InProcess(env)("ingest", "--from", str(batch_dir / "list.txt"), *TILING)
+    proc = InProcess(env)("ingest", "--from", str(batch_dir / "list.txt"), *TILING)
     assert proc.returncode == 0, proc.stderr
     store = ServerStore(qdrant_server, collection=name)
     tiles, scenes = _content(store)

@@ -3,31 +3,16 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from _cli import InProcess, assert_one_line_error, run
+from _data import TINY_CAPTIONS
+
 SCENE = Path(__file__).resolve().parent / "data" / "RGB.byte.tif"
-FTF = shutil.which("ftfsearch", path=str(Path(sys.executable).parent)) or "ftfsearch"
-
-
-def run(*args: str, env: dict[str, str] | None = None, timeout: float = 180) -> subprocess.CompletedProcess:
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith(("FTF_", "QDRANT_"))}
-    full_env.update(env or {})
-    return subprocess.run([FTF, *args], capture_output=True, text=True, env=full_env, timeout=timeout)
-
-
-def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
-    assert proc.returncode != 0, proc.stdout + proc.stderr
-    assert "Traceback" not in proc.stderr
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert lines and lines[-1].startswith("error: "), proc.stderr
-    for needle in needles:
-        assert needle in proc.stderr, proc.stderr
 
 
 @pytest.fixture(params=["edge", pytest.param("server", marks=pytest.mark.server)])
@@ -83,30 +68,12 @@ def test_ingest_query_scenes_info_drop(target, tmp_path):
     assert_one_line_error(run("drop", "RGB.byte", env=target), "RGB.byte", "ftfsearch scenes")
 
 
-class _InProcess:
-    """The CLI app run in this process: same code and error mapping, without ~5 s of imports per call."""
-
-    def __init__(self, env: dict[str, str]) -> None:
-        from typer.testing import CliRunner
-
-        from ftfsearch.cli import app
-
-        self.app = app
-        self.runner = CliRunner(env={**{k: None for k in os.environ if k.startswith(("FTF_", "QDRANT_"))}, **env})
-
-    def __call__(self, *args: str) -> subprocess.CompletedProcess:
-        result = self.runner.invoke(self.app, list(args))
-        if result.exception is not None and not isinstance(result.exception, SystemExit):
-            raise result.exception
-        return subprocess.CompletedProcess(list(args), result.exit_code, result.stdout, result.stderr)
-
-
 def test_bad_input_gives_one_line(tmp_path, tiny_clip_dir):
     env = {"FTF_STORE": str(tmp_path / "store"), "FTF_MODEL": str(tiny_clip_dir),
            "FTF_CONFIG": str(tmp_path / "none.toml")}
     # Through the installed command once, to see that the entry point maps errors too.
     assert_one_line_error(run("ingest", str(tmp_path / "missing.tif"), env=env), "missing.tif")
-    cli = _InProcess(env)
+    cli = InProcess(env)
     text = tmp_path / "notes.tif"
     text.write_text("not a raster")
     assert_one_line_error(cli("ingest", str(text)), "notes.tif")
@@ -128,7 +95,7 @@ def test_bad_input_gives_one_line(tmp_path, tiny_clip_dir):
 def test_query_by_example_and_labels(target, tmp_path):
     """--like/--unlike/--like-region by tile id, point and image file; labels export, import and
     query --labels; every bad example is one line naming the flag, and the store is unchanged."""
-    cli = _InProcess(target)
+    cli = InProcess(target)
     assert cli("ingest", str(SCENE), "--levels", "1,2", "--batch-size", "8").returncode == 0
     tiles = json.loads(cli("scenes", "--json").stdout)[0]["tiles"]
     text = json.loads(cli("query", "ships near a harbor", "--k", "4", "--json").stdout)
@@ -208,14 +175,14 @@ def test_second_process_on_the_embedded_store_gets_a_clear_error(tmp_path, tiny_
 
 def test_eval_and_train_commands_on_a_tiny_real_split(tmp_path):
     """`ftfsearch eval --json` with the shipped model, and `train` for one short epoch, in process."""
-    ucm = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "ucm"
-    data = json.loads((ucm / "dataset_ucm.json").read_text())
+    ucm = TINY_CAPTIONS.parent  # the committed cut of UCM-Captions: runs without ../shared
+    data = json.loads(TINY_CAPTIONS.read_text())
     images = [im for im in data["images"] if im["split"] == "test"][:8]
     images += [dict(im, split="train") for im in data["images"] if im["split"] == "train"][:16]
     images += [dict(im, split="val") for im in data["images"] if im["split"] == "val"][:8]
     tiny = tmp_path / "dataset_tiny.json"
     tiny.write_text(json.dumps({"dataset": "tiny", "images": images}))
-    cli = _InProcess({"FTF_CONFIG": str(tmp_path / "none.toml")})
+    cli = InProcess({"FTF_CONFIG": str(tmp_path / "none.toml")})
     common = ["--data", str(tiny), "--images", str(ucm / "images"), "--cache-dir", str(tmp_path / "cache")]
     ev = cli("eval", *common, "--split", "test", "--recall-k", "5", "--json")
     assert ev.returncode == 0, ev.stderr

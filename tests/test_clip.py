@@ -11,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
+from _data import SHARED_DATA
 from ftfsearch.errors import BadInput
 from ftfsearch.model.base import Encoder, RerankParams
 from ftfsearch.model.clip import ClipEncoder
@@ -18,7 +19,8 @@ from ftfsearch.model.regions import box_pooling_matrix
 from ftfsearch.model.loading import load_encoder
 from ftfsearch.model.tiny import build_tiny_clip
 
-RSICD = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "rsicd"
+pytestmark = pytest.mark.usefixtures("shared_data")
+RSICD = SHARED_DATA / "rsicd"
 
 
 @pytest.fixture(scope="module")

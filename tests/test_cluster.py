@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import fast_tmp_root, qdrant_binary_or_skip
+from _data import SHARED_DATA
+from _qdrant import fast_tmp_root, qdrant_binary_or_skip
 from deploy.qdrant_local import QdrantCluster
 from ftfsearch.model.loading import load_encoder
 from ftfsearch.search import Searcher
@@ -29,9 +30,9 @@ from ingest.pipeline import IngestOptions, ingest_paths, window_id
 from ingest.scenes import fingerprint
 from ingest.tiling import SceneReader, TilingSpec
 
-pytestmark = [pytest.mark.server, pytest.mark.slow]
+pytestmark = [pytest.mark.server, pytest.mark.slow, pytest.mark.usefixtures("shared_data")]
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "geotiffs"
+DATA = SHARED_DATA / "geotiffs"
 SCENES = [
     Path(__file__).resolve().parent / "data" / "RGB.byte.tif",
     DATA / "opengeos_data" / "naip_m_4709963_se_14_1_20090818.tif",

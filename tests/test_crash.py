@@ -24,9 +24,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import rasterio
 from qdrant_client import QdrantClient
 
+from _data import SHARED_DATA
+from _scenes import ORTHO, upsampling_vrt
 from deploy.qdrant_local import QdrantServer
 from ftfsearch.errors import StoreUnavailable
 from ftfsearch.model.loading import load_encoder
@@ -39,10 +40,9 @@ from ftfsearch.store.transfer import push_store
 from ingest.pipeline import IngestOptions, ingest_paths, ingest_scene, window_id
 from ingest.scenes import fingerprint
 from ingest.tiling import SceneReader, TilingSpec
-from conftest import fast_tmp_root, qdrant_binary_or_skip
+from _qdrant import fast_tmp_root, qdrant_binary_or_skip
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "geotiffs"
-ORTHO = DATA / "rio-tiler" / "201404_13SED190110_201404_0x1500m_CL_1.tif"
+DATA = SHARED_DATA / "geotiffs"
 SMALL = Path(__file__).resolve().parent / "data" / "RGB.byte.tif"
 BIG_SPEC = TilingSpec(tile_size=16, levels=(1,))
 SMALL_SPEC = TilingSpec(tile_size=32, levels=(1,))
@@ -53,26 +53,6 @@ pytestmark = pytest.mark.server
 
 
 # -- fixtures -----------------------------------------------------------------------------------
-
-
-def _upsampling_vrt(path: Path, source: Path, factor: float) -> Path:
-    """A VRT that shows ``source`` ``factor`` times larger: real pixels, many more tiles."""
-    with rasterio.open(source) as ds:
-        w, h, t, crs, count = ds.width, ds.height, ds.transform, ds.crs, ds.count
-    W, H = round(w * factor), round(h * factor)
-    bands = "".join(
-        f'<VRTRasterBand dataType="Byte" band="{b}"><SimpleSource>'
-        f'<SourceFilename relativeToVRT="0">{source}</SourceFilename><SourceBand>{b}</SourceBand>'
-        f'<SrcRect xOff="0" yOff="0" xSize="{w}" ySize="{h}"/><DstRect xOff="0" yOff="0" xSize="{W}" ySize="{H}"/>'
-        "</SimpleSource></VRTRasterBand>"
-        for b in range(1, count + 1)
-    )
-    gt = f"{t.c}, {t.a * w / W}, 0.0, {t.f}, 0.0, {t.e * h / H}"
-    path.write_text(
-        f'<VRTDataset rasterXSize="{W}" rasterYSize="{H}"><SRS>{crs.to_wkt()}</SRS>'
-        f"<GeoTransform>{gt}</GeoTransform>{bands}</VRTDataset>"
-    )
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -90,7 +70,7 @@ def workdir() -> Iterator[Path]:
 
 @pytest.fixture(scope="module")
 def big_scene(workdir) -> Path:
-    return _upsampling_vrt(workdir / "ortho_x2.4.vrt", ORTHO, 2.4)
+    return upsampling_vrt(workdir / "ortho_x2.4.vrt", ORTHO, 2.4)
 
 
 def _edge(path: Path, read_only: bool = False) -> Store:
@@ -264,11 +244,13 @@ def _crash_and_resume(open_store_fn, big_scene: Path, encoder, reference: dict, 
     return kills
 
 
+@pytest.mark.usefixtures("shared_data")
 def test_sigkill_at_random_points_then_resume_equals_uninterrupted_edge(workdir, big_scene, encoder, reference):
     path = workdir / "edge-crash"
     _crash_and_resume(lambda: _edge(path), big_scene, encoder, reference, random.Random(SEED))
 
 
+@pytest.mark.usefixtures("shared_data")
 def test_sigkill_at_random_points_then_resume_equals_uninterrupted_server(
     qdrant_server, big_scene, encoder, reference
 ):
@@ -288,6 +270,7 @@ def _expected_ids(path: Path, spec: TilingSpec) -> set[str]:
         return {window_id(fp, w) for w in reader.windows() if reader.read(w) is not None}
 
 
+@pytest.mark.usefixtures("shared_data")
 def test_concurrent_ingests_into_one_server_collection(qdrant_server, encoder, workdir):
     """Two different scenes at once, and one of them twice at once: all complete, one record each."""
     other = DATA / "rasterio" / "rgb1.tif"
@@ -412,6 +395,7 @@ def test_queries_against_dead_or_silent_servers_fail_within_the_timeout(encoder)
 # -- push -------------------------------------------------------------------------------------------
 
 
+@pytest.mark.usefixtures("shared_data")
 def test_push_is_resumable_and_verified(qdrant_server, reference, encoder):
     name = f"push_{uuid.uuid4().hex[:8]}"
     n = len(reference["tiles"])

@@ -3,21 +3,19 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
-from ftfsearch.datasets import CaptionSplit, load_dataset, load_pixels
-from ftfsearch.evaluate import Embeddings, evaluate, format_report, score
+from _data import TINY_CAPTIONS
+from ftfsearch.training.datasets import CaptionSplit, load_dataset, load_pixels
+from ftfsearch.training.evaluate import Embeddings, evaluate, format_report, score
 from ftfsearch.model.base import RerankParams
 from ftfsearch.model.ftf import FtfConfig, FtfEncoder, FtfModel
 from ftfsearch.model.text import train_tokenizer
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-UCM = DATA / "ucm" / "dataset_ucm.json"
 
 
 def _emb(n: int, caps: int, d: int = 16, seed: int = 0) -> Embeddings:
@@ -30,16 +28,17 @@ def _emb(n: int, caps: int, d: int = 16, seed: int = 0) -> Embeddings:
 
 
 def test_perfect_embeddings_score_100() -> None:
-    coarse, ftf, ceiling, _ = score(_emb(30, 5), recall_k=10, params=RerankParams(0.05, 0.5))
-    assert coarse.mR == 100.0 and ftf.mR == 100.0
-    assert ceiling == {"t2i": 100.0, "i2t": 100.0}
+    got = score(_emb(30, 5), recall_k=10, params=RerankParams(0.05, 0.5))
+    assert got.coarse.mR == 100.0 and got.ftf.mR == 100.0
+    assert got.recall_ceiling == {"t2i": 100.0, "i2t": 100.0}
+    assert got.search_seconds > 0
 
 
 def test_i2t_counts_any_caption_and_t2i_own_image() -> None:
     emb = _emb(10, 5)
     # Move 4 of image 0's 5 captions onto image 1: t2i loses them, i2t of image 0 still hits via the 5th.
     emb.text[1:5] = emb.coarse[1]
-    coarse, _, _, _ = score(emb, recall_k=10, params=RerankParams(0.05, 0.0))
+    coarse = score(emb, recall_k=10, params=RerankParams(0.05, 0.0)).coarse
     assert coarse.t2i.r1 == pytest.approx(100 * 46 / 50)
     assert coarse.i2t.r1 < 100.0  # image 0's best captions belong to image 1
     assert coarse.i2t.r5 == 100.0  # its own 5th caption is within the top 5
@@ -48,18 +47,18 @@ def test_i2t_counts_any_caption_and_t2i_own_image() -> None:
 def test_alpha_zero_equals_coarse_and_k_bounds_ceiling() -> None:
     emb = _emb(40, 5, d=8, seed=1)
     emb.text = F.normalize(emb.text + 0.6 * torch.randn_like(emb.text), dim=-1)
-    coarse, ftf, ceiling, _ = score(emb, recall_k=20, params=RerankParams(0.05, 0.0))
-    assert ftf.to_dict() == coarse.to_dict()
-    _, _, small, _ = score(emb, recall_k=2, params=RerankParams(0.05, 0.0))
-    assert small["t2i"] <= ceiling["t2i"] and small["t2i"] < 100.0
+    wide = score(emb, recall_k=20, params=RerankParams(0.05, 0.0))
+    assert wide.ftf.to_dict() == wide.coarse.to_dict()
+    small = score(emb, recall_k=2, params=RerankParams(0.05, 0.0)).recall_ceiling
+    assert small["t2i"] <= wide.recall_ceiling["t2i"] and small["t2i"] < 100.0
     # with K=2 nothing beyond rank 2 can be reranked, and R@10 still counts coarse ranks 3..10
-    c2, f2, _, _ = score(emb, recall_k=2, params=RerankParams(0.05, 1.0))
-    assert f2.t2i.r10 == c2.t2i.r10
+    narrow = score(emb, recall_k=2, params=RerankParams(0.05, 1.0))
+    assert narrow.ftf.t2i.r10 == narrow.coarse.t2i.r10
 
 
 def test_evaluate_tiny_real_split() -> None:
     torch.manual_seed(0)
-    part = load_dataset(UCM).split("test")
+    part = load_dataset(TINY_CAPTIONS).split("test")
     part = CaptionSplit(part.name, part.split, part.images[:12])
     tok = train_tokenizer(part.captions, 200)
     cfg = FtfConfig(name="t", dim=16, image_size=48, widths=(8, 16), blocks=(1, 1), text_width=16, text_layers=1,

@@ -15,7 +15,7 @@ from ftfsearch.store import Store
 from ftfsearch.store import _common
 from ftfsearch.store._common import VECTORS_FIELD, pack_vectors, unit_rows, unpack_vectors
 
-from test_store import DATA, META, D, R, filled, qdrant_maxsim, reopened, texts
+from _store_data import DATA, D, R, filled, qdrant_maxsim, reopened, texts
 
 
 def _bti_order(t: np.ndarray, coarse: np.ndarray, regions: np.ndarray) -> list[int]:
@@ -93,4 +93,3 @@ def test_tiles_without_packed_copy_fall_back(store: Store, monkeypatch: pytest.M
     np.testing.assert_array_equal(fast.coarse, plain.coarse)
     np.testing.assert_array_equal(fast.regions, plain.regions)
     assert _common.split_packed(fast.payloads)[1] is None
-    assert META.dim == D

@@ -10,7 +10,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ftfsearch.datasets import CaptionSplit, load_dataset, load_pixels
+from _data import SHARED_DATA
+from ftfsearch.training.datasets import CaptionSplit, load_dataset, load_pixels
 from ftfsearch.errors import ModelNotFound
 from ftfsearch.model.base import Encoder, RerankParams
 from ftfsearch.model.ftf import (
@@ -23,8 +24,7 @@ from ftfsearch.model.ftf import (
 from ftfsearch.model.regions import box_pooling_matrix, layout_boxes
 from ftfsearch.model.text import encode_batch, train_tokenizer
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-UCM = DATA / "ucm" / "dataset_ucm.json"
+UCM = SHARED_DATA / "ucm" / "dataset_ucm.json"
 
 TINY = dict(dim=32, image_size=64, widths=(8, 16, 16, 32), blocks=(1, 1, 1, 1), text_width=32,
             text_layers=1, text_heads=2, vocab_size=300)
@@ -62,6 +62,7 @@ def test_box_pooling_matches_adaptive_pool() -> None:
     torch.testing.assert_close(p4.sum(0) / 9, torch.full((16,), 1 / 16))
 
 
+@pytest.mark.usefixtures("shared_data")
 def test_encoder_protocol_and_outputs(model_dir: Path, real: tuple[CaptionSplit, np.ndarray]) -> None:
     part, pix = real
     enc = load_ftf_encoder(model_dir, torch.device("cpu"))
@@ -83,6 +84,7 @@ def test_encoder_protocol_and_outputs(model_dir: Path, real: tuple[CaptionSplit,
     assert enc.count_text_tokens("many buildings near a river") >= 5
 
 
+@pytest.mark.usefixtures("shared_data")
 def test_save_load_round_trip_identical(model_dir: Path, real: tuple[CaptionSplit, np.ndarray], tmp_path: Path) -> None:
     part, pix = real
     a = load_ftf_encoder(model_dir, torch.device("cpu"))
@@ -96,6 +98,7 @@ def test_save_load_round_trip_identical(model_dir: Path, real: tuple[CaptionSpli
     assert torch.equal(a.encode_text(part.captions), b.encode_text(part.captions))
 
 
+@pytest.mark.usefixtures("shared_data")
 def test_text_truncation(model_dir: Path) -> None:
     enc = load_ftf_encoder(model_dir, torch.device("cpu"))
     long = " ".join(["building"] * 100)
@@ -104,6 +107,7 @@ def test_text_truncation(model_dir: Path) -> None:
     assert ids.shape == (2, enc.max_text_tokens)
 
 
+@pytest.mark.usefixtures("shared_data")
 def test_bad_model_dirs(model_dir: Path, tmp_path: Path) -> None:
     with pytest.raises(ModelNotFound, match="incomplete"):
         load_ftf_encoder(tmp_path, torch.device("cpu"))

@@ -8,13 +8,14 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
-from test_cli import run
+from _data import SHARED_DATA
+from _cli import run
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-UCM = SHARED / "ucm" / "images"
-RSICD = SHARED / "rsicd" / "images"
+UCM = SHARED_DATA / "ucm" / "images"
+RSICD = SHARED_DATA / "rsicd" / "images"
 
 
 def image_folder(root: Path) -> Path:
@@ -30,6 +31,7 @@ def image_folder(root: Path) -> Path:
     return folder
 
 
+@pytest.mark.usefixtures("shared_data")
 def test_a_folder_of_images_ingests_like_rasters(tmp_path: Path, tiny_clip_dir: Path) -> None:
     env = {"FTF_MODEL": str(tiny_clip_dir), "FTF_CONFIG": str(tmp_path / "none.toml"), "FTF_STORE": str(tmp_path / "store")}
     folder = image_folder(tmp_path)

@@ -12,6 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
+from _data import SHARED_DATA
 from ftfsearch.errors import BadInput, ModelNotFound
 from ftfsearch.model.base import Encoder
 from ftfsearch.model.clip import ClipEncoder
@@ -19,7 +20,7 @@ from ftfsearch.model.loading import load_encoder
 from ftfsearch.model.sources import locate_model, resolve_device
 from ftfsearch.model.tiny import build_tiny_clip
 
-RSICD = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "rsicd"
+RSICD = SHARED_DATA / "rsicd"
 
 
 @pytest.fixture(scope="module")
@@ -58,6 +59,7 @@ def test_resolve_device() -> None:
             load_encoder(None, device="cuda")
 
 
+@pytest.mark.usefixtures("shared_data")
 def test_sentence_transformers_layouts_give_the_same_model(tmp_path: Path, tiny_dir: Path, captions: list[str], tiles: torch.Tensor) -> None:
     """Plain transformers, the hub's 0_CLIPModel layout and a sentence-transformers 6 save load alike."""
     legacy = build_tiny_clip(tmp_path / "legacy", seed=0, corpus=captions, layout="sentence-transformers")
@@ -75,6 +77,7 @@ def test_sentence_transformers_layouts_give_the_same_model(tmp_path: Path, tiny_
         torch.testing.assert_close(text, ref[1], atol=1e-6, rtol=0)
 
 
+@pytest.mark.usefixtures("shared_data")
 def test_name_from_the_local_hub_cache(tmp_path: Path, tiny_dir: Path, tiles: torch.Tensor) -> None:
     """A bare name resolves like sentence-transformers does: sentence-transformers/<name> in the cache."""
     commit = "0123456789abcdef0123456789abcdef01234567"
@@ -110,6 +113,7 @@ def test_unknown_name_in_the_default_cache_fails_fast() -> None:
     assert time.monotonic() - start < 5.0
 
 
+@pytest.mark.usefixtures("shared_data")
 def test_paths_that_are_not_models(tmp_path: Path, tiny_dir: Path) -> None:
     with pytest.raises(ModelNotFound, match="no such directory"):
         load_encoder(str(tmp_path / "missing" / "model"), device="cpu")
@@ -129,6 +133,7 @@ def test_paths_that_are_not_models(tmp_path: Path, tiny_dir: Path) -> None:
         (["config.json"], "config.json"),
     ],
 )
+@pytest.mark.usefixtures("shared_data")
 def test_incomplete_directory_names_what_is_missing(remove: list[str], match: str, tmp_path: Path, tiny_dir: Path) -> None:
     copy = shutil.copytree(tiny_dir, tmp_path / "copy")
     for name in remove:
@@ -137,6 +142,7 @@ def test_incomplete_directory_names_what_is_missing(remove: list[str], match: st
         load_encoder(str(copy), device="cpu")
 
 
+@pytest.mark.usefixtures("shared_data")
 def test_broken_directories(tmp_path: Path, tiny_dir: Path) -> None:
     st = tmp_path / "st"
     st.mkdir()
@@ -170,6 +176,7 @@ def test_default_model_is_the_pretrained_family_and_the_earlier_one_still_loads(
     assert isinstance(old, Encoder) and old.id == "ftf:ftf-small:4a8438750dad"
 
 
+@pytest.mark.usefixtures("shared_data")
 def test_ftf_directory_goes_to_the_ftf_loader(tmp_path: Path, captions: list[str], tiles: torch.Tensor) -> None:
     ftf = pytest.importorskip("ftfsearch.model.ftf")
     from ftfsearch.model.text import train_tokenizer

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import rasterio
 
+from _data import SHARED_DATA
 from ftfsearch.errors import BadInput, ModelMismatch
 from ftfsearch.model.loading import load_encoder
 from ftfsearch.search import Searcher
@@ -16,7 +17,7 @@ from ingest.pipeline import IngestOptions, ingest_paths, ingest_scene, window_id
 from ingest.scenes import fingerprint
 from ingest.tiling import SceneReader, TilingSpec
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "geotiffs"
+DATA = SHARED_DATA / "geotiffs"
 SCENE = Path(__file__).resolve().parent / "data" / "RGB.byte.tif"
 SPEC = TilingSpec(tile_size=256, levels=(1, 2))
 
@@ -126,6 +127,7 @@ def test_other_model_is_refused(store, encoder, tmp_path):
         Searcher(other, store)
 
 
+@pytest.mark.usefixtures("shared_data")
 def test_scene_id_taken_by_another_file_and_changed_tiling_are_refused(store, encoder, tmp_path):
     ingest_paths([SCENE], encoder, store, IngestOptions(spec=TilingSpec(levels=(2,))))
     other = DATA / "rasterio" / "rgb1.tif"
@@ -150,6 +152,7 @@ def test_bad_files_are_reported_and_leave_the_store_as_it_was(store, encoder, tm
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("shared_data")
 def test_every_shared_geotiff_ingests_or_is_refused_clearly(store_tmp, encoder):
     """All real rasters of ../shared/data/geotiffs through the whole pipeline on the embedded store."""
     from ftfsearch.store import open_store

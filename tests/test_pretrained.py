@@ -13,15 +13,15 @@ import numpy as np
 import pytest
 import torch
 
-from ftfsearch.datasets import load_dataset, load_pixels
+from _data import SHARED_DATA
+from ftfsearch.training.datasets import load_dataset, load_pixels
 from ftfsearch.errors import ModelNotFound
 from ftfsearch.model.backbones import LITE0, MINILM, BaseWeights, load_lite0
 from ftfsearch.model.loading import load_encoder
 from ftfsearch.model.pretrained import PretrainedConfig, build_model, fused_trunk, save_pretrained_model
-from ftfsearch.train import CHECKPOINT_NAME, TrainConfig, TrainProgress, train
+from ftfsearch.training.train import CHECKPOINT_NAME, TrainConfig, TrainProgress, train
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-UCM = DATA / "ucm" / "dataset_ucm.json"
+UCM = SHARED_DATA / "ucm" / "dataset_ucm.json"
 SMALL = PretrainedConfig(name="pt-test", dim=32, hidden=64, branch_channels=16, train_image_blocks=1,
                          train_text_layers=1)
 
@@ -90,6 +90,7 @@ class _Kill(Exception):
     pass
 
 
+@pytest.mark.usefixtures("shared_data")
 def test_training_lowers_the_loss_saves_loads_and_resumes(tmp_path: Path) -> None:
     ref = train(_config(tmp_path, "ref", 3))
     losses = [h.loss for h in ref.history]
@@ -221,6 +222,7 @@ def test_onnxruntime_path_gives_the_torch_vectors() -> None:
     torch.testing.assert_close(g, ge, atol=1e-3, rtol=0)
 
 
+@pytest.mark.usefixtures("shared_data")
 def test_unknown_arch_is_refused_before_any_work(tmp_path: Path) -> None:
     from ftfsearch.errors import BadInput
 

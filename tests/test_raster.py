@@ -14,6 +14,7 @@ from rasterio.enums import Resampling
 from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 
+from _data import SHARED_DATA
 from ftfsearch.errors import BadInput
 from ftfsearch.raster import (
     STATS_LONG_SIDE,
@@ -24,7 +25,7 @@ from ftfsearch.raster import (
 )
 
 FIXTURE = Path(__file__).resolve().parent / "data" / "RGB.byte.tif"
-GEOTIFFS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "geotiffs"
+GEOTIFFS = SHARED_DATA / "geotiffs"
 
 
 def _rgb() -> tuple[np.ndarray, dict]:
@@ -145,7 +146,7 @@ def test_validity_is_checked_only_when_required(tmp_path: Path) -> None:
             choose_style(ds, require_valid=True)
 
 
-@pytest.mark.skipif(not (GEOTIFFS / "rio-tiler" / "cog.tif").exists(), reason="shared GeoTIFFs absent")
+@pytest.mark.usefixtures("shared_data")
 def test_stretch_sample_comes_from_an_overview_or_a_decimated_read(tmp_path: Path) -> None:
     with rasterio.open(GEOTIFFS / "rio-tiler" / "cog.tif") as ds:
         factors = ds.overviews(1)

@@ -13,13 +13,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from _data import SHARED_DATA
 from _http_server import RangeServer
 from ftfsearch.errors import BadInput
 from ingest.scenes import default_scene_id, expand_paths, fingerprint
 from ingest.tiling import SceneReader, TilingSpec
-from test_cli import assert_one_line_error, run
+from _cli import assert_one_line_error, run
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "geotiffs"
+SHARED = SHARED_DATA / "geotiffs"
 COG = SHARED / "rio-tiler" / "cog.tif"  # 2658 x 2667 uint16, 256 px tiles, overviews 2..16, 0.8 MB
 
 
@@ -37,6 +38,7 @@ def env_for(tmp_path: Path, tiny_clip_dir: Path) -> dict[str, str]:
             "FTF_STORE": str(tmp_path / "store")}
 
 
+@pytest.mark.usefixtures("shared_data")
 def test_open_fingerprint_and_stretch_read_a_small_share(served: RangeServer) -> None:
     url = f"{served.url}/scene.tif"
     size = COG.stat().st_size
@@ -51,6 +53,7 @@ def test_open_fingerprint_and_stretch_read_a_small_share(served: RangeServer) ->
     assert fp != fingerprint(COG)  # a URL is identified by what its server says, not by a hash of all of it
 
 
+@pytest.mark.usefixtures("shared_data")
 def test_fingerprint_follows_the_servers_file(served: RangeServer) -> None:
     url = f"{served.url}/scene.tif"
     fp = fingerprint(url)
@@ -67,6 +70,7 @@ def test_urls_pass_through_expansion_and_name_their_scene() -> None:
     assert default_scene_id(url) == "S2A_T31UDQ"
 
 
+@pytest.mark.usefixtures("shared_data")
 def test_a_whole_ingest_reads_the_file_about_once(served: RangeServer, tmp_path: Path, tiny_clip_dir: Path) -> None:
     env = env_for(tmp_path, tiny_clip_dir)
     url = f"{served.url}/scene.tif"
@@ -95,6 +99,7 @@ def test_a_whole_ingest_reads_the_file_about_once(served: RangeServer, tmp_path:
     assert served.served["scene.tif"] < 0.2 * size  # a complete scene is not read again
 
 
+@pytest.mark.usefixtures("shared_data")
 def test_a_missing_url_is_one_line(served: RangeServer, tmp_path: Path, tiny_clip_dir: Path) -> None:
     env = env_for(tmp_path, tiny_clip_dir)
     proc = run("ingest", f"{served.url}/nope.tif", env=env)
@@ -106,6 +111,7 @@ def test_a_missing_url_is_one_line(served: RangeServer, tmp_path: Path, tiny_cli
         fingerprint("http://127.0.0.1:9/scene.tif")  # the discard port: nothing listens
 
 
+@pytest.mark.usefixtures("shared_data")
 def test_a_file_that_vanishes_mid_ingest_is_one_line_and_a_rerun_resumes(
     served: RangeServer, tmp_path: Path, tiny_clip_dir: Path
 ) -> None:
@@ -127,6 +133,7 @@ def test_a_file_that_vanishes_mid_ingest_is_one_line_and_a_rerun_resumes(
     assert summary["tiles"] == 11 * 11
 
 
+@pytest.mark.usefixtures("shared_data")
 def test_a_source_list_ingests_urls(served: RangeServer, tmp_path: Path, tiny_clip_dir: Path) -> None:
     env = env_for(tmp_path, tiny_clip_dir)
     lst = tmp_path / "list.txt"

@@ -18,7 +18,7 @@ from qdrant_client import QdrantClient
 from ftfsearch.store.rest import RestError, RestTransport, _proxied
 from ftfsearch.store.server import ServerStore
 
-from test_store import filled, texts
+from _store_data import filled, texts
 
 
 class _Echo(BaseHTTPRequestHandler):

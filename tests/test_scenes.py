@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from _data import SHARED_DATA
 from ftfsearch.errors import BadInput
 from ingest.scenes import (
     HEAD_TAIL_BYTES,
@@ -18,7 +19,7 @@ from ingest.scenes import (
     fingerprint,
 )
 
-GEOTIFFS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "geotiffs"
+GEOTIFFS = SHARED_DATA / "geotiffs"
 FIXTURE = Path(__file__).resolve().parent / "data" / "RGB.byte.tif"
 SHARED = sorted(GEOTIFFS.glob("*/*.tif")) if GEOTIFFS.is_dir() else []
 
@@ -37,7 +38,7 @@ def test_fingerprint_is_content_identity(tmp_path: Path) -> None:
     assert fingerprint(copy) != fp
 
 
-@pytest.mark.skipif(not SHARED, reason="../shared/data/geotiffs is not present")
+@pytest.mark.usefixtures("shared_data")
 def test_fingerprints_of_the_shared_rasters_are_distinct() -> None:
     prints = {fingerprint(p) for p in SHARED}
     assert len(prints) == len(SHARED)

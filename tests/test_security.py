@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from conftest import fast_tmp_root, qdrant_binary_or_skip
+from _data import SHARED_DATA
+from _qdrant import fast_tmp_root, qdrant_binary_or_skip
 from deploy.qdrant_local import QdrantServer
 from ftfsearch.cli import app
 from ftfsearch.errors import PermissionDenied, StoreUnavailable
@@ -31,7 +32,7 @@ from ingest.tiling import TilingSpec
 pytestmark = pytest.mark.server
 
 SCENE = Path(__file__).resolve().parent / "data" / "RGB.byte.tif"
-OTHER = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "geotiffs" / "rasterio" / "rgb1.tif"
+OTHER = SHARED_DATA / "geotiffs" / "rasterio" / "rgb1.tif"
 SPEC = TilingSpec(tile_size=64, levels=(1,))
 FTF = Path(sys.executable).with_name("ftfsearch")
 
@@ -75,6 +76,7 @@ def _run(keyed: Keyed, key: str | None, *args: str, caplog: pytest.LogCaptureFix
     return r.exit_code, r.stdout, r.stderr
 
 
+@pytest.mark.usefixtures("shared_data")
 def test_read_only_key_reads_and_is_refused_writes_with_the_cause(keyed, tiny_clip_dir, caplog):
     model = ["--model", str(tiny_clip_dir)]
     code, out, err = _run(keyed, keyed.ro, "query", "ships near a harbor", "--k", "5", "--json", *model, caplog=caplog)
@@ -108,6 +110,7 @@ def test_missing_or_wrong_key_is_named(keyed, key, cause, caplog):
         assert err.startswith("error: ") and cause in err and "QDRANT_API_KEY" in err, err
 
 
+@pytest.mark.usefixtures("shared_data")
 def test_installed_command_with_a_read_only_key_never_prints_it(keyed, tiny_clip_dir, tmp_path):
     """The real command, verbose, through an ingest refused for its key: one line, no key anywhere."""
     env = {**os.environ, "QDRANT_URL": keyed.server.url, "QDRANT_API_KEY": keyed.ro, "NO_COLOR": "1"}

@@ -13,15 +13,15 @@ import rasterio
 from PIL import Image
 from rasterio.enums import Resampling
 
+from _data import SHARED_DATA
 from ftfsearch.chips import ChipRenderer
 from ftfsearch.errors import BadInput
 from ingest.stack import build_stack, stack_scene_id
 from ingest.tiling import SceneReader, TilingSpec
-from test_cli import assert_one_line_error, run
+from _cli import assert_one_line_error, run
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-S2 = SHARED / "sentinel2"
-RGB = SHARED / "geotiffs" / "rasterio" / "RGB.byte.tif"
+S2 = SHARED_DATA / "sentinel2"
+RGB = SHARED_DATA / "geotiffs" / "rasterio" / "RGB.byte.tif"
 
 
 def s2_bands(place: str, *names: str) -> list[Path]:
@@ -57,6 +57,7 @@ def env_for(tmp_path: Path, tiny_clip_dir: Path) -> dict[str, str]:
             "FTF_STORE": str(tmp_path / "store"), "FTF_STACK_DIR": str(tmp_path / "stacks")}
 
 
+@pytest.mark.usefixtures("shared_data")
 def test_sentinel2_bands_ingest_as_one_scene_each(tmp_path: Path, tiny_clip_dir: Path) -> None:
     env = env_for(tmp_path, tiny_clip_dir)
     casablanca = ",".join(map(str, s2_bands("casablanca", "B04", "B03", "B02")))
@@ -95,6 +96,7 @@ def test_sentinel2_bands_ingest_as_one_scene_each(tmp_path: Path, tiny_clip_dir:
     assert preview is not None and preview.png.startswith(b"\x89PNG")
 
 
+@pytest.mark.usefixtures("shared_data")
 def test_the_stack_reads_the_bands_in_the_order_given(tmp_path: Path) -> None:
     b04, b03, b02 = s2_bands("honolulu", "B04", "B03", "B02")
     vrt = build_stack(f"{b04},{b03},{b02}", tmp_path)
@@ -109,6 +111,7 @@ def test_the_stack_reads_the_bands_in_the_order_given(tmp_path: Path) -> None:
     assert build_stack(f"{b02},{b03},{b04}", tmp_path) != vrt
 
 
+@pytest.mark.usefixtures("shared_data")
 def test_mixed_resolutions_are_resampled_to_the_finest(tmp_path: Path) -> None:
     bands = split_bands(RGB, tmp_path / "bands", coarse={2: 2})
     with rasterio.open(bands[1]) as coarse, rasterio.open(RGB) as src:
@@ -128,6 +131,7 @@ def test_mixed_resolutions_are_resampled_to_the_finest(tmp_path: Path) -> None:
     assert err[0] < min(err[-1], err[1])
 
 
+@pytest.mark.usefixtures("shared_data")
 def test_stack_refusals(tmp_path: Path, tiny_clip_dir: Path) -> None:
     bands = split_bands(RGB, tmp_path / "bands")
     other_crs = tmp_path / "bands" / "other_crs.tif"

@@ -20,6 +20,7 @@ from pyproj import Geod, Proj, Transformer
 from rasterio.control import GroundControlPoint
 from rasterio.windows import Window
 
+from _data import SHARED_DATA
 from ftfsearch.errors import BadInput
 from ingest.tiling import (
     MIN_SCENE_SIDE,
@@ -30,10 +31,10 @@ from ingest.tiling import (
     plan_windows,
 )
 
-GEOTIFFS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "geotiffs"
+GEOTIFFS = SHARED_DATA / "geotiffs"
 FIXTURE = Path(__file__).resolve().parent / "data" / "RGB.byte.tif"
 SHARED = sorted(GEOTIFFS.glob("*/*.tif")) if GEOTIFFS.is_dir() else []
-needs_shared = pytest.mark.skipif(not SHARED, reason="../shared/data/geotiffs is not present")
+needs_shared = pytest.mark.usefixtures("shared_data")
 
 # What every shared GeoTIFF must give. All of them tile; none is refused: each is a real
 # dtype/CRS/mask case a user will feed in. ``bands`` is what the reader must choose and why,

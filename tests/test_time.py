@@ -13,14 +13,15 @@ import pytest
 import rasterio
 from fastapi.testclient import TestClient
 
+from _data import SHARED_DATA
 from ftfsearch.config import Settings
 from ftfsearch.errors import BadInput
 from ftfsearch.times import check_range, iso_utc, parse_time, read_time
 from ftfsearch.web import create_app
 from ingest.tiling import SceneReader, TilingSpec
-from test_cli import assert_one_line_error, run
+from _cli import assert_one_line_error, run
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "geotiffs"
+SHARED = SHARED_DATA / "geotiffs"
 RGB = SHARED / "rasterio" / "RGB.byte.tif"
 ALBERS = SHARED / "solaris_spacenet" / "sample_geotiff_custom_proj.tif"
 
@@ -71,6 +72,7 @@ def test_range_must_be_ordered() -> None:
 # -- ingest -------------------------------------------------------------------------------------
 
 
+@pytest.mark.usefixtures("shared_data")
 def test_reader_takes_the_tiff_tags(tmp_path: Path) -> None:
     spec = TilingSpec()
     with SceneReader(tagged_copy(RGB, tmp_path / "a.tif", TIFFTAG_DATETIME="2019:07:14 09:05:00"), spec) as r:
@@ -102,6 +104,7 @@ def _query(env: dict[str, str], *flags: str) -> list[dict]:
     return json.loads(proc.stdout)
 
 
+@pytest.mark.usefixtures("shared_data")
 def test_scenes_and_results_carry_the_time(timed_store: dict[str, str]) -> None:
     results = _query(timed_store)
     by_scene = {r["scene_id"]: r["acquired"] for r in results}
@@ -124,10 +127,12 @@ def test_scenes_and_results_carry_the_time(timed_store: dict[str, str]) -> None:
         (("--after", "1990-01-01"), {"july", "sample_geotiff_custom_proj"}),  # never the undated scene
     ],
 )
+@pytest.mark.usefixtures("shared_data")
 def test_query_time_range(timed_store: dict[str, str], flags: tuple[str, ...], scenes: set[str]) -> None:
     assert {r["scene_id"] for r in _query(timed_store, *flags)} == scenes
 
 
+@pytest.mark.usefixtures("shared_data")
 def test_bad_dates_are_one_line_naming_the_flag(timed_store: dict[str, str], tmp_path: Path) -> None:
     assert_one_line_error(run("query", "x", "--after", "June", env=timed_store), "error: --after 'June': not a date")
     assert_one_line_error(
@@ -139,6 +144,7 @@ def test_bad_dates_are_one_line_naming_the_flag(timed_store: dict[str, str], tmp
     assert not (tmp_path / "fresh").exists()
 
 
+@pytest.mark.usefixtures("shared_data")
 def test_changing_a_scenes_time_is_refused(timed_store: dict[str, str]) -> None:
     before = run("scenes", "--json", env=timed_store).stdout
     proc = run("ingest", str(RGB), "--levels", "1", "--acquired", "2022-01-01", env=timed_store)
@@ -159,6 +165,7 @@ def client(timed_store: dict[str, str]) -> Iterator[TestClient]:
         yield c
 
 
+@pytest.mark.usefixtures("shared_data")
 def test_api_after_before(client: TestClient) -> None:
     def scenes(**params: str) -> set[str]:
         resp = client.get("/api/search", params={"q": "a harbour", "k": 200, **params})
@@ -180,6 +187,7 @@ def test_api_after_before(client: TestClient) -> None:
         assert needle in resp.json()["error"]
 
 
+@pytest.mark.usefixtures("shared_data")
 def test_page_has_a_date_range(client: TestClient) -> None:
     page = client.get("/").text
     assert 'id="after"' in page and 'id="before"' in page and 'type="date"' in page

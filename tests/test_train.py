@@ -1,4 +1,7 @@
-"""Training on a few real images: the loss goes down, the output loads, a killed run resumes."""
+"""Training on a few real images: the loss goes down, the output loads, a killed run resumes.
+
+The images are the committed tiny caption set (``tests/data/captions``): no ``../shared`` needed.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +11,11 @@ import numpy as np
 import pytest
 import torch
 
+from _data import TINY_CAPTIONS
 from ftfsearch.errors import BadInput
 from ftfsearch.model.ftf import FtfConfig, FtfModel, load_ftf_encoder
 from ftfsearch.model.text import encode_batch, train_tokenizer
-from ftfsearch.train import (
+from ftfsearch.training.train import (
     CHECKPOINT_NAME,
     LossHead,
     LossWeights,
@@ -21,10 +25,8 @@ from ftfsearch.train import (
     compute_losses,
     train,
 )
-from ftfsearch.datasets import CaptionSplit, load_dataset, load_pixels
+from ftfsearch.training.datasets import CaptionSplit, load_dataset, load_pixels
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-UCM = DATA / "ucm" / "dataset_ucm.json"
 
 TINY = FtfConfig(name="tiny", dim=32, image_size=48, widths=(8, 16, 32), blocks=(1, 1, 1), text_width=32,
                  text_layers=1, text_heads=2, vocab_size=300)
@@ -32,7 +34,7 @@ TINY = FtfConfig(name="tiny", dim=32, image_size=48, widths=(8, 16, 32), blocks=
 
 def _config(tmp_path: Path, out: str, epochs: int, **kw: object) -> TrainConfig:
     return TrainConfig(
-        data=[UCM], out=tmp_path / out, epochs=epochs, batch_size=8, lr=3e-3, warmup_steps=1,
+        data=[TINY_CAPTIONS], out=tmp_path / out, epochs=epochs, batch_size=8, lr=3e-3, warmup_steps=1,
         model=FtfConfig(**{**TINY.__dict__}), cache_dir=tmp_path / "cache", max_train_images=24,
         max_steps_per_epoch=2, max_val_images=10, recall_k=5, taus=(0.05, 0.2), alphas=(0.5,), amp=False, **kw,
     )
@@ -48,7 +50,7 @@ def _config(tmp_path: Path, out: str, epochs: int, **kw: object) -> TrainConfig:
 )
 def test_few_steps_lower_the_loss(weights: LossWeights, terms: set[str]) -> None:
     torch.manual_seed(0)
-    part = load_dataset(UCM).split("train")
+    part = load_dataset(TINY_CAPTIONS).split("train")
     part = CaptionSplit(part.name, part.split, part.images[:16])
     pix = torch.from_numpy(load_pixels(part, 54, None))
     tok = train_tokenizer(part.captions, 300)
@@ -109,7 +111,7 @@ def test_train_writes_model_and_resumes_after_kill(tmp_path: Path) -> None:
     # resumed training follows the same data order and state: same result as the uninterrupted run
     assert res.history[1].loss == pytest.approx(ref.history[1].loss, rel=1e-3)
     a = load_ftf_encoder(res.out_dir, torch.device("cpu"))
-    pix = torch.from_numpy(load_pixels(load_dataset(UCM).split("test"), 64, tmp_path / "cache")[:4])
+    pix = torch.from_numpy(load_pixels(load_dataset(TINY_CAPTIONS).split("test"), 64, tmp_path / "cache")[:4])
     np.testing.assert_allclose(a.encode_images(pix)[0].numpy(), enc.encode_images(pix)[0].numpy(), atol=2e-2)
 
 

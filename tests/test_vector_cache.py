@@ -17,7 +17,7 @@ from ftfsearch.store.vector_cache import PAYLOAD_BYTES, VectorCache
 from ingest.pipeline import IngestOptions, ingest_paths
 from ingest.tiling import TilingSpec
 
-from test_store import D, R, filled, reopened, texts, unit
+from _store_data import D, R, filled, reopened, texts, unit
 
 SCENE = Path(__file__).resolve().parent / "data" / "RGB.byte.tif"
 QUERIES = ["ships near a harbor", "green farmland next to a river", "a white sandy beach", "dense forest", "clouds"]

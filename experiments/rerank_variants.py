@@ -10,7 +10,7 @@ for coarse recall and for the variant. Variants:
 - ``max``: (1 - a) s_c + a max_j <t, r_j> (the best single region, no balancing);
 - ``zmax``: z-scored s_c plus w times z-scored best-region score.
 
-    python scripts/rerank_variants.py --model ftfsearch/model/default \
+    python experiments/rerank_variants.py --model ftfsearch/model/default \
         --data ../shared/data/rsicd/dataset_rsicd.json --data ../shared/data/ucm/dataset_ucm.json
 """
 
@@ -19,8 +19,12 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:
+    from ftfsearch.training.evaluate import Embeddings
 
 Fuse = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -44,9 +48,9 @@ def _z(s: torch.Tensor) -> torch.Tensor:
 
 def mean_recall(ranked_hits: torch.Tensor) -> float:
     """Mean of R@1, R@5, R@10 of ``[Q, >=10]`` rank hits, as ``ftfsearch eval`` counts them."""
-    from ftfsearch.evaluate import _recalls
+    from ftfsearch.training.evaluate import recalls
 
-    r = _recalls(ranked_hits)
+    r = recalls(ranked_hits)
     return (r.r1 + r.r5 + r.r10) / 3
 
 
@@ -68,23 +72,41 @@ def m_r(scores: tuple[torch.Tensor, ...], owner: torch.Tensor, k: int, fuse: Fus
     return (result[0][0] + result[1][0]) / 2, (result[0][1] + result[1][1]) / 2
 
 
+def _linear(a: float, best_region: bool) -> Fuse:
+    """``(1 - a) s_c + a s``, with ``s`` the balanced fine score or the best single region's."""
+
+    def fuse(c: torch.Tensor, f: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+        return (1 - a) * c + a * (m if best_region else f)
+
+    return fuse
+
+
+def _z_sum(w: float, best_region: bool) -> Fuse:
+    """``z(s_c) + w z(s)``, z over each query's candidates, ``s`` as in :func:`_linear`."""
+
+    def fuse(c: torch.Tensor, f: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+        return _z(c) + w * _z(m if best_region else f)
+
+    return fuse
+
+
 def variants() -> dict[str, tuple[float, Fuse]]:
     out: dict[str, tuple[float, Fuse]] = {}
     for tau in (0.05, 0.1, 0.2):
         for a in (0.1, 0.25, 0.5, 1.0):
-            out[f"bti tau={tau} a={a}"] = (tau, lambda c, f, m, a=a: (1 - a) * c + a * f)
+            out[f"bti tau={tau} a={a}"] = (tau, _linear(a, best_region=False))
         for w in (0.25, 0.5, 1.0):
-            out[f"z tau={tau} w={w}"] = (tau, lambda c, f, m, w=w: _z(c) + w * _z(f))
+            out[f"z tau={tau} w={w}"] = (tau, _z_sum(w, best_region=False))
     for a in (0.1, 0.25):
-        out[f"max a={a}"] = (0.1, lambda c, f, m, a=a: (1 - a) * c + a * m)
+        out[f"max a={a}"] = (0.1, _linear(a, best_region=True))
     for w in (0.25, 0.5, 1.0):
-        out[f"zmax w={w}"] = (0.1, lambda c, f, m, w=w: _z(c) + w * _z(m))
+        out[f"zmax w={w}"] = (0.1, _z_sum(w, best_region=True))
     return out
 
 
 def main() -> int:
-    from ftfsearch.datasets import load_dataset, load_pixels
-    from ftfsearch.evaluate import EVAL_PIXELS, encode_split
+    from ftfsearch.training.datasets import load_dataset, load_pixels
+    from ftfsearch.training.evaluate import EVAL_PIXELS, encode_split
     from ftfsearch.model.loading import load_encoder
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -96,7 +118,7 @@ def main() -> int:
     args = ap.parse_args()
     torch.set_grad_enabled(False)
     encoder = load_encoder(args.model, device="cpu")
-    splits = []
+    splits: list[tuple[str, torch.Tensor, dict[float, tuple[torch.Tensor, ...]], Embeddings]] = []
     for path in args.data:
         part = load_dataset(path).split(args.split)
         emb = encode_split(encoder, part, load_pixels(part, EVAL_PIXELS, args.cache_dir))

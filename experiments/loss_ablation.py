@@ -5,7 +5,7 @@ on one dataset's train split at a reduced input size and epoch count, chooses ta
 val split, and evaluates coarse and FTF on its test split. Runs are independent processes, so
 two can share a 2-core machine (``--parallel 2``, one torch thread each).
 
-    python scripts/loss_ablation.py --data ../shared/data/ucm/dataset_ucm.json --out .cache/ablation
+    python experiments/loss_ablation.py --data ../shared/data/ucm/dataset_ucm.json --out .cache/ablation
 """
 
 from __future__ import annotations
@@ -23,10 +23,10 @@ TERMS = ("fine", "text", "region")
 def run_one(name: str, args: argparse.Namespace) -> dict:
     import torch
 
-    from ftfsearch.datasets import load_dataset
-    from ftfsearch.evaluate import evaluate
+    from ftfsearch.training.datasets import load_dataset
+    from ftfsearch.training.evaluate import evaluate
     from ftfsearch.model.ftf import FtfConfig, load_ftf_encoder
-    from ftfsearch.train import LossWeights, TrainConfig, train
+    from ftfsearch.training.train import LossWeights, TrainConfig, train
 
     torch.set_num_threads(1)
     weights = LossWeights()

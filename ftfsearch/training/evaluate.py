@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ftfsearch.datasets import CaptionDataset, CaptionSplit, load_pixels
+from ftfsearch.training.datasets import CaptionDataset, CaptionSplit, load_pixels
 from ftfsearch.errors import BadInput
 from ftfsearch.model.base import Encoder, RerankParams
 from ftfsearch.rerank import bti
@@ -124,13 +124,27 @@ def _pct(hits: torch.Tensor) -> float:
     return float(hits.float().mean().item() * 100.0)
 
 
-def _recalls(ranked_hits: torch.Tensor) -> Recalls:
-    """``ranked_hits [Q, >=10]`` bool: whether the item at each rank is a positive."""
+def recalls(ranked_hits: torch.Tensor) -> Recalls:
+    """R@1/5/10 of ``ranked_hits [Q, >=10]`` (bool: whether the item at each rank is a positive)."""
     return Recalls(*(round(_pct(ranked_hits[:, :k].any(dim=1)), 2) for k in KS))
 
 
-def score(emb: Embeddings, recall_k: int, params: RerankParams) -> tuple[RetrievalMetrics, RetrievalMetrics, dict[str, float], float]:
-    """(coarse metrics, FTF metrics, recall ceiling at K in percent, seconds spent on t2i search+rerank)."""
+@dataclass(frozen=True)
+class Scores:
+    """What :func:`score` measures on one set of embeddings."""
+
+    coarse: RetrievalMetrics
+    """Coarse recall alone."""
+    ftf: RetrievalMetrics
+    """Coarse recall of ``recall_k`` candidates, then the BTI rerank."""
+    recall_ceiling: dict[str, float]
+    """Percent of queries (``t2i``, ``i2t``) with a positive among the ``recall_k`` candidates."""
+    search_seconds: float
+    """Time spent on text->image search and rerank."""
+
+
+def score(emb: Embeddings, recall_k: int, params: RerankParams) -> Scores:
+    """Coarse and FTF metrics of both directions, the recall ceiling at K, and the t2i search time."""
     n, q = emb.coarse.shape[0], emb.text.shape[0]
     k_img = min(recall_k, n)
     k_txt = min(recall_k, q)
@@ -149,8 +163,8 @@ def score(emb: Embeddings, recall_k: int, params: RerankParams) -> tuple[Retriev
         reranked[i, :k_img] = c[s.argsort(descending=True)]
     t2i_seconds = time.perf_counter() - t0
     own = owner.unsqueeze(1)
-    coarse_t2i = _recalls(_pad(ranked == own, top))
-    ftf_t2i = _recalls(_pad(reranked == own, top))
+    coarse_t2i = recalls(_pad(ranked == own, top))
+    ftf_t2i = recalls(_pad(reranked == own, top))
     ceiling_t2i = _pct((cand == own).any(dim=1))
 
     # image -> text
@@ -163,14 +177,14 @@ def score(emb: Embeddings, recall_k: int, params: RerankParams) -> tuple[Retriev
         s = bti(emb.text[c], emb.coarse[j:j + 1], emb.regions[j:j + 1], params.tau, params.alpha, params.balanced).scores[:, 0]
         reranked_t[j, :k_txt] = c[s.argsort(descending=True)]
     img_ids = torch.arange(n).unsqueeze(1)
-    coarse_i2t = _recalls(_pad(owner[ranked_t] == img_ids, top))
-    ftf_i2t = _recalls(_pad(owner[reranked_t] == img_ids, top))
+    coarse_i2t = recalls(_pad(owner[ranked_t] == img_ids, top))
+    ftf_i2t = recalls(_pad(owner[reranked_t] == img_ids, top))
     ceiling_i2t = _pct((owner[cand_t] == img_ids).any(dim=1))
-    return (
-        RetrievalMetrics(coarse_t2i, coarse_i2t),
-        RetrievalMetrics(ftf_t2i, ftf_i2t),
-        {"t2i": ceiling_t2i, "i2t": ceiling_i2t},
-        t2i_seconds,
+    return Scores(
+        coarse=RetrievalMetrics(coarse_t2i, coarse_i2t),
+        ftf=RetrievalMetrics(ftf_t2i, ftf_i2t),
+        recall_ceiling={"t2i": ceiling_t2i, "i2t": ceiling_i2t},
+        search_seconds=t2i_seconds,
     )
 
 
@@ -207,20 +221,20 @@ def evaluate(
         pixels = load_pixels(part, EVAL_PIXELS, cache_dir)
     params = rerank or encoder.rerank_params
     emb = encode_split(encoder, part, pixels)
-    coarse, ftf, ceiling, search_s = score(emb, recall_k, params)
+    scores = score(emb, recall_k, params)
     n, q = len(part), emb.text.shape[0]
     variants: dict[str, RetrievalMetrics] = {}
     if ablation:
         unbalanced = RerankParams(tau=params.tau, alpha=params.alpha, balanced=False)
-        variants[f"FTF no balance, K={recall_k}"] = score(emb, recall_k, unbalanced)[1]
+        variants[f"FTF no balance, K={recall_k}"] = score(emb, recall_k, unbalanced).ftf
         for k in (20, 50, 100):
             if k != recall_k:
-                variants[f"FTF K={k}"] = score(emb, k, params)[1]
+                variants[f"FTF K={k}"] = score(emb, k, params).ftf
     return EvalReport(
         dataset=part.name, split=part.split, model_id=encoder.id, num_images=n, num_captions=q,
-        recall_k=recall_k, rerank=params, coarse=coarse, ftf=ftf, recall_ceiling=ceiling,
+        recall_k=recall_k, rerank=params, coarse=scores.coarse, ftf=scores.ftf, recall_ceiling=scores.recall_ceiling,
         images_per_s=n / max(emb.image_seconds, 1e-9),
-        queries_per_s=q / max(emb.text_seconds + search_s, 1e-9), ablation=variants,
+        queries_per_s=q / max(emb.text_seconds + scores.search_seconds, 1e-9), ablation=variants,
     )
 
 

@@ -28,19 +28,20 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ftfsearch.datasets import CaptionSplit, load_datasets, load_pixels
+from ftfsearch.training.datasets import CaptionSplit, load_datasets, load_pixels
 from ftfsearch.errors import BadInput, DatasetError
-from ftfsearch.evaluate import EVAL_PIXELS, Embeddings, encode_split, score
-from ftfsearch.model.base import RerankParams
+from ftfsearch.training.evaluate import EVAL_PIXELS, Embeddings, encode_split, score
+from ftfsearch.model.base import Encoder, RerankParams
 from ftfsearch.model.ftf import FtfConfig, FtfEncoder, FtfModel, save_ftf_model
 from ftfsearch.model.loading import resolve_device
+from ftfsearch.model.backbones import EfficientNetLite, MBConv
 from ftfsearch.model.pretrained import PretrainedConfig
 from ftfsearch.model.text import encode_batch, train_tokenizer
 from ftfsearch.rerank import bti
@@ -241,7 +242,8 @@ def compute_losses(
 
 
 def _param_groups(modules: list[nn.Module], weight_decay: float) -> list[dict[str, Any]]:
-    decay, no_decay = [], []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for m in modules:
         for name, p in m.named_parameters():
             (decay if p.dim() >= 2 and "embed" not in name and name != "text.pos" else no_decay).append(p)
@@ -269,14 +271,39 @@ def choose_rerank(embs: list[Embeddings], recall_k: int, taus: tuple[float, ...]
     for tau in taus:
         for alpha in alphas:
             p = RerankParams(tau=tau, alpha=alpha, balanced=True)
-            mrs = [score(e, recall_k, p)[1].mR for e in embs]
+            mrs = [score(e, recall_k, p).ftf.mR for e in embs]
             m = float(np.mean(mrs))
             grid.append({"tau": tau, "alpha": alpha, "ftf_mR": round(m, 2)})
             if best is None or m > best[0]:
                 best = (m, p)
     assert best is not None
-    coarse = float(np.mean([score(e, recall_k, best[1])[0].mR for e in embs]))
+    coarse = float(np.mean([score(e, recall_k, best[1]).coarse.mR for e in embs]))
     return best[1], {"grid": grid, "best_ftf_mR": round(best[0], 2), "coarse_mR": round(coarse, 2)}
+
+
+class _Task(Protocol):
+    """What :func:`train` needs of an architecture: its trained module, batches of unit vectors, an
+    encoder for validation, and how to save the result."""
+
+    @property
+    def model(self) -> nn.Module: ...
+
+    image_size: int
+    rerank: RerankParams
+
+    def prepare(self, pixels: np.ndarray, parts: list[CaptionSplit], report: Callable[[TrainProgress], None]) -> None:
+        ...
+
+    def param_groups(self, config: TrainConfig) -> list[dict[str, Any]]: ...
+
+    def batch(self, idx: np.ndarray, text_rows: np.ndarray, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        ...
+
+    def encoder(self) -> Encoder: ...
+
+    def extra_state(self) -> dict[str, Any]: ...
+
+    def save(self, out: Path, params: RerankParams) -> None: ...
 
 
 class _PixelTask:
@@ -328,7 +355,11 @@ class _PretrainedTask:
         self.rerank = self.cfg.rerank
         n_blocks = len(self.model.image.trunk._blocks)
         self.first_block = n_blocks - self.cfg.train_image_blocks
-        self.first_layer = len(self.model.text.bert.encoder.layer) - self.cfg.train_text_layers
+        self.first_layer = len(self._bert().encoder.layer) - self.cfg.train_text_layers
+
+    def _bert(self) -> Any:
+        """The MiniLM text model (a transformers ``BertModel``, which ships no type information)."""
+        return self.model.text.bert
 
     def _cache_path(self, pixels: np.ndarray, parts: list[CaptionSplit], what: str) -> Path | None:
         if self.config.cache_dir is None:
@@ -391,7 +422,7 @@ class _PretrainedTask:
     @torch.inference_mode()
     def _text_features(self, report: Callable[[TrainProgress], None]) -> tuple[np.ndarray, np.ndarray]:
         """Hidden states below the first fine-tuned layer ``[Q, L, W]`` (float16) and masks ``[Q, L]``."""
-        bert = self.model.text.bert
+        bert = self._bert()
         ids, mask = self.tokenizer(self.captions)
         states = np.zeros((len(self.captions), ids.shape[1], bert.config.hidden_size), dtype=np.float16)
         for start in range(0, len(self.captions), 256):
@@ -406,7 +437,7 @@ class _PretrainedTask:
         trunk = self.model.image.trunk
         size16, size32 = self.image_size // 16, self.image_size // 32
         self.finer_shape = (trunk.finer_channels, size16, size16)
-        mid_c = trunk._blocks[self.first_block - 1]._bn2.num_features if self.first_block < len(trunk._blocks) else trunk.head_channels
+        mid_c = _block_channels(trunk, self.first_block - 1) if self.first_block < len(trunk._blocks) else trunk.head_channels
         if self.first_block < trunk.finer_at:
             raise BadInput(f"train_image_blocks {self.cfg.train_image_blocks}: at most {len(trunk._blocks) - trunk.finer_at} (the blocks above the stride-16 map)")
         mid_size = size32 if self.first_block > trunk.finer_at else size16
@@ -427,7 +458,8 @@ class _PretrainedTask:
         base_prefixes = ("image.trunk.", "text.bert.")
         groups = []
         for is_base in (False, True):
-            decay, no_decay = [], []
+            decay: list[nn.Parameter] = []
+            no_decay: list[nn.Parameter] = []
             for name, p in self.model.named_parameters():
                 if p.requires_grad and name.startswith(base_prefixes) == is_base:
                     (decay if p.dim() >= 2 else no_decay).append(p)
@@ -454,7 +486,7 @@ class _PretrainedTask:
         t = self.model.text.upper(states, mask[:, :width], self.first_layer)
         return F.normalize(g.float(), dim=-1), F.normalize(r.float(), dim=-1), F.normalize(t.float(), dim=-1)
 
-    def encoder(self) -> Any:
+    def encoder(self) -> Encoder:
         from ftfsearch.model.pretrained import PretrainedFtfEncoder
 
         enc = PretrainedFtfEncoder(self.model, self.device, weights_digest="training")
@@ -471,7 +503,14 @@ class _PretrainedTask:
         save_pretrained_model(self.model.cpu(), out)
 
 
-def _make_task(config: TrainConfig, captions: list[str], ckpt: dict[str, Any] | None, device: torch.device) -> Any:
+def _block_channels(trunk: EfficientNetLite, index: int) -> int:
+    """Output channels of block ``index`` of the trunk (the input width of the block after it)."""
+    block = trunk._blocks[index]
+    assert isinstance(block, MBConv)
+    return block._bn2.num_features
+
+
+def _make_task(config: TrainConfig, captions: list[str], ckpt: dict[str, Any] | None, device: torch.device) -> _Task:
     if config.base is not None:
         return _ClipTask(config, captions, ckpt, device)
     if config.arch == "pretrained":
@@ -481,6 +520,8 @@ def _make_task(config: TrainConfig, captions: list[str], ckpt: dict[str, Any] | 
 
 class _FtfTask(_PixelTask):
     """Training adapter of the project's own dual encoder (tokenizer learned from the captions)."""
+
+    model: FtfModel
 
     def __init__(self, config: TrainConfig, captions: list[str], ckpt: dict[str, Any] | None, device: torch.device) -> None:
         from tokenizers import Tokenizer
@@ -505,7 +546,7 @@ class _FtfTask(_PixelTask):
         tids = self.ids[rows]
         return self.model.forward_text(tids[:, : int((tids != 0).sum(1).max())].to(self.device))
 
-    def encoder(self) -> Any:
+    def encoder(self) -> Encoder:
         return FtfEncoder(self.model, self.tokenizer, self.device, weights_digest="training")
 
     def extra_state(self) -> dict[str, Any]:
@@ -519,6 +560,9 @@ class _FtfTask(_PixelTask):
 
 class _ClipTask(_PixelTask):
     """Training adapter of a CLIP model given by ``--base``: regions from patch tokens (one pass)."""
+
+    model: Any
+    """The transformers ``CLIPModel`` of the encoder (transformers ships no type information)."""
 
     def __init__(self, config: TrainConfig, captions: list[str], ckpt: dict[str, Any] | None, device: torch.device) -> None:
         from ftfsearch.model.clip import ClipEncoder  # lazily: transformers is heavy
@@ -543,7 +587,7 @@ class _ClipTask(_PixelTask):
         pooled = self.model.text_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).pooler_output
         return F.normalize(self.model.text_projection(pooled).float(), dim=-1)
 
-    def encoder(self) -> Any:
+    def encoder(self) -> Encoder:
         self.model.eval()
         return self.enc
 
@@ -563,12 +607,97 @@ class _ClipTask(_PixelTask):
         (out / REGION_MODE_FILE).write_text(json.dumps({"region_mode": self.enc.region_mode}) + "\n")
 
 
-def _validate(task: Any, val: list[tuple[CaptionSplit, np.ndarray]]) -> list[Embeddings]:
+def _validate(task: _Task, val: list[tuple[CaptionSplit, np.ndarray]]) -> list[Embeddings]:
     enc = task.encoder()
     try:
         return [encode_split(enc, part, pix) for part, pix in val]
     finally:
         task.model.train()
+
+
+def _checkpoint_to_resume(config: TrainConfig, ckpt_path: Path) -> dict[str, Any] | None:
+    """The checkpoint a resumed run continues from (None for a new run), once the settings are checked."""
+    ckpt: dict[str, Any] | None = None
+    if config.resume:
+        if not ckpt_path.is_file():
+            raise BadInput(f"{ckpt_path}: no checkpoint to resume from; run without --resume")
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    if config.epochs < 1 or config.batch_size < 2:
+        raise BadInput("--epochs must be >= 1 and --batch-size >= 2")
+    if config.arch not in ("pretrained", "scratch"):
+        raise BadInput(f"--arch {config.arch!r}: use pretrained or scratch")
+    return ckpt
+
+
+def _caption_rows(parts: list[CaptionSplit]) -> list[np.ndarray]:
+    """Per training image (in the order of ``parts``), the rows of its captions in the joined caption list."""
+    rows: list[np.ndarray] = []
+    start = 0
+    for p in parts:
+        for im in p.images:
+            rows.append(np.arange(start, start + len(im.captions)))
+            start += len(im.captions)
+    return rows
+
+
+def _steps_per_epoch(config: TrainConfig, n: int) -> int:
+    steps = n // config.batch_size
+    if config.max_steps_per_epoch is not None:
+        steps = min(steps, config.max_steps_per_epoch)
+    if steps < 1:
+        raise DatasetError(f"{config.data[0]}: {n} training images are fewer than one batch of {config.batch_size}; lower --batch-size")
+    return steps
+
+
+@dataclass
+class _Optimisation:
+    """What a step updates besides the task's model, and the schedule it follows."""
+
+    opt: torch.optim.Optimizer
+    head: LossHead
+    scaler: torch.amp.GradScaler
+    device_type: str
+    amp_dtype: torch.dtype
+    autocast: bool
+    steps_per_epoch: int
+    total_steps: int
+
+
+def _train_epoch(
+    task: _Task, config: TrainConfig, optim: _Optimisation, rows: list[np.ndarray], epoch: int, step: int,
+    report: Callable[[TrainProgress], None],
+) -> tuple[float, dict[str, float], int]:
+    """One epoch in its epoch-seeded data order: (summed loss, summed loss parts, the next step)."""
+    n = len(rows)
+    rng = np.random.default_rng([config.seed, epoch])
+    gen = torch.Generator().manual_seed(config.seed * 1000 + epoch)
+    torch.manual_seed(config.seed * 1000 + epoch)  # dropout: a resumed epoch draws the same masks
+    order = rng.permutation(n)
+    sums: dict[str, float] = {}
+    total_loss = 0.0
+    opt = optim.opt
+    for s in range(optim.steps_per_epoch):
+        idx = np.sort(order[s * config.batch_size:(s + 1) * config.batch_size])
+        two = np.stack([rng.choice(rows[i], 2, replace=len(rows[i]) < 2) for i in idx])
+        for group in opt.param_groups:
+            group["lr"] = _lr_at(step, optim.total_steps, config) * group.get("lr_scale", 1.0)
+        with torch.autocast(optim.device_type, dtype=optim.amp_dtype, enabled=optim.autocast):
+            g, r, t = task.batch(idx, np.concatenate([two[:, 0], two[:, 1]]), gen)
+        loss, parts_now = compute_losses(
+            t, g, r, optim.head, config.loss, config.train_tau, config.train_balanced, config.train_alpha
+        )
+        opt.zero_grad(set_to_none=True)
+        optim.scaler.scale(loss).backward()
+        optim.scaler.unscale_(opt)
+        nn.utils.clip_grad_norm_([p for grp in opt.param_groups for p in grp["params"]], 5.0)
+        optim.scaler.step(opt)
+        optim.scaler.update()
+        step += 1
+        total_loss += float(loss.detach())
+        for k, v in parts_now.items():
+            sums[k] = sums.get(k, 0.0) + v
+        report(TrainProgress("train", epoch + 1, config.epochs, s + 1, optim.steps_per_epoch, float(loss.detach())))
+    return total_loss, sums, step
 
 
 def train(config: TrainConfig, progress: Callable[[TrainProgress], None] | None = None) -> TrainResult:
@@ -581,25 +710,12 @@ def train(config: TrainConfig, progress: Callable[[TrainProgress], None] | None 
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     ckpt_path = out / CHECKPOINT_NAME
-    ckpt: dict[str, Any] | None = None
-    if config.resume:
-        if not ckpt_path.is_file():
-            raise BadInput(f"{ckpt_path}: no checkpoint to resume from; run without --resume")
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-    if config.epochs < 1 or config.batch_size < 2:
-        raise BadInput("--epochs must be >= 1 and --batch-size >= 2")
-    if config.arch not in ("pretrained", "scratch"):
-        raise BadInput(f"--arch {config.arch!r}: use pretrained or scratch")
+    ckpt = _checkpoint_to_resume(config, ckpt_path)
 
     report(TrainProgress("data", 0, config.epochs, message="loading and caching images"))
     parts = _splits(config, "train", config.max_train_images)
     captions = [c for p in parts for im in p.images for c in im.captions]
-    rows: list[np.ndarray] = []
-    start = 0
-    for p in parts:
-        for im in p.images:
-            rows.append(np.arange(start, start + len(im.captions)))
-            start += len(im.captions)
+    rows = _caption_rows(parts)
     task = _make_task(config, captions, ckpt, device)
     size = task.image_size
     pix = [load_pixels(p, int(round(size * TRAIN_PIXELS_MARGIN)), config.cache_dir) for p in parts]
@@ -612,13 +728,7 @@ def train(config: TrainConfig, progress: Callable[[TrainProgress], None] | None 
     head = LossHead(4 if config.loss.rerank else 3).to(device)
     opt = torch.optim.AdamW(task.param_groups(config) + _param_groups([head], config.weight_decay),
                             lr=config.lr, betas=(0.9, 0.98))
-    n = len(pixels)
-    steps_per_epoch = n // config.batch_size
-    if config.max_steps_per_epoch is not None:
-        steps_per_epoch = min(steps_per_epoch, config.max_steps_per_epoch)
-    if steps_per_epoch < 1:
-        raise DatasetError(f"{config.data[0]}: {n} training images are fewer than one batch of {config.batch_size}; lower --batch-size")
-    total_steps = steps_per_epoch * config.epochs
+    steps_per_epoch = _steps_per_epoch(config, len(pixels))
     history: list[EpochStats] = []
     first_epoch = 0
     if ckpt is not None:
@@ -631,42 +741,19 @@ def train(config: TrainConfig, progress: Callable[[TrainProgress], None] | None 
 
     use_cuda_amp = config.amp and device.type == "cuda"
     use_cpu_amp = config.amp and device.type == "cpu"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_cuda_amp)
-    amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
+    optim = _Optimisation(
+        opt=opt, head=head, scaler=torch.amp.GradScaler("cuda", enabled=use_cuda_amp), device_type=device.type,
+        amp_dtype=torch.float16 if device.type == "cuda" else torch.bfloat16, autocast=use_cuda_amp or use_cpu_amp,
+        steps_per_epoch=steps_per_epoch, total_steps=steps_per_epoch * config.epochs,
+    )
     step = first_epoch * steps_per_epoch
     model.train()
     for epoch in range(first_epoch, config.epochs):
         t0 = time.perf_counter()
-        rng = np.random.default_rng([config.seed, epoch])
-        gen = torch.Generator().manual_seed(config.seed * 1000 + epoch)
-        torch.manual_seed(config.seed * 1000 + epoch)  # dropout: a resumed epoch draws the same masks
-        order = rng.permutation(n)
-        sums: dict[str, float] = {}
-        total_loss = 0.0
-        for s in range(steps_per_epoch):
-            idx = np.sort(order[s * config.batch_size:(s + 1) * config.batch_size])
-            two = np.stack([rng.choice(rows[i], 2, replace=len(rows[i]) < 2) for i in idx])
-            for group in opt.param_groups:
-                group["lr"] = _lr_at(step, total_steps, config) * group.get("lr_scale", 1.0)
-            with torch.autocast(device.type, dtype=amp_dtype, enabled=use_cuda_amp or use_cpu_amp):
-                g, r, t = task.batch(idx, np.concatenate([two[:, 0], two[:, 1]]), gen)
-            loss, parts_now = compute_losses(
-                t, g, r, head, config.loss, config.train_tau, config.train_balanced, config.train_alpha
-            )
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.unscale_(opt)
-            nn.utils.clip_grad_norm_([p for grp in opt.param_groups for p in grp["params"]], 5.0)
-            scaler.step(opt)
-            scaler.update()
-            step += 1
-            total_loss += float(loss.detach())
-            for k, v in parts_now.items():
-                sums[k] = sums.get(k, 0.0) + v
-            report(TrainProgress("train", epoch + 1, config.epochs, s + 1, steps_per_epoch, float(loss.detach())))
+        total_loss, sums, step = _train_epoch(task, config, optim, rows, epoch, step, report)
         report(TrainProgress("val", epoch + 1, config.epochs, message="validating"))
         embs = _validate(task, val)
-        val_mR = float(np.mean([score(e, config.recall_k, task.rerank)[0].mR for e in embs]))
+        val_mR = float(np.mean([score(e, config.recall_k, task.rerank).coarse.mR for e in embs]))
         stats = EpochStats(epoch + 1, total_loss / steps_per_epoch, {k: v / steps_per_epoch for k, v in sums.items()},
                            round(val_mR, 2), round(time.perf_counter() - t0, 1))
         history.append(stats)

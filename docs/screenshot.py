@@ -2,8 +2,8 @@
 
 Run ``make demo`` first (it builds ``.demo/store``), then::
 
-    python scripts/screenshot.py ["a road through green farmland"] [--store .demo/store]
-    python scripts/screenshot.py "houses with red roofs" --up 0 --down 2 --out docs/screenshot-marks.png
+    python docs/screenshot.py ["a road through green farmland"] [--store .demo/store]
+    python docs/screenshot.py "houses with red roofs" --up 0 --down 2 --out docs/screenshot-marks.png
 
 Starts ``ftfsearch serve`` on loopback, searches QUERY on the page in Debian's Chromium (Playwright,
 no browser download), marks the results given by ``--up``/``--down`` (each mark searches again),

@@ -6,8 +6,8 @@ model's run, one torch thread, a checkpoint kept for ``resume=1``; ``loss.X=V`` 
 ``PretrainedConfig`` field (``arch=pretrained``), ``train.X=JSON`` any other ``TrainConfig`` field.
 The model lands in ``.cache/runs/NAME``.
 
-    python scripts/train_variant.py H 10 loss.rerank=1.0
-    python scripts/train_variant.py A-nofine 3 arch=pretrained loss.fine=0 train.batch_size=128 train.lr=1e-3
+    python experiments/train_variant.py H 10 loss.rerank=1.0
+    python experiments/train_variant.py A-nofine 3 arch=pretrained loss.fine=0 train.batch_size=128 train.lr=1e-3
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from pathlib import Path
 def main(argv: list[str]) -> int:
     from ftfsearch.model.ftf import FtfConfig
     from ftfsearch.model.pretrained import PretrainedConfig
-    from ftfsearch.train import LossWeights, TrainConfig, train
+    from ftfsearch.training.train import LossWeights, TrainConfig, train
 
     if len(argv) < 2:
         print(__doc__, file=sys.stderr)

@@ -16,7 +16,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -87,6 +87,27 @@ def load_dataset(json_path: Path | str, image_dir: Path | str | None = None, che
     missing image files) is one :class:`DatasetError` naming the file and what to do.
     """
     json_path = Path(json_path)
+    doc = _read_document(json_path)
+    name = str(doc.get("dataset") or json_path.stem.removeprefix("dataset_"))
+    if image_dir is None:
+        image_dir = json_path.parent / "images"
+    image_dir = Path(image_dir)
+    if check_files and not image_dir.is_dir():
+        raise DatasetError(f"{image_dir}: image directory not found; put the images there or pass --images DIR")
+
+    entries = doc["images"]
+    images = tuple(_caption_image(json_path, i, entry, image_dir) for i, entry in enumerate(entries))
+    missing = [str(e["filename"]) for e, im in zip(entries, images) if not im.path.is_file()] if check_files else []
+    if missing:
+        raise DatasetError(
+            f"{image_dir}: {len(missing)} image file(s) listed in {json_path.name} are missing "
+            f"(first: {missing[0]}); point --images at the folder that holds them"
+        )
+    return CaptionDataset(name=name, json_path=json_path, image_dir=image_dir, images=images)
+
+
+def _read_document(json_path: Path) -> dict[str, Any]:
+    """The parsed file, checked to hold a non-empty ``images`` list."""
     try:
         text = json_path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -101,43 +122,29 @@ def load_dataset(json_path: Path | str, image_dir: Path | str | None = None, che
         raise DatasetError(f"{json_path}: no 'images' list; expected the dataset_*.json caption layout")
     if not doc["images"]:
         raise DatasetError(f"{json_path}: the 'images' list is empty")
-    name = str(doc.get("dataset") or json_path.stem.removeprefix("dataset_"))
-    if image_dir is None:
-        image_dir = json_path.parent / "images"
-    image_dir = Path(image_dir)
-    if check_files and not image_dir.is_dir():
-        raise DatasetError(f"{image_dir}: image directory not found; put the images there or pass --images DIR")
+    return doc
 
-    images: list[CaptionImage] = []
-    missing: list[str] = []
-    for i, entry in enumerate(doc["images"]):
-        if not isinstance(entry, dict) or "filename" not in entry:
-            raise DatasetError(f"{json_path}: images[{i}] has no 'filename'")
-        if "split" not in entry:
-            raise DatasetError(f"{json_path}: images[{i}] ({entry['filename']}) has no 'split'; expected train/val/test")
-        sentences = entry.get("sentences")
-        if not isinstance(sentences, list) or not sentences:
-            raise DatasetError(f"{json_path}: images[{i}] ({entry['filename']}) has no 'sentences'")
-        try:
-            captions = tuple(str(s["raw"]).strip() for s in sentences)
-        except (TypeError, KeyError):
-            raise DatasetError(f"{json_path}: images[{i}] ({entry['filename']}): every sentence needs a 'raw' text") from None
-        path = image_dir / str(entry["filename"])
-        if check_files and not path.is_file():
-            missing.append(str(entry["filename"]))
-        label = entry.get("label")
-        images.append(CaptionImage(path=path, captions=captions, split=str(entry["split"]),
-                                   label=str(label) if label is not None else None))
-    if missing:
-        raise DatasetError(
-            f"{image_dir}: {len(missing)} image file(s) listed in {json_path.name} are missing "
-            f"(first: {missing[0]}); point --images at the folder that holds them"
-        )
-    return CaptionDataset(name=name, json_path=json_path, image_dir=image_dir, images=tuple(images))
+
+def _caption_image(json_path: Path, i: int, entry: Any, image_dir: Path) -> CaptionImage:
+    """Entry ``i`` of the ``images`` list, checked for a file name, a split and raw captions."""
+    if not isinstance(entry, dict) or "filename" not in entry:
+        raise DatasetError(f"{json_path}: images[{i}] has no 'filename'")
+    if "split" not in entry:
+        raise DatasetError(f"{json_path}: images[{i}] ({entry['filename']}) has no 'split'; expected train/val/test")
+    sentences = entry.get("sentences")
+    if not isinstance(sentences, list) or not sentences:
+        raise DatasetError(f"{json_path}: images[{i}] ({entry['filename']}) has no 'sentences'")
+    try:
+        captions = tuple(str(s["raw"]).strip() for s in sentences)
+    except (TypeError, KeyError):
+        raise DatasetError(f"{json_path}: images[{i}] ({entry['filename']}): every sentence needs a 'raw' text") from None
+    label = entry.get("label")
+    return CaptionImage(path=image_dir / str(entry["filename"]), captions=captions, split=str(entry["split"]),
+                        label=str(label) if label is not None else None)
 
 
 def load_datasets(
-    json_paths: list[Path], image_dirs: list[Path] | None = None
+    json_paths: Sequence[Path], image_dirs: Sequence[Path | None] | None = None
 ) -> list[CaptionDataset]:
     """Several ``--data`` files, each with its ``--images`` folder in the same order (or none)."""
     dirs: list[Path | None] = list(image_dirs) if image_dirs else [None] * len(json_paths)
@@ -154,10 +161,10 @@ def _decode(path: Path, size: int) -> np.ndarray:
 
     try:
         with Image.open(path) as im:
-            im = im.convert("RGB")
-            if im.size != (size, size):
-                im = im.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=None)
-            return np.asarray(im, dtype=np.uint8)
+            rgb = im.convert("RGB")
+        if rgb.size != (size, size):
+            rgb = rgb.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=None)
+        return np.asarray(rgb, dtype=np.uint8)
     except (OSError, ValueError) as exc:
         raise DatasetError(f"{path}: cannot decode the image ({exc})") from None
 

@@ -1,12 +1,12 @@
 """Ablation of the FTF model on pretrained towers (the model card's table), at a short schedule.
 
 Each variant trains the shipped configuration (``arch=pretrained``, batch 128, lr 1e-3) with one
-change for ``--epochs`` epochs, through ``scripts/train_variant.py`` (one torch thread, two runs at
+change for ``--epochs`` epochs, through ``experiments/train_variant.py`` (one torch thread, two runs at
 a time on a 2-core machine), chooses tau/alpha on the validation splits, and reports the mean
 validation mR (RSICD val and UCM val) of coarse recall and of FTF. Validation only: the test
 splits are for the shipped model.
 
-    python scripts/pretrained_ablation.py [--epochs 1] [--parallel 2] [--only base,nofine]
+    python experiments/pretrained_ablation.py [--epochs 1] [--parallel 2] [--only base,nofine]
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ def main() -> int:
         while pending and len(active) < args.parallel:
             n = pending.pop(0)
             log = (runs / f"{args.prefix}-{n}.log").open("wb")
-            cmd = [sys.executable, "scripts/train_variant.py", f"{args.prefix}-{n}", str(args.epochs), *COMMON, *VARIANTS[n]]
+            cmd = [sys.executable, str(Path(__file__).with_name("train_variant.py")), f"{args.prefix}-{n}", str(args.epochs), *COMMON, *VARIANTS[n]]
             active.append((n, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)))
         time.sleep(5)
         for item in list(active):
