@@ -5,11 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import rasterio
+from rasterio.enums import Resampling
 
 from _data import SHARED_DATA
 
 ORTHO = SHARED_DATA / "geotiffs" / "rio-tiler" / "201404_13SED190110_201404_0x1500m_CL_1.tif"
 """15 cm aerial ortho of Colorado, EPSG:26913 (``../shared/data``)."""
+S2 = SHARED_DATA / "sentinel2"
+"""Two real Sentinel-2 L2A port scenes, one file per band (B02, B03, B04, B08)."""
 
 
 def upsampling_vrt(path: Path, source: Path, factor: float) -> Path:
@@ -30,3 +33,31 @@ def upsampling_vrt(path: Path, source: Path, factor: float) -> Path:
         f"<GeoTransform>{gt}</GeoTransform>{bands}</VRTDataset>"
     )
     return path
+
+
+def s2_bands(place: str, *names: str) -> list[Path]:
+    found = []
+    for name in names:
+        matches = sorted((S2 / place).glob(f"*_{name}_*.tif*"))
+        assert len(matches) == 1, f"real test data missing: {S2 / place} {name}"
+        found.append(matches[0])
+    return found
+
+
+def split_bands(src: Path, out: Path, coarse: dict[int, int] | None = None) -> list[Path]:
+    """One single-band GeoTIFF per band of ``src``; band i downsampled by ``coarse[i]`` (same extent)."""
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    with rasterio.open(src) as ds:
+        for i in range(1, ds.count + 1):
+            factor = (coarse or {}).get(i, 1)
+            h, w = ds.height // factor, ds.width // factor
+            data = ds.read(i, out_shape=(h, w), resampling=Resampling.average)
+            profile = {**ds.profile, "count": 1, "height": h, "width": w,
+                       "transform": ds.transform @ ds.transform.scale(ds.width / w, ds.height / h)}
+            profile.pop("photometric", None)
+            p = out / f"scene_B{i}.tif"
+            with rasterio.open(p, "w", **profile) as dst:
+                dst.write(data, 1)
+            paths.append(p)
+    return paths

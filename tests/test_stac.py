@@ -22,11 +22,14 @@ import rasterio
 from _http_server import RangeServer
 from ftfsearch.errors import BadInput
 from ingest.stac import StacScene, read_stac
-from test_cli import assert_one_line_error, run
-from test_stack import s2_bands, split_bands
+from _cli import assert_one_line_error, run
+from _data import SHARED_DATA
+from _holder import Procs, cli, start_serve
+from _scenes import s2_bands, split_bands
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-RGB = SHARED / "geotiffs" / "rasterio" / "RGB.byte.tif"  # 791 x 718, 3 bands uint8, EPSG:32618
+pytestmark = pytest.mark.usefixtures("shared_data")  # real scenes and the Sentinel-2 bands
+
+RGB = SHARED_DATA / "geotiffs" / "rasterio" / "RGB.byte.tif"  # 791 x 718, 3 bands uint8, EPSG:32618
 EO = "https://stac-extensions.github.io/eo/v1.1.0/schema.json"
 TILING = ["--levels", "1", "--tile-size", "128", "--batch-size", "16"]
 RGB_TILES = 27
@@ -299,8 +302,6 @@ def test_a_404_asset_is_one_line_and_a_rerun_resumes(www: RangeServer, tmp_path:
 
 
 def test_a_stac_ingest_through_the_serve_holding_the_store(tmp_path: Path, tiny_clip_dir: Path) -> None:
-    from test_holder import Procs, cli, start_serve
-
     env = {**os.environ, "FTF_CONFIG": str(tmp_path / "none.toml"), "FTF_STACK_DIR": str(tmp_path / "stacks"),
            "PYTHONUNBUFFERED": "1"}
     env = {k: v for k, v in env.items() if not k.startswith("QDRANT_") and k not in ("FTF_STORE", "FTF_MODEL")}

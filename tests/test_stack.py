@@ -19,37 +19,9 @@ from ftfsearch.errors import BadInput
 from ingest.stack import build_stack, stack_scene_id
 from ingest.tiling import SceneReader, TilingSpec
 from _cli import assert_one_line_error, run
+from _scenes import s2_bands, split_bands
 
-S2 = SHARED_DATA / "sentinel2"
 RGB = SHARED_DATA / "geotiffs" / "rasterio" / "RGB.byte.tif"
-
-
-def s2_bands(place: str, *names: str) -> list[Path]:
-    found = []
-    for name in names:
-        matches = sorted((S2 / place).glob(f"*_{name}_*.tif*"))
-        assert len(matches) == 1, f"real test data missing: {S2 / place} {name}"
-        found.append(matches[0])
-    return found
-
-
-def split_bands(src: Path, out: Path, coarse: dict[int, int] | None = None) -> list[Path]:
-    """One single-band GeoTIFF per band of ``src``; band i downsampled by ``coarse[i]`` (same extent)."""
-    out.mkdir(parents=True, exist_ok=True)
-    paths = []
-    with rasterio.open(src) as ds:
-        for i in range(1, ds.count + 1):
-            factor = (coarse or {}).get(i, 1)
-            h, w = ds.height // factor, ds.width // factor
-            data = ds.read(i, out_shape=(h, w), resampling=Resampling.average)
-            profile = {**ds.profile, "count": 1, "height": h, "width": w,
-                       "transform": ds.transform @ ds.transform.scale(ds.width / w, ds.height / h)}
-            profile.pop("photometric", None)
-            p = out / f"scene_B{i}.tif"
-            with rasterio.open(p, "w", **profile) as dst:
-                dst.write(data, 1)
-            paths.append(p)
-    return paths
 
 
 def env_for(tmp_path: Path, tiny_clip_dir: Path) -> dict[str, str]:
