@@ -387,11 +387,7 @@ def _ingest_via_holder(holder: Any, files: list[Path], options: Any, model: Opti
             raise typer.Exit(0)
     if final.get("type") == "error":
         raise remote_error(final)
-    done = [
-        SceneSummary(d["scene_id"], d["path"], d["windows"], d["written"], d["already_stored"], d["skipped_nodata"],
-                     d["tiles"], d["state"], float(d["seconds"]), list(d.get("warnings") or []))
-        for d in final.get("scenes") or []
-    ]
+    done = [SceneSummary.from_dict(d) for d in final.get("scenes") or []]
     failed = final.get("failed") or []
     if as_json:
         out.print_json(json.dumps({"scenes": [s.to_dict() for s in done], "failed": failed}))
@@ -411,6 +407,8 @@ def _print_scene(s: Any) -> None:
         f"in {s.seconds:.1f} s, {s.tiles_per_s:.1f} tiles/s",
         highlight=False,
     )
+    if s.written:
+        err.print(f"  {s.stages.line()}", highlight=False)
 
 
 def _batch_sources(list_path: Path, shard: str | None) -> tuple[list[Any], Any]:
