@@ -140,7 +140,7 @@ def _vrt_text(bands: list[_Band]) -> str:
             "Gray" if len(bands) == 1 else "Undefined")
         same_grid = b.width == grid.width and b.height == grid.height
         src = ET.SubElement(vb, "ComplexSource" if b.nodata is not None else "SimpleSource",
-                            **({} if same_grid else {"resampling": "bilinear"}))
+                            attrib={} if same_grid else {"resampling": "bilinear"})
         ET.SubElement(src, "SourceFilename", relativeToVRT="0").text = str(b.path)
         ET.SubElement(src, "SourceBand").text = "1"
         ET.SubElement(src, "SrcRect", xOff="0", yOff="0", xSize=str(b.width), ySize=str(b.height))
