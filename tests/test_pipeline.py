@@ -251,20 +251,24 @@ class _SlowEncoder:
 
 
 def test_a_slow_store_shows_in_the_write_stage(edge_store, encoder):
-    slow = _SlowStore(edge_store, 0.3)
+    delay = 0.5
+    slow = _SlowStore(edge_store, delay)
     summary = ingest_scene(SCENE, encoder, slow, IngestOptions(spec=SPEC, batch_size=4))
-    st, waited = summary.stages, slow.upserts * 0.3
+    st = summary.stages
     assert slow.upserts >= 3
     # the loop ends only when the writer thread has upserted every batch: what read and encode
-    # did not overlap with it, the encoding thread waited for as write
-    assert st.write >= waited - st.read - st.encode - 0.05, st
-    assert st.write > st.encode and st.write > st.read, st
+    # did not overlap with it, the encoding thread waited for as write ...
+    assert st.write >= slow.upserts * delay - st.read - st.encode - 0.05, st
+    # ... and the last batch, handed over after its encode, is waited for whole (a plain Edge
+    # store writes these batches in milliseconds)
+    assert st.write >= 0.8 * delay, st
 
 
 def test_a_slow_encoder_shows_in_the_encode_stage(edge_store, encoder):
-    slow = _SlowEncoder(encoder, 0.3)
+    delay = 0.3
+    slow = _SlowEncoder(encoder, delay)
     summary = ingest_scene(SCENE, slow, edge_store, IngestOptions(spec=SPEC, batch_size=4))
     st = summary.stages
     assert slow.batches >= 3
-    assert st.encode >= slow.batches * 0.3, st
-    assert st.encode > st.write and st.encode > st.read, st
+    assert st.encode >= slow.batches * delay, st  # all of it, and the stages do not overlap
+    assert st.total <= summary.seconds
