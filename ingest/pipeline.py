@@ -17,7 +17,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Literal, Protocol, get_args
+from typing import Any, Callable, Generator, Iterator, Literal, Protocol, get_args
 
 import numpy as np
 import torch
@@ -201,7 +201,7 @@ class _Failure:
 
 def _read_tiles(
     reader: SceneReader, windows: list[TileWindow], n_threads: int, capacity: int, stop: threading.Event
-) -> Iterator[Tile | None]:
+) -> Generator[Tile | None, None, None]:
     """Yield tiles (None for mostly-nodata windows) read by ``n_threads`` threads, in any order."""
     todo: queue.Queue[TileWindow] = queue.Queue()
     for w in windows:
@@ -302,20 +302,24 @@ def _window_bound(width: int, height: int, spec: TilingSpec) -> int:
     return total
 
 
-def _timed_reads(tiles: Iterator[Tile | None], stages: StageTimes) -> Iterator[Tile | None]:
-    """``tiles``, with the time spent waiting for each one added to ``stages.read``."""
-    while True:
-        with stages.timing("read"):
-            try:
-                tile = next(tiles)
-            except StopIteration:
-                return
-        yield tile
+def _timed_reads(tiles: Generator[Tile | None, None, None], stages: StageTimes) -> Iterator[Tile | None]:
+    """``tiles``, with the time spent waiting for each one added to ``stages.read``; closing
+    this closes ``tiles`` (its reader threads stop)."""
+    try:
+        while True:
+            with stages.timing("read"):
+                try:
+                    tile = next(tiles)
+                except StopIteration:
+                    return
+            yield tile
+    finally:
+        tiles.close()
 
 
 @dataclass
 class _Scene:
-    """One scene as planned before anything is written: who it is and what is left to store."""
+    """One scene as planned before anything is written: its id, file, time, windows and record."""
 
     sid: str
     fp: str
