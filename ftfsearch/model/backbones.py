@@ -262,9 +262,11 @@ def load_minilm() -> nn.Module:
 
 def fold_batchnorm(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
     """Weights and bias of one convolution that equals ``bn(conv(x))`` in eval mode."""
-    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    var, mean = bn.running_var, bn.running_mean
+    assert var is not None and mean is not None, "every BatchNorm here tracks running statistics"
+    scale = bn.weight / torch.sqrt(var + bn.eps)
     weight = conv.weight * scale.view(-1, 1, 1, 1)
-    bias = bn.bias - bn.running_mean * scale
+    bias = bn.bias - mean * scale
     if conv.bias is not None:
         bias = bias + conv.bias * scale
     return weight, bias
