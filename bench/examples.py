@@ -136,7 +136,8 @@ def class_phrase(label: str, grams: Counter[tuple[str, ...]]) -> str:
     'parking' -> 'parking lot')."""
     words: list[str] = []
     for part in label.lower().replace("_", " ").split():
-        words += max(splits(part, grams), key=lambda c: (grams.get(c, 0), -len(c)))
+        best: tuple[str, ...] = max(splits(part, grams), key=lambda c: (grams.get(c, 0), -len(c)))
+        words += best
     phrase = tuple(words)
     total = grams.get(phrase, 0)
     if total and len(phrase) < 4:
@@ -274,6 +275,32 @@ def vectors(lab: Labelled, tile_ids: Sequence[str]) -> torch.Tensor:
     return torch.from_numpy(np.stack([e.vector for e in resolve(refs, lab.store, lab.searcher.encoder)]))
 
 
+Inputs = dict[str, tuple[torch.Tensor, torch.Tensor, list[str]]]
+"""condition -> (positive vectors, negative vectors, excluded ids) of one trial."""
+
+
+def _score_variants(lab: Labelled, cls: str, mode: str, rerank: bool, inputs: Inputs,
+                    strat: dict[str, dict[str, dict[str, list[float]]]]) -> None:
+    """P@10 of every condition under every example strategy, in ``mode`` (coarse or rerank)."""
+    for c, (pv, nv, exc) in inputs.items():
+        for s in STRATEGIES:
+            strat[c][s][mode].append(precision(lab, ranked(lab, pv, nv, exc, rerank, strategy=s), cls))
+
+
+def _score_rerank_knobs(lab: Labelled, cls: str, inputs: Inputs, weights: dict[str, dict[str, list[float]]],
+                        fusion: dict[str, dict[str, list[float]]]) -> None:
+    """P@10 of the reranked negatives condition per negative weight and score fusion, and of the
+    example conditions per fusion."""
+    pos, neg, exc = inputs["ex3_neg2"]
+    for w in WEIGHTS:
+        for f in ("z", "raw"):
+            weights[f"{w:g}"][f].append(precision(lab, ranked(lab, pos, neg, exc, True, weight=w, fusion=f), cls))
+    for c in ("ex3", "text_ex3"):
+        pv, nv, exc = inputs[c]
+        for f in ("z", "raw"):
+            fusion[c][f].append(precision(lab, ranked(lab, pv, nv, exc, True, fusion=f), cls))
+
+
 def quality_dataset(lab: Labelled, grams: Counter[tuple[str, ...]], opts: Options, ds_index: int) -> dict[str, Any]:
     enc = lab.searcher.encoder
     dim = enc.dim
@@ -287,7 +314,7 @@ def quality_dataset(lab: Labelled, grams: Counter[tuple[str, ...]], opts: Option
     fusion: dict[str, dict[str, list[float]]] = {c: {"z": [], "raw": []} for c in ("ex3", "text_ex3")}
     phrases: dict[str, str] = {}
     agree = [0, 0]
-    neg_found = Counter()
+    neg_found: Counter[str] = Counter()
     for ci, cls in enumerate(sorted(lab.members)):
         phrase = class_phrase(cls, grams)
         phrases[cls] = phrase
@@ -325,24 +352,16 @@ def quality_dataset(lab: Labelled, grams: Counter[tuple[str, ...]], opts: Option
                                   (ranked(lab, torch.cat([tv[None], ex_vec]), none, ex, rr), top_t3)):
                     agree[0] += got == want
                     agree[1] += 1
-                inputs = {
+                inputs: Inputs = {
                     "ex1": (ex_vec[:1], none, ex[:1]),
                     "ex3": (ex_vec, none, ex),
                     "ex3_neg2": (ex_vec, neg_vec, ex + wrong),
                     "ex3_excl2": (ex_vec, none, ex + wrong),
                     "text_ex3": (torch.cat([tv[None], ex_vec]), none, ex),
                 }
-                for c, (pv, nv, exc) in inputs.items():
-                    for s in STRATEGIES:
-                        strat[c][s][mode].append(precision(lab, ranked(lab, pv, nv, exc, rr, strategy=s), cls))
+                _score_variants(lab, cls, mode, rr, inputs, strat)
                 if rr:
-                    for w in WEIGHTS:
-                        for f in ("z", "raw"):
-                            weights[f"{w:g}"][f].append(precision(lab, ranked(lab, ex_vec, neg_vec, ex + wrong, True, weight=w, fusion=f), cls))
-                    for c in ("ex3", "text_ex3"):
-                        pv, nv, exc = inputs[c]
-                        for f in ("z", "raw"):
-                            fusion[c][f].append(precision(lab, ranked(lab, pv, nv, exc, True, fusion=f), cls))
+                    _score_rerank_knobs(lab, cls, inputs, weights, fusion)
         log.info("%s: class %d / %d (%s -> %r) done", lab.name, ci + 1, len(lab.members), cls, phrase)
 
     def per(c: str, ci: int) -> list[float]:
@@ -440,7 +459,7 @@ def warm_page_cache(path: Path | None) -> tuple[float, float]:
 
 
 def latency_backend(opts: Options, encoder: Encoder, backend: str) -> dict[str, Any]:
-    from bench.query import _ids, base_vectors, build, collection_name, open_bench_store
+    from bench.query import base_vectors, build, collection_name, open_bench_store, point_ids
 
     base = base_vectors(encoder)
     store, server = open_bench_store(backend, collection_name(encoder, opts.points))
@@ -453,7 +472,7 @@ def latency_backend(opts: Options, encoder: Encoder, backend: str) -> dict[str, 
         texts = captions(opts.queries + opts.warmup)
         rng = np.random.default_rng([opts.seed, 12])
         picks = [rng.choice(opts.points, 6, replace=False) for _ in texts]
-        ids = [[_ids(int(i), int(i) + 1)[0] for i in row] for row in picks]
+        ids = [[point_ids(int(i), int(i) + 1)[0] for i in row] for row in picks]
         assert len(store.existing_ids(ids[0])) == 6, "example ids must be real ids of the store"
 
         def query(kind: str, qi: int) -> Any:
@@ -481,7 +500,7 @@ def latency_backend(opts: Options, encoder: Encoder, backend: str) -> dict[str, 
                 ms[kind].append(t)
                 for s, v in resp.timings_ms.items():
                     stages[kind].setdefault(s, []).append(v)
-        res = {
+        res: dict[str, Any] = {
             "backend": store.backend,
             "build_seconds": round(build_s, 1),
             "page_cache_warmed_mb": warmed_mb,

@@ -15,7 +15,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -112,41 +111,17 @@ def _open(backend: str, root: Path) -> Any:
     return open_store(collection="ingest", store_dir=None, qdrant_url=server.url, api_key=None, timeout=120.0), server
 
 
-class _Clock:
-    """Accumulated seconds of a wrapped callable over all threads (reads run on several)."""
-
-    def __init__(self) -> None:
-        self.seconds = 0.0
-        self.calls = 0
-        self._lock = threading.Lock()
-
-    def wrap(self, fn: Any) -> Any:
-        def timed(*a: Any, **kw: Any) -> Any:
-            t0 = time.perf_counter()
-            try:
-                return fn(*a, **kw)
-            finally:
-                with self._lock:
-                    self.seconds += time.perf_counter() - t0
-                    self.calls += 1
-
-        return timed
-
-
 def mode_pipeline(args: argparse.Namespace, scene: Path, root: Path) -> dict[str, Any]:
     """The real pipeline (readers, batching, encoder, writer thread), stopped after max_tiles."""
     from ingest import pipeline
-    from ingest.tiling import SceneReader, TilingSpec
+    from ingest.tiling import TilingSpec
 
     encoder, note = load_bench_encoder(args.model)
     # Warmed up as the encoder-only mode is: the one-off costs of a process (the ONNX export of the
     # image path, first allocations: about 2.5 s) are not ingest throughput.
     encoder.encode_images(torch.zeros(args.batch_size, 256, 256, 3, dtype=torch.uint8))
     store, server = _open(args.backend, root)
-    clocks = {"read": _Clock(), "encode": _Clock(), "write": _Clock()}
-    SceneReader.read = clocks["read"].wrap(SceneReader.read)  # type: ignore[method-assign]
-    encoder.encode_images = clocks["encode"].wrap(encoder.encode_images)  # type: ignore[method-assign]
-    store.upsert_tiles = clocks["write"].wrap(store.upsert_tiles)  # type: ignore[method-assign]
+    stages = pipeline.StageTimes()  # filled as the pipeline goes, so a stop after max_tiles keeps them
     limit = args.max_tiles
 
     class Stop:
@@ -167,7 +142,7 @@ def mode_pipeline(args: argparse.Namespace, scene: Path, root: Path) -> dict[str
     opts = pipeline.IngestOptions(spec=TilingSpec(tile_size=256), batch_size=args.batch_size, readers=args.readers)
     t0 = time.perf_counter()
     try:
-        pipeline.ingest_scene(scene, encoder, store, opts, progress=prog)
+        pipeline.ingest_scene(scene, encoder, store, opts, progress=prog, stages=stages)
     except _Enough:
         pass
     seconds = time.perf_counter() - t0
@@ -180,7 +155,7 @@ def mode_pipeline(args: argparse.Namespace, scene: Path, root: Path) -> dict[str
         "windows_in_scene": getattr(prog, "total", None),
         "seconds": seconds,
         "tiles_per_s": written / seconds,
-        "stage_seconds": {k: round(c.seconds, 2) for k, c in clocks.items()},
+        "stage_seconds": {k: round(v, 2) for k, v in stages.to_dict().items()},
         "encoder": encoder.id,
         "encoder_note": note,
     }
@@ -202,7 +177,7 @@ def _first_tiles(scene: Path, n: int) -> tuple[Any, list[Any]]:
 
 def mode_encoder(args: argparse.Namespace, scene: Path, root: Path, runtime: str | None = None) -> dict[str, Any]:
     """Encoding alone, on tiles read beforehand, in the pipeline's batches (its own encode step)."""
-    from ingest.pipeline import _encode
+    from ingest.pipeline import encode_tiles
 
     encoder, _ = load_bench_encoder(args.model)
     if runtime is not None:
@@ -211,10 +186,10 @@ def mode_encoder(args: argparse.Namespace, scene: Path, root: Path, runtime: str
         encoder.runtime = runtime  # type: ignore[attr-defined]
     reader, tiles = _first_tiles(scene, args.max_tiles)
     reader.close()
-    _encode(encoder, tiles[: args.batch_size])  # warm-up
+    encode_tiles(encoder, tiles[: args.batch_size])  # warm-up
     t0 = time.perf_counter()
     for i in range(0, len(tiles), args.batch_size):
-        _encode(encoder, tiles[i : i + args.batch_size])
+        encode_tiles(encoder, tiles[i : i + args.batch_size])
     seconds = time.perf_counter() - t0
     return {"tiles": len(tiles), "seconds": seconds, "tiles_per_s": len(tiles) / seconds}
 
@@ -382,8 +357,8 @@ def report(res: dict[str, Any]) -> str:
         f"{res['max_tiles']} tiles measured\nencoder: {res['encoder']} ({res['encoder_note']})\n"
         f"{machine_line(res['machine'])}\n"
         + table("", ["mode", "tiles", "s", "tiles/s", "x pipeline", "peak RSS MB"], rows)
-        + f"\npipeline stage time (summed over threads): read {st['read']} s, encode {st['encode']} s, "
-        f"write {st['write']} s\nencoder-only / eager forward: {res['encoder_vs_eager']}x; "
+        + f"\npipeline stage time (wall, on the encoding thread: waiting for tiles, encoding, waiting for "
+        f"the store): read {st['read']} s, encode {st['encode']} s, write {st['write']} s\nencoder-only / eager forward: {res['encoder_vs_eager']}x; "
         f"pipeline / encoder-only: {res['pipeline_vs_encoder']:.0%}; "
         f"pipeline / naive: {res['pipeline_vs_naive']}x"
     )

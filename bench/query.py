@@ -148,7 +148,8 @@ def _payload(i: int) -> dict[str, Any]:
     }
 
 
-def _ids(start: int, stop: int) -> list[str]:
+def point_ids(start: int, stop: int) -> list[str]:
+    """The ids of the synthetic points ``start..stop-1`` that :func:`build` writes."""
     return [tile_point_id("bench", 1, i, 0, 256, 256) for i in range(start, stop)]
 
 
@@ -170,10 +171,10 @@ def build(store: Store, encoder: Encoder, base: tuple[np.ndarray, np.ndarray], p
     step = 512
     for s in range(0, points, step):
         e = min(points, s + step)
-        if resume and len(store.existing_ids(_ids(s, e))) == e - s:
+        if resume and len(store.existing_ids(point_ids(s, e))) == e - s:
             continue
         c, r = generate(base, s, e)
-        store.upsert_tiles(TileBatch(ids=_ids(s, e), coarse=c, regions=r, payloads=[_payload(i) for i in range(s, e)]))
+        store.upsert_tiles(TileBatch(ids=point_ids(s, e), coarse=c, regions=r, payloads=[_payload(i) for i in range(s, e)]))
         if (s // step) % 20 == 0:
             log.info("built %d / %d tiles (%.0f s)", e, points, time.perf_counter() - t0)
     store.optimize()
@@ -443,7 +444,7 @@ def _exhaustive(
     base = base_vectors(encoder)
     coarse, regions = generate(base, 0, opts.points)
     c, r = torch.from_numpy(coarse), torch.from_numpy(regions)
-    ids = _ids(0, opts.points)
+    ids = point_ids(0, opts.points)
     times, hits = [], 0
     for q in texts:
         t0 = time.perf_counter()

@@ -25,6 +25,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 from ftfsearch.errors import StoreUnavailable
 
@@ -395,14 +396,15 @@ class QdrantCluster:
     def urls(self) -> list[str]:
         return [n.url for n in self.nodes]
 
-    def _get(self, node: int, path: str) -> dict:  # type: ignore[type-arg]
+    def _get(self, node: int, path: str) -> dict[str, Any]:
         import json
 
         req = urllib.request.Request(self.nodes[node].url + path)
         if self.api_key:
             req.add_header("api-key", self.api_key)
         with urllib.request.urlopen(req, timeout=5.0) as resp:
-            return json.loads(resp.read())  # type: ignore[no-any-return]
+            body: dict[str, Any] = json.loads(resp.read())
+        return body
 
     def wait_for_peers(self, timeout: float | None = None) -> None:
         """Wait until every running node sees all ``size`` peers and a raft leader."""
@@ -424,9 +426,15 @@ class QdrantCluster:
             time.sleep(0.2)
         raise QdrantLaunchError(f"the Qdrant cluster under {self.root} did not form: {last}")
 
+    def collection_cluster(self, collection: str, node: int = 0) -> dict[str, Any]:
+        """Qdrant's ``GET /collections/{collection}/cluster`` result on ``node``: its peer id, the
+        shards it holds (``local_shards``, with their point counts) and where the others are."""
+        result: dict[str, Any] = self._get(node, f"/collections/{collection}/cluster")["result"]
+        return result
+
     def replica_states(self, collection: str, node: int = 0) -> list[tuple[int, int, str]]:
         """``(shard, peer, state)`` of every replica of ``collection`` as ``node`` sees them."""
-        info = self._get(node, f"/collections/{collection}/cluster")["result"]
+        info = self.collection_cluster(collection, node)
         peer = int(info["peer_id"])
         out = [(int(s["shard_id"]), peer, str(s["state"])) for s in info.get("local_shards", [])]
         out += [(int(s["shard_id"]), int(s["peer_id"]), str(s["state"])) for s in info.get("remote_shards", [])]

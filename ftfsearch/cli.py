@@ -430,11 +430,7 @@ def _ingest_via_holder(holder: Any, files: list[Any], options: Any, model: Optio
     final = _follow_holder_job(holder, job, progress)
     if final.get("type") == "error":
         raise remote_error(final)
-    done = [
-        SceneSummary(d["scene_id"], d["path"], d["windows"], d["written"], d["already_stored"], d["skipped_nodata"],
-                     d["tiles"], d["state"], float(d["seconds"]), list(d.get("warnings") or []))
-        for d in final.get("scenes") or []
-    ]
+    done = [SceneSummary.from_dict(d) for d in final.get("scenes") or []]
     return done, list(final.get("failed") or [])
 
 
@@ -502,6 +498,8 @@ def _print_scene(s: Any) -> None:
         f"in {s.seconds:.1f} s, {s.tiles_per_s:.1f} tiles/s",
         highlight=False,
     )
+    if s.written:
+        err.print(f"  {s.stages.line()}", highlight=False)
 
 
 def _batch_sources(list_path: Path, shard: str | None) -> tuple[list[Any], Any]:

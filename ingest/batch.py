@@ -163,7 +163,7 @@ def expand_list(list_path: str | Path) -> list[Source]:
                                        problem=f"line {number}: {exc}"))
             continue
         for f in files:
-            out.setdefault(str(f), Source(key=str(f), name=_name(f, base), line=number, path=f))
+            out.setdefault(str(f), Source(key=str(f), name=_name(Path(f), base), line=number, path=f))
     return list(out.values())
 
 

@@ -225,8 +225,9 @@ class SceneReader:
     Scene attributes, set on opening: ``path, width, height, crs`` (``EPSG:n`` or WKT, None
     without one), ``dtype``, ``band_indexes`` (the 3 bands shown as RGB), ``gsd`` (ground
     metres per pixel), ``acquired`` (ISO time or None), ``footprint``/``bbox`` (WGS84, None
-    without a CRS) and ``warnings`` (what the user should know, without the path: the caller
-    names the file).
+    without a CRS), ``style`` (the :class:`~ftfsearch.raster.RasterStyle` every tile is read
+    with: bands, 8-bit stretch, masks) and ``warnings`` (what the user should know, without the
+    path: the caller names the file).
     """
 
     def __init__(self, path: str | Path, spec: TilingSpec) -> None:
@@ -293,12 +294,12 @@ class SceneReader:
                 f"(each side needs at least {MIN_SCENE_SIDE} pixels)"
             )
         # refuses complex pixels, bands out of range and scenes without a valid pixel
-        self._style: RasterStyle = choose_style(
+        self.style: RasterStyle = choose_style(
             ds, self.spec.bands, source=self.path, require_valid=True
         )
-        self.band_indexes: tuple[int, int, int] = self._style.band_indexes
-        self.dtype: str = self._style.dtype
-        self.warnings.extend(self._style.warnings)
+        self.band_indexes: tuple[int, int, int] = self.style.band_indexes
+        self.dtype: str = self.style.dtype
+        self.warnings.extend(self.style.warnings)
 
         self._transform: Affine = ds.transform
         self._crs: CRS | None = ds.crs if ds.crs else None
@@ -375,7 +376,7 @@ class SceneReader:
         out_h = min(size, max(1, round(window.height / level)))
         out_w = min(size, max(1, round(window.width / level)))
         win = Window(window.col, window.row, window.width, window.height)
-        style = self._style
+        style = self.style
         try:
             data, valid = style.read(ds, win, (out_h, out_w), style.resampling(level > 1))
         except RasterioError as exc:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -31,6 +32,7 @@ def test_ingest_query_scenes_info_drop(target, tmp_path):
     ing = run("ingest", str(SCENE), "--levels", "1,2", "--batch-size", "8", env=target)
     assert ing.returncode == 0, ing.stderr
     assert "RGB.byte: complete" in ing.stderr and "tiles/s" in ing.stderr
+    assert re.search(r"read \d+\.\d s · encode \d+\.\d s · write \d+\.\d s", ing.stderr), ing.stderr
 
     scenes = json.loads(run("scenes", "--json", env=target).stdout)
     assert len(scenes) == 1 and scenes[0]["scene_id"] == "RGB.byte" and scenes[0]["state"] == "complete"
@@ -40,6 +42,7 @@ def test_ingest_query_scenes_info_drop(target, tmp_path):
     again = run("ingest", str(SCENE), "--levels", "1,2", "--json", env=target)
     assert again.returncode == 0
     assert json.loads(again.stdout)["scenes"][0]["written"] == 0
+    assert set(json.loads(again.stdout)["scenes"][0]["stages"]) == {"read", "encode", "write"}
 
     geo = tmp_path / "out" / "results.geojson"
     q = run("query", "ships near a harbor", "--k", "5", "--json", "--geojson", str(geo), env=target)

@@ -65,7 +65,7 @@ def _local_counts(cluster: QdrantCluster, collection: str) -> dict[int, list[int
     for i, node in enumerate(cluster.nodes):
         if not node.running:
             continue
-        info = cluster._get(i, f"/collections/{collection}/cluster")["result"]
+        info = cluster.collection_cluster(collection, i)
         for s in info.get("local_shards", []):
             counts.setdefault(int(s["shard_id"]), []).append(int(s["points_count"]))
     return counts

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,7 @@ from ftfsearch.errors import BadInput, ModelMismatch
 from ftfsearch.model.loading import load_encoder
 from ftfsearch.search import Searcher
 from ftfsearch.store.base import Store, TileBatch
-from ingest.pipeline import IngestOptions, ingest_paths, ingest_scene, window_id
+from ingest.pipeline import IngestOptions, StageTimes, SceneSummary, ingest_paths, ingest_scene, window_id
 from ingest.scenes import fingerprint
 from ingest.tiling import SceneReader, TilingSpec
 
@@ -190,3 +191,87 @@ def test_recall_without_payloads_carries_the_same_candidates(store, encoder):
     assert [r.rank for r in results] == [1, 2, 3, 4, 5]
     for r in results:
         assert r.payload == by_id[r.id] and r.window == by_id[r.id]["window"] and r.bbox == by_id[r.id]["bbox"]
+
+
+@pytest.fixture
+def edge_store(store_tmp):
+    from ftfsearch.store import open_store
+
+    s = open_store(collection="tiles", store_dir=store_tmp / "timed", qdrant_url=None, api_key=None, timeout=10.0)
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+def test_stage_times_are_measured_and_fit_in_the_ingest(edge_store, encoder):
+    t0 = time.perf_counter()
+    summary = ingest_scene(SCENE, encoder, edge_store, IngestOptions(spec=SPEC, batch_size=4))
+    wall = time.perf_counter() - t0
+    st = summary.stages
+    assert summary.written > 0
+    assert st.read >= 0 and st.encode > 0 and st.write > 0
+    # the three partition the encoding thread's loop: together within the scene's time (the rest
+    # is opening the raster, the resume check and the collection)
+    assert st.total <= summary.seconds <= wall
+    d = summary.to_dict()
+    assert d["stages"] == st.to_dict() and set(d["stages"]) == {"read", "encode", "write"}
+    assert SceneSummary.from_dict(d).stages == StageTimes(**d["stages"])
+    assert st.line().startswith("read ") and " · encode " in st.line() and st.line().endswith(" s")
+
+    again = ingest_scene(SCENE, encoder, edge_store, IngestOptions(spec=SPEC, batch_size=4))
+    assert again.written == 0 and again.stages.total == 0  # a complete scene runs no loop
+
+
+class _SlowStore:
+    """A real store whose upserts take ``delay`` seconds longer."""
+
+    def __init__(self, inner: Store, delay: float) -> None:
+        self.inner, self.delay, self.upserts = inner, delay, 0
+
+    def upsert_tiles(self, batch: TileBatch) -> None:
+        time.sleep(self.delay)
+        self.upserts += 1
+        self.inner.upsert_tiles(batch)
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+class _SlowEncoder:
+    """A real encoder whose image batches take ``delay`` seconds longer."""
+
+    def __init__(self, inner, delay: float) -> None:
+        self.inner, self.delay, self.batches = inner, delay, 0
+
+    def encode_images(self, images):
+        time.sleep(self.delay)
+        self.batches += 1
+        return self.inner.encode_images(images)
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+def test_a_slow_store_shows_in_the_write_stage(edge_store, encoder):
+    delay = 0.5
+    slow = _SlowStore(edge_store, delay)
+    summary = ingest_scene(SCENE, encoder, slow, IngestOptions(spec=SPEC, batch_size=4))
+    st = summary.stages
+    assert slow.upserts >= 3
+    # the loop ends only when the writer thread has upserted every batch: what read and encode
+    # did not overlap with it, the encoding thread waited for as write ...
+    assert st.write >= slow.upserts * delay - st.read - st.encode - 0.05, st
+    # ... and the last batch, handed over after its encode, is waited for whole (a plain Edge
+    # store writes these batches in milliseconds)
+    assert st.write >= 0.8 * delay, st
+
+
+def test_a_slow_encoder_shows_in_the_encode_stage(edge_store, encoder):
+    delay = 0.3
+    slow = _SlowEncoder(encoder, delay)
+    summary = ingest_scene(SCENE, slow, edge_store, IngestOptions(spec=SPEC, batch_size=4))
+    st = summary.stages
+    assert slow.batches >= 3
+    assert st.encode >= slow.batches * delay, st  # all of it, and the stages do not overlap
+    assert st.total <= summary.seconds

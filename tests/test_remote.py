@@ -45,7 +45,7 @@ def test_open_fingerprint_and_stretch_read_a_small_share(served: RangeServer) ->
     fp = fingerprint(url)
     with SceneReader(url, TilingSpec()) as remote, SceneReader(COG, TilingSpec()) as local:
         assert (remote.width, remote.height, remote.crs, remote.gsd) == (local.width, local.height, local.crs, local.gsd)
-        assert remote._style == local._style  # the same stretch, from the same overview
+        assert remote.style == local.style  # the same stretch, from the same overview
         assert remote.path == url and remote.bbox == local.bbox
     assert 0 < served.served["scene.tif"] < 0.2 * size, served.served
     assert all(rng is not None for method, _, rng in served.requests if method == "GET")  # ranges only

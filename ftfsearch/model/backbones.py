@@ -19,7 +19,7 @@ import importlib.util
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 import torch.nn as nn
@@ -142,7 +142,15 @@ class MBConv(nn.Module):
         self._bn1 = _bn(mid)
         self._project_conv = SameConv(mid, cout, 1, bias=False)
         self._bn2 = _bn(cout)
+        self.out_channels = cout
         self.residual = stride == 1 and cin == cout
+
+    def fold_batchnorm_(self) -> None:
+        """Fold each BatchNorm into the convolution before it, in place (eval-mode outputs unchanged)."""
+        if self.has_expand:
+            _fold_into(self, "_expand_conv", "_bn0")
+        _fold_into(self, "_depthwise_conv", "_bn1")
+        _fold_into(self, "_project_conv", "_bn2")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = x
@@ -178,8 +186,25 @@ class EfficientNetLite(nn.Module):
         self.finer_channels = stages[4][3]
         self.head_channels = 1280
 
+    @property
+    def blocks(self) -> list[MBConv]:
+        """The MBConv blocks in order (``_blocks`` in the state dict, the base weights' layout)."""
+        return cast(list[MBConv], list(self._blocks))
+
     def stem(self, x: torch.Tensor) -> torch.Tensor:
         return F.relu6(self._bn0(self._conv_stem(x)))
+
+    def head(self, x: torch.Tensor) -> torch.Tensor:
+        """The last block's map -> the 1x1 head's 1280 channels (stride 32)."""
+        return F.relu6(self._bn1(self._conv_head(x)))
+
+    def fold_batchnorm_(self) -> None:
+        """Fold every BatchNorm into its convolution, in place: the inference trunk (same outputs in
+        eval mode, fewer ops)."""
+        _fold_into(self, "_conv_stem", "_bn0")
+        for block in self.blocks:
+            block.fold_batchnorm_()
+        _fold_into(self, "_conv_head", "_bn1")
 
     def lower(self, x: torch.Tensor) -> torch.Tensor:
         """Normalised pixels -> the stride-16 map (stem and blocks before ``finer_at``)."""
@@ -193,7 +218,7 @@ class EfficientNetLite(nn.Module):
         x = finer
         for block in self._blocks[self.finer_at:]:
             x = block(x)
-        return F.relu6(self._bn1(self._conv_head(x)))
+        return self.head(x)
 
     def forward_split(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         finer = self.lower(x)
@@ -249,3 +274,12 @@ def fold_batchnorm(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, t
     if conv.bias is not None:
         bias = bias + conv.bias * scale
     return weight, bias
+
+
+def _fold_into(owner: nn.Module, conv_name: str, bn_name: str) -> None:
+    """Replace ``owner.<bn_name>`` by an identity, its statistics folded into ``owner.<conv_name>``."""
+    conv = getattr(owner, conv_name)
+    w, b = fold_batchnorm(conv, getattr(owner, bn_name))
+    conv.weight = nn.Parameter(w.detach())
+    conv.bias = nn.Parameter(b.detach())
+    setattr(owner, bn_name, nn.Identity())

@@ -37,7 +37,6 @@ from ftfsearch.model.backbones import (
     MINILM,
     EfficientNetLite,
     MBConv,
-    fold_batchnorm,
     load_lite0,
     load_minilm,
     minilm_dir,
@@ -196,7 +195,7 @@ class PretrainedFtfModel(nn.Module):
     def trainable_prefixes(self) -> list[str]:
         """State-dict prefixes that training changes: all that a model directory stores."""
         cfg = self.cfg
-        n_blocks = len(self.image.trunk._blocks)
+        n_blocks = len(self.image.trunk.blocks)
         out = ["image.coarse_head.", "image.region_head.", "text.head."]
         if self.image.branch is not None:
             out.append("image.branch.")
@@ -233,21 +232,7 @@ def fused_trunk(trunk: EfficientNetLite) -> EfficientNetLite:
     """A copy with every BatchNorm folded into its convolution, channels-last: the inference trunk
     (1.3-2x the eager forward on CPU, same vectors within 1e-4; see BENCHMARKS.md)."""
     net = copy.deepcopy(trunk).eval()
-
-    def fold(owner: nn.Module, conv_name: str, bn_name: str) -> None:
-        conv = getattr(owner, conv_name)
-        w, b = fold_batchnorm(conv, getattr(owner, bn_name))
-        conv.weight = nn.Parameter(w.detach())
-        conv.bias = nn.Parameter(b.detach())
-        setattr(owner, bn_name, nn.Identity())
-
-    fold(net, "_conv_stem", "_bn0")
-    for blk in net._blocks:
-        if blk.has_expand:
-            fold(blk, "_expand_conv", "_bn0")
-        fold(blk, "_depthwise_conv", "_bn1")
-        fold(blk, "_project_conv", "_bn2")
-    fold(net, "_conv_head", "_bn1")
+    net.fold_batchnorm_()
     for p in net.parameters():
         p.requires_grad_(False)
     # nn.Module.to documents memory_format; torch's overloads for it leave the keyword out.
@@ -379,6 +364,12 @@ class PretrainedFtfEncoder(FtfEncoderBase):
         finer, top = self.trunk.forward_split(x.contiguous(memory_format=torch.channels_last))
         g, r = self.model.image.heads(finer, top)
         return F.normalize(g.float(), dim=-1), F.normalize(r.float(), dim=-1)
+
+    @property
+    def image_runtime(self) -> str:
+        """What encodes images: ``onnxruntime`` when its exported path is in use; ``torch`` when
+        asked for, or when onnxruntime or its exporter is unavailable (the silent fallback)."""
+        return "torch" if self._ort_path() is None else "onnxruntime"
 
     def _ort_path(self) -> OrtImagePath | None:
         """The ONNX Runtime image path, exported on first use (text-only processes never pay for it);
