@@ -39,15 +39,17 @@ from rasterio.windows import Window
 from ftfsearch import raster
 from ftfsearch.errors import BadInput, SourceUnavailable
 from ftfsearch.model.regions import region_in_window
-from ftfsearch.raster import RasterStyle, gdal_options, is_url
+from ftfsearch.raster import WGS84, RasterStyle, gdal_options, is_url
 from ftfsearch.search import Result
-from ftfsearch.store.base import Store
+from ftfsearch.store.base import SceneRecord, Store
 
 log = logging.getLogger(__name__)
 
 MAX_CHIP_SIDE = 1024
 """Largest chip side served (a level-4 tile of 256 is 1024 scene pixels)."""
 PREVIEW_MAX_SIDE = 1024
+WEB_MERCATOR = "EPSG:3857"
+"""The CRS of Leaflet's map: previews are warped to it."""
 WEB_MERCATOR_MAX_LAT = 85.0511287798
 PNG_COMPRESS_LEVEL = 3
 """Fast zlib level: chips are made per request; level 9 costs ~4x the time for ~10% fewer bytes."""
@@ -224,7 +226,7 @@ def preview_geometry(ds: DatasetReader, max_side: int = PREVIEW_MAX_SIDE) -> Pre
     if ds.crs is None:
         return None
     try:
-        west, south, east, north = transform_bounds(ds.crs, "EPSG:4326", *ds.bounds, densify_pts=21)
+        west, south, east, north = transform_bounds(ds.crs, WGS84, *ds.bounds, densify_pts=21)
     except (RasterioError, ValueError) as exc:
         log.info("%s: no preview: bounds not reprojectable (%s)", ds.name, exc)
         return None
@@ -235,7 +237,7 @@ def preview_geometry(ds: DatasetReader, max_side: int = PREVIEW_MAX_SIDE) -> Pre
     north = min(north, WEB_MERCATOR_MAX_LAT)
     if south >= north:
         return None
-    xs, ys = warp_transform("EPSG:4326", "EPSG:3857", [west, east], [south, north])
+    xs, ys = warp_transform(WGS84, WEB_MERCATOR, [west, east], [south, north])
     x0, x1 = xs
     y0, y1 = ys
     aspect = (x1 - x0) / (y1 - y0)
@@ -272,7 +274,7 @@ def render_preview(
         resampling = Resampling.nearest if style.palette is not None else Resampling.bilinear
         try:
             with WarpedVRT(
-                ds, crs="EPSG:3857", transform=geometry.transform, width=geometry.width,
+                ds, crs=WEB_MERCATOR, transform=geometry.transform, width=geometry.width,
                 height=geometry.height, resampling=resampling,
             ) as vrt:
                 data, valid = style.read(vrt, None, (geometry.height, geometry.width))
@@ -314,7 +316,7 @@ def region_footprints(results: Sequence[Result]) -> list[list[list[float]] | Non
     for crs, items in by_crs.items():
         try:
             lon, lat = warp_transform(
-                crs, "EPSG:4326",
+                crs, WGS84,
                 np.concatenate([x for _, x, _ in items]).tolist(), np.concatenate([y for _, _, y in items]).tolist(),
             )
         except (RasterioError, ValueError) as exc:
@@ -458,14 +460,16 @@ class ChipRenderer:
 # -- query --chips -------------------------------------------------------------------------------
 
 
+def recorded_bands(record: SceneRecord | None) -> tuple[int, ...] | None:
+    """The scene's ``--bands`` as its ingest recorded them in the tiling spec; None (no record,
+    or none given): chosen from the file, as ingest chose them."""
+    bands = (record.tiling or {}).get("bands") if record is not None else None
+    return tuple(int(b) for b in bands) if bands else None
+
+
 def scene_bands(store: Store, scene_ids: Sequence[str]) -> dict[str, tuple[int, ...] | None]:
-    """Each scene's ``--bands`` from its stored tiling spec (None: chosen from the file)."""
-    out: dict[str, tuple[int, ...] | None] = {}
-    for sid in dict.fromkeys(scene_ids):
-        record = store.get_scene(sid)
-        bands = (record.tiling or {}).get("bands") if record is not None else None
-        out[sid] = tuple(int(b) for b in bands) if bands else None
-    return out
+    """Each scene's :func:`recorded_bands`."""
+    return {sid: recorded_bands(store.get_scene(sid)) for sid in dict.fromkeys(scene_ids)}
 
 
 @dataclass

@@ -28,6 +28,7 @@ from rich.text import Text
 
 from ftfsearch.config import Settings, load_settings
 from ftfsearch.errors import FtfError
+from ftfsearch.net import LOOPBACK_HOSTS
 
 app = typer.Typer(
     add_completion=False,
@@ -96,19 +97,6 @@ def _settings(**flags: Any) -> Settings:
     return load_settings(**flags)
 
 
-def _open_store(settings: Settings, read_only: bool = False):  # type: ignore[no-untyped-def]
-    from ftfsearch.store import open_store
-
-    return open_store(
-        collection=settings.collection,
-        store_dir=None if settings.qdrant_url else settings.resolved_store_dir,
-        qdrant_url=settings.qdrant_url,
-        api_key=settings.qdrant_api_key,
-        timeout=settings.timeout,
-        read_only=read_only,
-    )
-
-
 def _live_holder(settings: Settings) -> Any:
     """The client of the 'ftfsearch serve' holding the embedded store, None when none does."""
     if settings.qdrant_url:
@@ -124,7 +112,7 @@ def _store_or_holder(settings: Settings, read_only: bool = False) -> tuple[Any, 
     from ftfsearch.errors import StoreLocked
 
     try:
-        return _open_store(settings, read_only=read_only), None
+        return settings.open_store(read_only=read_only), None
     except StoreLocked:
         client = _live_holder(settings)
         if client is None:
@@ -526,7 +514,7 @@ def _ingest_batch(sources: list[Any], part: Any, list_path: Path, options: Any, 
 
     encoder = _load_encoder(settings)
     try:
-        db = _open_store(settings)
+        db = settings.open_store()
     except StoreLocked as exc:
         holder = _live_holder(settings)
         if holder is None:
@@ -592,7 +580,7 @@ def batch_status_cmd(
 
     settings = _settings(store_dir=store, qdrant_url=qdrant_url, collection=collection)
     sources, part = _batch_sources(from_list, shard)
-    db = _open_store(settings, read_only=True)
+    db = settings.open_store(read_only=True)
     try:
         status = batch_status(sources, db)
     finally:
@@ -809,7 +797,7 @@ def labels_export(
     refs = _example_refs(like, unlike, like_region, unlike_region)
     if not refs:
         _fail("give the marked tiles with --like and --unlike", 2)
-    db = _open_store(settings, read_only=True)
+    db = settings.open_store(read_only=True)
     try:
         meta = db.meta()
         refs = [replace(r, tile_id=tile_at(db, r), point=None) if r.point is not None else r for r in refs]
@@ -836,7 +824,7 @@ def labels_import(
 
     marks = read_labels(path)
     settings = _settings(store_dir=store, qdrant_url=qdrant_url, collection=collection)
-    db = _open_store(settings, read_only=True)
+    db = settings.open_store(read_only=True)
     try:
         checked = labels_to_geojson(marks, db)  # TileNotFound for a tile this store does not hold
     finally:
@@ -1022,9 +1010,6 @@ def _print_push(summary: Any, as_json: bool) -> None:
 
 
 # serve -------------------------------------------------------------------------------------------
-_LOOPBACK = {"127.0.0.1", "localhost", "::1"}
-
-
 def _check_port_free(host: str, port: int) -> None:
     """Fail in one line before loading the model when the address cannot be bound."""
     import socket
@@ -1081,7 +1066,7 @@ def serve(
         if value < 0:
             raise BadInput(f"{option} {value}: must be 0 or more")
     settings = _settings(store_dir=store, qdrant_url=qdrant_url, collection=collection, model=model, device=device)
-    if host not in _LOOPBACK:
+    if host not in LOOPBACK_HOSTS:
         err.print(
             Text(
                 f"warning: --host {host} makes the search, the scene file paths and their pixels reachable from "

@@ -10,12 +10,19 @@ import os
 import tomllib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from platformdirs import user_config_dir, user_data_dir
 
 from ftfsearch.errors import BadInput
 
+if TYPE_CHECKING:
+    from ftfsearch.store.base import Store
+
+APP_NAME = "ftfsearch"
+"""The directory name under the user's config and data directories."""
+CONFIG_FILE_NAME = "config.toml"
+CONFIG_ENV_VAR = "FTF_CONFIG"
 DEFAULT_COLLECTION = "tiles"
 
 # Environment variable for each setting.
@@ -48,12 +55,26 @@ class Settings:
     @property
     def resolved_store_dir(self) -> Path:
         """The embedded store directory: the configured one or the user data directory."""
-        return self.store_dir or Path(user_data_dir("ftfsearch")) / "store"
+        return self.store_dir or Path(user_data_dir(APP_NAME)) / "store"
 
     @property
     def resolved_stack_dir(self) -> Path:
         """The VRT directory of band stacks: the configured one or the user data directory."""
-        return self.stack_dir or Path(user_data_dir("ftfsearch")) / "stacks"
+        return self.stack_dir or Path(user_data_dir(APP_NAME)) / "stacks"
+
+    def open_store(self, *, read_only: bool = False) -> Store:
+        """The store these settings name: the server at ``qdrant_url`` when one is set, else the
+        embedded store in :attr:`resolved_store_dir` (what every command and ``serve`` open)."""
+        from ftfsearch.store import open_store
+
+        return open_store(
+            collection=self.collection,
+            store_dir=None if self.qdrant_url else self.resolved_store_dir,
+            qdrant_url=self.qdrant_url,
+            api_key=self.qdrant_api_key,
+            timeout=self.timeout,
+            read_only=read_only,
+        )
 
     def redacted(self) -> dict[str, Any]:
         """Settings safe to show or log: the API key is never included."""
@@ -85,7 +106,7 @@ def _coerce(name: str, value: Any, source: str) -> Any:
 
 
 def config_file_path() -> Path:
-    return Path(os.environ.get("FTF_CONFIG") or Path(user_config_dir("ftfsearch")) / "config.toml")
+    return Path(os.environ.get(CONFIG_ENV_VAR) or Path(user_config_dir(APP_NAME)) / CONFIG_FILE_NAME)
 
 
 def _from_file(path: Path) -> dict[str, Any]:

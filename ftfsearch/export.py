@@ -7,10 +7,10 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from ftfsearch.errors import BadInput
-from ftfsearch.search import Result
+from ftfsearch.search import Result, ResultRecord
 
 
-def results_to_json(results: Iterable[Result]) -> list[dict[str, Any]]:
+def results_to_json(results: Iterable[Result]) -> list[ResultRecord]:
     return [r.to_dict() for r in results]
 
 
@@ -39,8 +39,10 @@ def results_to_geojson(results: Iterable[Result], query: str | None = None) -> d
         ring = polygon_ring(r.footprint, r.bbox)
         if ring is None:
             continue
-        props = r.to_dict()
+        props: dict[str, Any] = dict(r.to_dict())
+        # The geometry and the feature's bbox already say where the tile is.
         props.pop("bbox", None)
+        props.pop("footprint", None)
         props["window"] = json.dumps(r.window)
         props["region"] = None if r.region is None else json.dumps(r.region)
         props["region_window"] = None if r.region is None else json.dumps(r.region_window())

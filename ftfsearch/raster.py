@@ -40,6 +40,8 @@ from ftfsearch.errors import BadInput
 
 log = logging.getLogger(__name__)
 
+WGS84 = "EPSG:4326"
+"""Longitude/latitude: the CRS of every bbox, footprint and ring the store and the API hold."""
 STATS_LONG_SIDE = 1024
 """Long side of the decimated read that the 8-bit stretch percentiles are computed from."""
 STATS_MIN_OVERVIEW = 256

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from typing_extensions import TypedDict
 
 from ftfsearch.errors import BadInput, CollectionNotFound
 from ftfsearch.model.base import Encoder
@@ -30,6 +31,58 @@ MAX_RECALL_K = 10000
 MAX_QUERY_CHARS = 2000
 DEFAULT_VECTOR_CACHE_BYTES = 256 << 20
 """Tile vectors a long-lived Searcher keeps (about 32k tiles at D=256, R=14)."""
+
+
+class WindowRecord(TypedDict):
+    """A pixel window of a scene."""
+
+    col: int
+    row: int
+    width: int
+    height: int
+
+
+class ResultRecord(TypedDict):
+    """A result as ``query --json`` prints it, GeoJSON properties hold it and the API's hits
+    extend it: the one description of a result outside Python. (typing_extensions' TypedDict:
+    pydantic wants it on Python 3.11, for the API's schema.)"""
+
+    rank: int
+    score: float
+    coarse_score: float
+    fine_score: float | None
+    """the rerank score; null without rerank"""
+    id: str
+    """tile id"""
+    scene_id: str
+    path: str
+    """the scene's source raster"""
+    level: int
+    """scene pixels per tile pixel"""
+    window: WindowRecord
+    """the tile in scene pixels"""
+    bbox: list[float] | None
+    """[minlon, minlat, maxlon, maxlat] WGS84; null without CRS"""
+    acquired: str | None
+    """acquisition time of the scene, ISO 8601 UTC; null when unknown"""
+    region: list[float] | None
+    """matched region [x0, y0, x1, y1] as fractions of the tile; null without rerank"""
+    region_window: WindowRecord | None
+    """matched region in scene pixels"""
+    region_index: int | None
+    """the matched region's index (REF:N of like_region); null without rerank"""
+    footprint: list[list[float]] | None
+    """WGS84 ring [[lon, lat], ...] of the tile; null without CRS"""
+
+
+# The attribute docstrings above become the API schema's descriptions (pydantic's hook; a class
+# attribute set after the body, since in it mypy would take it for a key).
+ResultRecord.__pydantic_config__ = {"use_attribute_docstrings": True}  # type: ignore[attr-defined]
+
+
+def window_record(window: dict[str, int]) -> WindowRecord:
+    return WindowRecord(col=int(window["col"]), row=int(window["row"]),
+                        width=int(window["width"]), height=int(window["height"]))
 
 
 @dataclass
@@ -59,25 +112,27 @@ class Result:
         """The scene's acquisition time, ISO 8601 UTC; None when unknown."""
         return self.payload.get("acquired")
 
-    def to_dict(self) -> dict[str, Any]:
-        """Stable field names for ``--json`` and the HTTP API."""
-        return {
-            "rank": self.rank,
-            "score": round(self.score, 6),
-            "coarse_score": round(self.coarse_score, 6),
-            "fine_score": None if self.fine_score is None else round(self.fine_score, 6),
-            "id": self.id,
-            "scene_id": self.scene_id,
-            "path": self.path,
-            "level": self.level,
-            "window": self.window,
-            "bbox": self.bbox,
-            "acquired": self.acquired,
-            "region": self.region,
-            "region_window": self.region_window(),
-        }
+    def to_dict(self) -> ResultRecord:
+        """Stable field names for ``--json``, GeoJSON and the HTTP API."""
+        return ResultRecord(
+            rank=self.rank,
+            score=round(self.score, 6),
+            coarse_score=round(self.coarse_score, 6),
+            fine_score=None if self.fine_score is None else round(self.fine_score, 6),
+            id=self.id,
+            scene_id=self.scene_id,
+            path=self.path,
+            level=self.level,
+            window=window_record(self.window),
+            bbox=self.bbox,
+            acquired=self.acquired,
+            region=self.region,
+            region_window=self.region_window(),
+            region_index=self.region_index,
+            footprint=self.footprint,
+        )
 
-    def region_window(self) -> dict[str, int] | None:
+    def region_window(self) -> WindowRecord | None:
         """The matched region in scene pixels."""
         if self.region is None:
             return None
@@ -85,12 +140,9 @@ class Result:
         x0, y0, x1, y1 = region_in_window(self.region, w, h, self.payload.get("tile_size"), self.level)
         c0, r0 = self.window["col"], self.window["row"]
         col, row = c0 + min(int(round(x0)), w - 1), r0 + min(int(round(y0)), h - 1)
-        return {
-            "col": col,
-            "row": row,
-            "width": max(1, c0 + int(round(x1)) - col),
-            "height": max(1, r0 + int(round(y1)) - row),
-        }
+        return WindowRecord(
+            col=col, row=row, width=max(1, c0 + int(round(x1)) - col), height=max(1, r0 + int(round(y1)) - row)
+        )
 
 
 @dataclass
@@ -130,7 +182,7 @@ def parse_bbox(value: str | None) -> tuple[float, float, float, float] | None:
     try:
         if len(parts) != 4:
             raise ValueError(value)
-        numbers = tuple(float(p) for p in parts)
+        numbers = (float(parts[0]), float(parts[1]), float(parts[2]), float(parts[3]))
     except ValueError as exc:
         raise BadInput(f"bbox {str(value)[:200]!r}: expected four numbers minlon,minlat,maxlon,maxlat") from exc
     return check_bbox(numbers, shown=str(value))
@@ -278,16 +330,16 @@ class Searcher:
             # cached as of the recalled version: a write since then has a higher one, so it misses
             fetched = [i for i in miss if keep[i]]
             self.vector_cache.put([cands.ids[i] for i in fetched], versions[fetched], coarse[fetched],
-                                  regions[fetched], [payloads[i] for i in fetched])
+                                  regions[fetched], [p for i in fetched if (p := payloads[i]) is not None])
         idx = np.flatnonzero(keep)
         return Candidates(ids=[cands.ids[i] for i in idx], scores=cands.scores[idx],
-                          payloads=[payloads[i] for i in idx], coarse=coarse[idx], regions=regions[idx],
+                          payloads=[p for i in idx if (p := payloads[i]) is not None], coarse=coarse[idx], regions=regions[idx],
                           versions=versions[idx])
 
     def _attach_payloads(self, results: list[Result]) -> list[Result]:
         """Fill the winners' payload fields; a tile deleted since recall is left out."""
         found = dict(self.store.get_tiles([r.id for r in results]))
-        kept = []
+        kept: list[Result] = []
         for r in results:
             p = found.get(r.id)
             if p is None:

@@ -29,7 +29,7 @@ from rasterio.warp import transform as warp_transform
 from rasterio.windows import Window
 
 from ftfsearch.errors import BadInput
-from ftfsearch.raster import RasterStyle, choose_style, gdal_options, is_url, require_bands
+from ftfsearch.raster import WGS84, RasterStyle, choose_style, gdal_options, is_url, require_bands
 from ftfsearch.times import iso_utc, read_time
 
 log = logging.getLogger(__name__)
@@ -333,7 +333,7 @@ class SceneReader:
         rows = np.array([0.0, 0.0, 1.0]) + self.height / 2
         try:
             lons, lats = warp_transform(
-                self._crs, "EPSG:4326", (a * cols + b * rows + c).tolist(),
+                self._crs, WGS84, (a * cols + b * rows + c).tolist(),
                 (d * cols + e * rows + f).tolist(),
             )
             dx = _GEOD.inv(lons[0], lats[0], lons[1], lats[1])[2]
@@ -428,7 +428,7 @@ class SceneReader:
             float(corners_y.max()),
         )
         try:
-            lons, lats = warp_transform(self._crs, "EPSG:4326", xs.tolist(), ys.tolist())
+            lons, lats = warp_transform(self._crs, WGS84, xs.tolist(), ys.tolist())
         except RasterioError as exc:
             log.debug("%s: footprint of %s not reprojectable: %s", self.path, window, exc)
             return _Geo(native_bounds=native)

@@ -302,3 +302,26 @@ def test_region_geometry_is_one_rule_for_results_and_chips() -> None:
     assert r.region_window() == {"col": 250, "row": 50, "width": 150, "height": 256}
     old = ChipSpec.from_result(r)
     assert old.region_pixels(*old.output_shape()) == (75, 0, 149, 127)
+
+
+def test_recorded_bands_are_one_rule_for_chips_previews_and_query_chips() -> None:
+    """The scene's --bands as its ingest recorded them: ints, or None where none were given (the
+    file's own choice), for the API's chips and previews and for `query --chips` alike."""
+    from ftfsearch.chips import recorded_bands, scene_bands
+    from ftfsearch.store.base import SceneRecord
+
+    def record(tiling: dict) -> SceneRecord:
+        return SceneRecord(scene_id="s", path="p", fingerprint="f", state="complete", model_id="m", tiling=tiling)
+
+    assert recorded_bands(record({"bands": [3, 2, 1]})) == (3, 2, 1)
+    assert recorded_bands(record({"bands": ["4", 3.0, 2]})) == (4, 3, 2)  # a JSON round trip keeps them ints
+    assert recorded_bands(record({"bands": []})) is None
+    assert recorded_bands(record({"bands": None})) is None
+    assert recorded_bands(record({})) is None
+    assert recorded_bands(None) is None  # a scene dropped since the search
+
+    class Scenes:
+        def get_scene(self, sid: str) -> SceneRecord | None:
+            return {"a": record({"bands": [1]}), "b": record({})}.get(sid)
+
+    assert scene_bands(Scenes(), ["a", "b", "a", "gone"]) == {"a": (1,), "b": None, "gone": None}  # type: ignore[arg-type]

@@ -65,3 +65,28 @@ def test_unreadable_config_file_is_one_clear_error(tmp_path, monkeypatch):
     monkeypatch.setattr(Path, "is_file", denied)
     with pytest.raises(BadInput, match="config file"):
         load_settings()
+
+
+def test_settings_open_the_store_they_name(tmp_path):
+    """One rule for every command and serve: the server when a URL is set, else the embedded
+    store in the resolved directory, read-only when asked."""
+    from ftfsearch.errors import PermissionDenied
+    from ftfsearch.store.edge import EdgeStore
+    from ftfsearch.store.server import ServerStore
+
+    settings = load_settings(store_dir=str(tmp_path / "store"), collection="mine")
+    store = settings.open_store(read_only=True)
+    try:
+        assert isinstance(store, EdgeStore) and store.collection == "mine" and store.meta() is None
+        with pytest.raises(PermissionDenied):
+            store.delete_scene("x")
+    finally:
+        store.close()
+    assert not (tmp_path / "store").exists()  # read-only opens create nothing
+    remote = load_settings(store_dir=str(tmp_path / "store"), qdrant_url="http://127.0.0.1:9", timeout=3)
+    server = remote.open_store(read_only=True)  # the URL wins over the directory
+    try:
+        assert isinstance(server, ServerStore) and server.url.startswith("http://127.0.0.1:9")
+        assert server.timeout == 3.0
+    finally:
+        server.close()

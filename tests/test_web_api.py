@@ -76,11 +76,45 @@ def test_search_has_the_query_json_fields_plus_chip_url(client: TestClient) -> N
     with res.lock:
         expected = res.searcher().search(QUERY, k=5).results
     for hit, result in zip(hits, expected, strict=True):
-        for key, value in result.to_dict().items():
+        record = result.to_dict()
+        assert set(hit) == set(record) | {"region_footprint", "chip_url"}  # nothing added beside the record
+        for key, value in record.items():
             assert hit[key] == value, key
         assert hit["footprint"] == result.footprint and hit["footprint"][0] == hit["footprint"][-1]
         assert hit["region_index"] == result.region_index is not None
         assert hit["chip_url"] == f"http://testserver/api/tiles/{hit['id']}/chip.png?region={hit['region_index']}"
+
+
+def test_a_query_json_record_names_its_region_for_like_region(client: TestClient) -> None:
+    """`query --json` printed no region_index (the API did), though --like-region asks for "a
+    result's region_index": the record now carries it, and the tile's footprint, as the API's does."""
+    from ftfsearch.export import results_to_json
+
+    res = client.app.state.resources  # type: ignore[attr-defined]
+    with res.lock:
+        results = res.searcher().search(QUERY, k=3).results
+    record = results_to_json(results)[0]
+    assert record["region_index"] == results[0].region_index is not None
+    assert record["footprint"] == results[0].footprint
+    ref = f"{record['id']}:{record['region_index']}"
+    hits = client.get("/api/search", params={"like_region": ref, "k": 3}).json()["results"]
+    assert len(hits) == 3 and record["id"] not in {h["id"] for h in hits}  # the example itself is left out
+
+
+def test_search_by_image_takes_the_same_parameters_as_get(client: TestClient) -> None:
+    """One declaration of the search parameters: POST documents and checks them as GET does."""
+    paths = client.get("/openapi.json").json()["paths"]["/api/search"]
+    get = {p["name"]: p for p in paths["get"]["parameters"]}
+    post = {p["name"]: p for p in paths["post"]["parameters"]}
+    assert set(post) == set(get) | {"negative", "region"}
+    for name, param in get.items():
+        assert post[name] == param, name
+        assert param.get("description"), name
+    hit = client.get("/api/search", params={"q": QUERY, "k": 1}).json()["results"][0]
+    chip = client.get(hit["chip_url"].split("?")[0]).content
+    for bad, names in (({"k": "0"}, "k"), ({"bbox": "1,2,3"}, "bbox"), ({"rerank": "perhaps"}, "rerank")):
+        resp = client.post("/api/search", params=bad, content=chip, headers={"Content-Type": "image/png"})
+        assert names in assert_json_error(resp, (400, 422))
 
 
 def test_region_footprint_is_where_the_region_lies_on_earth(client: TestClient) -> None:

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 
 from ftfsearch.errors import BadInput, ModelNotFound
 from ftfsearch.model.base import RerankParams
+from ftfsearch.model.preprocess import PixelNorm
 from ftfsearch.model.regions import DEFAULT_LAYOUT, box_pooling_matrix, layout_boxes
 from ftfsearch.model.text import count_tokens, encode_batch, load_tokenizer
 
@@ -36,6 +37,7 @@ log = logging.getLogger(__name__)
 FORMAT_VERSION = 2
 """2: optional ``region_branch`` (regions from the finer, second-to-last stage). Format-1 dirs load unchanged."""
 CONFIG_NAME = "ftf_config.json"
+"""The file that makes a directory an FTF model (either family: the scratch and the pretrained one)."""
 WEIGHTS_NAME = "model.safetensors"
 TOKENIZER_NAME = "tokenizer.json"
 
@@ -191,12 +193,11 @@ class FtfModel(nn.Module):
         self.cfg = cfg
         self.image = ImageTower(cfg)
         self.text = TextTower(cfg)
-        self.register_buffer("mean", torch.tensor(PIXEL_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(PIXEL_STD).view(1, 3, 1, 1), persistent=False)
+        self.pixel_norm = PixelNorm(PIXEL_MEAN, PIXEL_STD)
 
     def normalize_pixels(self, x: torch.Tensor) -> torch.Tensor:
         """float ``[B, 3, S, S]`` in 0..1 -> standardised input."""
-        return (x - self.mean) / self.std
+        return self.pixel_norm(x)
 
     def forward_images(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Standardised ``[B, 3, S, S]`` -> unit ``(coarse [B, D], regions [B, R, D])`` in float32."""

@@ -20,6 +20,7 @@ import torch
 
 from ftfsearch.errors import ModelNotFound
 from ftfsearch.model.base import Encoder
+from ftfsearch.model.ftf import CONFIG_NAME as FTF_CONFIG_NAME
 from ftfsearch.model.sources import locate_model, resolve_device
 
 log = logging.getLogger(__name__)
@@ -27,7 +28,6 @@ log = logging.getLogger(__name__)
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "default"
 SCRATCH_MODEL_DIR = Path(__file__).resolve().parent / "scratch"
 """The first default (ftf-small, trained from scratch), shipped so stores built with it stay usable."""
-FTF_CONFIG_NAME = "ftf_config.json"
 
 def _load_ftf(root: Path, device: torch.device, options: dict[str, Any]) -> Encoder:
     """An FTF model directory of either family: ``pretrained`` (on the pinned base towers) or the

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
 from ftfsearch.errors import BadInput
@@ -25,6 +26,22 @@ OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 # PIL resample codes used in Hugging Face processor configs -> torch interpolation modes.
 _RESAMPLE_MODES = {0: "nearest", 1: "bicubic", 2: "bilinear", 3: "bicubic", 4: "bilinear", 5: "bicubic"}
+
+
+class PixelNorm(nn.Module):
+    """``(x - mean) / std`` per RGB channel with the statistics a model was trained with: buffers
+    that follow the model to its device, not weights (a model directory does not store them)."""
+
+    mean: torch.Tensor
+    std: torch.Tensor
+
+    def __init__(self, mean: tuple[float, float, float], std: tuple[float, float, float]) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
 
 
 def check_images(images: torch.Tensor | np.ndarray) -> torch.Tensor:

@@ -42,7 +42,8 @@ from ftfsearch.model.backbones import (
     minilm_dir,
 )
 from ftfsearch.model.base import RerankParams
-from ftfsearch.model.ftf import FtfEncoderBase, prepare_images, weights_digest
+from ftfsearch.model.ftf import CONFIG_NAME, WEIGHTS_NAME, FtfEncoderBase, prepare_images, weights_digest
+from ftfsearch.model.preprocess import PixelNorm
 from ftfsearch.model.regions import DEFAULT_LAYOUT, box_pooling_matrix, layout_boxes
 
 if TYPE_CHECKING:
@@ -50,8 +51,6 @@ if TYPE_CHECKING:
 
 FAMILY = "pretrained"
 FORMAT_VERSION = 1
-CONFIG_NAME = "ftf_config.json"
-WEIGHTS_NAME = "model.safetensors"
 
 
 @dataclass
@@ -179,11 +178,10 @@ class PretrainedFtfModel(nn.Module):
         self.cfg = cfg
         self.image = PretrainedImageTower(cfg, trunk)
         self.text = PretrainedTextTower(cfg, bert if bert is not None else load_minilm())
-        self.register_buffer("mean", torch.tensor(LITE_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(LITE_STD).view(1, 3, 1, 1), persistent=False)
+        self.pixel_norm = PixelNorm(LITE_MEAN, LITE_STD)
 
     def normalize_pixels(self, x: torch.Tensor) -> torch.Tensor:
-        return (x - self.mean) / self.std
+        return self.pixel_norm(x)
 
     def forward_images(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         g, r = self.image(x)

@@ -14,7 +14,8 @@ from ftfsearch import errors
 from ftfsearch.errors import FtfError, StoreUnavailable
 from ftfsearch.store.holder_record import HolderRecord, holder_path, read_holder
 
-SECRET_HEADER = "X-Ftfsearch-Holder-Secret"  # the same as ftfsearch.web.holder's
+SECRET_HEADER = "X-Ftfsearch-Holder-Secret"
+"""The header that carries the secret of the holder file (ftfsearch.web.holder checks it)."""
 
 
 class RemoteError(FtfError):

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ftfsearch.net import LOOPBACK_IP
+
 
 def start_time(pid: int) -> int | None:
     """The start time of process ``pid`` (clock ticks since boot), None when there is none."""
@@ -81,10 +83,10 @@ class HolderRecord:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{LOOPBACK_IP}:{self.port}"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"host": "127.0.0.1", "port": self.port, "secret": self.secret, "pid": self.pid, "start": self.start}
+        return {"host": LOOPBACK_IP, "port": self.port, "secret": self.secret, "pid": self.pid, "start": self.start}
 
 
 def new_secret() -> str:

@@ -32,6 +32,7 @@ from ftfsearch.errors import (
     PermissionDenied,
     StoreUnavailable,
 )
+from ftfsearch.net import LOOPBACK_HOSTS
 from ftfsearch.store import schema
 from ftfsearch.store._common import (
     KIND_FAILURE,
@@ -76,8 +77,6 @@ _INDEX_TYPES = {
 
 # Floats per upsert request: about 20 MB of JSON, under the server's max_request_size_mb.
 _FLOATS_PER_REQUEST = 1_000_000
-
-_LOOPBACK = {"localhost", "127.0.0.1", "::1"}
 
 # Writes are idempotent (fixed point ids), so a transient failure (connection lost, timeout, 5xx
 # while a cluster node fails over) is retried this many times, waiting 0.5, 1, 2 ... s between.
@@ -188,7 +187,7 @@ class ServerStore:
         self._meta: CollectionMeta | None = None
         self._closed = False
         with warnings.catch_warnings():
-            if parts.hostname in _LOOPBACK:
+            if parts.hostname in LOOPBACK_HOSTS:
                 # Plain HTTP on loopback never leaves the machine; elsewhere the warning stands.
                 warnings.filterwarnings("ignore", message="Api key is used with an insecure connection")
             self._client = QdrantClient(

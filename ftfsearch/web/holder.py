@@ -20,19 +20,22 @@ import threading
 from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Callable
+from typing import Annotated, Any, Awaitable, Callable
 
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ftfsearch.errors import BadInput, FtfError, IngestCancelled, SceneNotFound, StoreLocked
+from ftfsearch.net import LOOPBACK_HOSTS, LOOPBACK_IP
 from ftfsearch.store.base import Store
+from ftfsearch.store.holder_client import SECRET_HEADER
 from ftfsearch.store.holder_record import HolderRecord, holder_path, identity, new_secret, remove_holder, write_holder
+from ftfsearch.web.http_errors import status_of
 
 log = logging.getLogger(__name__)
 
-SECRET_HEADER = "X-Ftfsearch-Holder-Secret"
 HEARTBEAT_S = 2.0
 """A line at least this often on an event stream, so a client that left is noticed."""
 
@@ -184,7 +187,7 @@ class Holder:
 
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", 0))  # loopback only, whatever --host the page is served on
+        sock.bind((LOOPBACK_IP, 0))  # loopback only, whatever --host the page is served on
         sock.listen(64)
         self.port = int(sock.getsockname()[1])
         config = uvicorn.Config(create_holder_app(self), log_level="warning", access_log=False, lifespan="off")
@@ -234,7 +237,7 @@ class Holder:
         from ingest.stac import StacScene
 
         # files as paths, URLs as they are, STAC items as their data (ftfsearch ingest sends them)
-        files = [StacScene.from_dict(p) if isinstance(p, dict) else (p if is_url(p) else Path(p))
+        files: list[Path | str | StacScene] = [StacScene.from_dict(p) if isinstance(p, dict) else (p if is_url(p) else Path(p))
                  for p in body.get("paths") or []]
         spec = TilingSpec.from_dict(body.get("tiling") or {})
         o = body.get("options") or {}
@@ -292,11 +295,8 @@ class Holder:
                 examples=refs, after=body.get("after"), before=body.get("before"),
             )
             bands = scene_bands(res.store, [r.scene_id for r in out.results])
-        results = []
-        for r in out.results:
-            d = asdict(r)
-            results.append(d)
-        return {"results": results, "timings_ms": out.timings_ms, "warnings": out.warnings,
+        # The Results whole (payload too): the client rebuilds them, for its chips and GeoJSON.
+        return {"results": [asdict(r) for r in out.results], "timings_ms": out.timings_ms, "warnings": out.warnings,
                 "bands": {k: (list(v) if v else None) for k, v in bands.items()}}
 
     def push(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -313,109 +313,128 @@ class Holder:
         return summary.to_dict()
 
 
+def holder_of(request: Request) -> Holder:
+    return request.app.state.holder  # type: ignore[no-any-return]
+
+
+HolderDep = Annotated[Holder, Depends(holder_of)]
+
+
+async def _check_secret(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+    """Only loopback requests that carry this holder's secret get through."""
+    secret = request.app.state.holder.secret.encode("utf-8")
+    given = request.headers.get(SECRET_HEADER, "").encode("utf-8")
+    host = request.client.host if request.client is not None else ""
+    if host not in LOOPBACK_HOSTS or not hmac.compare_digest(given, secret):
+        return JSONResponse({"error": "forbidden: this endpoint is for the user who holds the store "
+                             "(the secret in its holder file)", "kind": "PermissionDenied", "exit_code": 4},
+                            status_code=403)
+    return await call_next(request)
+
+
+async def _library_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, FtfError)  # registered for FtfError only
+    return JSONResponse(error_body(exc), status_code=status_of(exc))
+
+
+async def _not_an_endpoint(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    return JSONResponse({"error": f"{request.url.path[:200]}: not a holder endpoint", "kind": "FtfError",
+                         "exit_code": 70}, status_code=exc.status_code)
+
+
+async def body_of(request: Request) -> dict[str, Any]:
+    """The request's JSON object (an empty body is ``{}``)."""
+    try:
+        data = json.loads(await request.body() or b"{}")
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BadInput("holder request: not JSON") from exc
+    if not isinstance(data, dict):
+        raise BadInput("holder request: not a JSON object")
+    return data
+
+
+Body = Annotated[dict[str, Any], Depends(body_of)]
+router = APIRouter(prefix="/api/holder")
+
+
+@router.get("/ping")
+def ping(holder: HolderDep) -> dict[str, Any]:
+    running = holder.running()
+    return {"pid": identity()["pid"], "ingest": None if running is None else running.id}
+
+
+@router.get("/scenes")
+def scenes(holder: HolderDep) -> list[dict[str, Any]]:
+    res = holder.resources
+    with res.lock:
+        return scenes_rows(res.store)
+
+
+@router.get("/info")
+def info(holder: HolderDep) -> dict[str, Any]:
+    res = holder.resources
+    with res.lock:
+        return info_data(res.store)
+
+
+@router.post("/search")
+async def search(holder: HolderDep, body: Body) -> dict[str, Any]:
+    return await run_in_threadpool(holder.search, body)
+
+
+@router.post("/drop")
+async def drop(holder: HolderDep, body: Body) -> dict[str, Any]:
+    scene_id = str(body.get("scene_id", ""))
+    running = holder.running()
+    if running is not None and scene_id in running.scene_ids:
+        raise StoreLocked(f"scene {scene_id!r} is being ingested in the server (job {running.id}); "
+                          "cancel that ingest or wait for it, then drop")
+    res = holder.resources
+
+    def work() -> dict[str, Any]:
+        with res.lock:
+            return {"removed": drop_scene(res.store, scene_id)}
+
+    return await run_in_threadpool(work)
+
+
+@router.post("/push")
+async def push(holder: HolderDep, body: Body) -> dict[str, Any]:
+    return await run_in_threadpool(holder.push, body)
+
+
+@router.post("/ingest")
+async def ingest(holder: HolderDep, body: Body) -> dict[str, Any]:
+    job = holder.start_ingest(body)
+    return {"job": job.id}
+
+
+def _job(holder: Holder, job_id: str) -> IngestJob:
+    job = holder.jobs.get(job_id)
+    if job is None:
+        raise BadInput(f"job {job_id[:40]!r}: no such ingest in this server")
+    return job
+
+
+@router.get("/jobs/{job_id}/events")
+def events(holder: HolderDep, job_id: str, start: int = 0) -> StreamingResponse:
+    return StreamingResponse(_job(holder, job_id).lines(max(0, start)), media_type="application/x-ndjson")
+
+
+@router.post("/jobs/{job_id}/cancel")
+def cancel(holder: HolderDep, job_id: str) -> dict[str, Any]:
+    job = _job(holder, job_id)
+    job.cancel.set()
+    return {"job": job.id, "cancelling": not job.done}
+
+
 def create_holder_app(holder: Holder) -> FastAPI:
     """The holder's API (its own loopback socket; every request carries the secret)."""
     app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
-    secret = holder.secret.encode("utf-8")
-
-    @app.middleware("http")
-    async def _check_secret(request: Request, call_next: Callable[[Request], Any]) -> Any:
-        given = request.headers.get(SECRET_HEADER, "").encode("utf-8")
-        host = request.client.host if request.client is not None else ""
-        if host not in ("127.0.0.1", "::1") or not hmac.compare_digest(given, secret):
-            return JSONResponse({"error": "forbidden: this endpoint is for the user who holds the store "
-                                 "(the secret in its holder file)", "kind": "PermissionDenied", "exit_code": 4},
-                                status_code=403)
-        return await call_next(request)
-
-    @app.exception_handler(FtfError)
-    async def _ftf_error(request: Request, exc: FtfError) -> JSONResponse:
-        from ftfsearch.web.app import status_of
-
-        return JSONResponse(error_body(exc), status_code=status_of(exc))
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return JSONResponse({"error": f"{request.url.path[:200]}: not a holder endpoint", "kind": "FtfError",
-                             "exit_code": 70}, status_code=exc.status_code)
-
-    async def body_of(request: Request) -> dict[str, Any]:
-        try:
-            data = json.loads(await request.body() or b"{}")
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise BadInput("holder request: not JSON") from exc
-        if not isinstance(data, dict):
-            raise BadInput("holder request: not a JSON object")
-        return data
-
-    res = holder.resources
-
-    @app.get("/api/holder/ping")
-    def ping() -> dict[str, Any]:
-        running = holder.running()
-        return {"pid": identity()["pid"], "ingest": None if running is None else running.id}
-
-    @app.get("/api/holder/scenes")
-    def scenes() -> list[dict[str, Any]]:
-        with res.lock:
-            return scenes_rows(res.store)
-
-    @app.get("/api/holder/info")
-    def info() -> dict[str, Any]:
-        with res.lock:
-            return info_data(res.store)
-
-    @app.post("/api/holder/search")
-    async def search(request: Request) -> dict[str, Any]:
-        from starlette.concurrency import run_in_threadpool
-
-        body = await body_of(request)
-        return await run_in_threadpool(holder.search, body)
-
-    @app.post("/api/holder/drop")
-    async def drop(request: Request) -> dict[str, Any]:
-        from starlette.concurrency import run_in_threadpool
-
-        body = await body_of(request)
-        scene_id = str(body.get("scene_id", ""))
-        running = holder.running()
-        if running is not None and scene_id in running.scene_ids:
-            raise StoreLocked(f"scene {scene_id!r} is being ingested in the server (job {running.id}); "
-                              "cancel that ingest or wait for it, then drop")
-
-        def work() -> dict[str, Any]:
-            with res.lock:
-                return {"removed": drop_scene(res.store, scene_id)}
-
-        return await run_in_threadpool(work)
-
-    @app.post("/api/holder/push")
-    async def push(request: Request) -> dict[str, Any]:
-        from starlette.concurrency import run_in_threadpool
-
-        body = await body_of(request)
-        return await run_in_threadpool(holder.push, body)
-
-    @app.post("/api/holder/ingest")
-    async def ingest(request: Request) -> dict[str, Any]:
-        body = await body_of(request)
-        job = holder.start_ingest(body)
-        return {"job": job.id}
-
-    @app.get("/api/holder/jobs/{job_id}/events")
-    def events(job_id: str, start: int = 0) -> StreamingResponse:
-        job = holder.jobs.get(job_id)
-        if job is None:
-            raise BadInput(f"job {job_id[:40]!r}: no such ingest in this server")
-        return StreamingResponse(job.lines(max(0, start)), media_type="application/x-ndjson")
-
-    @app.post("/api/holder/jobs/{job_id}/cancel")
-    def cancel(job_id: str) -> dict[str, Any]:
-        job = holder.jobs.get(job_id)
-        if job is None:
-            raise BadInput(f"job {job_id[:40]!r}: no such ingest in this server")
-        job.cancel.set()
-        return {"job": job.id, "cancelling": not job.done}
-
+    app.state.holder = holder
+    app.middleware("http")(_check_secret)
+    app.add_exception_handler(FtfError, _library_error)
+    app.add_exception_handler(StarletteHTTPException, _not_an_endpoint)
+    app.include_router(router)
     return app
-

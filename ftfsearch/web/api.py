@@ -1,0 +1,304 @@
+"""The endpoints under ``/api``: search (by text, example or a POSTed image), labels, scenes,
+info, chips and previews. Each takes the app's :class:`~ftfsearch.web.resources.Resources` as a
+dependency; searches and store reads hold its lock, chips and previews render outside it."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from importlib import metadata
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
+
+from ftfsearch.chips import MAX_CHIP_SIDE, ChipSpec, recorded_bands, region_footprints
+from ftfsearch.errors import BadInput, SceneNotFound, SourceUnavailable
+from ftfsearch.examples import ExampleRef, image_ref, parse_ref
+from ftfsearch.labels import MAX_LABELS, LabelSet, labels_to_geojson, parse_labels
+from ftfsearch.search import MAX_K, MAX_QUERY_CHARS, MAX_RECALL_K, parse_bbox
+from ftfsearch.web.resources import Resources, ServeOptions
+from ftfsearch.web.schemas import (
+    ERROR_RESPONSES,
+    LabelsBody,
+    LabelsRequest,
+    SceneBody,
+    ScenesBody,
+    SearchBody,
+    SearchHit,
+    SearchParams,
+)
+
+log = logging.getLogger(__name__)
+
+MAX_IMAGE_BYTES = 32 << 20
+"""Largest POSTed image chip or labels file."""
+_UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+PNG_CACHE_HEADERS = {"Cache-Control": "private, max-age=3600"}
+
+router = APIRouter(prefix="/api", tags=["api"], responses=ERROR_RESPONSES)
+
+
+def resources_of(request: Request) -> Resources:
+    return request.app.state.resources  # type: ignore[no-any-return]
+
+
+def options_of(request: Request) -> ServeOptions:
+    return request.app.state.options  # type: ignore[no-any-return]
+
+
+Res = Annotated[Resources, Depends(resources_of)]
+Options = Annotated[ServeOptions, Depends(options_of)]
+Search = Annotated[SearchParams, Query()]
+
+
+def package_version() -> str:
+    try:
+        return metadata.version("ftfsearch")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def check_tile_id(tile_id: str) -> str:
+    if not _UUID.match(tile_id):
+        raise BadInput(f"tile id {tile_id[:80]!r}: not a tile id (tile ids are UUIDs, as in search results)")
+    return tile_id.lower()
+
+
+def chip_url(request: Request, tile_id: str, region: int | None) -> str:
+    """Where the page gets a tile's chip, with region ``region`` outlined when one is given."""
+    chip = str(request.url_for("tile_chip", tile_id=tile_id))
+    return chip if region is None else f"{chip}?region={region}"
+
+
+# -- search --------------------------------------------------------------------------------------
+
+
+def example_refs(params: SearchParams) -> list[ExampleRef]:
+    """Stored tiles and points only: the server reads no file a client names (POST an image)."""
+    given = (("like", params.like), ("unlike", params.unlike), ("like_region", params.like_region),
+             ("unlike_region", params.unlike_region))
+    refs = []
+    for param, values in given:
+        for v in values:
+            text = v.strip()
+            if param.endswith("_region"):
+                head, sep, tail = text.rpartition(":")
+                if not sep or not tail.strip().isdigit():
+                    parse_ref(v, param)  # raises the REF:N message; no file is looked at
+                text = head.strip()
+            if not (_UUID.match(text) or "," in text):
+                raise BadInput(f"{param} {v[:200]!r}: give a tile id or a point lon,lat (POST an image to search by it)")
+            refs.append(parse_ref(v, param))
+    return refs
+
+
+def run_search(
+    request: Request, response: Response, res: Resources, params: SearchParams, examples: list[ExampleRef]
+) -> dict[str, Any]:
+    """One search under the lock; the hits are the results' records plus chip URLs and region rings."""
+    box = parse_bbox(params.bbox)
+    q = params.q
+    if not (q or "").strip() and not examples:
+        raise BadInput("q: the query is empty; give a text to look for, or an example with like=")
+    with res.lock:
+        out = res.searcher().search(q or None, k=params.k, recall_k=params.recall_k, rerank=params.rerank, bbox=box,
+                                    scenes=tuple(params.scene), examples=examples, after=params.after or None,
+                                    before=params.before or None)
+        res.remember(out.results)
+    hits = [
+        SearchHit(**r.to_dict(), region_footprint=ring, chip_url=chip_url(request, r.id, r.region_index))
+        for r, ring in zip(out.results, region_footprints(out.results))
+    ]
+    response.headers["Server-Timing"] = ", ".join(f"{name};dur={ms:.1f}" for name, ms in out.timings_ms.items())
+    return {
+        "query": " ".join((q or "").split()),
+        "like": [e.text for e in examples if e.positive],
+        "unlike": [e.text for e in examples if not e.positive],
+        "results": hits,
+        "timings_ms": {k_: round(v, 2) for k_, v in out.timings_ms.items()},
+        "warnings": out.warnings,
+    }
+
+
+@router.get("/search", response_model=SearchBody)
+def search(request: Request, response: Response, res: Res, params: Search) -> dict[str, Any]:
+    """Search the tiles by text, by example, or both: the same result fields as
+    ``ftfsearch query --json``, plus the matched region's ring and a chip URL."""
+    return run_search(request, response, res, params, example_refs(params))
+
+
+@router.post(
+    "/search", response_model=SearchBody,
+    openapi_extra={"requestBody": {"required": True, "content": {
+        t: {"schema": {"type": "string", "format": "binary"}} for t in ("image/png", "image/jpeg", "image/tiff")
+    }}},
+)
+async def search_by_image(
+    request: Request,
+    response: Response,
+    res: Res,
+    params: Search,
+    negative: bool = Query(False, description="true: the image is an example of what not to find"),
+    region: int | None = Query(None, ge=0, description="use region N of the image instead of the whole image"),
+) -> dict[str, Any]:
+    """Search by a POSTed image chip (PNG, JPEG or GeoTIFF as the request body), with the
+    same parameters as GET; the image is encoded with the collection's model."""
+    body = await request.body()
+    if len(body) > MAX_IMAGE_BYTES:
+        raise BadInput(f"image: {len(body)} bytes; send a chip of at most {MAX_IMAGE_BYTES >> 20} MB")
+    param = ("unlike" if negative else "like") + ("_region" if region is not None else "")
+    examples = [image_ref(body, param, "posted image", region)] + example_refs(params)
+    return await run_in_threadpool(run_search, request, response, res, params, examples)
+
+
+# -- labels --------------------------------------------------------------------------------------
+
+
+def marks_body(request: Request, labels: LabelSet, collection: dict[str, Any]) -> dict[str, Any]:
+    marks = []
+    for f in collection["features"]:
+        p = f["properties"]
+        ring = (f.get("geometry") or {}).get("coordinates", [None])[0]
+        marks.append({"id": p["id"], "label": p["label"], "region": p["region"], "scene_id": p["scene_id"],
+                      "level": p["level"], "footprint": ring, "chip_url": chip_url(request, p["id"], p["region"])})
+    return {"query": labels.query, "model_id": labels.model_id, "marks": marks}
+
+
+@router.post("/labels/export")
+def labels_export(res: Res, body: LabelsRequest) -> JSONResponse:
+    """The marks as a labels GeoJSON FeatureCollection (``label: positive|negative``, the
+    query, the model id), as ``ftfsearch labels export`` writes it."""
+    if len(body.marks) > MAX_LABELS:
+        raise BadInput(f"marks: at most {MAX_LABELS} per file")
+    labels = parse_labels({"type": "FeatureCollection", "features": [
+        {"properties": m.model_dump()} for m in body.marks
+    ]}, "marks")
+    with res.lock:
+        meta = res.store.meta()
+        labels.query, labels.model_id = body.query, None if meta is None else meta.model_id
+        collection = labels_to_geojson(labels, res.store)
+    return JSONResponse(collection, headers={"Content-Disposition": 'attachment; filename="labels.geojson"'})
+
+
+@router.post("/labels/import", response_model=LabelsBody)
+async def labels_import(request: Request, res: Res) -> dict[str, Any]:
+    """Read a labels GeoJSON (the request body) back into marks, checked against the store."""
+    raw = await request.body()
+    if len(raw) > MAX_IMAGE_BYTES:
+        raise BadInput(f"labels: {len(raw)} bytes; at most {MAX_IMAGE_BYTES >> 20} MB")
+    try:
+        data = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BadInput("labels: not a JSON document; send a labels GeoJSON file (as export writes)") from exc
+    labels = parse_labels(data, "labels")
+
+    def check() -> dict[str, Any]:
+        with res.lock:
+            collection = labels_to_geojson(labels, res.store)
+        return marks_body(request, labels, collection)
+
+    return await run_in_threadpool(check)
+
+
+# -- scenes and info -----------------------------------------------------------------------------
+
+
+def _preview_bounds(res: Resources, path: str, max_side: int) -> tuple[float, float, float, float] | None:
+    """Where a scene's preview goes; None without one (no CRS, or the source is gone: logged)."""
+    try:
+        return res.renderer.preview_bounds(path, max_side)
+    except SourceUnavailable as exc:
+        log.warning("%s", exc)
+        return None
+
+
+@router.get("/scenes", response_model=ScenesBody)
+def scenes(request: Request, res: Res, options: Options) -> dict[str, Any]:
+    """Ingested scenes with footprints, tile counts and where their map previews go."""
+    with res.lock:
+        records = res.store.list_scenes() if res.store.meta() is not None else []
+        counts = {s.scene_id: res.store.count_tiles(s.scene_id) for s in records}
+    rows = []
+    for s in records:
+        bounds = _preview_bounds(res, s.path, options.preview_max_side)
+        rows.append(SceneBody(
+            scene_id=s.scene_id, path=s.path, state=s.state, tiles=counts[s.scene_id], crs=s.crs, bbox=s.bbox,
+            footprint=s.footprint, acquired=s.extra.get("acquired"),
+            preview_url=None if bounds is None else str(request.url_for("scene_preview", scene_id=s.scene_id)),
+            preview_bounds=None if bounds is None else list(bounds),
+        ))
+    return {"scenes": rows}
+
+
+@router.get("/info")
+def info(res: Res, options: Options) -> dict[str, Any]:
+    """The store, the collection's model, counts, limits and the page's map settings."""
+    with res.lock:
+        described = res.store.describe()
+        meta = res.store.meta()
+        tiles = res.store.count_tiles() if meta is not None else 0
+        scene_count = len(res.store.list_scenes()) if meta is not None else 0
+    enc = res.encoder
+    return {
+        "version": package_version(),
+        "store": described,
+        "collection": res.store.collection,
+        "model": None if meta is None else meta.to_payload(),
+        "encoder": {"id": enc.id, "dim": enc.dim, "num_regions": enc.num_regions, "layout": enc.region_layout},
+        "tiles": tiles,
+        "scenes": scene_count,
+        "limits": {"max_k": MAX_K, "max_recall_k": MAX_RECALL_K, "max_query_chars": MAX_QUERY_CHARS,
+                   "max_chip_size": MAX_CHIP_SIDE},
+        "basemap": None if not options.basemap_url else {
+            "url": options.basemap_url, "attribution": options.basemap_attribution or "",
+        },
+        "cache": res.renderer.stats(),
+    }
+
+
+# -- chips and previews --------------------------------------------------------------------------
+
+
+@router.get(
+    "/tiles/{tile_id}/chip.png",
+    name="tile_chip",
+    responses={200: {"content": {"image/png": {}}, "description": "the chip"}},
+    response_class=Response,
+)
+def tile_chip(
+    res: Res,
+    tile_id: str,
+    region: int | None = Query(None, ge=0, description="region index to outline (region_index of a result)"),
+    size: int | None = Query(None, ge=16, le=MAX_CHIP_SIDE, description="long side in pixels; default: the tile's"),
+) -> Response:
+    """The tile as PNG, read from its source raster, with the matched region outlined."""
+    tid = check_tile_id(tile_id)
+    boxes = res.encoder.region_boxes
+    if region is not None and region >= len(boxes):
+        raise BadInput(f"region {region}: this model has {len(boxes)} regions (0..{len(boxes) - 1})")
+    payload, bands = res.tile(tid)
+    spec = ChipSpec.from_payload(
+        payload, bands=bands, region=None if region is None else boxes[region].tolist(), size=size
+    )
+    return Response(res.renderer.chip(spec), media_type="image/png", headers=PNG_CACHE_HEADERS)
+
+
+@router.get(
+    "/scenes/{scene_id}/preview.png",
+    name="scene_preview",
+    responses={200: {"content": {"image/png": {}}, "description": "the preview"}},
+    response_class=Response,
+)
+def scene_preview(res: Res, options: Options, scene_id: str) -> Response:
+    """A low-resolution RGBA image of the scene in Web Mercator, for a map overlay."""
+    with res.lock:
+        scene = res.store.get_scene(scene_id) if res.store.meta() is not None else None
+    if scene is None:
+        raise SceneNotFound(f"scene {scene_id[:200]!r}: not in collection {res.store.collection!r}")
+    preview = res.renderer.preview(scene.path, recorded_bands(scene), options.preview_max_side)
+    if preview is None:
+        raise SceneNotFound(f"scene {scene_id!r}: has no CRS (or crosses the antimeridian): no map preview")
+    return Response(preview.png, media_type="image/png", headers=PNG_CACHE_HEADERS)

@@ -1,0 +1,116 @@
+"""What the API takes and answers, as models: they check requests and make /openapi.json
+describe the API. A search hit is :class:`~ftfsearch.search.ResultRecord` (what ``query --json``
+prints) plus what only the page needs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, with_config
+
+from ftfsearch.search import MAX_K, MAX_QUERY_CHARS, MAX_RECALL_K, ResultRecord
+
+AFTER_DOC = "only scenes acquired at or after this time (ISO 8601, e.g. 2024-05-01; UTC if no zone)"
+BEFORE_DOC = "only scenes acquired before this time; a time range leaves out scenes without a time"
+
+
+class SearchParams(BaseModel):
+    """The query parameters of a search, the same for GET and for POST (an image in the body)."""
+
+    q: str | None = Field(None, max_length=4 * MAX_QUERY_CHARS, description="what to look for, in plain words")
+    like: list[str] = Field([], description="an example to find more of: tile id or point lon,lat (repeatable)")
+    unlike: list[str] = Field([], description="an example of what not to find (repeatable)")
+    like_region: list[str] = Field([], description="REF:N: region N of a tile as the example (repeatable)")
+    unlike_region: list[str] = Field([], description="REF:N: a region not to find (repeatable)")
+    k: int = Field(10, ge=1, le=MAX_K, description="number of results")
+    recall_k: int = Field(100, ge=1, le=MAX_RECALL_K, description="candidates recalled for the rerank")
+    bbox: str | None = Field(None, description="minlon,minlat,maxlon,maxlat (WGS84)")
+    scene: list[str] = Field([], description="only these scene ids (repeatable)")
+    rerank: bool = Field(True, description="false: the coarse recall order")
+    after: str | None = Field(None, max_length=64, description=AFTER_DOC)
+    before: str | None = Field(None, max_length=64, description=BEFORE_DOC)
+
+
+class ErrorBody(BaseModel):
+    error: str
+
+
+def _record_descriptions(schema: dict[str, Any]) -> None:
+    """Pydantic reads a TypedDict's attribute docstrings from its own body only: the fields a
+    SearchHit takes from ResultRecord take their descriptions from ResultRecord's schema."""
+    described = TypeAdapter(ResultRecord).json_schema()["properties"]
+    for name, prop in schema.get("properties", {}).items():
+        if "description" in described.get(name, {}):
+            prop.setdefault("description", described[name]["description"])
+
+
+@with_config(ConfigDict(use_attribute_docstrings=True, json_schema_extra=_record_descriptions))
+class SearchHit(ResultRecord):
+    """A result as ``query --json`` prints it, plus where the page finds its chip and region."""
+
+    region_footprint: list[list[float]] | None
+    """WGS84 ring of the matched region"""
+    chip_url: str
+    """PNG of the tile with the matched region outlined"""
+
+
+class SearchBody(BaseModel):
+    query: str
+    like: list[str] = Field(description="the positive examples, as given")
+    unlike: list[str] = Field(description="the negative examples, as given")
+    results: list[SearchHit]
+    timings_ms: dict[str, float]
+    warnings: list[str]
+
+
+class Mark(BaseModel):
+    id: str = Field(description="tile id")
+    label: str = Field(description="positive or negative")
+    region: int | None = Field(None, description="the marked region index; null: the whole tile")
+
+
+class LabelsRequest(BaseModel):
+    query: str | None = None
+    marks: list[Mark]
+
+
+class MarkBody(Mark):
+    scene_id: str | None
+    level: int | None
+    footprint: list[list[float]] | None
+    chip_url: str
+
+
+class LabelsBody(BaseModel):
+    query: str | None
+    model_id: str | None
+    marks: list[MarkBody]
+
+
+class SceneBody(BaseModel):
+    scene_id: str
+    path: str
+    state: str
+    tiles: int
+    crs: str | None
+    bbox: list[float] | None
+    footprint: list[list[float]] | None
+    acquired: str | None = Field(None, description="acquisition time, ISO 8601 UTC; null when unknown")
+    preview_url: str | None = Field(description="RGBA PNG warped to Web Mercator; null without CRS or source")
+    preview_bounds: list[float] | None = Field(description="[west, south, east, north] WGS84 of the preview image")
+
+
+class ScenesBody(BaseModel):
+    scenes: list[SceneBody]
+
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorBody, "description": why}
+    for code, why in (
+        (400, "bad parameter"),
+        (404, "unknown tile, scene or collection; or the source raster is gone"),
+        (409, "the collection was built with another model"),
+        (422, "parameter missing or out of range"),
+        (503, "store unreachable"),
+    )
+}
