@@ -13,7 +13,7 @@ DEMO_QUERY2 ?= houses with red roofs
 # Search by example: more like the tile under this point (the houses at the north-west corner).
 DEMO_LIKE ?= 115.16057,-8.58392
 
-.PHONY: venv qdrant demo serve test clean
+.PHONY: venv qdrant demo serve lint test clean
 
 venv: $(VENV)/.installed
 
@@ -41,10 +41,13 @@ demo: venv
 serve: demo
 	$(BIN)/ftfsearch serve --store $(DEMO_STORE)
 
-# The lint gate first (ruff: undefined names, unused imports, syntax); then the tests. pytest exits 5
-# when it collected no tests: that is a failure here.
-test: venv qdrant
+# The gates (configured in pyproject.toml): ruff for bugs and a complexity limit of 14, mypy for types.
+lint: venv
 	$(BIN)/ruff check ftfsearch ingest deploy bench tests scripts experiments docs
+	$(BIN)/mypy
+
+# pytest exits 5 when it collected no tests: that is a failure here.
+test: venv qdrant
 	@$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
 

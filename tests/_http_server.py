@@ -27,6 +27,104 @@ from typing import Any
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 
 
+class _Handler(BaseHTTPRequestHandler):
+    """Serves the files of ``state.root`` and its counters; ``state`` is set per self.state."""
+
+    state: _Server
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - quiet
+        pass
+
+    def _file(self) -> Path | None:
+        name = self.path.split("?", 1)[0].lstrip("/")
+        p = (self.state.root / name).resolve()
+        if not (p.is_file() and self.state.root.resolve() in p.parents):
+            return None
+        gone = self.state.vanish_after is not None and self.state.served[p.name] >= self.state.vanish_after
+        return None if gone else p
+
+    def _headers(self, p: Path, status: int, length: int, extra: dict[str, str]) -> None:
+        st = p.stat()
+        self.send_response(status)
+        self.send_header("Content-Length", str(length))
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Accept-Ranges", "bytes")
+        self.send_header("ETag", '"' + hashlib.md5(f"{st.st_size}-{st.st_mtime_ns}".encode()).hexdigest() + '"')
+        self.send_header("Last-Modified", email.utils.formatdate(st.st_mtime, usegmt=True))
+        for k, v in extra.items():
+            self.send_header(k, v)
+        self.end_headers()
+
+    def _not_found(self) -> None:
+        self.send_response(404)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def _control(self) -> bool:
+        if not self.path.startswith("/_"):
+            return False
+        if self.path.startswith("/_control"):
+            query = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(self.path).query, keep_blank_values=True))
+            with self.state._lock:
+                if "reset" in query:
+                    self.state.served.clear()
+                    self.state.requests.clear()
+                if "vanish_after" in query:
+                    v = query["vanish_after"]
+                    self.state.vanish_after = int(v) if v else None
+        with self.state._lock:
+            body = json.dumps({"served": dict(self.state.served), "requests": self.state.requests}).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+        self.wfile.write(body)
+        return True
+
+    def do_HEAD(self) -> None:  # noqa: N802
+        p = self._file()
+        with self.state._lock:
+            self.state.requests.append(("HEAD", self.path, None))
+        if p is None:
+            return self._not_found()
+        self._headers(p, 200, p.stat().st_size, {})
+
+    def do_GET(self) -> None:  # noqa: N802
+        if self._control():
+            return
+        p = self._file()
+        rng = self.headers.get("Range")
+        with self.state._lock:
+            self.state.requests.append(("GET", self.path, rng))
+        if p is None:
+            return self._not_found()
+        data = p.read_bytes()
+        size = len(data)
+        status, extra, body = 200, {}, data
+        if rng:
+            m = _RANGE.match(rng.strip())
+            if m is None:  # several ranges: not needed by GDAL's /vsicurl/, refused plainly
+                self.send_response(416)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            a, b = m.groups()
+            start, end = (size - int(b), size - 1) if a == "" else (int(a), min(int(b or size - 1), size - 1))
+            if start >= size:
+                self.send_response(416)
+                self.send_header("Content-Range", f"bytes */{size}")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            status, body = 206, data[start : end + 1]
+            extra = {"Content-Range": f"bytes {start}-{end}/{size}"}
+        self._headers(p, status, len(body), extra)
+        self.wfile.write(body)
+        with self.state._lock:
+            self.state.served[p.name] += len(body)
+
+
 class _Server:
     def __init__(self, root: Path, port: int = 0) -> None:
         self.root = root
@@ -38,103 +136,8 @@ class _Server:
         """Once this many bytes of a file were served, the file is gone (404): a source that
         disappears mid-ingest."""
         self._lock = threading.Lock()
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - quiet
-                pass
-
-            def _file(self) -> Path | None:
-                name = self.path.split("?", 1)[0].lstrip("/")
-                p = (server.root / name).resolve()
-                if not (p.is_file() and server.root.resolve() in p.parents):
-                    return None
-                gone = server.vanish_after is not None and server.served[p.name] >= server.vanish_after
-                return None if gone else p
-
-            def _headers(self, p: Path, status: int, length: int, extra: dict[str, str]) -> None:
-                st = p.stat()
-                self.send_response(status)
-                self.send_header("Content-Length", str(length))
-                self.send_header("Content-Type", "application/octet-stream")
-                self.send_header("Accept-Ranges", "bytes")
-                self.send_header("ETag", '"' + hashlib.md5(f"{st.st_size}-{st.st_mtime_ns}".encode()).hexdigest() + '"')
-                self.send_header("Last-Modified", email.utils.formatdate(st.st_mtime, usegmt=True))
-                for k, v in extra.items():
-                    self.send_header(k, v)
-                self.end_headers()
-
-            def _not_found(self) -> None:
-                self.send_response(404)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def _control(self) -> bool:
-                if not self.path.startswith("/_"):
-                    return False
-                if self.path.startswith("/_control"):
-                    query = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(self.path).query, keep_blank_values=True))
-                    with server._lock:
-                        if "reset" in query:
-                            server.served.clear()
-                            server.requests.clear()
-                        if "vanish_after" in query:
-                            v = query["vanish_after"]
-                            server.vanish_after = int(v) if v else None
-                with server._lock:
-                    body = json.dumps({"served": dict(server.served), "requests": server.requests}).encode()
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(body)))
-                self.send_header("Content-Type", "application/json")
-                self.end_headers()
-                self.wfile.write(body)
-                return True
-
-            def do_HEAD(self) -> None:  # noqa: N802
-                p = self._file()
-                with server._lock:
-                    server.requests.append(("HEAD", self.path, None))
-                if p is None:
-                    return self._not_found()
-                self._headers(p, 200, p.stat().st_size, {})
-
-            def do_GET(self) -> None:  # noqa: N802
-                if self._control():
-                    return
-                p = self._file()
-                rng = self.headers.get("Range")
-                with server._lock:
-                    server.requests.append(("GET", self.path, rng))
-                if p is None:
-                    return self._not_found()
-                data = p.read_bytes()
-                size = len(data)
-                status, extra, body = 200, {}, data
-                if rng:
-                    m = _RANGE.match(rng.strip())
-                    if m is None:  # several ranges: not needed by GDAL's /vsicurl/, refused plainly
-                        self.send_response(416)
-                        self.send_header("Content-Length", "0")
-                        self.end_headers()
-                        return
-                    a, b = m.groups()
-                    start, end = (size - int(b), size - 1) if a == "" else (int(a), min(int(b or size - 1), size - 1))
-                    if start >= size:
-                        self.send_response(416)
-                        self.send_header("Content-Range", f"bytes */{size}")
-                        self.send_header("Content-Length", "0")
-                        self.end_headers()
-                        return
-                    status, body = 206, data[start : end + 1]
-                    extra = {"Content-Range": f"bytes {start}-{end}/{size}"}
-                self._headers(p, status, len(body), extra)
-                self.wfile.write(body)
-                with server._lock:
-                    server.served[p.name] += len(body)
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        handler = type("Handler", (_Handler,), {"state": self})
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", port), handler)
         self.httpd.daemon_threads = True
 
 
