@@ -183,7 +183,7 @@ def mode_encoder(args: argparse.Namespace, scene: Path, root: Path, runtime: str
     if runtime is not None:
         if not hasattr(encoder, "runtime"):
             return {"tiles": 0, "seconds": float("nan"), "tiles_per_s": float("nan"), "note": "one runtime only"}
-        encoder.runtime = runtime  # type: ignore[attr-defined]
+        encoder.runtime = runtime
     reader, tiles = _first_tiles(scene, args.max_tiles)
     reader.close()
     encode_tiles(encoder, tiles[: args.batch_size])  # warm-up

@@ -120,7 +120,7 @@ def _store_or_holder(settings: Settings, read_only: bool = False) -> tuple[Any, 
         return None, client
 
 
-def _load_encoder(settings: Settings):  # type: ignore[no-untyped-def]
+def _load_encoder(settings: Settings):
     from ftfsearch.model.loading import load_encoder
 
     return load_encoder(settings.model, device=settings.device)

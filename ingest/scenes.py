@@ -126,7 +126,7 @@ def expand_paths(args: list[str]) -> list[Path | str]:
     out: dict[Path | str, None] = {}
     for arg in args:
         if is_url(arg):  # read in place by GDAL; whether it is a raster shows when it opens
-            out.setdefault(arg, None)  # type: ignore[arg-type]
+            out.setdefault(arg, None)
             continue
         p = Path(arg).expanduser()
         if p.is_file():

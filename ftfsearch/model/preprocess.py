@@ -86,7 +86,7 @@ class ImageTransform:
         if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
             raise BadInput(f"image processor config: image_mean/image_std must be 3 values (std > 0), got {mean}, {std}")
         mode = _RESAMPLE_MODES.get(int(config.get("resample", 3)), "bicubic")
-        return cls(size=size, mean=mean, std=std, interpolation=mode)  # type: ignore[arg-type]
+        return cls(size=size, mean=mean, std=std, interpolation=mode)
 
     def to_float(self, images: torch.Tensor, device: torch.device) -> torch.Tensor:
         """``uint8 [B, H, W, 3]`` -> ``float32 [B, 3, H, W]`` in ``[0, 1]`` on ``device``."""

@@ -87,19 +87,19 @@ class HolderClient:
                     yield event
 
     def scenes(self) -> list[dict[str, Any]]:
-        return self.call("GET", "/api/holder/scenes")  # type: ignore[no-any-return]
+        return self.call("GET", "/api/holder/scenes")
 
     def info(self) -> dict[str, Any]:
-        return self.call("GET", "/api/holder/info")  # type: ignore[no-any-return]
+        return self.call("GET", "/api/holder/info")
 
     def drop(self, scene_id: str) -> int:
         return int(self.call("POST", "/api/holder/drop", {"scene_id": scene_id})["removed"])
 
     def search(self, body: dict[str, Any]) -> dict[str, Any]:
-        return self.call("POST", "/api/holder/search", body)  # type: ignore[no-any-return]
+        return self.call("POST", "/api/holder/search", body)
 
     def push(self, body: dict[str, Any]) -> dict[str, Any]:
-        return self.call("POST", "/api/holder/push", body)  # type: ignore[no-any-return]
+        return self.call("POST", "/api/holder/push", body)
 
     def start_ingest(self, body: dict[str, Any]) -> str:
         return str(self.call("POST", "/api/holder/ingest", body)["job"])

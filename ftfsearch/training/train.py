@@ -353,7 +353,7 @@ class _PretrainedTask:
         self.tokenizer = TextTokenizer(self.cfg.max_text_tokens)
         self.image_size = self.cfg.image_size
         self.rerank = self.cfg.rerank
-        n_blocks = len(self.model.image.trunk._blocks)
+        n_blocks = len(self.model.image.trunk.blocks)
         self.first_block = n_blocks - self.cfg.train_image_blocks
         self.first_layer = len(self._bert().encoder.layer) - self.cfg.train_text_layers
 
@@ -574,12 +574,13 @@ class _ClipTask(_PixelTask):
         self.device = device
         self.image_size = self.enc.transform.size
         self.rerank = self.enc.rerank_params
+        from ftfsearch.model.preprocess import PixelNorm
+
         t = self.enc.transform
-        self.mean = torch.tensor(t.mean, device=device).view(1, 3, 1, 1)
-        self.std = torch.tensor(t.std, device=device).view(1, 3, 1, 1)
+        self.norm = PixelNorm(t.mean, t.std).to(device)
 
     def images(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.enc.token_vectors((x - self.mean) / self.std)
+        return self.enc.token_vectors(self.norm(x))
 
     def texts(self, rows: np.ndarray) -> torch.Tensor:
         batch = self.enc.tokenizer([self.captions[i] for i in rows], padding=True, truncation=True,

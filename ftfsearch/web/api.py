@@ -42,11 +42,11 @@ router = APIRouter(prefix="/api", tags=["api"], responses=ERROR_RESPONSES)
 
 
 def resources_of(request: Request) -> Resources:
-    return request.app.state.resources  # type: ignore[no-any-return]
+    return request.app.state.resources
 
 
 def options_of(request: Request) -> ServeOptions:
-    return request.app.state.options  # type: ignore[no-any-return]
+    return request.app.state.options
 
 
 Res = Annotated[Resources, Depends(resources_of)]

@@ -283,7 +283,7 @@ class Holder:
         for r in body.get("examples") or []:
             refs.append(ExampleRef(
                 param=str(r["param"]), text=str(r["text"]), tile_id=r.get("tile_id"),
-                point=tuple(r["point"]) if r.get("point") else None,  # type: ignore[arg-type]
+                point=tuple(r["point"]) if r.get("point") else None,
                 image=Path(r["image"]) if r.get("image") else None, region=r.get("region"),
             ))
         bbox = tuple(body["bbox"]) if body.get("bbox") else None
@@ -306,7 +306,7 @@ class Holder:
         target = ServerStore(str(body["to"]), collection=str(body["collection"]), api_key=body.get("api_key"),
                              timeout=float(body.get("timeout") or self.settings.timeout))
         try:
-            summary = push_store(self.store, target, shards=body.get("shards"),  # type: ignore[arg-type]
+            summary = push_store(self.store, target, shards=body.get("shards"),
                                  replication_factor=body.get("replication_factor"))
         finally:
             target.close()
@@ -314,7 +314,7 @@ class Holder:
 
 
 def holder_of(request: Request) -> Holder:
-    return request.app.state.holder  # type: ignore[no-any-return]
+    return request.app.state.holder
 
 
 HolderDep = Annotated[Holder, Depends(holder_of)]
