@@ -1,14 +1,21 @@
 """A real store for the web tests: a tiny CLIP model and two real scenes ingested by the
 installed ``ftfsearch ingest`` command. Built once per test session (the API and the browser
-tests share it through a directory under pytest's session temp dir)."""
+tests share it through a directory under pytest's session temp dir). Also a running
+``ftfsearch serve`` for the tests that talk to one over HTTP."""
 
 from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,3 +75,47 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def http_get(url: str, timeout: float = 30.0) -> tuple[int, bytes]:
+    """``(status, body)`` of a GET; an HTTP error status is an answer, not an exception."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+@contextmanager
+def running_serve(
+    command: list[str], env: dict[str, str], log: Path, timeout: float, cwd: Path | None = None
+) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    """``command`` (an ``ftfsearch serve`` without ``--port``) on a free loopback port, until its
+    API answers; yields the process and its URL, and stops it (SIGINT, then kill) on exit."""
+    port = free_port()
+    with open(log, "w") as fh:
+        proc = subprocess.Popen([*command, "--port", str(port)], stdout=fh, stderr=subprocess.STDOUT, text=True,
+                                env=env, cwd=cwd)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"ftfsearch serve exited with {proc.returncode}: {log.read_text()[-2000:]}")
+            try:
+                if http_get(url + "/api/info", timeout=2)[0] == 200:
+                    break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"ftfsearch serve did not answer within {timeout:.0f} s: {log.read_text()[-2000:]}")
+            time.sleep(0.3)
+        yield proc, url
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()

@@ -12,19 +12,17 @@ import http.client
 import json
 import os
 import shutil
-import signal
 import statistics
 import subprocess
 import threading
 import time
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from _web_fixtures import DemoStore, demo_store, free_port, ftfsearch_command
+from _web_fixtures import DemoStore, demo_store, ftfsearch_command, http_get, running_serve
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_FLAGS = [
@@ -50,52 +48,18 @@ class Server:
     demo: DemoStore
 
 
-def _get(url: str, timeout: float = 30.0) -> tuple[int, bytes]:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
-            return resp.status, resp.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     if not LEAFLET.is_file():
         pytest.fail(f"{LEAFLET} missing: Leaflet is vendored in the checkout (scripts/get-leaflet.sh refreshes it)")
     demo = demo_store(tmp_path_factory)
-    port = free_port()
     log = tmp_path_factory.mktemp("serve") / "serve.log"
     env = {**os.environ, "FTF_CONFIG": str(log.parent / "none.toml")}
     env.pop("FTF_BASEMAP_URL", None)
-    with open(log, "w") as fh:
-        proc = subprocess.Popen(
-            [ftfsearch_command(), "serve", "--store", str(demo.store_dir), "--model", str(demo.model_dir),
-             "--device", "cpu", "--port", str(port)],
-            stdout=fh, stderr=subprocess.STDOUT, text=True, env=env,
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"ftfsearch serve exited with {proc.returncode}: {log.read_text()[-2000:]}")
-            try:
-                if _get(url + "/api/info", timeout=2)[0] == 200:
-                    break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"ftfsearch serve did not answer within 180 s: {log.read_text()[-2000:]}")
-            time.sleep(0.3)
-        yield Server(url, port, proc, log, demo)
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+    command = [ftfsearch_command(), "serve", "--store", str(demo.store_dir), "--model", str(demo.model_dir),
+               "--device", "cpu"]
+    with running_serve(command, env, log, timeout=180) as (proc, url):
+        yield Server(url, int(url.rsplit(":", 1)[1]), proc, log, demo)
 
 
 def test_serve_listens_on_loopback_by_default(server: Server) -> None:
@@ -144,7 +108,7 @@ def test_raw_traversal_paths_on_the_live_server(server: Server, raw_path: str) -
 
 def test_four_concurrent_clients(server: Server) -> None:
     """Searches and chips from 4 clients at once: all answered, identical answers, p50 reported."""
-    status, body = _get(f"{server.url}/api/search?q=ships+near+a+harbor&k=8")
+    status, body = http_get(f"{server.url}/api/search?q=ships+near+a+harbor&k=8")
     assert status == 200
     reference = json.loads(body)["results"]
     chips = [r["chip_url"] for r in reference]
@@ -155,7 +119,7 @@ def test_four_concurrent_clients(server: Server) -> None:
     def client(i: int) -> None:
         for j in range(6):
             t0 = time.perf_counter()
-            status, body = _get(f"{server.url}/api/search?q=ships+near+a+harbor&k=8")
+            status, body = http_get(f"{server.url}/api/search?q=ships+near+a+harbor&k=8")
             dt = time.perf_counter() - t0
             if status != 200 or [r["id"] for r in json.loads(body)["results"]] != [r["id"] for r in reference]:
                 errors.append(f"search {status}")
@@ -163,7 +127,7 @@ def test_four_concurrent_clients(server: Server) -> None:
                 times["search"].append(dt)
             t0 = time.perf_counter()
             # a different size each time: most requests are cache misses (a real windowed read)
-            status, png = _get(f"{chips[(i + j) % len(chips)]}&size={96 + 8 * (4 * j + i)}")
+            status, png = http_get(f"{chips[(i + j) % len(chips)]}&size={96 + 8 * (4 * j + i)}")
             dt = time.perf_counter() - t0
             if status != 200 or not png.startswith(b"\x89PNG"):
                 errors.append(f"chip {status}")
@@ -234,7 +198,7 @@ def test_search_page_in_chromium(server: Server, browser: object, tmp_path: Path
     page.press("#q", "Enter")
     page.wait_for_selector(".result", timeout=30_000)
     page.wait_for_function("[...document.querySelectorAll('.result img')].every(i => i.complete && i.naturalWidth > 0)")
-    api = json.loads(_get(f"{server.url}/api/search?q={QUERY.replace(' ', '+')}&k=8")[1])["results"]
+    api = json.loads(http_get(f"{server.url}/api/search?q={QUERY.replace(' ', '+')}&k=8")[1])["results"]
     items = page.locator(".result")
     assert items.count() == len(api) == 8
     for i, hit in enumerate(api):
@@ -318,7 +282,7 @@ def test_marks_refine_export_and_reimport_in_chromium(server: Server, browser: o
     marked = _ids_on_page(page)
     assert liked not in marked and unliked not in marked
     q = QUERY.replace(" ", "+")
-    status, body = _get(f"{server.url}/api/search?q={q}&k=8&like={liked}&unlike={unliked}")
+    status, body = http_get(f"{server.url}/api/search?q={q}&k=8&like={liked}&unlike={unliked}")
     api = json.loads(body)
     assert status == 200 and [h["id"] for h in api["results"]] == marked
     assert "Marks: 1" in page.inner_text("#marks-title")

@@ -30,20 +30,16 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import sysconfig
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from _web_fixtures import free_port
+from _web_fixtures import http_get, running_serve
 
 REPO = Path(__file__).resolve().parents[1]
 STATIC = REPO / "ftfsearch" / "web" / "static"
@@ -172,52 +168,18 @@ class Served:
     static: Path
 
 
-def _get(url: str, timeout: float = 30.0) -> tuple[int, bytes]:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
-            return resp.status, resp.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
-
-
 @pytest.fixture(scope="module")
 def served(installed: Installed, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     """``ftfsearch serve`` of the clean environment on an empty embedded store, default model."""
     root = tmp_path_factory.mktemp("serve")
-    port = free_port()
     log = root / "serve.log"
     env = _clean_env(installed.python.parent)
     env["FTF_CONFIG"] = str(root / "none.toml")
     env.pop("FTF_BASEMAP_URL", None)
-    with open(log, "w") as fh:
-        proc = subprocess.Popen(
-            [str(installed.ftfsearch), "serve", "--store", str(root / "store"), "--device", "cpu",
-             "--host", "127.0.0.1", "--port", str(port)],
-            stdout=fh, stderr=subprocess.STDOUT, text=True, env=env, cwd=root,
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"ftfsearch serve exited with {proc.returncode}: {log.read_text()[-2000:]}")
-            try:
-                if _get(url + "/api/info", timeout=2)[0] == 200:
-                    break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"ftfsearch serve did not answer within 120 s: {log.read_text()[-2000:]}")
-            time.sleep(0.3)
+    command = [str(installed.ftfsearch), "serve", "--store", str(root / "store"), "--device", "cpu",
+               "--host", "127.0.0.1"]
+    with running_serve(command, env, log, timeout=120, cwd=root) as (_, url):
         yield Served(url, log, installed.site / "ftfsearch" / "web" / "static")
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
 
 
 class _Refs(html.parser.HTMLParser):
@@ -244,7 +206,7 @@ def _referenced_assets(base_url: str, index: str) -> set[str]:
     assets = set(parser.refs)
     assert all(ref.startswith("/static/") for ref in assets), assets  # nothing from another host
     for ref in sorted(assets):
-        body = _get(base_url + ref)[1].decode("utf-8", "replace")
+        body = http_get(base_url + ref)[1].decode("utf-8", "replace")
         base = ref.rsplit("/", 1)[0]
         if ref.endswith(".css"):
             for target in re.findall(r"url\(\s*['\"]?([^'\")]+)['\"]?\s*\)", body):
@@ -257,7 +219,7 @@ def _referenced_assets(base_url: str, index: str) -> set[str]:
 
 @pytest.mark.slow
 def test_the_page_and_every_asset_it_references_are_served(served: Served) -> None:
-    status, page = _get(served.url + "/")
+    status, page = http_get(served.url + "/")
     assert status == 200 and b'id="map"' in page
     assets = _referenced_assets(served.url, page.decode())
     expected = {"/static/vendor/leaflet/leaflet.js", "/static/vendor/leaflet/leaflet.css", "/static/app.js",
@@ -266,7 +228,7 @@ def test_the_page_and_every_asset_it_references_are_served(served: Served) -> No
                 "/static/vendor/leaflet/images/marker-icon-2x.png", "/static/vendor/leaflet/images/marker-shadow.png"}
     assert expected <= assets
     for ref in sorted(assets):
-        status, body = _get(served.url + ref)
+        status, body = http_get(served.url + ref)
         assert status == 200, (ref, status)
         assert body == (served.static / ref.removeprefix("/static/")).read_bytes(), ref
 

@@ -385,6 +385,14 @@ def stored_vectors(
     return clean, coarse, regions
 
 
+def scanned_batch(recs: Sequence[Any], meta: CollectionMeta, use_packed: bool, read_named: ReadNamed) -> TileBatch:
+    """A page of scrolled points (either client's records: ``.id``, ``.payload``) as a batch with
+    its vectors, for ``scan_tiles`` of both backends."""
+    ids = [str(r.id) for r in recs]
+    payloads, coarse, regions = stored_vectors(ids, [r.payload for r in recs], meta, use_packed, read_named)
+    return TileBatch(ids=ids, coarse=coarse.astype(np.float32), regions=regions, payloads=payloads)
+
+
 def _version(point: Any) -> int:
     v = getattr(point, "version", None)
     return -1 if v is None else int(v)

@@ -64,6 +64,7 @@ from ftfsearch.store._common import (
     chunks,
     filter_conditions,
     payload_selector,
+    scanned_batch,
     stored_vectors,
     valid_point_ids,
     with_packed_vectors,
@@ -453,11 +454,7 @@ class EdgeStore:
                 )
             )
             if recs:
-                ids = [str(r.id) for r in recs]
-                payloads, coarse, regions = stored_vectors(
-                    ids, [r.payload for r in recs], meta, self.payload_vectors, self._read_named
-                )
-                yield TileBatch(ids=ids, coarse=coarse.astype(np.float32), regions=regions, payloads=payloads)
+                yield scanned_batch(recs, meta, self.payload_vectors, self._read_named)
             if offset is None:
                 return
 

@@ -56,6 +56,7 @@ from ftfsearch.store._common import (
     filter_conditions,
     payload_selector,
     public_url,
+    scanned_batch,
     stored_vectors,
     valid_point_ids,
     with_packed_vectors,
@@ -569,11 +570,7 @@ class ServerStore:
             except _Missing:
                 raise self._missing_collection() from None
             if recs:
-                ids = [str(r.id) for r in recs]
-                payloads, coarse, regions = stored_vectors(
-                    ids, [r.payload for r in recs], meta, self.payload_vectors, self._read_named
-                )
-                yield TileBatch(ids=ids, coarse=coarse.astype(np.float32), regions=regions, payloads=payloads)
+                yield scanned_batch(recs, meta, self.payload_vectors, self._read_named)
             if offset is None:
                 return
 
