@@ -584,12 +584,12 @@ def train(config: TrainConfig, progress: Callable[[TrainProgress], None] | None 
     ckpt: dict[str, Any] | None = None
     if config.resume:
         if not ckpt_path.is_file():
-            raise BadInput(f"{ckpt_path}: no checkpoint to resume from; run without --resume")
+            raise BadInput(f"{ckpt_path}: no checkpoint to resume from; run without `resume`")
         ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
     if config.epochs < 1 or config.batch_size < 2:
-        raise BadInput("--epochs must be >= 1 and --batch-size >= 2")
+        raise BadInput("`epochs` must be >= 1 and `batch_size` >= 2")
     if config.arch not in ("pretrained", "scratch"):
-        raise BadInput(f"--arch {config.arch!r}: use pretrained or scratch")
+        raise BadInput(f"`arch` {config.arch!r}: use pretrained or scratch")
 
     report(TrainProgress("data", 0, config.epochs, message="loading and caching images"))
     parts = _splits(config, "train", config.max_train_images)
@@ -617,7 +617,7 @@ def train(config: TrainConfig, progress: Callable[[TrainProgress], None] | None 
     if config.max_steps_per_epoch is not None:
         steps_per_epoch = min(steps_per_epoch, config.max_steps_per_epoch)
     if steps_per_epoch < 1:
-        raise DatasetError(f"{config.data[0]}: {n} training images are fewer than one batch of {config.batch_size}; lower --batch-size")
+        raise DatasetError(f"{config.data[0]}: {n} training images are fewer than one batch of {config.batch_size}; lower `batch_size`")
     total_steps = steps_per_epoch * config.epochs
     history: list[EpochStats] = []
     first_epoch = 0

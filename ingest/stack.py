@@ -57,15 +57,15 @@ def parse_stack(value: str) -> list[Path]:
     """``B04.tif,B03.tif,B02.tif`` -> absolute paths (each an existing file)."""
     names = [v.strip() for v in value.split(",")]
     if not value.strip() or any(not n for n in names):
-        raise BadInput(f"stack {value!r}: give band files separated by commas, e.g. B04.tif,B03.tif,B02.tif")
+        raise BadInput(f"`stack` {value!r}: give band files separated by commas, e.g. B04.tif,B03.tif,B02.tif")
     paths = []
     for name in names:
         p = Path(name).expanduser()
         if not p.is_file():
-            raise BadInput(f"stack {value!r}: {name}: no such file")
+            raise BadInput(f"`stack` {value!r}: {name}: no such file")
         paths.append(p.resolve())
     if len(set(paths)) != len(paths):
-        raise BadInput(f"stack {value!r}: a file is named twice")
+        raise BadInput(f"`stack` {value!r}: a file is named twice")
     return paths
 
 
@@ -76,14 +76,14 @@ def _read_band(path: Path, value: str) -> _Band:
             with rasterio.open(path) as ds:
                 if ds.count != 1:
                     raise BadInput(
-                        f"stack {value!r}: {path.name} has {ds.count} bands; each file of a stack is one "
-                        "band (pass a multi-band raster as a PATH, with --bands)"
+                        f"`stack` {value!r}: {path.name} has {ds.count} bands; each file of a stack is one "
+                        "band (pass a multi-band raster as a path, with `bands`)"
                     )
                 if "complex" in ds.dtypes[0]:
-                    raise BadInput(f"stack {value!r}: {path.name} has complex pixels; convert to amplitude first")
+                    raise BadInput(f"`stack` {value!r}: {path.name} has complex pixels; convert to amplitude first")
                 t = ds.transform
                 if t.b != 0 or t.d != 0:
-                    raise BadInput(f"stack {value!r}: {path.name} has a rotated grid; warp it north-up first (gdalwarp)")
+                    raise BadInput(f"`stack` {value!r}: {path.name} has a rotated grid; warp it north-up first (gdalwarp)")
                 return _Band(
                     path=path, width=ds.width, height=ds.height, transform=t, crs=ds.crs or None,
                     dtype=ds.dtypes[0], nodata=ds.nodata, description=ds.descriptions[0] or "",
@@ -91,7 +91,7 @@ def _read_band(path: Path, value: str) -> _Band:
                     fingerprint=fingerprint(path),
                 )
     except RasterioError as exc:
-        raise BadInput(f"stack {value!r}: {path.name} is not a readable raster ({exc})") from exc
+        raise BadInput(f"`stack` {value!r}: {path.name} is not a readable raster ({exc})") from exc
 
 
 def _check_aligned(bands: list[_Band], value: str) -> None:
@@ -99,7 +99,7 @@ def _check_aligned(bands: list[_Band], value: str) -> None:
     for b in bands[1:]:
         if (b.crs is None) != (first.crs is None) or (b.crs is not None and b.crs != first.crs):
             raise BadInput(
-                f"stack {value!r}: {b.path.name} is in {b.crs or 'no CRS'}, {first.path.name} in "
+                f"`stack` {value!r}: {b.path.name} is in {b.crs or 'no CRS'}, {first.path.name} in "
                 f"{first.crs or 'no CRS'}; reproject the bands to one CRS first (gdalwarp -t_srs)"
             )
     coarsest = max(max(abs(b.transform.a), abs(b.transform.e)) for b in bands)
@@ -107,11 +107,11 @@ def _check_aligned(bands: list[_Band], value: str) -> None:
     for b in bands[1:]:
         if any(abs(x - y) > tol for x, y in zip(b.bounds, first.bounds)):
             raise BadInput(
-                f"stack {value!r}: {b.path.name} covers {_fmt(b.bounds)}, {first.path.name} covers "
+                f"`stack` {value!r}: {b.path.name} covers {_fmt(b.bounds)}, {first.path.name} covers "
                 f"{_fmt(first.bounds)}; the bands of a stack must cover the same extent (clip them first)"
             )
         if (b.transform.a > 0) != (first.transform.a > 0) or (b.transform.e > 0) != (first.transform.e > 0):
-            raise BadInput(f"stack {value!r}: {b.path.name} is flipped against {first.path.name}")
+            raise BadInput(f"`stack` {value!r}: {b.path.name} is flipped against {first.path.name}")
 
 
 def _fmt(bounds: tuple[float, ...]) -> str:
@@ -165,7 +165,7 @@ def _gdal_type(dtype: str) -> str:
     try:
         return _GDAL_TYPES[dtype]
     except KeyError:
-        raise BadInput(f"stack: band type {dtype} is not supported") from None
+        raise BadInput(f"`stack`: band type {dtype} is not supported") from None
 
 
 def stack_scene_id(paths: list[Path]) -> str:
@@ -202,7 +202,7 @@ def build_stack(value: str, stack_dir: Path) -> Path:
         os.replace(tmp, out)
     except OSError as exc:
         raise BadInput(
-            f"stack {value!r}: cannot write its VRT under {stack_dir} ({exc.strerror or exc}); "
+            f"`stack` {value!r}: cannot write its VRT under {stack_dir} ({exc.strerror or exc}); "
             "set FTF_STACK_DIR to a writable directory"
         ) from exc
     return out

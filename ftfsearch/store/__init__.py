@@ -35,7 +35,7 @@ def open_store(
             read_only=read_only,
         )
     if store_dir is None:
-        raise BadInput("no store given: pass --store DIR for the embedded store or --qdrant-url / QDRANT_URL")
+        raise BadInput("no store given: pass `store` DIR for the embedded store or `qdrant_url` / QDRANT_URL")
     from ftfsearch.store.edge import EdgeStore
 
     return EdgeStore(Path(store_dir), collection=collection, read_only=read_only)
