@@ -75,7 +75,7 @@ def choose_style(ds: DatasetReader, bands: Sequence[int] | None = None) -> Raste
         return raster.choose_style(ds, bands)
     except BadInput as exc:
         raise SourceUnavailable(
-            f"{exc}; the file changed since ingest: re-ingest it, or 'ftfsearch drop' the scene"
+            f"{exc.message}; the file changed since ingest: re-ingest it, or 'ftfsearch drop' the scene"
         ) from exc
 
 

@@ -365,7 +365,7 @@ def create_app(
         status = status_of(exc)
         if status >= 500:
             log.warning("%s %s: %s", request.method, request.url.path, exc)
-        return _error(status, str(exc))
+        return _error(status, str(exc))  # str(): parameters by name (bbox), never as flags
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
