@@ -186,3 +186,37 @@ def test_each_error_class_has_its_own_exit_code() -> None:
                if issubclass(c, FtfError) and c is not errors.RemoteError]  # RemoteError relays another's code
     codes = [c.exit_code for c in classes]
     assert len(classes) >= 14 and len(set(codes)) == len(codes), {c.__name__: c.exit_code for c in classes}
+
+
+# -- encoders and GDAL: bad input is a named error, never ValueError or a private class ----------
+
+
+@pytest.mark.parametrize("which", ["shipped", "clip"])
+def test_encoders_refuse_bad_images_and_texts_as_bad_input(which: str, tiny_clip_dir: Path) -> None:
+    import numpy as np
+    import torch
+
+    from ftfsearch.model.loading import load_encoder
+
+    encoder = load_encoder(None if which == "shipped" else str(tiny_clip_dir), device="cpu")
+    for images in (torch.zeros(1, 64, 64, 4, dtype=torch.uint8), torch.zeros(1, 64, 64, 3),
+                   torch.zeros(1, 0, 64, 3, dtype=torch.uint8), [[1, 2, 3]]):
+        with pytest.raises(BadInput, match="^images: "):
+            encoder.encode_images(images)  # type: ignore[arg-type]
+    for texts in ("one string", [None], [3]):
+        with pytest.raises(BadInput, match="^texts: expected a list of strings"):
+            encoder.encode_text(texts)  # type: ignore[arg-type]
+    coarse, _ = encoder.encode_images(np.zeros((1, 64, 64, 3), np.uint8))  # a numpy batch is a tile batch too
+    assert coarse.shape == (1, encoder.dim)
+
+
+def test_a_point_outside_the_projection_is_rasterios_public_transform_error() -> None:
+    from rasterio.errors import RasterioError, TransformError
+
+    from ftfsearch.raster import transform_xy
+
+    lon, lat = transform_xy("EPSG:32632", "EPSG:4326", [500000.0], [0.0])
+    assert abs(lon[0] - 9.0) < 1e-9 and abs(lat[0]) < 1e-9
+    with pytest.raises(TransformError) as info:
+        transform_xy("EPSG:32632", "EPSG:4326", [6e8, 500000.0], [6e8, 0.0])
+    assert isinstance(info.value, RasterioError) and "outside" in str(info.value)

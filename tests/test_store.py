@@ -184,7 +184,7 @@ def test_create_meta_and_refuse_other_models(store: Store) -> None:
         with pytest.raises(ModelMismatch) as err:
             store.ensure_collection(other)
         msg = str(err.value)
-        assert META.model_id in msg and other.model_id in msg and "another collection" in msg
+        assert META.model_id in msg and other.model_id in msg and "into a new collection" in msg
     assert store.meta() == META
 
 
