@@ -77,7 +77,7 @@ def choose_style(ds: DatasetReader, bands: Sequence[int] | None = None) -> Raste
         return raster.choose_style(ds, bands)
     except BadInput as exc:
         raise SourceUnavailable(
-            f"{exc}; the file changed since ingest: re-ingest it, or 'ftfsearch drop' the scene"
+            f"{exc.message}; the file changed since ingest: re-ingest it, or 'ftfsearch drop' the scene"
         ) from exc
 
 
@@ -315,7 +315,7 @@ def region_footprints(results: Sequence[Result]) -> list[list[list[float]] | Non
         by_crs.setdefault(str(crs), []).append((i, xs, ys))
     for crs, items in by_crs.items():
         try:
-            lon, lat = warp_transform(
+            lon, lat = raster.transform_xy(
                 crs, WGS84,
                 np.concatenate([x for _, x, _ in items]).tolist(), np.concatenate([y for _, _, y in items]).tolist(),
             )
@@ -497,7 +497,7 @@ def write_chips(
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise BadInput(
-            f"--chips {out_dir}: cannot create the directory ({exc.strerror}); choose a writable path"
+            f"`chips` {out_dir}: cannot create the directory ({exc.strerror}); choose a writable path"
         ) from exc
     renderer = renderer or ChipRenderer()
     bands = bands or {}
@@ -516,6 +516,6 @@ def write_chips(
             tmp.write_bytes(png)
             tmp.replace(target)
         except OSError as exc:
-            raise BadInput(f"--chips {out_dir}: cannot write {target.name} ({exc.strerror})") from exc
+            raise BadInput(f"`chips` {out_dir}: cannot write {target.name} ({exc.strerror})") from exc
         written.paths.append(target)
     return written

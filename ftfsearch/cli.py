@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import functools
+import inspect
 import json
 import logging
 import os
-import re
 import sys
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Callable, Optional, TypeVar
 
@@ -25,9 +26,10 @@ from rich.progress import (
 )
 from rich.table import Table
 from rich.text import Text
+from typer.models import OptionInfo
 
 from ftfsearch.config import Settings, load_settings
-from ftfsearch.errors import FtfError
+from ftfsearch.errors import FtfError, render
 from ftfsearch.net import LOOPBACK_HOSTS
 
 app = typer.Typer(
@@ -44,19 +46,34 @@ log = logging.getLogger("ftfsearch")
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-# Library messages name parameters in the API's words; on the command line they are flags.
-_FLAGS = {
-    "like_region": "--like-region", "unlike_region": "--unlike-region", "like": "--like", "unlike": "--unlike",
-    "labels": "--labels", "output": "--output", "shard": "--shard", "source list": "--from", "bbox": "--bbox",
-    "after": "--after", "before": "--before", "acquired": "--acquired", "stack": "--stack",
-    "assets": "--assets", "limit": "--limit",
-}
-_PARAM_AT_START = re.compile("^(" + "|".join(map(re.escape, _FLAGS)) + ")(?=[ :])")
+# Library messages name parameters in the API's words, between backticks (ftfsearch.errors);
+# on the command line each is the flag of the running command that sets it.
+_FLAG_OF_PARAMETER = {"list_path": "--from"}
+"""Parameters whose flag is not ``--`` + the name with dashes."""
+_command_flags: ContextVar[frozenset[str]] = ContextVar("ftfsearch_command_flags", default=frozenset())
+"""The long flags of the command being run (set by :func:`handles_errors`)."""
+
+
+def _flags_of(fn: Callable[..., Any]) -> frozenset[str]:
+    """The long flags a command function declares (``typer.Option`` defaults)."""
+    flags: set[str] = set()
+    for name, param in inspect.signature(fn).parameters.items():
+        if isinstance(param.default, OptionInfo):
+            decls = [d for d in param.default.param_decls or () if d.startswith("--")]
+            flags.update(decls or ["--" + name.replace("_", "-")])
+    return frozenset(flags)
 
 
 def _as_flags(message: str) -> str:
-    """``like 'x': ...`` -> ``--like 'x': ...``; ``source list ...`` -> ``--from ...``."""
-    return _PARAM_AT_START.sub(lambda m: _FLAGS[m.group(1)], message, count=1)
+    """``message`` with each named parameter as its flag (`` `bbox` `` -> ``--bbox``), or as the
+    bare name where the running command has no flag for it."""
+    flags = _command_flags.get()
+
+    def flag(name: str) -> str:
+        candidate = _FLAG_OF_PARAMETER.get(name, "--" + name.replace("_", "-"))
+        return candidate if candidate in flags else name
+
+    return render(message, flag)
 
 
 def _fail(message: str, code: int) -> None:
@@ -65,14 +82,17 @@ def _fail(message: str, code: int) -> None:
 
 
 def handles_errors(fn: F) -> F:
-    """Turn library errors into one line on stderr; never show a traceback for them."""
+    """Turn library errors into one line on stderr, their parameters named as this command's
+    flags, with the error class's exit code; never show a traceback for them."""
+    flags = _flags_of(fn)
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        token = _command_flags.set(flags)
         try:
             return fn(*args, **kwargs)
         except FtfError as exc:
-            _fail(str(exc), exc.exit_code)
+            _fail(exc.message, exc.exit_code)
         except KeyboardInterrupt:
             _fail("interrupted; an unfinished scene stays 'ingesting' and the next ingest resumes it", 130)
         except typer.Exit:
@@ -81,6 +101,8 @@ def handles_errors(fn: F) -> F:
             if os.environ.get("FTF_DEBUG"):
                 raise
             _fail(f"internal error: {type(exc).__name__}: {exc} (set FTF_DEBUG=1 to see the traceback)", 70)
+        finally:
+            _command_flags.reset(token)
 
     return wrapper  # type: ignore[return-value]
 
@@ -297,10 +319,10 @@ def _scene_sources(paths: list[str], stack: list[str], assets: Optional[str], li
     stac_args = [p for p in paths if is_stac(p)]
     keys = _parse_assets(assets)
     if (keys is not None or limit is not None) and not stac_args:
-        raise BadInput(f"{'assets' if keys is not None else 'limit'}: applies to STAC items: give an item, "
+        raise BadInput(f"{'`assets`' if keys is not None else '`limit`'}: applies to STAC items: give an item, "
                        "catalog or collection (.json) to ingest")
     if limit is not None and limit < 1:
-        raise BadInput(f"limit {limit}: give at least 1")
+        raise BadInput(f"`limit` {limit}: give at least 1")
     rasters = [p for p in paths if not is_stac(p)]
     files: list[Any] = list(expand_paths(rasters)) if rasters or not (stack or stac_args) else []
     if stac_args:
@@ -325,7 +347,7 @@ def _parse_assets(value: Optional[str]) -> Optional[tuple[str, ...]]:
         return None
     keys = tuple(k.strip() for k in value.split(","))
     if len(keys) not in (1, 3) or not all(keys) or len(set(keys)) != len(keys):
-        raise BadInput(f"assets {value!r}: give one RGB asset key or three distinct keys, red,green,blue "
+        raise BadInput(f"`assets` {value!r}: give one RGB asset key or three distinct keys, red,green,blue "
                        "(e.g. B04,B03,B02)")
     return keys
 
@@ -366,7 +388,7 @@ def _print_failure(message: str) -> None:
 
 def _print_warnings(path: str, warnings: list[str]) -> None:
     for warning in warnings:
-        err.print(Text(f"warning: {path}: {warning}"), highlight=False)
+        err.print(Text(f"warning: {path}: {_as_flags(warning)}"), highlight=False)
 
 
 def _report_ingest(done: list[Any], failed: list[dict[str, Any]], total: int, as_json: bool) -> None:
@@ -527,10 +549,10 @@ def _ingest_batch(sources: list[Any], part: Any, list_path: Path, options: Any, 
 
     def report(o: Any) -> None:
         if o.error is not None:
-            err.print(Text(f"failed: {o.error}"), highlight=False)
+            err.print(Text(f"failed: {_as_flags(o.error)}"), highlight=False)
         if o.summary is not None:
             for warning in o.summary.warnings:
-                err.print(Text(f"warning: {o.summary.path}: {warning}"), highlight=False)
+                err.print(Text(f"warning: {o.summary.path}: {_as_flags(warning)}"), highlight=False)
             if not as_json:
                 _print_scene(o.summary)
 
@@ -600,7 +622,7 @@ def batch_status_cmd(
             for col in ("state", "source", "error"):
                 table.add_column(col, overflow="fold")
             for s in waiting:
-                table.add_row(s.state.replace("_", " "), s.source, s.error or "")
+                table.add_row(s.state.replace("_", " "), s.source, _as_flags(s.error or ""))
             out.print(table)
     what = f"{from_list}" + (f" shard {part}" if part is not None else "")
     err.print(
@@ -1104,7 +1126,7 @@ def serve(
     try:
         resources.searcher()
     except CollectionNotFound as exc:
-        err.print(Text(f"warning: {exc}"), highlight=False)
+        err.print(Text(f"warning: {_as_flags(exc.message)}"), highlight=False)
     except BaseException:
         resources.close()
         raise

@@ -70,7 +70,7 @@ class ExampleRef:
         return not self.param.startswith("unlike")
 
     def where(self) -> str:
-        return f"{self.param} {self.text[:200]!r}"
+        return f"`{self.param}` {self.text[:200]!r}"
 
 
 @dataclass
@@ -88,7 +88,7 @@ def parse_ref(value: str, param: str = "like") -> ExampleRef:
     """Parse a REF (``*_region`` parameters: ``REF:N``). Raises BadInput naming ``param``."""
     text = str(value).strip()
     region: int | None = None
-    where = f"{param} {text[:200]!r}"
+    where = f"`{param}` {text[:200]!r}"
     if param.endswith("_region"):
         head, sep, tail = text.rpartition(":")
         if not sep or not tail.strip().isdigit():
@@ -166,7 +166,7 @@ def resolve(refs: Sequence[ExampleRef], store: Store, encoder: Encoder) -> list[
     index out of range, one tile both liked and unliked, too many examples).
     """
     if len(refs) > MAX_EXAMPLES:
-        raise BadInput(f"like: at most {MAX_EXAMPLES} examples per search (got {len(refs)})")
+        raise BadInput(f"`like`: at most {MAX_EXAMPLES} examples per search (got {len(refs)})")
     for ref in refs:
         if ref.region is not None and not 0 <= ref.region < encoder.num_regions:
             raise BadInput(

@@ -70,5 +70,5 @@ def write_geojson(results: list[Result], path: Path, query: str | None = None) -
         tmp.write_text(json.dumps(data), encoding="utf-8")
         tmp.replace(path)
     except OSError as exc:
-        raise BadInput(f"--geojson {path}: cannot write ({exc.strerror}); choose a writable path") from exc
+        raise BadInput(f"`geojson` {path}: cannot write ({exc.strerror}); choose a writable path") from exc
     return len(data["features"])

@@ -71,14 +71,14 @@ def labels_to_geojson(labels: LabelSet, store: Store) -> dict[str, Any]:
         other = seen.setdefault((m.tile_id, m.region), m)
         if other.label != m.label:
             what = f"tile {m.tile_id}" + ("" if m.region is None else f" region {m.region}")
-            raise BadInput(f"labels: {what} is marked both positive and negative; keep one of the two")
+            raise BadInput(f"`labels`: {what} is marked both positive and negative; keep one of the two")
     marks = list(seen.values())
     found = dict(store.get_tiles(sorted({m.tile_id for m in marks})))
     features = []
     for m in marks:
         p = found.get(m.tile_id)
         if p is None:
-            raise TileNotFound(f"labels: tile {m.tile_id} is not in collection {store.collection!r}")
+            raise TileNotFound(f"`labels`: tile {m.tile_id} is not in collection {store.collection!r}")
         ring = polygon_ring(p.get("footprint"), p.get("bbox"))
         features.append(
             {
@@ -139,7 +139,7 @@ def parse_labels(data: Any, source: str = "labels") -> LabelSet:
 
 def read_labels(path: Path, param: str = "labels") -> LabelSet:
     """A labels file (BadInput naming ``param`` and the file when it cannot be used)."""
-    where = f"{param} {str(path)!r}"
+    where = f"`{param}` {str(path)!r}"
     try:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
@@ -161,4 +161,4 @@ def write_labels(path: Path, collection: dict[str, Any], param: str = "output") 
         tmp.write_text(json.dumps(collection, indent=1), encoding="utf-8")
         tmp.replace(path)
     except OSError as exc:
-        raise BadInput(f"{param} {str(path)!r}: cannot write ({exc.strerror or exc}); choose a writable path") from exc
+        raise BadInput(f"`{param}` {str(path)!r}: cannot write ({exc.strerror or exc}); choose a writable path") from exc

@@ -22,6 +22,7 @@ translate them.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import re
@@ -30,8 +31,11 @@ from pathlib import Path
 from typing import Any, Sequence, TypeAlias
 
 import numpy as np
+from pyproj import CRS as ProjCRS
+from pyproj import Transformer
+from pyproj.exceptions import ProjError
 from rasterio.enums import ColorInterp, MaskFlags, Resampling
-from rasterio.errors import RasterioError
+from rasterio.errors import RasterioError, TransformError
 from rasterio.io import DatasetReader
 from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
@@ -213,6 +217,25 @@ def _read_bands(
     ])
 
 
+@functools.lru_cache(maxsize=64)
+def _transformer(src: str, dst: str) -> Transformer:
+    return Transformer.from_crs(ProjCRS.from_user_input(src), ProjCRS.from_user_input(dst), always_xy=True)
+
+
+def transform_xy(src_crs: Any, dst_crs: Any, xs: Sequence[float], ys: Sequence[float]) -> tuple[list[float], list[float]]:
+    """Points from one CRS into another (x, y order, as ``rasterio.warp.transform``), through PROJ.
+
+    Fails with :class:`rasterio.errors.TransformError`, a public ``RasterioError``: GDAL's own
+    transform raises a class of rasterio's private ``_err`` module instead (e.g. for a point
+    outside the projection's domain), which no caller can name."""
+    names = [c.to_wkt() if hasattr(c, "to_wkt") else str(c) for c in (src_crs, dst_crs)]
+    try:
+        x, y = _transformer(names[0], names[1]).transform(list(xs), list(ys), errcheck=True)
+    except ProjError as exc:
+        raise TransformError(str(exc)) from exc
+    return [float(v) for v in np.atleast_1d(x)], [float(v) for v in np.atleast_1d(y)]
+
+
 def require_bands(ds: DatasetReader, source: str | Path | None = None) -> None:
     """Refuses a dataset without raster bands (a container of subdatasets, say)."""
     if ds.count == 0:
@@ -232,7 +255,7 @@ def choose_bands(
     if bands:
         if max(bands) > count:
             raise BadInput(
-                f"--bands {','.join(map(str, bands))}: {name} has "
+                f"`bands` {','.join(map(str, bands))}: {name} has "
                 f"{count} band{'s' if count > 1 else ''} (1..{count})"
             )
         rgb = (bands[0], bands[0], bands[0]) if len(bands) == 1 else (bands[0], bands[1], bands[2])
@@ -249,13 +272,13 @@ def choose_bands(
     if len(data) == 2:
         return (data[0], data[0], data[0]), None, (
             f"2 bands without colour interpretation: showing band {data[0]} "
-            "as grey; pass --bands to choose another",
+            "as grey; pass `bands` to choose another",
         )
     first = (data[0], data[1], data[2])
     return first, None, (
         f"{len(data)} bands without red/green/blue colour interpretation: "
-        f"reading bands {first[0]},{first[1]},{first[2]} as red,green,blue; pass --bands "
-        "(e.g. --bands 3,2,1) if that is wrong",
+        f"reading bands {first[0]},{first[1]},{first[2]} as red,green,blue; pass `bands` "
+        "(e.g. 3,2,1) if that is wrong",
     )
 
 

@@ -156,11 +156,11 @@ def clean_query(text: str, encoder: Encoder) -> tuple[str, list[str]]:
     """Validate a query: no empty text, no control characters; over-long text is truncated with a warning."""
     warnings: list[str] = []
     if not isinstance(text, str):
-        raise BadInput("query: must be text")
+        raise BadInput("`query`: must be text")
     cleaned = "".join(" " if unicodedata.category(ch).startswith("C") else ch for ch in text)
     cleaned = " ".join(cleaned.split())
     if not cleaned:
-        raise BadInput("query: is empty; give a description such as 'ships near a harbor'")
+        raise BadInput("`query`: is empty; give a description such as 'ships near a harbor'")
     if len(cleaned) > MAX_QUERY_CHARS:
         cleaned = cleaned[:MAX_QUERY_CHARS]
         warnings.append(f"query: longer than {MAX_QUERY_CHARS} characters; truncated")
@@ -184,7 +184,7 @@ def parse_bbox(value: str | None) -> tuple[float, float, float, float] | None:
             raise ValueError(value)
         numbers = (float(parts[0]), float(parts[1]), float(parts[2]), float(parts[3]))
     except ValueError as exc:
-        raise BadInput(f"bbox {str(value)[:200]!r}: expected four numbers minlon,minlat,maxlon,maxlat") from exc
+        raise BadInput(f"`bbox` {str(value)[:200]!r}: expected four numbers minlon,minlat,maxlon,maxlat") from exc
     return check_bbox(numbers, shown=str(value))
 
 
@@ -205,7 +205,7 @@ def check_model(store: Store, encoder: Encoder) -> None:
     if meta is None:
         raise CollectionNotFound(
             f"collection {store.collection!r} does not exist in {location}: "
-            "run 'ftfsearch ingest SCENE' first, or pick another --collection"
+            "ingest a scene into it first, or pick another `collection`"
         )
     check_meta(meta, wanted, store.collection, location)
 
@@ -252,9 +252,9 @@ class Searcher:
         examples' own tiles are never returned.
         """
         if not 1 <= k <= MAX_K:
-            raise BadInput(f"--k {k}: must be between 1 and {MAX_K}")
+            raise BadInput(f"`k` {k}: must be between 1 and {MAX_K}")
         if not 1 <= recall_k <= MAX_RECALL_K:
-            raise BadInput(f"--recall-k {recall_k}: must be between 1 and {MAX_RECALL_K}")
+            raise BadInput(f"`recall_k` {recall_k}: must be between 1 and {MAX_RECALL_K}")
         recall_k = max(recall_k, k)
         after_t, before_t = parse_time(after, "after"), parse_time(before, "before")
         check_range(after_t, before_t)
@@ -262,7 +262,7 @@ class Searcher:
         warnings: list[str] = []
         has_text = text is not None and bool(str(text).strip()) or not examples
         if not has_text and not any(e.positive for e in examples):
-            raise BadInput("unlike: needs a text or at least one like example beside it (misses alone find nothing)")
+            raise BadInput("`unlike`: needs a text or at least one `like` example beside it (misses alone find nothing)")
         positives: list[torch.Tensor] = []
         if has_text:
             cleaned, warnings = clean_query(text if text is not None else "", self.encoder)

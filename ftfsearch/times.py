@@ -54,7 +54,7 @@ def parse_time(value: str | datetime | None, param: str) -> datetime | None:
         return _as_utc(value)
     if not isinstance(value, str) or read_time(value) is None:
         raise BadInput(
-            f"{param} {str(value)[:100]!r}: not a date; give ISO 8601 such as 2024-05-03 or "
+            f"`{param}` {str(value)[:100]!r}: not a date; give ISO 8601 such as 2024-05-03 or "
             "2024-05-03T10:22:00Z (no zone means UTC)"
         )
     return read_time(value)
@@ -64,6 +64,6 @@ def check_range(after: datetime | None, before: datetime | None) -> None:
     """``after`` must come before ``before`` (the range is ``after <= acquired < before``)."""
     if after is not None and before is not None and not after < before:
         raise BadInput(
-            f"after {iso_utc(after)}: must be earlier than before {iso_utc(before)} "
+            f"`after` {iso_utc(after)}: must be earlier than `before` {iso_utc(before)} "
             "(the range is after <= acquired < before)"
         )

@@ -64,16 +64,16 @@ class Shard:
 
     def __post_init__(self) -> None:
         if self.count < 1:
-            raise BadInput(f"shard {str(self)!r}: N must be at least 1")
+            raise BadInput(f"`shard` {str(self)!r}: N must be at least 1")
         if not 0 <= self.index < self.count:
-            raise BadInput(f"shard {str(self)!r}: K must be between 0 and N-1 = {self.count - 1}")
+            raise BadInput(f"`shard` {str(self)!r}: K must be between 0 and N-1 = {self.count - 1}")
 
     @classmethod
     def parse(cls, text: str) -> "Shard":
         """``"K/N"`` with integers ``0 <= K < N``, e.g. ``"2/8"``."""
         m = _SHARD.match(text or "")
         if m is None:
-            raise BadInput(f"shard {text!r}: give K/N, part K (0-based) of N, e.g. 0/4")
+            raise BadInput(f"`shard` {text!r}: give K/N, part K (0-based) of N, e.g. 0/4")
         return cls(int(m.group(1)), int(m.group(2)))
 
     def __str__(self) -> str:
@@ -105,22 +105,22 @@ def read_list(list_path: str | Path) -> list[tuple[int, str]]:
     """``(line number, entry)`` of every source line of the list file (comments and blanks out)."""
     p = Path(list_path).expanduser()
     if p.is_dir():
-        raise BadInput(f"source list {p}: is a directory; give a text file with one source per line")
+        raise BadInput(f"`list_path` {p}: is a directory; give a text file with one source per line")
     try:
         text = p.read_bytes().decode("utf-8")
     except FileNotFoundError:
-        raise BadInput(f"source list {p}: no such file") from None
+        raise BadInput(f"`list_path` {p}: no such file") from None
     except UnicodeDecodeError:
-        raise BadInput(f"source list {p}: not UTF-8 text; give one source per line") from None
+        raise BadInput(f"`list_path` {p}: not UTF-8 text; give one source per line") from None
     except OSError as exc:
-        raise BadInput(f"source list {p}: cannot be read ({exc.strerror or exc})") from None
+        raise BadInput(f"`list_path` {p}: cannot be read ({exc.strerror or exc})") from None
     entries = []
     for number, raw in enumerate(text.splitlines(), 1):
         line = raw.strip()
         if line and not line.startswith("#"):
             entries.append((number, line))
     if not entries:
-        raise BadInput(f"source list {p}: holds no sources (only blank lines or # comments)")
+        raise BadInput(f"`list_path` {p}: holds no sources (only blank lines or # comments)")
     return entries
 
 
@@ -240,7 +240,7 @@ def ingest_sources(
     go on. Store and model errors (:data:`FATAL`) end the run: the scene being written stays
     ``ingesting`` and the next run resumes it."""
     if options.scene_id:
-        raise BadInput("scene_id names one scene: a batch names its scenes after their files")
+        raise BadInput("`scene_id` names one scene: a batch names its scenes after their files")
     if store.meta() is not None:  # refuse another model before reading anything
         store.ensure_collection(collection_meta(encoder))
     recorded = {f.source for f in store.list_failures()}
@@ -258,7 +258,7 @@ def ingest_sources(
             raise
         except Exception as exc:  # noqa: BLE001 - one source's failure, whatever it is, is recorded
             known = scene_error(source.path or Path(source.key), exc)
-            outcome.error = str(known) if known is not None else (
+            outcome.error = known.message if known is not None else (
                 f"{source.key}: internal error: {type(exc).__name__}: {exc}"
             )
             log.info("failed %s: %s", source.key, outcome.error)

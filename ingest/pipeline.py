@@ -21,7 +21,6 @@ from typing import Any, Callable, Generator, Iterator, Literal, Protocol, Sequen
 
 import numpy as np
 import torch
-from rasterio._err import CPLE_BaseError
 from rasterio.errors import RasterioError
 
 from ftfsearch.errors import BadInput
@@ -69,9 +68,9 @@ class IngestOptions:
         if self.acquired is not None:
             self.acquired = iso_utc(parse_time(self.acquired, "acquired"))  # type: ignore[arg-type]
         if not 1 <= self.batch_size <= 4096:
-            raise BadInput(f"--batch-size {self.batch_size}: must be between 1 and 4096")
+            raise BadInput(f"`batch_size` {self.batch_size}: must be between 1 and 4096")
         if not 1 <= self.readers <= 64:
-            raise BadInput(f"--readers {self.readers}: must be between 1 and 64")
+            raise BadInput(f"`readers` {self.readers}: must be between 1 and 64")
 
 
 Stage = Literal["read", "encode", "write"]
@@ -335,8 +334,8 @@ def _check_size(path: Path | str, reader: SceneReader, spec: TilingSpec) -> None
     if bound > MAX_WINDOWS_PER_SCENE:
         raise BadInput(
             f"{path}: {reader.width}x{reader.height} pixels would make up to {bound:,} tiles at "
-            f"--tile-size {spec.tile_size}, more than {MAX_WINDOWS_PER_SCENE:,} per scene; "
-            "use a larger --tile-size or fewer --levels, or split the raster"
+            f"`tile_size` {spec.tile_size}, more than {MAX_WINDOWS_PER_SCENE:,} per scene; "
+            "use a larger `tile_size` or fewer `levels`, or split the raster"
         )
 
 
@@ -349,12 +348,12 @@ def _check_previous(
     if previous.fingerprint != fp:
         raise BadInput(
             f"{path}: scene id {sid!r} already holds another file ({previous.path}); "
-            "pass --scene-id to name this one, or 'ftfsearch drop' the old one"
+            "pass `scene_id` to name this one, or 'ftfsearch drop' the old one"
         )
     if "acquired" in previous.extra and previous.extra["acquired"] != acquired:
         # stored tiles carry the time: a scene has one, and changing it means re-ingesting
         raise BadInput(
-            f"acquired {acquired or 'unknown'}: scene {sid!r} was ingested with acquisition time "
+            f"`acquired` {acquired or 'unknown'}: scene {sid!r} was ingested with acquisition time "
             f"{previous.extra.get('acquired') or 'unknown'}; drop it first to change its time, "
             "or ingest with the same one"
         )
@@ -527,7 +526,7 @@ def scene_error(path: Path | str | StacScene, exc: BaseException) -> BadInput | 
     """``exc`` as the bad input of this one file, or None when it is not about the file."""
     if isinstance(exc, BadInput):
         return exc
-    if isinstance(exc, (RasterioError, CPLE_BaseError)):  # GDAL failed on this file (e.g. a footprint outside its CRS)
+    if isinstance(exc, RasterioError):  # GDAL failed on this file
         return BadInput(f"{path}: cannot be read as a raster scene ({exc}); check the file")
     return None
 
@@ -536,6 +535,7 @@ def scene_error(path: Path | str | StacScene, exc: BaseException) -> BadInput | 
 class IngestFailure:
     path: str
     message: str
+    """Why, its parameters marked as in :mod:`ftfsearch.errors` (the CLI names them as flags)."""
 
 
 def ingest_paths(
@@ -548,7 +548,7 @@ def ingest_paths(
 ) -> tuple[list[SceneSummary], list[IngestFailure]]:
     """Ingest many rasters (and STAC items): one bad file is reported and skipped, the others go on."""
     if options.scene_id and len(paths) > 1:
-        raise BadInput("--scene-id names one scene: give exactly one raster with it")
+        raise BadInput("`scene_id` names one scene: give exactly one raster with it")
     if store.meta() is not None:  # refuse another model before reading anything
         store.ensure_collection(collection_meta(encoder))
     done: list[SceneSummary] = []
@@ -561,9 +561,9 @@ def ingest_paths(
                                        stac=path.properties)
             else:
                 summary = ingest_scene(path, encoder, store, options, progress)
-        except (BadInput, RasterioError, CPLE_BaseError) as raised:
+        except (BadInput, RasterioError) as raised:
             exc = scene_error(path, raised) or BadInput(str(raised))
-            failure = IngestFailure(str(path), str(exc))
+            failure = IngestFailure(str(path), exc.message)
             failed.append(failure)
             log.info("skipped %s: %s", path, exc)
             if on_scene:

@@ -265,7 +265,7 @@ def _rgb_assets(item: pystac.Item, href: str, given: tuple[str, ...] | None) -> 
     if given:
         missing = [k for k in given if k not in assets]
         if missing:
-            raise BadInput(f"assets {','.join(given)!r}: {href}: item {item.id!r} has no asset {missing[0]!r} "
+            raise BadInput(f"`assets` {','.join(given)!r}: {href}: item {item.id!r} has no asset {missing[0]!r} "
                            f"(its assets: {have})")
         return given
     if VISUAL in assets:
@@ -278,6 +278,6 @@ def _rgb_assets(item: pystac.Item, href: str, given: tuple[str, ...] | None) -> 
     if all(c in single for c in RGB):
         return tuple(single[c] for c in RGB)
     raise BadInput(
-        f"assets: {href}: item {item.id!r} has no {VISUAL!r} asset and no red, green and blue band assets "
+        f"`assets`: {href}: item {item.id!r} has no {VISUAL!r} asset and no red, green and blue band assets "
         f"(eo:bands common names); give the keys of its red, green and blue assets (its assets: {have})"
     )

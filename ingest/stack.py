@@ -77,15 +77,15 @@ def parse_stack(value: str) -> list[Path]:
     """``B04.tif,B03.tif,B02.tif`` -> absolute paths (each an existing file)."""
     names = [v.strip() for v in value.split(",")]
     if not value.strip() or any(not n for n in names):
-        raise BadInput(f"stack {value!r}: give band files separated by commas, e.g. B04.tif,B03.tif,B02.tif")
+        raise BadInput(f"`stack` {value!r}: give band files separated by commas, e.g. B04.tif,B03.tif,B02.tif")
     paths = []
     for name in names:
         p = Path(name).expanduser()
         if not p.is_file():
-            raise BadInput(f"stack {value!r}: {name}: no such file")
+            raise BadInput(f"`stack` {value!r}: {name}: no such file")
         paths.append(p.resolve())
     if len(set(paths)) != len(paths):
-        raise BadInput(f"stack {value!r}: a file is named twice")
+        raise BadInput(f"`stack` {value!r}: a file is named twice")
     return paths
 
 
@@ -100,7 +100,7 @@ def _read_band(path: Path | str, what: str) -> _Band:
                 if ds.count != 1:
                     raise BadInput(
                         f"{what}: {name} has {ds.count} bands; each file of a stack is one "
-                        "band (pass a multi-band raster as a PATH, with --bands)"
+                        "band (pass a multi-band raster as a path, with `bands`)"
                     )
                 if "complex" in ds.dtypes[0]:
                     raise BadInput(f"{what}: {name} has complex pixels; convert to amplitude first")
@@ -188,7 +188,7 @@ def _gdal_type(dtype: str) -> str:
     try:
         return _GDAL_TYPES[dtype]
     except KeyError:
-        raise BadInput(f"stack: band type {dtype} is not supported") from None
+        raise BadInput(f"`stack`: band type {dtype} is not supported") from None
 
 
 def stack_scene_id(paths: Sequence[Path | str]) -> str:
@@ -208,7 +208,7 @@ def build_stack(value: str, stack_dir: Path) -> Path:
     Raises :class:`BadInput` naming ``stack`` for a missing or multi-band file, bands in other
     CRSs or extents, and a stack directory that cannot be written.
     """
-    return stack_vrt(list(parse_stack(value)), stack_dir, f"stack {value!r}")
+    return stack_vrt(list(parse_stack(value)), stack_dir, f"`stack` {value!r}")
 
 
 def stack_vrt(sources: list[Path | str], stack_dir: Path, what: str, name: str | None = None) -> Path:

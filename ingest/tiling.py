@@ -25,11 +25,10 @@ from pyproj import Geod
 from rasterio.crs import CRS
 from rasterio.errors import NotGeoreferencedWarning, RasterioError
 from rasterio.io import DatasetReader
-from rasterio.warp import transform as warp_transform
 from rasterio.windows import Window
 
 from ftfsearch.errors import BadInput
-from ftfsearch.raster import WGS84, RasterStyle, choose_style, gdal_options, is_url, require_bands
+from ftfsearch.raster import WGS84, RasterStyle, choose_style, gdal_options, is_url, require_bands, transform_xy
 from ftfsearch.times import iso_utc, read_time
 
 log = logging.getLogger(__name__)
@@ -66,33 +65,33 @@ class TilingSpec:
 
     def __post_init__(self) -> None:
         if isinstance(self.tile_size, bool) or not isinstance(self.tile_size, int):
-            raise BadInput(f"--tile-size {self.tile_size!r}: must be an integer")
+            raise BadInput(f"`tile_size` {self.tile_size!r}: must be an integer")
         if not 16 <= self.tile_size <= 4096:
-            raise BadInput(f"--tile-size {self.tile_size}: must be between 16 and 4096 pixels")
+            raise BadInput(f"`tile_size` {self.tile_size}: must be between 16 and 4096 pixels")
         overlap = float(self.overlap)
         if not (0.0 <= overlap < 1.0) or math.isnan(overlap):
-            raise BadInput(f"--overlap {self.overlap}: must be in [0, 1)")
+            raise BadInput(f"`overlap` {self.overlap}: must be in [0, 1)")
         object.__setattr__(self, "overlap", overlap)
         levels = tuple(self.levels)
         if not levels:
-            raise BadInput("--levels: give at least one level, e.g. --levels 1,2,4")
+            raise BadInput("`levels`: give at least one level, e.g. 1,2,4")
         for level in levels:
             if isinstance(level, bool) or not isinstance(level, int) or level < 1:
-                raise BadInput(f"--levels {level!r}: each level must be an integer >= 1")
+                raise BadInput(f"`levels` {level!r}: each level must be an integer >= 1")
         object.__setattr__(self, "levels", tuple(sorted(set(levels))))
         if self.bands is not None:
             bands = tuple(self.bands)
             if len(bands) not in (1, 3):
                 raise BadInput(
-                    f"--bands {','.join(map(str, bands))}: give 1 band (grey) or 3 (red,green,blue)"
+                    f"`bands` {','.join(map(str, bands))}: give 1 band (grey) or 3 (red,green,blue)"
                 )
             for band in bands:
                 if isinstance(band, bool) or not isinstance(band, int) or band < 1:
-                    raise BadInput(f"--bands {band!r}: band indexes are integers from 1")
+                    raise BadInput(f"`bands` {band!r}: band indexes are integers from 1")
             object.__setattr__(self, "bands", bands)
         max_nodata = float(self.max_nodata)
         if not (0.0 <= max_nodata <= 1.0):
-            raise BadInput(f"--max-nodata {self.max_nodata}: must be in [0, 1]")
+            raise BadInput(f"`max_nodata` {self.max_nodata}: the largest nodata fraction of a kept tile must be in [0, 1]")
         object.__setattr__(self, "max_nodata", max_nodata)
 
     def to_dict(self) -> dict[str, Any]:
@@ -332,7 +331,7 @@ class SceneReader:
         cols = np.array([0.0, 1.0, 0.0]) + self.width / 2
         rows = np.array([0.0, 0.0, 1.0]) + self.height / 2
         try:
-            lons, lats = warp_transform(
+            lons, lats = transform_xy(
                 self._crs, WGS84, (a * cols + b * rows + c).tolist(),
                 (d * cols + e * rows + f).tolist(),
             )
@@ -428,7 +427,7 @@ class SceneReader:
             float(corners_y.max()),
         )
         try:
-            lons, lats = warp_transform(self._crs, WGS84, xs.tolist(), ys.tolist())
+            lons, lats = transform_xy(self._crs, WGS84, xs.tolist(), ys.tolist())
         except RasterioError as exc:
             log.debug("%s: footprint of %s not reprojectable: %s", self.path, window, exc)
             return _Geo(native_bounds=native)

@@ -139,7 +139,7 @@ def test_unusable_list_is_one_clear_error(tmp_path, content, why):
         lst.write_text(content)
     with pytest.raises(BadInput, match=why) as info:
         expand_list(lst)
-    assert str(info.value).startswith(f"source list {lst}")
+    assert str(info.value).startswith(f"list_path {lst}")
 
 
 # -- failure records, on both backends --------------------------------------------------------------

@@ -134,7 +134,7 @@ def test_query_by_example_and_labels(target, tmp_path):
         (("query", "--like", "no-such-file.png"), ("--like", "not a tile id")),
         (("query", "--like", a, "--unlike", a), ("--unlike", "either liked or unliked")),
         (("query", "--like-region", f"{a}:99"), ("--like-region", "out of range")),
-        (("query", "--unlike", a), ("--unlike:", "needs a text or at least one like")),
+        (("query", "--unlike", a), ("--unlike:", "needs a text or at least one --like example")),
         (("query",), ("TEXT", "--like")),
         (("query", "--labels", str(not_labels)), ("--labels", "FeatureCollection")),
         (("labels", "import", str(not_labels)), ("labels", "FeatureCollection")),

@@ -228,7 +228,7 @@ def test_id_follows_the_weights(tmp_path: Path, tiny_dir: Path) -> None:
 
 
 def test_bad_region_mode_and_layout(tiny_dir: Path) -> None:
-    with pytest.raises(BadInput, match="region-mode"):
+    with pytest.raises(BadInput, match="^region_mode 'patches': use one of"):
         ClipEncoder(tiny_dir, device="cpu", region_mode="patches")
     with pytest.raises(BadInput, match="layout"):
         ClipEncoder(tiny_dir, device="cpu", layout="grid-0")

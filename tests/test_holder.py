@@ -20,6 +20,7 @@ import pytest
 
 from _holder import Procs, cli, get_json, start_serve
 from _web_fixtures import GEOTIFFS, ftfsearch_command
+from ftfsearch.errors import StoreLocked
 
 SCENE = GEOTIFFS / "rasterio" / "RGB.byte.tif"
 TILING = ["--tile-size", "64", "--levels", "1", "--batch-size", "8"]
@@ -82,7 +83,7 @@ def test_a_dead_holders_lock_is_taken_over_with_one_warning(tmp_path: Path, env:
         "s = EdgeStore(Path(sys.argv[1])); print('ready', flush=True); time.sleep(600)"), str(store)], env)
     assert child.stdout is not None and child.stdout.readline().strip() == "ready"
     held = cli(["info", "--store", str(store)], env)
-    assert held.returncode == 3 and f"pid {child.pid}" in held.stderr  # alive: refused, named
+    assert held.returncode == StoreLocked.exit_code and f"pid {child.pid}" in held.stderr  # alive: refused, named
     record = json.loads((store / ".tiles.lock").read_text())
     assert record["pid"] == child.pid and isinstance(record["start"], int)
     (store / ".tiles.holder.json").write_text(json.dumps({"port": 1, "secret": "x", "pid": child.pid,
@@ -214,7 +215,7 @@ def test_ctrl_c_of_the_client_cancels_on_request_and_the_scene_resumes(
     listing.write_text(f"{SCENE}\n")
     batch = cli(["ingest", "--from", str(listing), "--store", str(store), "--model", str(model_dir), "--device", "cpu"],
                 env)
-    assert batch.returncode == 3 and f"pid {serve.pid}" in batch.stderr and "does not go through it" in batch.stderr
+    assert batch.returncode == StoreLocked.exit_code and f"pid {serve.pid}" in batch.stderr and "does not go through it" in batch.stderr
 
 
 @pytest.mark.server

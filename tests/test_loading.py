@@ -50,12 +50,12 @@ def test_resolve_device() -> None:
     expected = "cuda" if torch.cuda.is_available() else "cpu"
     assert resolve_device("auto").type == expected
     assert resolve_device("cpu") == torch.device("cpu")
-    with pytest.raises(BadInput, match="--device"):
+    with pytest.raises(BadInput, match="^device "):
         resolve_device("banana")
     if not torch.cuda.is_available():
-        with pytest.raises(BadInput, match="--device cuda.*not available"):
+        with pytest.raises(BadInput, match="^device cuda.*not available"):
             resolve_device("cuda")
-        with pytest.raises(BadInput, match="--device"):
+        with pytest.raises(BadInput, match="^device "):
             load_encoder(None, device="cuda")
 
 
@@ -102,7 +102,7 @@ def test_unknown_name_fails_fast_offline(name: str, tmp_path: Path) -> None:
         load_encoder(name, device="cpu", cache_dir=tmp_path)
     assert time.monotonic() - start < 5.0
     message = str(info.value)
-    assert name in message and "not available offline" in message and "--model DIR" in message
+    assert name in message and "not available offline" in message and "set model to the directory of a downloaded copy" in message
     assert "\n" not in message
 
 

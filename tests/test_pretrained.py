@@ -226,6 +226,6 @@ def test_onnxruntime_path_gives_the_torch_vectors() -> None:
 def test_unknown_arch_is_refused_before_any_work(tmp_path: Path) -> None:
     from ftfsearch.errors import BadInput
 
-    with pytest.raises(BadInput, match="--arch 'vit': use pretrained or scratch"):
+    with pytest.raises(BadInput, match="^arch 'vit': use pretrained or scratch"):
         train(TrainConfig(data=[UCM], out=tmp_path / "m", arch="vit", cache_dir=tmp_path / "cache"))
     assert not (tmp_path / "cache").exists()

@@ -137,7 +137,7 @@ def test_bad_dates_are_one_line_naming_the_flag(timed_store: dict[str, str], tmp
     assert_one_line_error(run("query", "x", "--after", "June", env=timed_store), "error: --after 'June': not a date")
     assert_one_line_error(
         run("query", "x", "--after", "2024-02-01", "--before", "2024-01-01", env=timed_store),
-        "error: --after 2024-02-01T00:00:00Z: must be earlier than before",
+        "error: --after 2024-02-01T00:00:00Z: must be earlier than --before 2024-01-01T00:00:00Z",
     )
     env = {**timed_store, "FTF_STORE": str(tmp_path / "fresh")}
     assert_one_line_error(run("ingest", str(RGB), "--acquired", "2024-02-30", env=env), "error: --acquired")

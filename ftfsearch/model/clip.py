@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from ftfsearch.errors import BadInput, ModelNotFound
 from ftfsearch.model.base import RerankParams
 from ftfsearch.model.sources import ModelSource, force_offline, locate_model, resolve_device
-from ftfsearch.model.preprocess import ImageTransform, check_images
+from ftfsearch.model.preprocess import ImageTransform, check_images, check_texts
 from ftfsearch.model.regions import DEFAULT_LAYOUT, box_pooling_matrix, layout_boxes
 
 log = logging.getLogger(__name__)
@@ -140,7 +140,7 @@ def _processor_config(dirs: list[Path]) -> tuple[Path | None, dict[str, Any]]:
 def find_clip_files(root: Path) -> ClipFiles:
     """Check that ``root`` holds a complete CLIP model before anything heavy loads."""
     if not root.is_dir():
-        raise ModelNotFound(f"model directory {root} does not exist; pass --model with an existing directory")
+        raise ModelNotFound(f"model directory {root} does not exist; set `model` to an existing directory")
     has_modules = (root / "modules.json").is_file()
     model_dir = _st_model_dir(root) if has_modules else root
     config_path = model_dir / "config.json"
@@ -246,14 +246,14 @@ class ClipEncoder:
         cache_dir: Path | None = None,
     ) -> None:
         if max_batch < 1:
-            raise BadInput(f"max_batch {max_batch}: must be at least 1")
+            raise BadInput(f"`max_batch` {max_batch}: must be at least 1")
         self.device = resolve_device(device)
         source = _source(model, cache_dir)
         self.files = find_clip_files(source.root)
         # A model fine-tuned by `ftfsearch train --base` records the region mode it learned with.
         region_mode = region_mode or recorded_region_mode(self.files.root) or "crops"
         if region_mode not in REGION_MODES:
-            raise BadInput(f"--region-mode {region_mode!r}: use one of {', '.join(REGION_MODES)}")
+            raise BadInput(f"`region_mode` {region_mode!r}: use one of {', '.join(REGION_MODES)}")
         self.region_mode = region_mode
         self.region_layout = layout
         self._boxes = layout_boxes(layout)
@@ -377,8 +377,7 @@ class ClipEncoder:
 
     def encode_text(self, texts: list[str]) -> torch.Tensor:
         """``list[str]`` -> ``[B, D]``; texts longer than ``max_text_tokens`` are truncated."""
-        if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
-            raise BadInput("texts: expected a list of strings")
+        texts = check_texts(texts)
         if not texts:
             return torch.empty(0, self.dim)
         out: list[torch.Tensor] = []

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from ftfsearch.errors import BadInput, ModelNotFound
 from ftfsearch.model.base import RerankParams
-from ftfsearch.model.preprocess import PixelNorm
+from ftfsearch.model.preprocess import PixelNorm, check_images, check_texts
 from ftfsearch.model.regions import DEFAULT_LAYOUT, box_pooling_matrix, layout_boxes
 from ftfsearch.model.text import count_tokens, encode_batch, load_tokenizer
 
@@ -130,7 +130,7 @@ class ImageTower(nn.Module):
         region_in = cin
         if cfg.region_branch:
             if len(cfg.widths) < 2:
-                raise ValueError("region_branch needs at least two stages")
+                raise BadInput(f"model config: region_branch needs at least two stages, got widths {list(cfg.widths)}")
             self.branch_at = len(layers) - cfg.blocks[-1]
             region_in = cfg.widths[-2]
             self.region_branch = _Block(region_in, region_in, 1)
@@ -249,8 +249,7 @@ class FtfEncoderBase:
 
     @torch.inference_mode()
     def encode_images(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if images.dim() != 4 or images.shape[-1] != 3:
-            raise BadInput(f"images: expected uint8 [B, H, W, 3], got {tuple(images.shape)}")
+        images = check_images(images)
         gs, rs = [], []
         for start in range(0, images.shape[0], self.batch_size):
             g, r = self._embed_images(images[start:start + self.batch_size].to(self.device))
@@ -262,6 +261,7 @@ class FtfEncoderBase:
 
     @torch.inference_mode()
     def encode_text(self, texts: list[str]) -> torch.Tensor:
+        texts = check_texts(texts)
         out = [self._embed_texts(texts[start:start + self.text_chunk]).cpu()
                for start in range(0, len(texts), self.text_chunk)]
         if not out:

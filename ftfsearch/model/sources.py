@@ -36,7 +36,7 @@ def force_offline() -> None:
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``auto`` -> cuda when available else cpu; an unavailable device is a BadInput naming --device."""
+    """``auto`` -> cuda when available else cpu; an unavailable device is a BadInput naming ``device``."""
     if isinstance(device, torch.device):
         device = str(device)
     name = device.strip().lower()
@@ -45,20 +45,20 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     try:
         dev = torch.device(name)
     except (RuntimeError, ValueError) as exc:
-        raise BadInput(f"--device {device!r}: not a device; use auto, cpu, cuda or cuda:N") from exc
+        raise BadInput(f"`device` {device!r}: not a device; use auto, cpu, cuda or cuda:N") from exc
     if dev.type == "cpu":
         return dev
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise BadInput(f"--device {device}: CUDA is not available on this machine; use --device cpu or auto")
+            raise BadInput(f"`device` {device}: CUDA is not available on this machine; use cpu or auto")
         if dev.index is not None and dev.index >= torch.cuda.device_count():
             raise BadInput(
-                f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) here; use cuda:0 or auto"
+                f"`device` {device}: only {torch.cuda.device_count()} CUDA device(s) here; use cuda:0 or auto"
             )
         return dev
     if dev.type == "mps" and torch.backends.mps.is_available():
         return dev
-    raise BadInput(f"--device {device}: not available here; use auto, cpu or cuda")
+    raise BadInput(f"`device` {device}: not available here; use auto, cpu or cuda")
 
 
 def hub_cache_dir(cache_dir: Path | None = None) -> Path:
@@ -98,16 +98,16 @@ def _legacy_st_cache(repo_id: str) -> Path | None:
 def locate_model(name_or_path: str, cache_dir: Path | None = None) -> ModelSource:
     """Find a model directory for a path or a cached hub name; ModelNotFound if there is none offline."""
     if not name_or_path or not name_or_path.strip():
-        raise BadInput("--model: empty model name; pass a model directory or name, or leave it unset")
+        raise BadInput("`model`: empty model name; pass a model directory or name, or leave it unset")
     path = Path(name_or_path).expanduser()
     if path.exists():
         if not path.is_dir():
-            raise BadInput(f"--model {name_or_path}: is a file; pass the model's directory")
+            raise BadInput(f"`model` {name_or_path}: is a file; pass the model's directory")
         path = path.resolve()
         return ModelSource(root=path, label=path.name)
     if not _HUB_ID.match(name_or_path) or name_or_path.startswith((".", "~")):
         raise ModelNotFound(
-            f"--model {name_or_path}: no such directory; pass --model with an existing model directory, "
+            f"`model` {name_or_path}: no such directory; set `model` to an existing model directory, "
             "or leave it unset for the shipped default"
         )
     # sentence-transformers resolves bare names such as "clip-ViT-B-32" in its own namespace first.
@@ -118,7 +118,7 @@ def locate_model(name_or_path: str, cache_dir: Path | None = None) -> ModelSourc
             log.info("model %s found in the local cache at %s", name_or_path, found)
             return ModelSource(root=found, label=repo_id.rsplit("/", 1)[-1])
     raise ModelNotFound(
-        f"--model {name_or_path}: not available offline (no such directory and not in the Hugging Face "
-        f"cache {hub_cache_dir(cache_dir)}); pass --model DIR with a downloaded copy of the model, "
-        "or leave --model unset to use the shipped default"
+        f"`model` {name_or_path}: not available offline (no such directory and not in the Hugging Face "
+        f"cache {hub_cache_dir(cache_dir)}); set `model` to the directory of a downloaded copy of the "
+        "model, or leave `model` unset to use the shipped default"
     )

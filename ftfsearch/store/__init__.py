@@ -37,7 +37,7 @@ def open_store(
             payload_vectors=payload_vectors,
         )
     if store_dir is None:
-        raise BadInput("no store given: pass --store DIR for the embedded store or --qdrant-url / QDRANT_URL")
+        raise BadInput("no store given: pass `store` DIR for the embedded store or `qdrant_url` / QDRANT_URL")
     from ftfsearch.store.edge import EdgeStore
 
     return EdgeStore(Path(store_dir), collection=collection, read_only=read_only, payload_vectors=payload_vectors)

@@ -79,12 +79,12 @@ def check_collection_name(name: str) -> str:
     """Refuse names that would be unsafe as a directory or a URL path segment."""
     if not isinstance(name, str) or not _COLLECTION_RE.match(name):
         raise BadInput(
-            f"--collection {name!r}: use 1 to 63 letters, digits, '_', '-' or '.', starting with a "
+            f"`collection` {name!r}: use 1 to 63 letters, digits, '_', '-' or '.', starting with a "
             "letter or digit"
         )
     if name.endswith(schema.SCENES_SUFFIX):
         raise BadInput(
-            f"--collection {name!r}: names ending in {schema.SCENES_SUFFIX!r} are reserved for the "
+            f"`collection` {name!r}: names ending in {schema.SCENES_SUFFIX!r} are reserved for the "
             "scene registries; pick another name"
         )
     return name
@@ -95,7 +95,7 @@ def check_bbox(
 ) -> tuple[float, float, float, float]:
     """A WGS84 (west, south, east, north) box, finite, ordered and in range; a point or a line
     (west == east, south == north) is a box too. ``shown``: the box as the user wrote it."""
-    where = f"bbox {shown[:200]!r}" if shown is not None else f"bbox {bbox!r}"
+    where = f"`bbox` {shown[:200]!r}" if shown is not None else f"`bbox` {bbox!r}"
     if len(bbox) != 4:
         raise BadInput(f"{where}: give four numbers west,south,east,north")
     west, south, east, north = (float(v) for v in bbox)
@@ -195,7 +195,7 @@ def check_batch(batch: TileBatch, meta: CollectionMeta | None) -> tuple[np.ndarr
     if meta is not None and (coarse.shape[1] != meta.dim or regions.shape[1] != meta.num_regions):
         raise ModelMismatch(
             f"TileBatch: vectors of D={coarse.shape[1]}, R={regions.shape[1]} do not fit the collection "
-            f"(model {meta.model_id}: D={meta.dim}, R={meta.num_regions}); use that model or another --collection"
+            f"(model {meta.model_id}: D={meta.dim}, R={meta.num_regions}); use that model or another `collection`"
         )
     if len(set(batch.ids)) != n:
         raise BadInput("TileBatch: point ids must be unique within a batch")

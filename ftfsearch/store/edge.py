@@ -181,12 +181,12 @@ class EdgeStore:
         self._closed = False
         self._guard = threading.Lock()
         if self.store_dir.exists() and not self.store_dir.is_dir():
-            raise StoreUnavailable(f"--store {self.store_dir}: exists and is not a directory")
+            raise StoreUnavailable(f"`store` {self.store_dir}: exists and is not a directory")
         if not read_only:
             try:
                 self.store_dir.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
-                raise StoreUnavailable(f"--store {self.store_dir}: cannot create it ({exc.strerror})") from exc
+                raise StoreUnavailable(f"`store` {self.store_dir}: cannot create it ({exc.strerror})") from exc
         if self.store_dir.is_dir():
             self._acquire_lock()
             try:
@@ -202,7 +202,7 @@ class EdgeStore:
             fh = open(self._lock_path, "a+", encoding="utf-8")
         except OSError as exc:
             raise StoreUnavailable(
-                f"--store {self.store_dir}: cannot open lock file {self._lock_path.name} ({exc.strerror})"
+                f"`store` {self.store_dir}: cannot open lock file {self._lock_path.name} ({exc.strerror})"
             ) from exc
         try:
             fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -221,7 +221,7 @@ class EdgeStore:
                     f"process{holder}: wait for it to finish, run 'ftfsearch serve' on it (the other commands "
                     "then go through it), or serve the data from a Qdrant server (QDRANT_URL)"
                 ) from None
-            raise StoreUnavailable(f"--store {self.store_dir}: cannot lock it ({exc.strerror})") from exc
+            raise StoreUnavailable(f"`store` {self.store_dir}: cannot lock it ({exc.strerror})") from exc
         # The flock is ours: the kernel freed it when its last holder exited. A record left in the
         # file is that of a holder that died without closing (a clean close empties it).
         try:
@@ -259,7 +259,7 @@ class EdgeStore:
             return qe.EdgeShard.load(str(path))
         except Exception as exc:  # the binding raises plain Exception / ValueError
             raise StoreUnavailable(
-                f"--store {self.store_dir}: cannot load {path.name} ({exc}); the directory may be damaged "
+                f"`store` {self.store_dir}: cannot load {path.name} ({exc}); the directory may be damaged "
                 "or written by another Qdrant Edge version"
             ) from exc
 
@@ -283,7 +283,7 @@ class EdgeStore:
         if self._tiles is None:
             raise CollectionNotFound(
                 f"collection {self.collection!r} does not exist in {self.store_dir}: ingest a scene first, "
-                "or check --collection and --store"
+                "or check `collection` and `store`"
             )
         return self._tiles
 
@@ -292,7 +292,7 @@ class EdgeStore:
         if self._scenes is None:
             raise CollectionNotFound(
                 f"collection {self.collection!r} does not exist in {self.store_dir}: ingest a scene first, "
-                "or check --collection and --store"
+                "or check `collection` and `store`"
             )
         return self._scenes
 
@@ -385,7 +385,7 @@ class EdgeStore:
                 raise StoreUnavailable(
                     f"collection {self.collection!r} in {self.store_dir} holds tiles but no model record "
                     f"({self._scenes_path.name} is missing or empty): delete {self._tiles_path} or pass "
-                    "another --collection"
+                    "another `collection`"
                 )
             self._tiles.close()
             self._tiles = None

@@ -11,26 +11,19 @@ from pathlib import Path
 from typing import Any
 
 from ftfsearch import errors
-from ftfsearch.errors import FtfError, StoreUnavailable
+from ftfsearch.errors import FtfError, RemoteError, StoreUnavailable
 from ftfsearch.store.holder_record import HolderRecord, holder_path, read_holder
 
 SECRET_HEADER = "X-Ftfsearch-Holder-Secret"
 """The header that carries the secret of the holder file (ftfsearch.web.holder checks it)."""
 
 
-class RemoteError(FtfError):
-    """An error the holder reported that has no class here: its message and exit code."""
-
-    def __init__(self, message: str, exit_code: int) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
-
-
 def remote_error(body: dict[str, Any]) -> FtfError:
-    """The library error the holder raised, rebuilt from its JSON body."""
-    message = str(body.get("error") or "the server holding the store failed")
+    """The library error the holder raised, rebuilt from its JSON body (its ``message`` keeps the
+    parameters marked, so this CLI names them as flags)."""
+    message = str(body.get("message") or body.get("error") or "the server holding the store failed")
     cls = getattr(errors, str(body.get("kind", "")), None)
-    if isinstance(cls, type) and issubclass(cls, FtfError) and cls is not FtfError:
+    if isinstance(cls, type) and issubclass(cls, FtfError) and cls not in (FtfError, RemoteError):
         return cls(message)
     return RemoteError(message, int(body.get("exit_code") or 1))
 

@@ -296,7 +296,7 @@ class ServerStore:
     def _missing_collection(self) -> CollectionNotFound:
         return CollectionNotFound(
             f"collection {self.collection!r} does not exist on Qdrant at {self.url}: ingest a scene "
-            "first, or check --collection"
+            "first, or check `collection`"
         )
 
     def _check_writable(self, what: str) -> None:
@@ -467,7 +467,7 @@ class ServerStore:
         if sizes.get(schema.COARSE) != meta.dim or sizes.get(schema.REGIONS) != meta.dim:
             raise StoreUnavailable(
                 f"collection {self.collection!r} on {self.url} exists without a model record and with "
-                f"vectors {sizes}, which do not fit D={meta.dim}: pass another --collection"
+                f"vectors {sizes}, which do not fit D={meta.dim}: pass another `collection`"
             )
 
     def drop_collection(self) -> None:

@@ -21,17 +21,11 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 
-from ftfsearch.errors import BadInput, CollectionNotFound, FtfError
+from ftfsearch.errors import BadInput, CollectionNotFound, PushVerificationFailed
 from ftfsearch.store._common import PAGE
 from ftfsearch.store.base import SceneRecord, Store, TileBatch
 
 log = logging.getLogger(__name__)
-
-
-class PushVerificationFailed(FtfError):
-    """After a push the target does not hold what the source holds."""
-
-    exit_code = 3
 
 
 @dataclass
@@ -95,7 +89,7 @@ def push_store(
     if meta is None:
         raise CollectionNotFound(
             f"collection {source.collection!r} in {where} holds nothing to push: ingest first, or "
-            "check --store and --source-collection"
+            "check `store` and `source_collection`"
         )
     target.ensure_collection(meta, shards, replication_factor)
     described = target.describe()
@@ -131,7 +125,7 @@ def _push_scene(
     if there is not None and there.fingerprint != scene.fingerprint:
         raise BadInput(
             f"scene {sid!r}: the target collection {target.collection!r} holds another file under this id "
-            f"({there.path}); drop it there first, or push into another --collection"
+            f"({there.path}); drop it there first, or push into another `collection`"
         )
     if there is not None and there.state == scene.state and target.count_tiles(sid) == want:
         log.info("scene %s already on the target with %d tiles", sid, want)

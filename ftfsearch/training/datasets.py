@@ -93,7 +93,7 @@ def load_dataset(json_path: Path | str, image_dir: Path | str | None = None, che
         image_dir = json_path.parent / "images"
     image_dir = Path(image_dir)
     if check_files and not image_dir.is_dir():
-        raise DatasetError(f"{image_dir}: image directory not found; put the images there or pass --images DIR")
+        raise DatasetError(f"{image_dir}: image directory not found; put the images there or pass their folder as `images`")
 
     entries = doc["images"]
     images = tuple(_caption_image(json_path, i, entry, image_dir) for i, entry in enumerate(entries))
@@ -101,7 +101,7 @@ def load_dataset(json_path: Path | str, image_dir: Path | str | None = None, che
     if missing:
         raise DatasetError(
             f"{image_dir}: {len(missing)} image file(s) listed in {json_path.name} are missing "
-            f"(first: {missing[0]}); point --images at the folder that holds them"
+            f"(first: {missing[0]}); point `images` at the folder that holds them"
         )
     return CaptionDataset(name=name, json_path=json_path, image_dir=image_dir, images=images)
 
@@ -150,7 +150,7 @@ def load_datasets(
     dirs: list[Path | None] = list(image_dirs) if image_dirs else [None] * len(json_paths)
     if len(dirs) != len(json_paths):
         raise BadInput(
-            f"--images given {len(dirs)} times for {len(json_paths)} --data files; give one per dataset or none"
+            f"`images` given {len(dirs)} times for {len(json_paths)} `data` files; give one per dataset or none"
         )
     return [load_dataset(path, folder) for path, folder in zip(json_paths, dirs)]
 

@@ -213,7 +213,7 @@ def evaluate(
     same embeddings, FTF without balancing (v instead of normalize(g + v)) and FTF at K = 20 and 100.
     """
     if recall_k < 1:
-        raise BadInput(f"--recall-k {recall_k}: must be at least 1")
+        raise BadInput(f"`recall_k` {recall_k}: must be at least 1")
     part = dataset.split(split) if isinstance(dataset, CaptionDataset) else dataset
     if max_images is not None and max_images < len(part):
         part = CaptionSplit(part.name, part.split, part.images[:max_images])

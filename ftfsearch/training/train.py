@@ -621,12 +621,12 @@ def _checkpoint_to_resume(config: TrainConfig, ckpt_path: Path) -> dict[str, Any
     ckpt: dict[str, Any] | None = None
     if config.resume:
         if not ckpt_path.is_file():
-            raise BadInput(f"{ckpt_path}: no checkpoint to resume from; run without --resume")
+            raise BadInput(f"{ckpt_path}: no checkpoint to resume from; run without `resume`")
         ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
     if config.epochs < 1 or config.batch_size < 2:
-        raise BadInput("--epochs must be >= 1 and --batch-size >= 2")
+        raise BadInput("`epochs` must be >= 1 and `batch_size` >= 2")
     if config.arch not in ("pretrained", "scratch"):
-        raise BadInput(f"--arch {config.arch!r}: use pretrained or scratch")
+        raise BadInput(f"`arch` {config.arch!r}: use pretrained or scratch")
     return ckpt
 
 
@@ -646,7 +646,7 @@ def _steps_per_epoch(config: TrainConfig, n: int) -> int:
     if config.max_steps_per_epoch is not None:
         steps = min(steps, config.max_steps_per_epoch)
     if steps < 1:
-        raise DatasetError(f"{config.data[0]}: {n} training images are fewer than one batch of {config.batch_size}; lower --batch-size")
+        raise DatasetError(f"{config.data[0]}: {n} training images are fewer than one batch of {config.batch_size}; lower `batch_size`")
     return steps
 
 

@@ -90,7 +90,7 @@ def example_refs(params: SearchParams) -> list[ExampleRef]:
                     parse_ref(v, param)  # raises the REF:N message; no file is looked at
                 text = head.strip()
             if not (_UUID.match(text) or "," in text):
-                raise BadInput(f"{param} {v[:200]!r}: give a tile id or a point lon,lat (POST an image to search by it)")
+                raise BadInput(f"`{param}` {v[:200]!r}: give a tile id or a point lon,lat (POST an image to search by it)")
             refs.append(parse_ref(v, param))
     return refs
 
@@ -188,11 +188,11 @@ async def labels_import(request: Request, res: Res) -> dict[str, Any]:
     """Read a labels GeoJSON (the request body) back into marks, checked against the store."""
     raw = await request.body()
     if len(raw) > MAX_IMAGE_BYTES:
-        raise BadInput(f"labels: {len(raw)} bytes; at most {MAX_IMAGE_BYTES >> 20} MB")
+        raise BadInput(f"`labels`: {len(raw)} bytes; at most {MAX_IMAGE_BYTES >> 20} MB")
     try:
         data = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BadInput("labels: not a JSON document; send a labels GeoJSON file (as export writes)") from exc
+        raise BadInput("`labels`: not a JSON document; send a labels GeoJSON file (as export writes)") from exc
     labels = parse_labels(data, "labels")
 
     def check() -> dict[str, Any]:
@@ -278,7 +278,7 @@ def tile_chip(
     tid = check_tile_id(tile_id)
     boxes = res.encoder.region_boxes
     if region is not None and region >= len(boxes):
-        raise BadInput(f"region {region}: this model has {len(boxes)} regions (0..{len(boxes) - 1})")
+        raise BadInput(f"`region` {region}: this model has {len(boxes)} regions (0..{len(boxes) - 1})")
     payload, bands = res.tile(tid)
     spec = ChipSpec.from_payload(
         payload, bands=bands, region=None if region is None else boxes[region].tolist(), size=size

@@ -27,7 +27,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ftfsearch.errors import BadInput, FtfError, IngestCancelled, SceneNotFound, StoreLocked
+from ftfsearch.errors import BadInput, FtfError, IngestCancelled, PermissionDenied, SceneNotFound, StoreLocked
 from ftfsearch.net import LOOPBACK_HOSTS, LOOPBACK_IP
 from ftfsearch.store.base import Store
 from ftfsearch.store.holder_client import SECRET_HEADER
@@ -105,7 +105,9 @@ def drop_scene(db: Any, scene_id: str) -> int:
 
 
 def error_body(exc: FtfError) -> dict[str, Any]:
-    return {"error": str(exc), "kind": type(exc).__name__, "exit_code": exc.exit_code}
+    """An error as JSON: ``error`` in the API's words, ``message`` with its parameters still
+    marked (the CLI that sent the request names them as its flags), its class and exit code."""
+    return {"error": str(exc), "message": exc.message, "kind": type(exc).__name__, "exit_code": exc.exit_code}
 
 
 # -- ingest jobs ---------------------------------------------------------------------------------
@@ -230,7 +232,7 @@ class Holder:
             held = str(Path(held).absolute())
         if model is not None and str(model) != str(held):
             raise BadInput(
-                f"--model {model}: the server holding this store runs model {self.settings.model}; ingest "
+                f"`model` {model}: the server holding this store runs model {self.settings.model}; ingest "
                 "with that one, or stop 'ftfsearch serve' to ingest with another"
             )
         from ftfsearch.raster import is_url
@@ -326,9 +328,10 @@ async def _check_secret(request: Request, call_next: Callable[[Request], Awaitab
     given = request.headers.get(SECRET_HEADER, "").encode("utf-8")
     host = request.client.host if request.client is not None else ""
     if host not in LOOPBACK_HOSTS or not hmac.compare_digest(given, secret):
-        return JSONResponse({"error": "forbidden: this endpoint is for the user who holds the store "
-                             "(the secret in its holder file)", "kind": "PermissionDenied", "exit_code": 4},
-                            status_code=403)
+        refused = PermissionDenied(
+            "forbidden: this endpoint is for the user who holds the store (the secret in its holder file)"
+        )
+        return JSONResponse(error_body(refused), status_code=403)
     return await call_next(request)
 
 
