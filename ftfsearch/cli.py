@@ -44,6 +44,7 @@ err = Console(stderr=True, soft_wrap=True)
 log = logging.getLogger("ftfsearch")
 
 F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T")
 
 
 # Library messages name parameters in the API's words, between backticks (ftfsearch.errors);
@@ -140,6 +141,20 @@ def _store_or_holder(settings: Settings, read_only: bool = False) -> tuple[Any, 
         if client is None:
             raise
         return None, client
+
+
+def _on_store_or_holder(
+    settings: Settings, on_holder: Callable[[Any], T], on_store: Callable[[Any], T], read_only: bool = False
+) -> T:
+    """``on_store(store)`` (closed after), or ``on_holder(client)`` when ``ftfsearch serve`` holds
+    the embedded store: the store commands whose output is the same either way."""
+    db, holder = _store_or_holder(settings, read_only=read_only)
+    if holder is not None:
+        return on_holder(holder)
+    try:
+        return on_store(db)
+    finally:
+        db.close()
 
 
 def _load_encoder(settings: Settings):
@@ -878,14 +893,7 @@ def scenes(
     settings = _settings(store_dir=store, qdrant_url=qdrant_url, collection=collection)
     from ftfsearch.web.holder import scenes_rows
 
-    db, holder = _store_or_holder(settings, read_only=True)
-    if holder is not None:
-        rows = holder.scenes()
-    else:
-        try:
-            rows = scenes_rows(db)
-        finally:
-            db.close()
+    rows = _on_store_or_holder(settings, lambda holder: holder.scenes(), scenes_rows, read_only=True)
     if as_json:
         out.print_json(json.dumps(rows))
         return
@@ -925,14 +933,7 @@ def drop(
     from ftfsearch.web.holder import drop_scene
 
     settings = _settings(store_dir=store, qdrant_url=qdrant_url, collection=collection)
-    db, holder = _store_or_holder(settings)
-    if holder is not None:
-        removed = holder.drop(scene_id)
-    else:
-        try:
-            removed = drop_scene(db, scene_id)
-        finally:
-            db.close()
+    removed = _on_store_or_holder(settings, lambda holder: holder.drop(scene_id), lambda db: drop_scene(db, scene_id))
     err.print(f"dropped {scene_id}: {removed} tiles removed", highlight=False)
 
 
@@ -948,14 +949,7 @@ def info(
     settings = _settings(store_dir=store, qdrant_url=qdrant_url, collection=collection)
     from ftfsearch.web.holder import info_data
 
-    db, holder = _store_or_holder(settings, read_only=True)
-    if holder is not None:
-        data: dict[str, Any] = holder.info()
-    else:
-        try:
-            data = info_data(db)
-        finally:
-            db.close()
+    data: dict[str, Any] = _on_store_or_holder(settings, lambda holder: holder.info(), info_data, read_only=True)
     if as_json:
         out.print_json(json.dumps(data, default=str))
         return

@@ -19,8 +19,7 @@ from ftfsearch.model.base import Encoder
 from ftfsearch.model.regions import region_in_window
 from ftfsearch.examples import ExampleRef, resolve
 from ftfsearch.rerank import bti_fused
-from ftfsearch.store._common import check_bbox, check_meta
-from ftfsearch.store.base import Candidates, CollectionMeta, QueryFilter, Store, average_vector
+from ftfsearch.store.base import Candidates, CollectionMeta, QueryFilter, Store, average_vector, check_bbox, check_meta
 from ftfsearch.store.vector_cache import VectorCache
 from ftfsearch.times import check_range, parse_time
 
@@ -175,7 +174,7 @@ def clean_query(text: str, encoder: Encoder) -> tuple[str, list[str]]:
 
 def parse_bbox(value: str | None) -> tuple[float, float, float, float] | None:
     """Parse ``minlon,minlat,maxlon,maxlat`` (WGS84); the checks are the store's
-    (:func:`~ftfsearch.store._common.check_bbox`: a point or a line is a box too)."""
+    (:func:`~ftfsearch.store.base.check_bbox`: a point or a line is a box too)."""
     if value is None:
         return None
     parts = [p.strip() for p in str(value).split(",")]
@@ -197,7 +196,7 @@ def collection_meta(encoder: Encoder) -> CollectionMeta:
 
 def check_model(store: Store, encoder: Encoder) -> None:
     """Refuse to query a collection filled by another model: the same rule as ingest's
-    (:func:`~ftfsearch.store._common.check_meta`)."""
+    (:func:`~ftfsearch.store.base.check_meta`)."""
     meta, wanted = store.meta(), collection_meta(encoder)
     if meta == wanted:
         return  # the common case: no describe() (a request to a server) just for an error message

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import itertools
-import math
 import re
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -18,11 +17,11 @@ from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 
-from ftfsearch.errors import REINGEST_HINT, BadInput, ModelMismatch
+from ftfsearch.errors import BadInput, ModelMismatch
 from ftfsearch.store import schema
 from ftfsearch.store.schema import VECTORS_FIELD
 from ftfsearch.times import check_range, iso_utc, parse_time
-from ftfsearch.store.base import RECOMMEND_STRATEGIES, Candidates, CollectionMeta, QueryFilter, TileBatch
+from ftfsearch.store.base import RECOMMEND_STRATEGIES, Candidates, CollectionMeta, QueryFilter, TileBatch, check_bbox
 
 # Qdrant collection names become directory names in the embedded store: keep them plain.
 _COLLECTION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
@@ -90,31 +89,6 @@ def check_collection_name(name: str) -> str:
     return name
 
 
-def check_bbox(
-    bbox: tuple[float, float, float, float], shown: str | None = None
-) -> tuple[float, float, float, float]:
-    """A WGS84 (west, south, east, north) box, finite, ordered and in range; a point or a line
-    (west == east, south == north) is a box too. ``shown``: the box as the user wrote it."""
-    where = f"`bbox` {shown[:200]!r}" if shown is not None else f"`bbox` {bbox!r}"
-    if len(bbox) != 4:
-        raise BadInput(f"{where}: give four numbers west,south,east,north")
-    west, south, east, north = (float(v) for v in bbox)
-    if not all(math.isfinite(v) for v in (west, south, east, north)):
-        raise BadInput(f"{where}: all four values must be finite numbers")
-    if not (-180.0 <= west <= 180.0 and -180.0 <= east <= 180.0):
-        raise BadInput(f"{where}: longitudes must lie in [-180, 180]")
-    if not (-90.0 <= south <= 90.0 and -90.0 <= north <= 90.0):
-        raise BadInput(f"{where}: latitudes must lie in [-90, 90]")
-    if south > north:
-        raise BadInput(f"{where}: minlat must not be above maxlat (is the box inverted?)")
-    if west > east:
-        raise BadInput(
-            f"{where}: minlon must not be above maxlon (inverted, or crossing the antimeridian: split it "
-            "into two queries)"
-        )
-    return west, south, east, north
-
-
 def filter_conditions(flt: QueryFilter | None) -> list[Condition]:
     """The conditions (all must hold) that implement ``flt``.
 
@@ -161,19 +135,6 @@ def check_examples(
     if not pos:
         raise BadInput("positives: a recommend query needs at least one positive vector")
     return pos, neg
-
-
-def check_meta(recorded: CollectionMeta, wanted: CollectionMeta, collection: str, location: str) -> None:
-    """Refuse to mix models in one collection (ModelMismatch naming both)."""
-    if recorded == wanted:
-        return
-    raise ModelMismatch(
-        f"collection {collection!r} in {location} was built with model {recorded.model_id} "
-        f"(D={recorded.dim}, R={recorded.num_regions}, layout {recorded.region_layout}, "
-        f"schema v{recorded.schema_version}), not {wanted.model_id} (D={wanted.dim}, "
-        f"R={wanted.num_regions}, layout {wanted.region_layout}, schema v{wanted.schema_version}); "
-        + REINGEST_HINT
-    )
 
 
 def check_batch(batch: TileBatch, meta: CollectionMeta | None) -> tuple[np.ndarray, np.ndarray]:

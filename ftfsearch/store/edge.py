@@ -59,7 +59,6 @@ from ftfsearch.store._common import (
     check_collection_name,
     check_examples,
     check_k,
-    check_meta,
     check_text,
     chunks,
     filter_conditions,
@@ -77,6 +76,7 @@ from ftfsearch.store.base import (
     SourceFailure,
     TileBatch,
     average_vector,
+    check_meta,
 )
 
 log = logging.getLogger(__name__)

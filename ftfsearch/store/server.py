@@ -50,7 +50,6 @@ from ftfsearch.store._common import (
     check_collection_name,
     check_examples,
     check_k,
-    check_meta,
     check_text,
     chunks,
     filter_conditions,
@@ -61,7 +60,15 @@ from ftfsearch.store._common import (
     valid_point_ids,
     with_packed_vectors,
 )
-from ftfsearch.store.base import Candidates, CollectionMeta, QueryFilter, SceneRecord, SourceFailure, TileBatch
+from ftfsearch.store.base import (
+    Candidates,
+    CollectionMeta,
+    QueryFilter,
+    SceneRecord,
+    SourceFailure,
+    TileBatch,
+    check_meta,
+)
 from ftfsearch.store.rest import RestError, RestTransport
 
 log = logging.getLogger(__name__)
