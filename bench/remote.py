@@ -8,7 +8,6 @@ a tiled, deflated GeoTIFF with overviews (written once under .cache/bench)."""
 from __future__ import annotations
 
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -47,8 +46,7 @@ def cog_path(scale: int) -> Path:
 
 
 def run(scale: int, model: str | None, levels: tuple[int, ...]) -> dict[str, Any]:
-    sys.path.insert(0, str(REPO / "tests"))
-    from _http_server import RangeServer  # the tests' loopback server
+    from tests._http_server import RangeServer  # the tests' loopback server (tests/ beside bench/)
 
     from ftfsearch.store import open_store
     from ingest.pipeline import IngestOptions, ingest_scene

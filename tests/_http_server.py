@@ -165,7 +165,7 @@ class RangeServer:
 
     def _ask(self, query: str = "") -> dict[str, Any]:
         with urllib.request.urlopen(f"{self.url}/_control?{query}", timeout=10) as resp:  # noqa: S310
-            return json.loads(resp.read())  # type: ignore[no-any-return]
+            return json.loads(resp.read())
 
     @property
     def served(self) -> Counter[str]:
@@ -175,7 +175,7 @@ class RangeServer:
     @property
     def requests(self) -> list[tuple[str, str, str | None]]:
         """``(method, path, range header)`` of every request."""
-        return [tuple(r) for r in self._ask()["requests"]]  # type: ignore[misc]
+        return [tuple(r) for r in self._ask()["requests"]]
 
     @property
     def vanish_after(self) -> None:
