@@ -98,7 +98,7 @@ class StacScene:
             sources: list[Path | str] = [h if is_url(h) else Path(h) for _, h in self.assets]
             return stack_vrt(sources, Path(self.stack_dir), f"{self.href}: assets {keys}", name=self.scene_id)
         except BadInput as exc:
-            message = str(exc)
+            message = exc.message  # its parameters still marked: the CLI names them as flags
             raise BadInput(message if message.startswith(self.href) else f"{self.href}: {message}") from exc
 
     def to_dict(self) -> dict[str, Any]:
@@ -172,7 +172,7 @@ class _Walk:
             return _item_scene(self.reader, href, _read_json(self.reader, href), self.stack_dir, self.assets)
         except BadInput as exc:  # this item fails alone, when the pipeline reaches it
             return StacScene(href=href, scene_id=default_scene_id(href), stack_dir=str(self.stack_dir),
-                             error=str(exc))
+                             error=exc.message)
 
 
 def _link_href(link: pystac.Link, owner: str) -> str:
