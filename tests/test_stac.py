@@ -18,9 +18,12 @@ from typing import Any
 
 import pytest
 import rasterio
+from fastapi.testclient import TestClient
 
 from _http_server import RangeServer
+from ftfsearch.config import Settings
 from ftfsearch.errors import BadInput
+from ftfsearch.web import create_app
 from ingest.stac import StacScene, read_stac
 from _cli import assert_one_line_error, run
 from _data import SHARED_DATA
@@ -186,6 +189,10 @@ def test_a_sentinel2_item_with_band_assets_is_one_timed_scene(tmp_path: Path, ti
     assert row["stac"]["collection"] == "sentinel-2-l2a" and row["stac"]["platform"] == "sentinel-2a"
     table = run("scenes", env=env).stdout
     assert "sentinel-2-l2a/S2_casablanca" in table and "cloud 1.5%" in table and "2023-04-26T10:50:31Z" in table
+    settings = Settings(store_dir=tmp_path / "store", model=str(tiny_clip_dir), device="cpu")
+    with TestClient(create_app(settings)) as client:  # the map page's scene list says the same
+        [api_row] = client.get("/api/scenes").json()["scenes"]
+    assert api_row["acquired"] == row["acquired"] and api_row["stac"] == row["stac"]
 
     inside = run("query", "a harbour", "--k", "3", "--after", "2023-04-26", "--before", "2023-04-27", "--json", env=env)
     assert inside.returncode == 0, inside.stderr

@@ -226,7 +226,7 @@ def scenes(request: Request, res: Res, options: Options) -> dict[str, Any]:
         bounds = _preview_bounds(res, s.path, options.preview_max_side)
         rows.append(SceneBody(
             scene_id=s.scene_id, path=s.path, state=s.state, tiles=counts[s.scene_id], crs=s.crs, bbox=s.bbox,
-            footprint=s.footprint, acquired=s.extra.get("acquired"),
+            footprint=s.footprint, acquired=s.extra.get("acquired"), stac=s.extra.get("stac"),
             preview_url=None if bounds is None else str(request.url_for("scene_preview", scene_id=s.scene_id)),
             preview_bounds=None if bounds is None else list(bounds),
         ))

@@ -96,6 +96,9 @@ class SceneBody(BaseModel):
     bbox: list[float] | None
     footprint: list[list[float]] | None
     acquired: str | None = Field(None, description="acquisition time, ISO 8601 UTC; null when unknown")
+    stac: dict[str, Any] | None = Field(
+        None, description="the STAC item it came from (item, collection, href, assets, cloud_cover, gsd, platform, "
+        "constellation, instruments where the item says); null for a plain raster")
     preview_url: str | None = Field(description="RGBA PNG warped to Web Mercator; null without CRS or source")
     preview_bounds: list[float] | None = Field(description="[west, south, east, north] WGS84 of the preview image")
 
