@@ -29,8 +29,8 @@ from rich.text import Text
 from typer.models import OptionInfo
 
 from ftfsearch.config import Settings, load_settings
-from ftfsearch.errors import FtfError, render
-from ftfsearch.net import LOOPBACK_HOSTS
+from ftfsearch.errors import FtfError, in_api_words, render
+from ftfsearch.net import LOOPBACK_HOSTS, LOOPBACK_IP
 
 app = typer.Typer(
     add_completion=False,
@@ -409,7 +409,8 @@ def _print_warnings(path: str, warnings: list[str]) -> None:
 def _report_ingest(done: list[Any], failed: list[dict[str, Any]], total: int, as_json: bool) -> None:
     """The summary of an ingest; exit 2 when nothing was ingested, 1 when some scenes failed."""
     if as_json:
-        out.print_json(json.dumps({"scenes": [s.to_dict() for s in done], "failed": failed}))
+        failed_json = [{**f, "message": in_api_words(f["message"])} for f in failed]  # JSON: the API's words
+        out.print_json(json.dumps({"scenes": [s.to_dict() for s in done], "failed": failed_json}))
     else:
         for s in done:
             _print_scene(s)
@@ -566,8 +567,7 @@ def _ingest_batch(sources: list[Any], part: Any, list_path: Path, options: Any, 
         if o.error is not None:
             err.print(Text(f"failed: {_as_flags(o.error)}"), highlight=False)
         if o.summary is not None:
-            for warning in o.summary.warnings:
-                err.print(Text(f"warning: {o.summary.path}: {_as_flags(warning)}"), highlight=False)
+            _print_warnings(o.summary.path, o.summary.warnings)
             if not as_json:
                 _print_scene(o.summary)
 
@@ -582,7 +582,7 @@ def _ingest_batch(sources: list[Any], part: Any, list_path: Path, options: Any, 
         out.print_json(json.dumps({
             "shard": None if part is None else str(part),
             "scenes": [s.to_dict() for s in result.done],
-            "failed": [{"source": o.source.key, "message": o.error} for o in failed],
+            "failed": [{"source": o.source.key, "message": in_api_words(o.error or "")} for o in failed],
         }))
     err.print(
         f"{what}: {len(sources)} sources, {len(sources) - len(failed)} complete, {len(failed)} failed",
@@ -1052,7 +1052,7 @@ def _check_port_free(host: str, port: int) -> None:
 @app.command()
 @handles_errors
 def serve(
-    host: str = typer.Option("127.0.0.1", "--host", help="Address to bind; 0.0.0.0 exposes the server to the network."),
+    host: str = typer.Option(LOOPBACK_IP, "--host", help="Address to bind; 0.0.0.0 exposes the server to the network."),
     port: int = typer.Option(8000, "--port", help="Port to listen on."),
     cors_origin: Optional[list[str]] = typer.Option(
         None, "--cors-origin", help="Let pages of this origin call the API (repeatable); default: CORS off."

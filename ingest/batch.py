@@ -35,6 +35,7 @@ from ftfsearch.errors import (
     ModelMismatch,
     PermissionDenied,
     StoreUnavailable,
+    in_api_words,
 )
 from ftfsearch.model.base import Encoder
 from ftfsearch.store.base import SceneRecord, SourceFailure, Store
@@ -290,7 +291,7 @@ class SourceState:
 
     def to_dict(self) -> dict[str, Any]:
         return {"source": self.source, "state": self.state, "scene_id": self.scene_id, "tiles": self.tiles,
-                "error": self.error, "line": self.line}
+                "error": None if self.error is None else in_api_words(self.error), "line": self.line}
 
 
 @dataclass
