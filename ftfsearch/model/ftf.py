@@ -185,8 +185,6 @@ class TextTower(nn.Module):
 class FtfModel(nn.Module):
     """Both towers; :meth:`forward_images` / :meth:`forward_text` return unit vectors."""
 
-    mean: torch.Tensor
-    std: torch.Tensor
 
     def __init__(self, cfg: FtfConfig) -> None:
         super().__init__()

@@ -170,8 +170,6 @@ class PretrainedTextTower(nn.Module):
 class PretrainedFtfModel(nn.Module):
     """Both towers; :meth:`forward_images` / :meth:`forward_text` return unit float32 vectors."""
 
-    mean: torch.Tensor
-    std: torch.Tensor
 
     def __init__(self, cfg: PretrainedConfig, trunk: EfficientNetLite | None = None, bert: BertModel | None = None) -> None:
         super().__init__()

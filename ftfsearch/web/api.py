@@ -7,13 +7,13 @@ from __future__ import annotations
 import json
 import logging
 import re
-from importlib import metadata
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
+from ftfsearch import __version__
 from ftfsearch.chips import MAX_CHIP_SIDE, ChipSpec, recorded_bands, region_footprints
 from ftfsearch.errors import BadInput, SceneNotFound, SourceUnavailable
 from ftfsearch.examples import ExampleRef, image_ref, parse_ref
@@ -55,10 +55,8 @@ Search = Annotated[SearchParams, Query()]
 
 
 def package_version() -> str:
-    try:
-        return metadata.version("ftfsearch")
-    except metadata.PackageNotFoundError:
-        return "unknown"
+    """The one version string (pyproject reads it from here too), installed or not."""
+    return __version__
 
 
 def check_tile_id(tile_id: str) -> str:

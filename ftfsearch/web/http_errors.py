@@ -17,6 +17,8 @@ from ftfsearch.errors import (
     ModelMismatch,
     ModelNotFound,
     PermissionDenied,
+    PushVerificationFailed,
+    RemoteError,
     SceneNotFound,
     SourceUnavailable,
     StoreUnavailable,
@@ -36,6 +38,8 @@ ERROR_STATUS: tuple[tuple[type[FtfError], int], ...] = (
     (ModelMismatch, 409),
     (StoreUnavailable, 503),
     (ModelNotFound, 503),
+    (PushVerificationFailed, 502),  # the target store did not keep what it was sent
+    (RemoteError, 502),  # the server holding the store failed in a way it could not name
 )
 
 
