@@ -41,7 +41,6 @@ from ftfsearch.training.evaluate import EVAL_PIXELS, Embeddings, encode_split, s
 from ftfsearch.model.base import Encoder, RerankParams
 from ftfsearch.model.ftf import FtfConfig, FtfEncoder, FtfModel, save_ftf_model
 from ftfsearch.model.loading import resolve_device
-from ftfsearch.model.backbones import EfficientNetLite, MBConv
 from ftfsearch.model.pretrained import PretrainedConfig
 from ftfsearch.model.text import encode_batch, train_tokenizer
 from ftfsearch.rerank import bti
@@ -402,12 +401,12 @@ class _PretrainedTask:
                 x = prepare_images(chunk, self.image_size) if v == 0 else augment(chunk, self.image_size, gen)
                 x = self.model.normalize_pixels(x.to(self.device)).contiguous(memory_format=torch.channels_last)
                 h = trunk.stem(x)
-                for i, block in enumerate(trunk._blocks[: self.first_block]):
+                for i, block in enumerate(trunk.blocks[: self.first_block]):
                     h = block(h)
                     if i == trunk.finer_at - 1:
                         finer = h
-                if self.first_block == len(trunk._blocks):
-                    h = F.relu6(trunk._bn1(trunk._conv_head(h)))
+                if self.first_block == len(trunk.blocks):
+                    h = trunk.head(h)
                 flat = torch.cat([finer.flatten(1), h.flatten(1)], dim=1).to(torch.float16).cpu().numpy()
                 if out is None:
                     out = np.empty((views, n, flat.shape[1]), dtype=np.float16)
@@ -437,9 +436,9 @@ class _PretrainedTask:
         trunk = self.model.image.trunk
         size16, size32 = self.image_size // 16, self.image_size // 32
         self.finer_shape = (trunk.finer_channels, size16, size16)
-        mid_c = _block_channels(trunk, self.first_block - 1) if self.first_block < len(trunk._blocks) else trunk.head_channels
+        mid_c = trunk.blocks[self.first_block - 1].out_channels if self.first_block < len(trunk.blocks) else trunk.head_channels
         if self.first_block < trunk.finer_at:
-            raise BadInput(f"train_image_blocks {self.cfg.train_image_blocks}: at most {len(trunk._blocks) - trunk.finer_at} (the blocks above the stride-16 map)")
+            raise BadInput(f"train_image_blocks {self.cfg.train_image_blocks}: at most {len(trunk.blocks) - trunk.finer_at} (the blocks above the stride-16 map)")
         mid_size = size32 if self.first_block > trunk.finer_at else size16
         self.mid_shape = (mid_c, mid_size, mid_size)
         self.images_cache = self._cached(self._cache_path(pixels, parts, "image"), lambda: self._image_features(pixels, report))
@@ -475,10 +474,10 @@ class _PretrainedTask:
         finer = rec[:, :nf].view(-1, *self.finer_shape)
         h = rec[:, nf:].view(-1, *self.mid_shape)
         trunk = self.model.image.trunk
-        if self.first_block < len(trunk._blocks):
-            for block in trunk._blocks[self.first_block:]:
+        if self.first_block < len(trunk.blocks):
+            for block in trunk.blocks[self.first_block:]:
                 h = block(h)
-            h = F.relu6(trunk._bn1(trunk._conv_head(h)))
+            h = trunk.head(h)
         g, r = self.model.image.heads(finer, h)
         mask = torch.from_numpy(self.text_mask[text_rows]).to(self.device)
         width = int(mask.sum(1).max())
@@ -501,13 +500,6 @@ class _PretrainedTask:
         self.cfg.rerank = params
         self.model.cfg = self.cfg
         save_pretrained_model(self.model.cpu(), out)
-
-
-def _block_channels(trunk: EfficientNetLite, index: int) -> int:
-    """Output channels of block ``index`` of the trunk (the input width of the block after it)."""
-    block = trunk._blocks[index]
-    assert isinstance(block, MBConv)
-    return block._bn2.num_features
 
 
 def _make_task(config: TrainConfig, captions: list[str], ckpt: dict[str, Any] | None, device: torch.device) -> _Task:
