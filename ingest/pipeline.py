@@ -366,11 +366,12 @@ def _check_previous(
 
 def _plan_scene(
     path: Path | str, reader: SceneReader, encoder: Encoder, store: Store, options: IngestOptions, sid: str,
-    acquired: str | None, stac: dict[str, Any] | None,
+    acquired: str | None, stac: dict[str, Any] | None, fp: str | None,
 ) -> _Scene:
     """Check the raster against the store and make its scene record; reads no tile, writes nothing.
-    ``acquired`` and ``stac`` come from a STAC item; ``--acquired`` wins over both it and the file."""
-    fp = fingerprint(path)
+    ``acquired`` and ``stac`` come from a STAC item; ``--acquired`` wins over both it and the file.
+    ``fp``: the raster's fingerprint when the caller has taken it already (a remote one costs requests)."""
+    fp = fp or fingerprint(path)
     _check_size(path, reader, options.spec)
     windows = reader.windows()
     previous = store.get_scene(sid)
@@ -466,9 +467,11 @@ def ingest_scene(
     acquired: str | None = None,
     stac: dict[str, Any] | None = None,
     stages: StageTimes | None = None,
+    fp: str | None = None,
 ) -> SceneSummary:
     """Ingest one raster as one scene; resumable and idempotent. ``acquired`` and ``stac`` are
-    what a STAC item says of it (its time, its id and properties, kept in the scene's extra).
+    what a STAC item says of it (its time, its id and properties, kept in the scene's extra);
+    ``fp`` its fingerprint when the caller took it already.
 
     The summary carries the loop's :class:`StageTimes`. Pass ``stages`` to watch them accrue: a
     caller whose progress callback stops the ingest part-way (a benchmark measuring the first N
@@ -478,7 +481,7 @@ def ingest_scene(
     stages = stages if stages is not None else StageTimes()
     with SceneReader(path, options.spec) as reader:
         sid = scene_id or options.scene_id or default_scene_id(path)
-        scene = _plan_scene(path, reader, encoder, store, options, sid, acquired, stac)
+        scene = _plan_scene(path, reader, encoder, store, options, sid, acquired, stac, fp)
         windows, previous = scene.windows, scene.previous
         if previous is not None and previous.state == "complete":
             stored = store.count_tiles(sid)
@@ -556,9 +559,10 @@ def ingest_paths(
     for path in paths:
         try:
             if isinstance(path, StacScene):
-                summary = ingest_scene(path.raster(), encoder, store, options, progress,
+                raster, fp = path.source()
+                summary = ingest_scene(raster, encoder, store, options, progress,
                                        scene_id=options.scene_id or path.scene_id, acquired=path.acquired,
-                                       stac=path.properties)
+                                       stac=path.properties, fp=fp)
             else:
                 summary = ingest_scene(path, encoder, store, options, progress)
         except (BadInput, RasterioError) as raised:

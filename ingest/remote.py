@@ -45,6 +45,7 @@ def _request(url: str, method: str, headers: dict[str, str] | None = None) -> tu
             with urllib.request.urlopen(req, timeout=HTTP_TIMEOUT_S) as resp:  # noqa: S310 (http(s) only)
                 return {k.lower(): v for k, v in resp.headers.items()}, resp.read() if method == "GET" else b""
         except urllib.error.HTTPError as exc:
+            exc.close()  # the error is the response: its socket goes now, not with the exception
             if exc.code in TRANSIENT_HTTP_CODES and attempt < HTTP_MAX_RETRY:
                 time.sleep(HTTP_RETRY_DELAY_S * 2**attempt)  # GDAL's back-off: the delay doubles
                 continue

@@ -87,16 +87,21 @@ class StacScene:
     def raster(self) -> Path | str:
         """The raster the scene is tiled from: the one asset, or the VRT of the three (written
         once per distinct stack). Raises :class:`BadInput` naming the item and the asset."""
+        return self.source()[0]
+
+    def source(self) -> tuple[Path | str, str | None]:
+        """:meth:`raster` and, for one asset, its fingerprint, taken here so that a missing asset
+        is this item's one-line error before any write (and the pipeline need not take it again)."""
         if self.error is not None:
             raise BadInput(self.error)
         try:
             if len(self.assets) == 1:
                 href = self.assets[0][1]
-                fingerprint(href)  # a missing asset is this item's one-line error, before any write
-                return href if is_url(href) else Path(href)
+                fp = fingerprint(href)
+                return (href if is_url(href) else Path(href)), fp
             keys = ",".join(k for k, _ in self.assets)
             sources: list[Path | str] = [h if is_url(h) else Path(h) for _, h in self.assets]
-            return stack_vrt(sources, Path(self.stack_dir), f"{self.href}: assets {keys}", name=self.scene_id)
+            return stack_vrt(sources, Path(self.stack_dir), f"{self.href}: assets {keys}", name=self.scene_id), None
         except BadInput as exc:
             message = exc.message  # its parameters still marked: the CLI names them as flags
             raise BadInput(message if message.startswith(self.href) else f"{self.href}: {message}") from exc
