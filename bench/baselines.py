@@ -19,7 +19,7 @@ import numpy as np
 import qdrant_edge as qe
 
 from ftfsearch.store import schema
-from ftfsearch.store.rest import RestTransport
+from ftfsearch.store.rest import RestTransport, qdrant_headers
 
 
 @dataclass
@@ -44,10 +44,7 @@ class QdrantMaxSim:
         cls, url: str, collection: str, api_key: str | None = None, timeout: float = 30.0, use_httpx: bool | None = None
     ) -> "QdrantMaxSim":
         """Over REST, with the headers the store's query path sends (``use_httpx`` as RestTransport's)."""
-        headers = {"accept-encoding": "identity", "content-type": "application/json"}
-        if api_key:
-            headers["api-key"] = api_key
-        return cls(rest=RestTransport(url, headers, timeout, use_httpx=use_httpx), collection=collection)
+        return cls(rest=RestTransport(url, qdrant_headers(api_key), timeout, use_httpx=use_httpx), collection=collection)
 
     @classmethod
     def on_edge(cls, store_dir: Path, collection: str) -> "QdrantMaxSim":

@@ -38,7 +38,7 @@ from ftfsearch.rerank import bti
 from ftfsearch.search import DEFAULT_VECTOR_CACHE_BYTES, Searcher
 from ftfsearch.store.base import Store, TileBatch
 from ftfsearch.store.edge import EdgeStore
-from ftfsearch.store.server import RestClient, ServerStore
+from ftfsearch.store.server import ServerStore
 from ftfsearch.store.schema import tile_point_id
 from ftfsearch.store.vector_cache import VectorCache
 from ingest.pipeline import collection_meta
@@ -208,13 +208,13 @@ class Place:
             url = server.url
         return cls(backend, name, url, os.environ.get("QDRANT_API_KEY"), server)
 
-    def open(self, payload_vectors: bool = True, rest_client: RestClient = "auto") -> Store:
-        """The store; ``payload_vectors=False`` reads vectors the plain way, ``rest_client``
+    def open(self, payload_vectors: bool = True, use_httpx: bool | None = None) -> Store:
+        """The store; ``payload_vectors=False`` reads vectors the plain way, ``use_httpx``
         picks the server's query transport (see ``ServerStore``)."""
         if self.url is None:
             return EdgeStore(CACHE / "edge", collection=self.name, payload_vectors=payload_vectors)
         return ServerStore(self.url, collection=self.name, api_key=self.api_key, timeout=120.0,
-                           payload_vectors=payload_vectors, rest_client=rest_client)
+                           payload_vectors=payload_vectors, use_httpx=use_httpx)
 
     def maxsim(self, use_httpx: bool | None = None) -> QdrantMaxSim:
         """Qdrant's own rerank over the collection (on Edge, only while no store holds it)."""
@@ -410,7 +410,7 @@ def _transport_comparison(
     if place.backend != "server" or not texts or cached.vector_cache is None:
         return None
     before = dataclasses.replace(cached.vector_cache.stats)
-    slow_store = place.open(rest_client="httpx")
+    slow_store = place.open(use_httpx=True)
     slow_one_call = Searcher(one_call.encoder, slow_store, vector_cache_bytes=0)
     slow_cached = Searcher(cached.encoder, slow_store)
     slow_cached.vector_cache = cached.vector_cache  # the same warm cache: only the transport differs

@@ -79,6 +79,13 @@ class ResultRecord(TypedDict):
 ResultRecord.__pydantic_config__ = {"use_attribute_docstrings": True}  # type: ignore[attr-defined]
 
 
+def _kept(payload: dict[str, Any] | None) -> dict[str, Any]:
+    """A kept candidate's payload: every kept one has one (the cache or the store gave it), and
+    the lists stay aligned with the ids and vectors."""
+    assert payload is not None
+    return payload
+
+
 def window_record(window: dict[str, int]) -> WindowRecord:
     return WindowRecord(col=int(window["col"]), row=int(window["row"]),
                         width=int(window["width"]), height=int(window["height"]))
@@ -329,10 +336,10 @@ class Searcher:
             # cached as of the recalled version: a write since then has a higher one, so it misses
             fetched = [i for i in miss if keep[i]]
             self.vector_cache.put([cands.ids[i] for i in fetched], versions[fetched], coarse[fetched],
-                                  regions[fetched], [p for i in fetched if (p := payloads[i]) is not None])
+                                  regions[fetched], [_kept(payloads[i]) for i in fetched])
         idx = np.flatnonzero(keep)
         return Candidates(ids=[cands.ids[i] for i in idx], scores=cands.scores[idx],
-                          payloads=[p for i in idx if (p := payloads[i]) is not None], coarse=coarse[idx], regions=regions[idx],
+                          payloads=[_kept(payloads[i]) for i in idx], coarse=coarse[idx], regions=regions[idx],
                           versions=versions[idx])
 
     def _attach_payloads(self, results: list[Result]) -> list[Result]:

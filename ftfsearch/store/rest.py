@@ -40,6 +40,14 @@ def _proxied(url: str) -> bool:
     return not urllib.request.proxy_bypass_environment(parts.hostname or "", proxies)  # type: ignore[attr-defined]
 
 
+def qdrant_headers(api_key: str | None) -> dict[str, str]:
+    """The headers of the query path's requests to Qdrant (uncompressed JSON, the key if any)."""
+    headers = {"accept-encoding": "identity", "content-type": "application/json"}
+    if api_key:
+        headers["api-key"] = api_key
+    return headers
+
+
 class RestTransport:
     """POST JSON bodies to ``url`` and return ``(status, body bytes)``; thread-safe.
 

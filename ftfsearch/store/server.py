@@ -15,7 +15,7 @@ import warnings
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from types import SimpleNamespace
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import httpx
@@ -69,7 +69,7 @@ from ftfsearch.store.base import (
     TileBatch,
     check_meta,
 )
-from ftfsearch.store.rest import RestError, RestTransport
+from ftfsearch.store.rest import RestError, RestTransport, qdrant_headers
 
 log = logging.getLogger(__name__)
 
@@ -95,11 +95,6 @@ WRITE_BACKOFF_S = 0.5
 _WITHOUT_PACKED = qm.PayloadSelectorExclude(exclude=[VECTORS_FIELD])
 _ONLY_PACKED = qm.PayloadSelectorInclude(include=[VECTORS_FIELD])
 _NAMED_VECTORS = [schema.COARSE, schema.REGIONS]
-
-RestClient = Literal["auto", "http.client", "httpx"]
-"""What the query path's REST requests go through (see :mod:`ftfsearch.store.rest`): ``auto``
-is ``http.client``, or httpx where the environment names a proxy for the URL."""
-
 
 def _json(selector: Any) -> Any:
     """A payload selector as the REST body wants it (the raw-REST paths skip qdrant-client's models)."""
@@ -162,19 +157,19 @@ class ServerStore:
         timeout: float = 30.0,
         read_only: bool = False,
         payload_vectors: bool = True,
-        rest_client: RestClient = "auto",
+        use_httpx: bool | None = None,
     ) -> None:
         """``payload_vectors``: read the rerank's vectors from their packed payload copy (fast);
         False asks Qdrant for the named vectors as JSON float lists through qdrant-client (the
-        plain path, kept as a reference for the benchmark and the tests). ``rest_client``: what
-        the query path's own REST requests go through (``RestClient``; the benchmark compares them).
+        plain path, kept as a reference for the benchmark and the tests). ``use_httpx``: what the
+        query path's own REST requests go through (:class:`~ftfsearch.store.rest.RestTransport`'s
+        setting: None is http.client, or httpx where the environment names a proxy for the URL;
+        the benchmark forces either).
 
         Everything goes over REST: the query path through its own connections, the rest through
         qdrant-client's. (qdrant-client's gRPC was measured slower than its REST for the query,
         which is the one call whose speed matters, and no setting selected it, so it is gone.)
         """
-        if rest_client not in ("auto", "http.client", "httpx"):
-            raise BadInput(f"rest_client {rest_client!r}: use auto, http.client or httpx")
         self.collection = check_collection_name(collection)
         self.scenes_collection = schema.scenes_collection(collection)
         parts = urlsplit(url)
@@ -208,12 +203,8 @@ class ServerStore:
                 # (1.1 MB that barely compresses) against ~1 ms to move them over loopback.
                 metadata={"accept-encoding": "identity"},
             )
-        headers = {"accept-encoding": "identity", "content-type": "application/json"}
-        if api_key:
-            headers["api-key"] = api_key
         # The query path's own REST connections (see ``_raw_post``).
-        use_httpx = None if rest_client == "auto" else rest_client == "httpx"
-        self._http = RestTransport(self.url, headers, timeout, use_httpx=use_httpx)
+        self._http = RestTransport(self.url, qdrant_headers(api_key), timeout, use_httpx=use_httpx)
 
     # -- error mapping ---------------------------------------------------------------------
 
