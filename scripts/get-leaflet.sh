@@ -31,7 +31,8 @@ while [[ $# -gt 0 ]]; do
 done
 
 TMP="$(mktemp -d)"
-trap 'rm -rf "$TMP"' EXIT
+NEW="$DEST.tmp.$$"
+trap 'rm -rf "$TMP" "$NEW"' EXIT  # a half-built copy must not stay in the package's static files
 
 if [[ -n "$FROM" ]]; then
     [[ -f "$FROM" ]] || { echo "get-leaflet.sh: no such file $FROM" >&2; exit 1; }
@@ -49,7 +50,6 @@ if [[ "$GOT" != "$SHA256" ]]; then
 fi
 
 tar -xzf "$TGZ" -C "$TMP"
-NEW="$DEST.tmp.$$"
 rm -rf "$NEW"
 mkdir -p "$NEW/images"
 cp "$TMP/package/dist/leaflet.js" "$TMP/package/dist/leaflet.css" "$TMP/package/LICENSE" "$NEW/"

@@ -22,9 +22,13 @@ class Procs:
         self.procs: list[subprocess.Popen[str]] = []
 
     def start(self, args: list[str], env: dict[str, str], log: Path | None = None, **kw: object) -> subprocess.Popen[str]:
-        out = open(log, "w") if log is not None else subprocess.PIPE
-        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT if log else subprocess.PIPE,
-                                text=True, env=env, **kw)  # type: ignore[call-overload]
+        if log is None:
+            proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                                    **kw)  # type: ignore[call-overload]
+        else:
+            with open(log, "w") as out:  # the child keeps its own descriptor
+                proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, text=True, env=env,
+                                        **kw)  # type: ignore[call-overload]
         self.procs.append(proc)
         return proc
 
