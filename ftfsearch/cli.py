@@ -1156,6 +1156,16 @@ def train(
     cache_dir: Path = typer.Option(Path(".cache/pixels"), "--cache-dir", help="Decoded-image cache."),
     seed: int = typer.Option(0, "--seed", help="Random seed."),
     threads: int = typer.Option(2, "--threads", help="Torch CPU threads (1 is faster on a busy machine)."),
+    views: int = typer.Option(8, "--views", help="Pretrained arch: augmented views per image cached from the frozen trunk."),
+    probe_epochs: int = typer.Option(0, "--probe-epochs", help="First epochs train only the heads and region branch on the frozen towers."),
+    finetune_lr: Optional[float] = typer.Option(None, "--finetune-lr", help="Peak learning rate of the heads while fine-tuning (default: --lr)."),
+    base_lr_scale: float = typer.Option(0.05, "--base-lr-scale", help="Learning rate of the unfrozen base blocks relative to the heads."),
+    patience: Optional[int] = typer.Option(None, "--patience", help="Stop after this many fine-tuning epochs without a better validation FTF mR."),
+    prompt_rate: float = typer.Option(0.25, "--prompt-rate", help="Share of images whose second text is a class prompt (0: none)."),
+    hard_negatives: int = typer.Option(0, "--hard-negatives", help="Images from each anchor's mined coarse top-K added to its batch."),
+    ema: float = typer.Option(0.0, "--ema", help="Decay of the weight average that is validated and saved (0: off)."),
+    head_norm: bool = typer.Option(False, "--head-norm", help="Pretrained arch: LayerNorm on the heads' inputs."),
+    single_positive: bool = typer.Option(False, "--single-positive", help="Treat identical captions of other images as negatives (ablation)."),
 ) -> None:
     """Train the FTF dual encoder (or fine-tune a CLIP) on caption datasets; the result loads with --model."""
     import time
@@ -1163,7 +1173,7 @@ def train(
     from ftfsearch.training.train import TrainConfig, TrainProgress
     from ftfsearch.training.train import train as run_training
 
-    for option, value in (("--epochs", epochs), ("--batch-size", batch_size), ("--threads", threads)):
+    for option, value in (("--epochs", epochs), ("--batch-size", batch_size), ("--threads", threads), ("--views", views)):
         if value < 1:
             from ftfsearch.errors import BadInput
 
@@ -1172,8 +1182,11 @@ def train(
         data=list(data), out=out_dir, images=list(images) if images else None, base=base, arch=arch, epochs=epochs,
         lr=lr if lr is not None else (1e-3 if arch == "pretrained" else 2e-3),
         batch_size=batch_size, device=device or "auto", resume=resume, cache_dir=cache_dir, seed=seed,
-        num_threads=threads,
+        num_threads=threads, feature_views=views, probe_epochs=probe_epochs, base_lr_scale=base_lr_scale, finetune_lr=finetune_lr,
+        patience=patience, prompt_rate=prompt_rate, hard_negatives=hard_negatives, ema_decay=ema,
+        multi_positive=not single_positive,
     )
+    config.pretrained.head_norm = head_norm
     bar = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                    TextColumn("{task.fields[status]}"), TimeRemainingColumn(), console=err)
     task = bar.add_task("train", total=None, status="")

@@ -16,6 +16,8 @@ class RerankParams:
     tau: float = 0.05
     alpha: float = 0.5
     balanced: bool = True
+    k: int = 50
+    """Candidates recalled for the rerank; chosen on validation with tau and alpha."""
 
 
 @runtime_checkable

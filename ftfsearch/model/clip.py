@@ -184,7 +184,7 @@ def recorded_region_mode(model_dir: Path) -> str | None:
 
 
 def read_rerank_params(dirs: list[Path]) -> RerankParams:
-    """Rerank tau/alpha from the first ``ftf_rerank.json`` among ``dirs``, else the defaults."""
+    """Rerank tau/alpha/K from the first ``ftf_rerank.json`` among ``dirs``, else the defaults."""
     for d in dirs:
         path = d / RERANK_FILE
         if not path.is_file():
@@ -195,12 +195,12 @@ def read_rerank_params(dirs: list[Path]) -> RerankParams:
             raise BadInput(f"{path}: expected an object with keys from {sorted(known)}")
         try:
             params = RerankParams(**values)
-            tau, alpha = float(params.tau), float(params.alpha)
+            tau, alpha, k = float(params.tau), float(params.alpha), int(params.k)
         except (TypeError, ValueError) as exc:
-            raise BadInput(f"{path}: tau and alpha must be numbers ({exc})") from exc
-        if not tau > 0 or not 0.0 <= alpha <= 1.0:
-            raise BadInput(f"{path}: need tau > 0 and 0 <= alpha <= 1, got tau={tau}, alpha={alpha}")
-        return RerankParams(tau=tau, alpha=alpha, balanced=bool(params.balanced))
+            raise BadInput(f"{path}: tau, alpha and k must be numbers ({exc})") from exc
+        if not tau > 0 or not 0.0 <= alpha <= 1.0 or k < 1:
+            raise BadInput(f"{path}: need tau > 0, 0 <= alpha <= 1 and k >= 1, got tau={tau}, alpha={alpha}, k={k}")
+        return RerankParams(tau=tau, alpha=alpha, balanced=bool(params.balanced), k=k)
     return RerankParams()
 
 

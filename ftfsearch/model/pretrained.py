@@ -72,6 +72,8 @@ class PretrainedConfig:
     """Top MiniLM layers fine-tuned; 0 keeps the text tower frozen."""
     max_text_tokens: int = 48
     dropout: float = 0.1
+    head_norm: bool = False
+    """LayerNorm on each MLP head's input: the pooled maps and token means differ in scale by channel."""
     image_base: str = "efficientnet-lite0"
     text_base: str = "all-minilm-l6-v2"
     base_sha256: dict[str, str] = field(default_factory=lambda: {"efficientnet-lite0": LITE0.sha256,
@@ -90,8 +92,9 @@ class PretrainedConfig:
         return cls(**{k: v for k, v in d.items() if k in known})
 
 
-def _mlp(cin: int, hidden: int, cout: int, dropout: float) -> nn.Sequential:
-    return nn.Sequential(nn.Linear(cin, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, cout))
+def _mlp(cin: int, hidden: int, cout: int, dropout: float, norm: bool = False) -> nn.Sequential:
+    mlp = nn.Sequential(nn.Linear(cin, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, cout))
+    return nn.Sequential(nn.LayerNorm(cin), mlp) if norm else mlp
 
 
 class PretrainedImageTower(nn.Module):
@@ -102,7 +105,7 @@ class PretrainedImageTower(nn.Module):
         self.cfg = cfg
         self.trunk = trunk if trunk is not None else EfficientNetLite()
         head_c = self.trunk.head_channels
-        self.coarse_head = _mlp(head_c, cfg.hidden, cfg.dim, cfg.dropout)
+        self.coarse_head = _mlp(head_c, cfg.hidden, cfg.dim, cfg.dropout, cfg.head_norm)
         region_in = head_c
         self.branch: nn.Module | None = None
         if cfg.region_source == "both":
@@ -116,7 +119,7 @@ class PretrainedImageTower(nn.Module):
             region_in += cfg.branch_channels
         elif cfg.region_source != "last":
             raise BadInput(f"region_source {cfg.region_source!r}: use 'both' or 'last'")
-        self.region_head = _mlp(region_in, cfg.hidden, cfg.dim, cfg.dropout)
+        self.region_head = _mlp(region_in, cfg.hidden, cfg.dim, cfg.dropout, cfg.head_norm)
         self.boxes = layout_boxes(cfg.region_layout)
         self._pool_cache: dict[tuple[int, int, str], torch.Tensor] = {}
 
@@ -148,7 +151,7 @@ class PretrainedTextTower(nn.Module):
         super().__init__()
         self.bert = bert
         width = int(bert.config.hidden_size)
-        self.head = _mlp(width, cfg.hidden, cfg.dim, cfg.dropout)
+        self.head = _mlp(width, cfg.hidden, cfg.dim, cfg.dropout, cfg.head_norm)
 
     def pool(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         m = mask.unsqueeze(-1).to(states.dtype)
