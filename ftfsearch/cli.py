@@ -30,6 +30,7 @@ from typer.models import OptionInfo
 
 from ftfsearch.config import Settings, load_settings
 from ftfsearch.errors import FtfError, in_api_words, render
+from ftfsearch.model.families import FAMILIES
 from ftfsearch.net import LOOPBACK_HOSTS, LOOPBACK_IP
 
 app = typer.Typer(
@@ -890,10 +891,12 @@ def train(
         None, "--images", help="Image folder per --data, in the same order (default: images/ beside the json)."
     ),
     base: Optional[str] = typer.Option(None, "--base", help="Fine-tune this CLIP model instead of training FTF."),
-    arch: str = typer.Option("pretrained", "--arch",
-                             help="pretrained: FTF on the pinned EfficientNet-Lite0 and MiniLM towers; scratch: the small FTF from nothing."),
+    arch: str = typer.Option("pretrained", "--arch", help="; ".join(f"{f.name}: {f.summary}" for f in FAMILIES.values())),
     epochs: int = typer.Option(20, "--epochs", help="Training epochs."),
-    lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate of the heads (default 1e-3 pretrained, 2e-3 scratch)."),
+    lr: Optional[float] = typer.Option(
+        None, "--lr", help="Peak learning rate of the heads (default: "
+        + ", ".join(f"{f.lr:g} {f.name}" for f in FAMILIES.values()) + ")."
+    ),
     batch_size: int = typer.Option(96, "--batch-size", help="Images per batch (in-batch negatives)."),
     device: Optional[str] = DeviceOpt,
     resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint in --out."),
@@ -904,6 +907,7 @@ def train(
     """Train the FTF dual encoder (or fine-tune a CLIP) on caption datasets; the result loads with --model."""
     import time
 
+    from ftfsearch.model.families import family
     from ftfsearch.training.train import TrainConfig, TrainProgress
     from ftfsearch.training.train import train as run_training
 
@@ -914,7 +918,7 @@ def train(
             raise BadInput(f"{option} {value}: must be at least 1")
     config = TrainConfig(
         data=list(data), out=out_dir, images=list(images) if images else None, base=base, arch=arch, epochs=epochs,
-        lr=lr if lr is not None else (1e-3 if arch == "pretrained" else 2e-3),
+        lr=lr if lr is not None else family(arch).lr,
         batch_size=batch_size, device=device or "auto", resume=resume, cache_dir=cache_dir, seed=seed,
         num_threads=threads,
     )
