@@ -30,6 +30,7 @@ from typer.models import OptionInfo
 
 from ftfsearch.config import Settings, load_settings
 from ftfsearch.errors import FtfError, in_api_words, render
+from ftfsearch.model.families import FAMILIES
 from ftfsearch.net import LOOPBACK_HOSTS, LOOPBACK_IP
 
 app = typer.Typer(
@@ -44,7 +45,6 @@ err = Console(stderr=True, soft_wrap=True)
 log = logging.getLogger("ftfsearch")
 
 F = TypeVar("F", bound=Callable[..., Any])
-T = TypeVar("T")
 
 
 # Library messages name parameters in the API's words, between backticks (ftfsearch.errors);
@@ -120,47 +120,22 @@ def _settings(**flags: Any) -> Settings:
     return load_settings(**flags)
 
 
-def _live_holder(settings: Settings) -> Any:
-    """The client of the 'ftfsearch serve' holding the embedded store, None when none does."""
-    if settings.qdrant_url:
-        return None
-    from ftfsearch.store.holder_client import HolderClient
-
-    return HolderClient.find(settings.resolved_store_dir, settings.collection)
-
-
-def _store_or_holder(settings: Settings, read_only: bool = False) -> tuple[Any, Any]:
-    """``(store, None)``, or ``(None, holder client)`` when ``ftfsearch serve`` holds the embedded
-    store: the command then runs there (its output is the same)."""
-    from ftfsearch.errors import StoreLocked
+def _confirm_cancel() -> bool:
+    """Ctrl+C during an ingest that runs in 'ftfsearch serve': cancel it there?"""
+    import click
 
     try:
-        return settings.open_store(read_only=read_only), None
-    except StoreLocked:
-        client = _live_holder(settings)
-        if client is None:
-            raise
-        return None, client
+        return bool(typer.confirm("\ncancel the ingest in the server? (no: it goes on there)", default=False, err=True))
+    except click.exceptions.Abort:
+        return False
 
 
-def _on_store_or_holder(
-    settings: Settings, on_holder: Callable[[Any], T], on_store: Callable[[Any], T], read_only: bool = False
-) -> T:
-    """``on_store(store)`` (closed after), or ``on_holder(client)`` when ``ftfsearch serve`` holds
-    the embedded store: the store commands whose output is the same either way."""
-    db, holder = _store_or_holder(settings, read_only=read_only)
-    if holder is not None:
-        return on_holder(holder)
-    try:
-        return on_store(db)
-    finally:
-        db.close()
+def _commands(settings: Settings) -> Any:
+    """The store commands, wherever they run (:func:`ftfsearch.commands.open_commands` chooses)."""
+    from ftfsearch.commands import open_commands
 
-
-def _load_encoder(settings: Settings):
-    from ftfsearch.model.loading import load_encoder
-
-    return load_encoder(settings.model, device=settings.device)
+    return open_commands(settings, notify=lambda line: err.print(line, highlight=False),
+                         confirm_cancel=_confirm_cancel)
 
 
 def _single_thread_queries() -> None:
@@ -216,6 +191,31 @@ class _RichProgress:
         if self._bar is not None:
             self._bar.stop()
             self._bar = None
+
+
+class _IngestReport:
+    """An ingest's progress as a bar (none with --json), and each scene's failure or warnings."""
+
+    def __init__(self, as_json: bool) -> None:
+        self._bar = None if as_json else _RichProgress()
+
+    def start(self, scene_id: str, total: int, already: int) -> None:
+        if self._bar is not None:
+            self._bar.start(scene_id, total, already)
+
+    def advance(self, n: int) -> None:
+        if self._bar is not None:
+            self._bar.advance(n)
+
+    def finish(self) -> None:
+        if self._bar is not None:
+            self._bar.finish()
+
+    def scene(self, item: Any) -> None:
+        if hasattr(item, "message"):
+            _print_failure(item.message)
+        else:
+            _print_warnings(item.path, item.warnings)
 
 
 def _parse_int_list(value: str | None, option: str) -> tuple[int, ...] | None:
@@ -278,13 +278,14 @@ def ingest(
     device: Optional[str] = DeviceOpt,
 ) -> None:
     """Cut rasters into tiles, encode them and store them (resumes an interrupted scene)."""
-    from ingest.pipeline import IngestOptions
     from ingest.tiling import TilingSpec
 
     settings = _settings(store_dir=store, qdrant_url=qdrant_url, collection=collection, model=model, device=device)
     if from_list is not None:
+        from ftfsearch.commands.batch import list_sources
+
         _check_list_flags(paths, stack, scene_id, assets, limit)
-        sources, part = _batch_sources(from_list, shard)
+        sources, part = list_sources(from_list, shard)
     elif shard is not None:
         from ftfsearch.errors import BadInput
 
@@ -295,20 +296,24 @@ def ingest(
         levels=_parse_int_list(levels, "--levels") or (1,),
         bands=_parse_int_list(bands, "--bands"),
     )
-    options = IngestOptions(
-        spec=spec,
-        batch_size=batch_size,
-        readers=readers,
-        scene_id=scene_id,
-        shards=shards,
-        replication_factor=replication_factor,
-        acquired=acquired,
-    )
     if from_list is not None:
+        from ingest.pipeline import IngestOptions
+
+        options = IngestOptions(spec=spec, batch_size=batch_size, readers=readers, shards=shards,
+                                replication_factor=replication_factor, acquired=acquired)
         _ingest_batch(sources, part, from_list, options, settings, as_json)
         return
-    files = _scene_sources(paths or [], stack or [], assets, limit, settings)
-    _ingest_files(files, options, settings, model, as_json)
+    from ftfsearch.commands import IngestRequest
+    from ingest.sources import resolve_sources
+
+    files = resolve_sources(paths or [], stack or [], settings.resolved_stack_dir, assets, limit)
+    request = IngestRequest(sources=tuple(files), tiling=spec, batch_size=batch_size, readers=readers,
+                            scene_id=scene_id, acquired=acquired, shards=shards,
+                            replication_factor=replication_factor, model=model)
+    outcome = _commands(settings).ingest(request, _IngestReport(as_json))
+    if outcome.detached:  # Ctrl+C answered "no": the ingest goes on in 'serve'
+        raise typer.Exit(0)
+    _report_ingest(outcome.scenes, [f.__dict__ for f in outcome.failed], len(files), as_json)
 
 
 def _check_list_flags(paths: Optional[list[str]], stack: Optional[list[str]], scene_id: Optional[str],
@@ -321,80 +326,6 @@ def _check_list_flags(paths: Optional[list[str]], stack: Optional[list[str]], sc
         raise BadInput("--scene-id names one raster: a --from list names its scenes after their files")
     if assets is not None or limit is not None:
         raise BadInput("--assets and --limit apply to STAC items given as PATHS, not to a --from list")
-
-
-def _scene_sources(paths: list[str], stack: list[str], assets: Optional[str], limit: Optional[int],
-                   settings: Settings) -> list[Any]:
-    """What ``ingest`` reads, in order: rasters of PATHS, the items of STAC PATHS (``.json``),
-    then the --stack VRTs. STAC JSON is read here, before the model loads: a catalog that is not
-    STAC or loops leaves the store untouched."""
-    from ftfsearch.errors import BadInput
-    from ingest.scenes import expand_paths, is_stac
-
-    stac_args = [p for p in paths if is_stac(p)]
-    keys = _parse_assets(assets)
-    if (keys is not None or limit is not None) and not stac_args:
-        raise BadInput(f"{'`assets`' if keys is not None else '`limit`'}: applies to STAC items: give an item, "
-                       "catalog or collection (.json) to ingest")
-    if limit is not None and limit < 1:
-        raise BadInput(f"`limit` {limit}: give at least 1")
-    rasters = [p for p in paths if not is_stac(p)]
-    files: list[Any] = list(expand_paths(rasters)) if rasters or not (stack or stac_args) else []
-    if stac_args:
-        from ingest.stac import read_stac
-
-        for arg in stac_args:
-            left = None if limit is None else limit - sum(1 for f in files if not isinstance(f, (str, Path)))
-            if left == 0:
-                break
-            files += read_stac(arg, settings.resolved_stack_dir, keys, left)
-    if stack:
-        from ingest.stack import build_stack
-
-        files += [build_stack(value, settings.resolved_stack_dir) for value in stack]
-    return files
-
-
-def _parse_assets(value: Optional[str]) -> Optional[tuple[str, ...]]:
-    from ftfsearch.errors import BadInput
-
-    if value is None:
-        return None
-    keys = tuple(k.strip() for k in value.split(","))
-    if len(keys) not in (1, 3) or not all(keys) or len(set(keys)) != len(keys):
-        raise BadInput(f"`assets` {value!r}: give one RGB asset key or three distinct keys, red,green,blue "
-                       "(e.g. B04,B03,B02)")
-    return keys
-
-
-def _ingest_files(files: list[Any], options: Any, settings: Settings, model: Optional[str], as_json: bool) -> None:
-    """Ingest the rasters and STAC scenes here, or in the 'serve' holding the embedded store."""
-    from ingest.pipeline import ingest_paths
-
-    # The model loads before the store opens (a bad --model leaves no store behind), unless the
-    # store is held by 'serve', which ingests with its own.
-    holder = _live_holder(settings)
-    if holder is None:
-        encoder = _load_encoder(settings)
-        db, holder = _store_or_holder(settings)
-    if holder is not None:
-        done, failed = _ingest_via_holder(holder, files, options, model, as_json)
-        _report_ingest(done, failed, len(files), as_json)
-        return
-    try:
-
-        def report(item: Any) -> None:
-            if hasattr(item, "message"):
-                _print_failure(item.message)
-            else:
-                _print_warnings(item.path, item.warnings)
-
-        done, fails = ingest_paths(
-            files, encoder, db, options, progress=None if as_json else _RichProgress(), on_scene=report
-        )
-    finally:
-        db.close()
-    _report_ingest(done, [f.__dict__ for f in fails], len(files), as_json)
 
 
 def _print_failure(message: str) -> None:
@@ -420,103 +351,6 @@ def _report_ingest(done: list[Any], failed: list[dict[str, Any]], total: int, as
         raise typer.Exit(1)
 
 
-def _holder_body(files: list[Any], options: Any, model: Optional[str]) -> dict[str, Any]:
-    """The ingest request to the holder: files as absolute paths (URLs as they are), STAC scenes
-    as their data, the options the holder's pipeline takes."""
-    from ftfsearch.raster import is_url
-
-    def source(f: Any) -> Any:
-        if hasattr(f, "to_dict"):
-            return f.to_dict()
-        return f if is_url(f) else str(Path(f).absolute())
-
-    return {
-        "paths": [source(f) for f in files],
-        "tiling": options.spec.to_dict(),
-        "options": {"batch_size": options.batch_size, "readers": options.readers, "scene_id": options.scene_id,
-                    "acquired": options.acquired},
-        "model": None if model is None else (str(Path(model).absolute()) if Path(model).exists() else model),
-    }
-
-
-def _ingest_via_holder(holder: Any, files: list[Any], options: Any, model: Optional[str],
-                       as_json: bool) -> tuple[list[Any], list[dict[str, Any]]]:
-    """``ingest`` run by the server holding the store: its progress streamed here, its scenes and
-    failures returned. The ingest lives in the server; Ctrl+C here asks whether to cancel it or
-    leave it running."""
-    from ingest.pipeline import SceneSummary
-    from ftfsearch.store.holder_client import remote_error
-
-    job = holder.start_ingest(_holder_body(files, options, model))
-    err.print(
-        f"ingesting in 'ftfsearch serve' (pid {holder.record.pid}), which holds the store; Ctrl+C asks "
-        "whether to cancel it", highlight=False,
-    )
-    progress = None if as_json else _RichProgress()
-    final = _follow_holder_job(holder, job, progress)
-    if final.get("type") == "error":
-        raise remote_error(final)
-    done = [SceneSummary.from_dict(d) for d in final.get("scenes") or []]
-    return done, list(final.get("failed") or [])
-
-
-def _follow_holder_job(holder: Any, job: Any, progress: Optional[_RichProgress]) -> dict[str, Any]:
-    """The holder job's events drawn here until its final one (``done`` or ``error``)."""
-    seen = 0
-    while True:
-        try:
-            for event in holder.events(job, seen):
-                seen += 1
-                if event.get("type") in ("done", "error"):
-                    return dict(event)
-                _show_holder_event(event, progress)
-            from ftfsearch.errors import StoreUnavailable
-
-            raise StoreUnavailable(
-                "the server holding the store stopped during the ingest; what it wrote is kept, and "
-                "the same ingest command resumes the scene"
-            )
-        except KeyboardInterrupt:
-            _interrupted_holder_job(holder, job, progress)
-
-
-def _show_holder_event(event: dict[str, Any], progress: Optional[_RichProgress]) -> None:
-    kind = event.get("type")
-    if kind == "start" and progress:
-        progress.start(event["scene_id"], int(event["total"]), int(event["already"]))
-    elif kind == "advance" and progress:
-        progress.advance(int(event["n"]))
-    elif kind == "finish" and progress:
-        progress.finish()
-    elif kind == "failure":
-        _print_failure(event["message"])
-    elif kind == "scene":
-        summary = event["summary"]
-        _print_warnings(summary["path"], summary.get("warnings") or [])
-
-
-def _interrupted_holder_job(holder: Any, job: Any, progress: Optional[_RichProgress]) -> None:
-    """Ctrl+C during a holder's ingest: cancel it there (and keep following it to its end), or
-    leave it running and exit."""
-    import click
-
-    if progress:
-        progress.finish()
-    try:
-        cancel = typer.confirm("\ncancel the ingest in the server? (no: it goes on there)", default=False, err=True)
-    except click.exceptions.Abort:
-        cancel = False
-    if cancel:
-        holder.cancel(job)
-        err.print("cancelling; the scene stays resumable", highlight=False)
-        return
-    err.print(
-        f"the ingest goes on in 'ftfsearch serve' (pid {holder.record.pid}); 'ftfsearch scenes' shows "
-        "its progress", highlight=False,
-    )
-    raise typer.Exit(0)
-
-
 def _print_scene(s: Any) -> None:
     err.print(
         f"{s.scene_id}: {s.state}, {s.tiles_in_store} tiles in store ({s.written} written, "
@@ -528,19 +362,10 @@ def _print_scene(s: Any) -> None:
         err.print(f"  {s.stages.line()}", highlight=False)
 
 
-def _batch_sources(list_path: Path, shard: str | None) -> tuple[list[Any], Any]:
-    """The sources of ``--from`` (``--shard``'s part of them when given), and that part."""
-    from ingest.batch import Shard, expand_list, partition
-
-    part = Shard.parse(shard) if shard is not None else None
-    sources = expand_list(list_path)
-    return (partition(sources, part) if part is not None else sources), part
-
-
 def _ingest_batch(sources: list[Any], part: Any, list_path: Path, options: Any, settings: Settings,
                   as_json: bool) -> None:
     """``ingest --from``: one line per failed source, the others go on; exit 1 unless all complete."""
-    from ingest.batch import ingest_sources
+    from ftfsearch.commands.batch import ingest_list
 
     what = f"{list_path}" + (f" shard {part}" if part is not None else "")
     if not sources:
@@ -548,21 +373,6 @@ def _ingest_batch(sources: list[Any], part: Any, list_path: Path, options: Any, 
         if as_json:
             out.print_json(json.dumps({"shard": str(part), "scenes": [], "failed": []}))
         return
-    from ftfsearch.errors import StoreLocked
-
-    encoder = _load_encoder(settings)
-    try:
-        db = settings.open_store()
-    except StoreLocked as exc:
-        holder = _live_holder(settings)
-        if holder is None:
-            raise
-        raise StoreLocked(
-            f"embedded store {settings.resolved_store_dir} is held by 'ftfsearch serve' (pid {holder.record.pid}); "
-            "ingest --from does not go through it: ingest the rasters by name, stop the server, or use a "
-            "Qdrant server (QDRANT_URL)"
-        ) from exc
-
     def report(o: Any) -> None:
         if o.error is not None:
             err.print(Text(f"failed: {_as_flags(o.error)}"), highlight=False)
@@ -571,12 +381,7 @@ def _ingest_batch(sources: list[Any], part: Any, list_path: Path, options: Any, 
             if not as_json:
                 _print_scene(o.summary)
 
-    try:
-        result = ingest_sources(
-            sources, encoder, db, options, progress=None if as_json else _RichProgress(), on_source=report
-        )
-    finally:
-        db.close()
+    result = ingest_list(settings, sources, options, progress=None if as_json else _RichProgress(), on_source=report)
     failed = result.failed
     if as_json:
         out.print_json(json.dumps({
@@ -613,15 +418,12 @@ def batch_status_cmd(
     collection: Optional[str] = CollectionOpt,
 ) -> None:
     """How many sources of a list are complete, ingesting, failed or not started, and which (exit 0 only when all are complete)."""
-    from ingest.batch import STATES, batch_status
+    from ftfsearch.commands.batch import list_sources, list_status
+    from ingest.batch import STATES
 
     settings = _settings(store_dir=store, qdrant_url=qdrant_url, collection=collection)
-    sources, part = _batch_sources(from_list, shard)
-    db = settings.open_store(read_only=True)
-    try:
-        status = batch_status(sources, db)
-    finally:
-        db.close()
+    sources, part = list_sources(from_list, shard)
+    status = list_status(settings, sources)
     counts = status.counts
     if as_json:
         out.print_json(json.dumps({"list": str(from_list), "shard": None if part is None else str(part),
@@ -704,13 +506,10 @@ def query(
     device: Optional[str] = DeviceOpt,
 ) -> None:
     """Search the ingested tiles by text, by example, or both: recall on coarse vectors, then rerank with the regions."""
+    from ftfsearch.commands import SearchRequest
     from ftfsearch.export import results_to_json, write_geojson
-    from ftfsearch.search import Searcher, parse_bbox
-    from ftfsearch.times import check_range, parse_time
 
     settings = _settings(store_dir=store, qdrant_url=qdrant_url, collection=collection, model=model, device=device)
-    box = parse_bbox(bbox)
-    check_range(parse_time(after, "after"), parse_time(before, "before"))  # before loading a model
     refs = _example_refs(like, unlike, like_region, unlike_region)
     if labels is not None:
         from ftfsearch.labels import read_labels
@@ -718,27 +517,12 @@ def query(
         marks = read_labels(labels)
         refs += marks.refs()
         text = text if text is not None else marks.query
-    if text is None and not refs:
-        _fail("give a TEXT to look for, or an example with --like", 2)
+    request = SearchRequest.model_validate({  # checked here, before a model loads or the store opens
+        "text": text, "examples": tuple(refs), "k": k, "recall_k": recall_k, "rerank": not no_rerank, "bbox": bbox,
+        "scenes": tuple(scene or ()), "after": after, "before": before, "with_bands": chips is not None,
+    })
     _single_thread_queries()
-    db, holder = _store_or_holder(settings, read_only=True)
-    try:
-        if holder is not None:
-            response, bands = _search_via_holder(holder, text, k, recall_k, not no_rerank, box, scene, refs,
-                                                 after, before)
-        else:
-            encoder = _load_encoder(settings)
-            response = Searcher(encoder, db, vector_cache_bytes=0).search(  # one query: nothing to reuse
-                text, k=k, recall_k=recall_k, rerank=not no_rerank, bbox=box, scenes=tuple(scene or ()),
-                examples=refs, after=after, before=before,
-            )
-            if chips is not None:
-                from ftfsearch.chips import scene_bands
-
-                bands = scene_bands(db, [r.scene_id for r in response.results])
-    finally:
-        if db is not None:
-            db.close()
+    response = _commands(settings).search(request)  # the model loads only now, after every check
     title = " ".join(
         [repr(text)] * (text is not None)
         + [f"+{sum(r.positive for r in refs)} like"] * any(r.positive for r in refs)
@@ -752,7 +536,7 @@ def query(
     if chips is not None:
         from ftfsearch.chips import write_chips
 
-        written = write_chips(response.results, chips, bands)
+        written = write_chips(response.results, chips, response.bands)
         for message in written.skipped:
             err.print(Text(f"warning: no chip for {message}"), highlight=False)
         err.print(f"wrote {len(written.paths)} chips to {chips}", highlight=False)
@@ -785,25 +569,6 @@ def query(
     err.print(
         ", ".join(f"{stage} {ms:.1f} ms" for stage, ms in t.items()), highlight=False
     )
-
-
-def _search_via_holder(holder: Any, text: Optional[str], k: int, recall_k: int, rerank: bool, box: Any,
-                       scene: Optional[list[str]], refs: list[Any], after: Optional[str] = None,
-                       before: Optional[str] = None) -> tuple[Any, Any]:
-    """The search run by the server holding the store: (response, each result scene's bands)."""
-    from ftfsearch.search import Result, SearchResponse
-
-    examples = [
-        {"param": r.param, "text": r.text, "tile_id": r.tile_id, "point": list(r.point) if r.point else None,
-         "image": str(Path(r.image).absolute()) if r.image is not None else None, "region": r.region}
-        for r in refs
-    ]
-    body = holder.search({"text": text, "k": k, "recall_k": recall_k, "rerank": rerank,
-                          "bbox": list(box) if box else None, "scenes": list(scene or ()), "examples": examples,
-                          "after": after, "before": before})
-    response = SearchResponse([Result(**r) for r in body["results"]], dict(body["timings_ms"]), list(body["warnings"]))
-    bands = {sid: (tuple(v) if v else None) for sid, v in (body.get("bands") or {}).items()}
-    return response, bands
 
 
 # labels ------------------------------------------------------------------------------------------
@@ -890,10 +655,10 @@ def scenes(
     collection: Optional[str] = CollectionOpt,
 ) -> None:
     """List scenes with their tile counts (counted in the store) and state."""
-    settings = _settings(store_dir=store, qdrant_url=qdrant_url, collection=collection)
-    from ftfsearch.web.holder import scenes_rows
+    from ftfsearch.commands import ScenesRequest
 
-    rows = _on_store_or_holder(settings, lambda holder: holder.scenes(), scenes_rows, read_only=True)
+    settings = _settings(store_dir=store, qdrant_url=qdrant_url, collection=collection)
+    rows = [row.to_dict() for row in _commands(settings).scenes(ScenesRequest())]
     if as_json:
         out.print_json(json.dumps(rows))
         return
@@ -930,10 +695,10 @@ def drop(
     collection: Optional[str] = CollectionOpt,
 ) -> None:
     """Remove a scene and its tiles."""
-    from ftfsearch.web.holder import drop_scene
+    from ftfsearch.commands import DropRequest
 
     settings = _settings(store_dir=store, qdrant_url=qdrant_url, collection=collection)
-    removed = _on_store_or_holder(settings, lambda holder: holder.drop(scene_id), lambda db: drop_scene(db, scene_id))
+    removed = _commands(settings).drop(DropRequest(scene_id=scene_id)).removed
     err.print(f"dropped {scene_id}: {removed} tiles removed", highlight=False)
 
 
@@ -946,10 +711,10 @@ def info(
     collection: Optional[str] = CollectionOpt,
 ) -> None:
     """Show the store, the collection, its model and counts (never the API key)."""
-    settings = _settings(store_dir=store, qdrant_url=qdrant_url, collection=collection)
-    from ftfsearch.web.holder import info_data
+    from ftfsearch.commands import InfoRequest
 
-    data: dict[str, Any] = _on_store_or_holder(settings, lambda holder: holder.info(), info_data, read_only=True)
+    settings = _settings(store_dir=store, qdrant_url=qdrant_url, collection=collection)
+    data: dict[str, Any] = _commands(settings).info(InfoRequest())
     if as_json:
         out.print_json(json.dumps(data, default=str))
         return
@@ -961,54 +726,34 @@ def info(
 @app.command()
 @handles_errors
 def push(
-    to: str = typer.Option(..., "--to", help="Qdrant server URL to copy into (key from QDRANT_API_KEY)."),
+    to: str = typer.Option(
+        ..., "--to", help="Where to copy to: a Qdrant server URL (key from QDRANT_API_KEY) or an embedded store directory."
+    ),
     collection: Optional[str] = typer.Option(
-        None, "--collection", help="Collection on the server (default: the source collection's name)."
+        None, "--collection", help="Collection on the target (default: the source collection's name)."
     ),
     source_collection: Optional[str] = typer.Option(
-        None, "--source-collection", help="Collection in the embedded store (env FTF_COLLECTION; default tiles)."
+        None, "--source-collection", help="Collection to copy (env FTF_COLLECTION; default tiles)."
     ),
-    shards: Optional[int] = typer.Option(None, "--shards", help="Shards when creating the server collection."),
+    shards: Optional[int] = typer.Option(None, "--shards", help="Shards when creating a server collection."),
     replication_factor: Optional[int] = typer.Option(
-        None, "--replication-factor", help="Replicas when creating the server collection."
+        None, "--replication-factor", help="Replicas when creating a server collection."
     ),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
     store: Optional[Path] = StoreOpt,
+    qdrant_url: Optional[str] = typer.Option(
+        None, "--qdrant-url", help="Copy from this Qdrant server (default: the embedded store; QDRANT_URL is not read)."
+    ),
 ) -> None:
-    """Copy the embedded store into a Qdrant server (resumable; counts verified at the end)."""
-    from ftfsearch.store.edge import EdgeStore
-    from ftfsearch.store.server import ServerStore
-    from ftfsearch.store.transfer import push_store
+    """Copy a store's collection into another store: a Qdrant server or an embedded store (resumable; counts verified)."""
+    from dataclasses import replace
 
-    from ftfsearch.errors import StoreLocked
-    from ftfsearch.store.holder_client import HolderClient
-    from ftfsearch.store.transfer import PushSummary, ScenePush
+    from ftfsearch.commands import PushRequest
 
-    settings = _settings(store_dir=store, collection=source_collection)
-    try:
-        source = EdgeStore(settings.resolved_store_dir, collection=settings.collection, read_only=True)
-    except StoreLocked:
-        holder = HolderClient.find(settings.resolved_store_dir, settings.collection)
-        if holder is None:
-            raise
-        d = holder.push({"to": to, "collection": collection or settings.collection, "api_key": settings.qdrant_api_key,
-                         "timeout": settings.timeout, "shards": shards, "replication_factor": replication_factor})
-        _print_push(PushSummary(
-            d["source"], d["target"], d["collection"], [ScenePush(**x) for x in d["scenes"]],
-            d["source_tiles"], d["target_tiles"], float(d["seconds"]),
-        ), as_json)
-        return
-    try:
-        target = ServerStore(
-            to, collection=collection or settings.collection, api_key=settings.qdrant_api_key, timeout=settings.timeout
-        )
-        try:
-            summary = push_store(source, target, shards=shards, replication_factor=replication_factor)
-        finally:
-            target.close()
-    finally:
-        source.close()
-    _print_push(summary, as_json)
+    # The source is the embedded store unless --qdrant-url names a server (QDRANT_URL names push targets).
+    settings = replace(_settings(store_dir=store, collection=source_collection), qdrant_url=qdrant_url or None)
+    request = PushRequest(to=to, collection=collection, shards=shards, replication_factor=replication_factor)
+    _print_push(_commands(settings).push(request), as_json)
 
 
 def _print_push(summary: Any, as_json: bool) -> None:
@@ -1146,10 +891,12 @@ def train(
         None, "--images", help="Image folder per --data, in the same order (default: images/ beside the json)."
     ),
     base: Optional[str] = typer.Option(None, "--base", help="Fine-tune this CLIP model instead of training FTF."),
-    arch: str = typer.Option("pretrained", "--arch",
-                             help="pretrained: FTF on the pinned EfficientNet-Lite0 and MiniLM towers; scratch: the small FTF from nothing."),
+    arch: str = typer.Option("pretrained", "--arch", help="; ".join(f"{f.name}: {f.summary}" for f in FAMILIES.values())),
     epochs: int = typer.Option(20, "--epochs", help="Training epochs."),
-    lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate of the heads (default 1e-3 pretrained, 2e-3 scratch)."),
+    lr: Optional[float] = typer.Option(
+        None, "--lr", help="Peak learning rate of the heads (default: "
+        + ", ".join(f"{f.lr:g} {f.name}" for f in FAMILIES.values()) + ")."
+    ),
     batch_size: int = typer.Option(96, "--batch-size", help="Images per batch (in-batch negatives)."),
     device: Optional[str] = DeviceOpt,
     resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint in --out."),
@@ -1170,6 +917,7 @@ def train(
     """Train the FTF dual encoder (or fine-tune a CLIP) on caption datasets; the result loads with --model."""
     import time
 
+    from ftfsearch.model.families import family
     from ftfsearch.training.train import TrainConfig, TrainProgress
     from ftfsearch.training.train import train as run_training
 
@@ -1180,7 +928,7 @@ def train(
             raise BadInput(f"{option} {value}: must be at least 1")
     config = TrainConfig(
         data=list(data), out=out_dir, images=list(images) if images else None, base=base, arch=arch, epochs=epochs,
-        lr=lr if lr is not None else (1e-3 if arch == "pretrained" else 2e-3),
+        lr=lr if lr is not None else family(arch).lr,
         batch_size=batch_size, device=device or "auto", resume=resume, cache_dir=cache_dir, seed=seed,
         num_threads=threads, feature_views=views, probe_epochs=probe_epochs, base_lr_scale=base_lr_scale, finetune_lr=finetune_lr,
         patience=patience, prompt_rate=prompt_rate, hard_negatives=hard_negatives, ema_decay=ema,
@@ -1243,7 +991,9 @@ def evaluate_cmd(
 
     settings = _settings(model=model, device=device)
     datasets = load_datasets(data, images)  # bad input before the model loads
-    encoder = _load_encoder(settings)
+    from ftfsearch.model.loading import load_encoder
+
+    encoder = load_encoder(settings.model, device=settings.device)
     reports = [evaluate(encoder, ds, split, recall_k, cache_dir=cache_dir, ablation=ablation) for ds in datasets]
     if as_json:
         dicts = [r.to_dict() for r in reports]

@@ -20,6 +20,7 @@ import torch
 
 from ftfsearch.errors import ModelNotFound
 from ftfsearch.model.base import Encoder
+from ftfsearch.model.families import FAMILIES, SAVED_WITHOUT_FAMILY
 from ftfsearch.model.ftf import CONFIG_NAME as FTF_CONFIG_NAME
 from ftfsearch.model.sources import locate_model, resolve_device
 
@@ -38,18 +39,14 @@ def _load_ftf(root: Path, device: torch.device, options: dict[str, Any]) -> Enco
         log.warning("options %s apply to CLIP models only; ignored for the FTF model in %s", sorted(options), root)
     try:
         raw = json.loads((root / FTF_CONFIG_NAME).read_text())
-        family = raw.get("family", "scratch")
+        family = raw.get("family", SAVED_WITHOUT_FAMILY)
     except (OSError, ValueError, AttributeError) as exc:
         raise ModelNotFound(f"{root / FTF_CONFIG_NAME}: unreadable model config ({exc})") from None
-    if family == "pretrained":
-        from ftfsearch.model.pretrained import load_pretrained_encoder
-
-        return load_pretrained_encoder(root, raw, device)
-    if family != "scratch":
-        raise ModelNotFound(f"{root}: model family {family!r} is unknown to this ftfsearch (known: pretrained, scratch); upgrade ftfsearch")
-    from ftfsearch.model.ftf import load_ftf_encoder
-
-    return load_ftf_encoder(root, device)
+    found = FAMILIES.get(family)
+    if found is None:
+        raise ModelNotFound(f"{root}: model family {family!r} is unknown to this ftfsearch (known: {', '.join(FAMILIES)}); "
+                            "upgrade ftfsearch")
+    return found.load(root, raw, device)
 
 
 def load_encoder(name_or_path: str | None, device: str = "auto", **options: Any) -> Encoder:

@@ -1,5 +1,6 @@
-"""The other side of the holder: a command that finds the embedded store held by ``ftfsearch
-serve`` sends its work there (see :mod:`ftfsearch.web.holder`)."""
+"""The transport to the holder: a command that finds the embedded store held by ``ftfsearch
+serve`` sends its work there (:mod:`ftfsearch.commands.remote` speaks the commands over it; the
+routes are :mod:`ftfsearch.web.holder`)."""
 
 from __future__ import annotations
 
@@ -78,24 +79,3 @@ class HolderClient:
                 event = json.loads(line)
                 if event.get("type") != "tick":
                     yield event
-
-    def scenes(self) -> list[dict[str, Any]]:
-        return self.call("GET", "/api/holder/scenes")
-
-    def info(self) -> dict[str, Any]:
-        return self.call("GET", "/api/holder/info")
-
-    def drop(self, scene_id: str) -> int:
-        return int(self.call("POST", "/api/holder/drop", {"scene_id": scene_id})["removed"])
-
-    def search(self, body: dict[str, Any]) -> dict[str, Any]:
-        return self.call("POST", "/api/holder/search", body)
-
-    def push(self, body: dict[str, Any]) -> dict[str, Any]:
-        return self.call("POST", "/api/holder/push", body)
-
-    def start_ingest(self, body: dict[str, Any]) -> str:
-        return str(self.call("POST", "/api/holder/ingest", body)["job"])
-
-    def cancel(self, job: str) -> None:
-        self.call("POST", f"/api/holder/jobs/{job}/cancel", {})

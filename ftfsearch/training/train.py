@@ -42,6 +42,7 @@ from ftfsearch.training.features import TEXT_CHUNK, ChunkedRows, ViewCache, augm
 from ftfsearch.errors import BadInput, DatasetError
 from ftfsearch.training.evaluate import EVAL_PIXELS, Embeddings, encode_split, score
 from ftfsearch.model.base import Encoder, RerankParams
+from ftfsearch.model.families import family
 from ftfsearch.model.ftf import FtfConfig, FtfEncoder, FtfModel, prepare_images, save_ftf_model
 from ftfsearch.model.loading import resolve_device
 from ftfsearch.model.pretrained import PretrainedConfig
@@ -520,9 +521,8 @@ class _PretrainedTask:
 def _make_task(config: TrainConfig, captions: list[str], ckpt: dict[str, Any] | None, device: torch.device) -> _Task:
     if config.base is not None:
         return _ClipTask(config, captions, ckpt, device)
-    if config.arch == "pretrained":
-        return _PretrainedTask(config, captions, ckpt, device)
-    return _FtfTask(config, captions, ckpt, device)
+    task: type[_Task] = globals()[family(config.arch).train_task]  # the families table names it
+    return task(config, captions, ckpt, device)  # type: ignore[call-arg]
 
 
 class _FtfTask(_PixelTask):
@@ -632,8 +632,7 @@ def _checkpoint_to_resume(config: TrainConfig, ckpt_path: Path) -> dict[str, Any
         ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
     if config.epochs < 1 or config.batch_size < 2:
         raise BadInput("`epochs` must be >= 1 and `batch_size` >= 2")
-    if config.arch not in ("pretrained", "scratch"):
-        raise BadInput(f"`arch` {config.arch!r}: use pretrained or scratch")
+    family(config.arch)  # BadInput for an unknown one
     return ckpt
 
 

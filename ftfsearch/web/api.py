@@ -18,7 +18,7 @@ from ftfsearch.chips import MAX_CHIP_SIDE, ChipSpec, recorded_bands, region_foot
 from ftfsearch.errors import BadInput, SceneNotFound, SourceUnavailable
 from ftfsearch.examples import ExampleRef, image_ref, parse_ref
 from ftfsearch.labels import MAX_LABELS, LabelSet, labels_to_geojson, parse_labels
-from ftfsearch.search import MAX_K, MAX_QUERY_CHARS, MAX_RECALL_K, parse_bbox
+from ftfsearch.search import MAX_K, MAX_QUERY_CHARS, MAX_RECALL_K
 from ftfsearch.web.resources import Resources, ServeOptions
 from ftfsearch.web.schemas import (
     ERROR_RESPONSES,
@@ -96,15 +96,13 @@ def example_refs(params: SearchParams) -> list[ExampleRef]:
 def run_search(
     request: Request, response: Response, res: Resources, params: SearchParams, examples: list[ExampleRef]
 ) -> dict[str, Any]:
-    """One search under the lock; the hits are the results' records plus chip URLs and region rings."""
-    box = parse_bbox(params.bbox)
+    """One search (the search command, over the app's store); the hits are the results' records
+    plus chip URLs and region rings."""
     q = params.q
     if not (q or "").strip() and not examples:
         raise BadInput("q: the query is empty; give a text to look for, or an example with like=")
+    out = res.commands.search(params.to_request(examples))
     with res.lock:
-        out = res.searcher().search(q or None, k=params.k, recall_k=params.recall_k, rerank=params.rerank, bbox=box,
-                                    scenes=tuple(params.scene), examples=examples, after=params.after or None,
-                                    before=params.before or None)
         res.remember(out.results)
     hits = [
         SearchHit(**r.to_dict(), region_footprint=ring, chip_url=chip_url(request, r.id, r.region_index))

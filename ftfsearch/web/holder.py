@@ -18,7 +18,6 @@ import logging
 import socket
 import threading
 from collections.abc import Iterator
-from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, Any, Awaitable, Callable
 
@@ -27,81 +26,31 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from ftfsearch.errors import BadInput, FtfError, IngestCancelled, PermissionDenied, SceneNotFound, StoreLocked
+from pydantic import TypeAdapter, ValidationError
+
+from ftfsearch.commands.requests import (
+    DropRequest,
+    InfoRequest,
+    IngestRequest,
+    PushRequest,
+    ScenesRequest,
+    SearchRequest,
+)
+from ftfsearch.errors import BadInput, FtfError, IngestCancelled, PermissionDenied, StoreLocked
 from ftfsearch.net import LOOPBACK_HOSTS, LOOPBACK_IP
-from ftfsearch.store.base import Store
+from ftfsearch.store.transfer import PushSummary
 from ftfsearch.store.holder_client import SECRET_HEADER
 from ftfsearch.store.holder_record import HolderRecord, holder_path, identity, new_secret, remove_holder, write_holder
 from ftfsearch.web.http_errors import status_of
+from ingest.pipeline import IngestFailure, SceneSummary
 
 log = logging.getLogger(__name__)
 
+_SUMMARY = TypeAdapter(SceneSummary)
+_PUSH = TypeAdapter(PushSummary)
+
 HEARTBEAT_S = 2.0
 """A line at least this often on an event stream, so a client that left is noticed."""
-
-
-class LockedStore:
-    """A store whose every call takes ``lock`` for that call only (iterators: for each item)."""
-
-    def __init__(self, store: Store, lock: threading.Lock) -> None:
-        self._store = store
-        self._lock = lock
-
-    def __getattr__(self, name: str) -> Any:
-        value = getattr(self._store, name)
-        if not callable(value):
-            return value
-        lock = self._lock
-
-        def call(*args: Any, **kwargs: Any) -> Any:
-            with lock:
-                result = value(*args, **kwargs)
-            if isinstance(result, Iterator):
-                return _locked_iter(result, lock)
-            return result
-
-        return call
-
-
-def _locked_iter(it: Iterator[Any], lock: threading.Lock) -> Iterator[Any]:
-    while True:
-        with lock:
-            try:
-                item = next(it)
-            except StopIteration:
-                return
-        yield item
-
-
-# -- what the commands compute: shared by the CLI (local store) and the holder -----------------
-
-
-def scenes_rows(db: Any) -> list[dict[str, Any]]:
-    """``ftfsearch scenes``' rows; the acquisition time and the STAC item's id, collection and
-    properties where a scene has them."""
-    return [
-        {"scene_id": s.scene_id, "path": s.path, "tiles": db.count_tiles(s.scene_id), "state": s.state,
-         **{k: s.extra[k] for k in ("acquired", "stac") if s.extra.get(k)}}
-        for s in db.list_scenes()
-    ]
-
-
-def info_data(db: Any) -> dict[str, Any]:
-    described = db.describe()
-    meta = db.meta()
-    scene_list = db.list_scenes() if meta is not None else []
-    return {
-        **described,
-        "tiles": db.count_tiles() if meta is not None else 0,
-        "scenes": len(scene_list),
-        "scenes_complete": sum(s.state == "complete" for s in scene_list),
-    }
-
-
-def drop_scene(db: Any, scene_id: str) -> int:
-    if db.get_scene(scene_id) is None:
-        raise SceneNotFound(f"scene {scene_id!r}: not in collection {db.collection!r}; 'ftfsearch scenes' lists them")
-    return int(db.delete_scene(scene_id))
 
 
 def error_body(exc: FtfError) -> dict[str, Any]:
@@ -149,6 +98,12 @@ class IngestJob:
         self.current = None
         self.emit({"type": "finish"})
 
+    def scene(self, item: SceneSummary | IngestFailure) -> None:
+        if isinstance(item, IngestFailure):
+            self.emit({"type": "failure", "path": item.path, "message": item.message})
+        else:
+            self.emit({"type": "scene", "summary": _SUMMARY.dump_python(item, mode="json")})
+
     def lines(self, start: int = 0) -> Iterator[bytes]:
         """The events from ``start`` on, as they come, until the job ends (heartbeats between)."""
         i = start
@@ -172,7 +127,7 @@ class Holder:
     def __init__(self, resources: Any, settings: Any, store_dir: Path, collection: str) -> None:
         self.resources = resources
         self.settings = settings
-        self.store = LockedStore(resources.store, resources.lock)
+        self.commands = resources.commands
         self.path = holder_path(store_dir, collection)
         self.secret = new_secret()
         self.jobs: dict[str, IngestJob] = {}
@@ -222,29 +177,16 @@ class Holder:
         with self._jobs_lock:
             return next((j for j in self.jobs.values() if not j.done), None)
 
-    def start_ingest(self, body: dict[str, Any]) -> IngestJob:
-        from ingest.pipeline import IngestOptions, ingest_paths
-        from ingest.tiling import TilingSpec
-
-        model = body.get("model")
+    def start_ingest(self, request: IngestRequest) -> IngestJob:
+        """Run ``request`` in a thread of this process (it outlives the client); its events go to the job."""
         held = self.settings.model
         if held is not None and Path(held).exists():
             held = str(Path(held).absolute())
-        if model is not None and str(model) != str(held):
+        if request.model is not None and str(request.model) != str(held):
             raise BadInput(
-                f"`model` {model}: the server holding this store runs model {self.settings.model}; ingest "
+                f"`model` {request.model}: the server holding this store runs model {self.settings.model}; ingest "
                 "with that one, or stop 'ftfsearch serve' to ingest with another"
             )
-        from ftfsearch.raster import is_url
-        from ingest.stac import StacScene
-
-        # files as paths, URLs as they are, STAC items as their data (ftfsearch ingest sends them)
-        files: list[Path | str | StacScene] = [StacScene.from_dict(p) if isinstance(p, dict) else (p if is_url(p) else Path(p))
-                 for p in body.get("paths") or []]
-        spec = TilingSpec.from_dict(body.get("tiling") or {})
-        o = body.get("options") or {}
-        options = IngestOptions(spec=spec, batch_size=int(o.get("batch_size", 32)), readers=int(o.get("readers", 2)),
-                                scene_id=o.get("scene_id"), acquired=o.get("acquired"))
         with self._jobs_lock:
             busy = next((j for j in self.jobs.values() if not j.done), None)
             if busy is not None:
@@ -254,19 +196,11 @@ class Holder:
                 )
             job = IngestJob(str(next(self._ids)))
             self.jobs[job.id] = job
-        res = self.resources
-
-        def on_scene(item: Any) -> None:
-            if hasattr(item, "message"):
-                job.emit({"type": "failure", "path": item.path, "message": item.message})
-            else:
-                job.emit({"type": "scene", "summary": item.to_dict()})
 
         def run() -> None:
             try:
-                done, failed = ingest_paths(files, res.encoder, self.store, options, progress=job, on_scene=on_scene)
-                job.emit({"type": "done", "scenes": [s.to_dict() for s in done],
-                          "failed": [f.__dict__ for f in failed]})
+                outcome = self.commands.ingest(request, observer=job)
+                job.emit({"type": "done", "outcome": outcome.model_dump(mode="json")})
             except FtfError as exc:
                 job.emit({"type": "error", **error_body(exc)})
             except BaseException as exc:  # a bug: logged here, one line to the client
@@ -276,43 +210,6 @@ class Holder:
 
         threading.Thread(target=run, name=f"ftf-ingest-{job.id}", daemon=True).start()
         return job
-
-    def search(self, body: dict[str, Any]) -> dict[str, Any]:
-        from ftfsearch.chips import scene_bands
-        from ftfsearch.examples import ExampleRef
-
-        refs = []
-        for r in body.get("examples") or []:
-            refs.append(ExampleRef(
-                param=str(r["param"]), text=str(r["text"]), tile_id=r.get("tile_id"),
-                point=tuple(r["point"]) if r.get("point") else None,
-                image=Path(r["image"]) if r.get("image") else None, region=r.get("region"),
-            ))
-        bbox = tuple(body["bbox"]) if body.get("bbox") else None
-        res = self.resources
-        with res.lock:
-            out = res.searcher().search(
-                body.get("text"), k=int(body.get("k", 10)), recall_k=int(body.get("recall_k", 100)),
-                rerank=bool(body.get("rerank", True)), bbox=bbox, scenes=tuple(body.get("scenes") or ()),
-                examples=refs, after=body.get("after"), before=body.get("before"),
-            )
-            bands = scene_bands(res.store, [r.scene_id for r in out.results])
-        # The Results whole (payload too): the client rebuilds them, for its chips and GeoJSON.
-        return {"results": [asdict(r) for r in out.results], "timings_ms": out.timings_ms, "warnings": out.warnings,
-                "bands": {k: (list(v) if v else None) for k, v in bands.items()}}
-
-    def push(self, body: dict[str, Any]) -> dict[str, Any]:
-        from ftfsearch.store.server import ServerStore
-        from ftfsearch.store.transfer import push_store
-
-        target = ServerStore(str(body["to"]), collection=str(body["collection"]), api_key=body.get("api_key"),
-                             timeout=float(body.get("timeout") or self.settings.timeout))
-        try:
-            summary = push_store(self.store, target, shards=body.get("shards"),
-                                 replication_factor=body.get("replication_factor"))
-        finally:
-            target.close()
-        return summary.to_dict()
 
 
 def holder_of(request: Request) -> Holder:
@@ -338,6 +235,12 @@ async def _check_secret(request: Request, call_next: Callable[[Request], Awaitab
 async def _library_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, FtfError)  # registered for FtfError only
     return JSONResponse(error_body(exc), status_code=status_of(exc))
+
+
+async def _invalid_request(request: Request, exc: Exception) -> JSONResponse:
+    """A body that is not the command's request model (another version of ftfsearch sent it)."""
+    refused = BadInput(f"holder request: not a valid request ({str(exc).splitlines()[0][:200]})")
+    return JSONResponse(error_body(refused), status_code=400)
 
 
 async def _not_an_endpoint(request: Request, exc: Exception) -> JSONResponse:
@@ -367,49 +270,46 @@ def ping(holder: HolderDep) -> dict[str, Any]:
     return {"pid": identity()["pid"], "ingest": None if running is None else running.id}
 
 
+# Each route builds the command's request model from the body and runs the local command.
+
+
 @router.get("/scenes")
 def scenes(holder: HolderDep) -> list[dict[str, Any]]:
-    res = holder.resources
-    with res.lock:
-        return scenes_rows(res.store)
+    return [row.model_dump(mode="json") for row in holder.commands.scenes(ScenesRequest())]
 
 
 @router.get("/info")
 def info(holder: HolderDep) -> dict[str, Any]:
-    res = holder.resources
-    with res.lock:
-        return info_data(res.store)
+    return holder.commands.info(InfoRequest())
 
 
 @router.post("/search")
 async def search(holder: HolderDep, body: Body) -> dict[str, Any]:
-    return await run_in_threadpool(holder.search, body)
+    request = SearchRequest.model_validate(body)
+    out = await run_in_threadpool(holder.commands.search, request)
+    return out.model_dump(mode="json")
 
 
 @router.post("/drop")
 async def drop(holder: HolderDep, body: Body) -> dict[str, Any]:
-    scene_id = str(body.get("scene_id", ""))
+    request = DropRequest.model_validate(body)
     running = holder.running()
-    if running is not None and scene_id in running.scene_ids:
-        raise StoreLocked(f"scene {scene_id!r} is being ingested in the server (job {running.id}); "
+    if running is not None and request.scene_id in running.scene_ids:
+        raise StoreLocked(f"scene {request.scene_id!r} is being ingested in the server (job {running.id}); "
                           "cancel that ingest or wait for it, then drop")
-    res = holder.resources
-
-    def work() -> dict[str, Any]:
-        with res.lock:
-            return {"removed": drop_scene(res.store, scene_id)}
-
-    return await run_in_threadpool(work)
+    out = await run_in_threadpool(holder.commands.drop, request)
+    return out.model_dump(mode="json")
 
 
 @router.post("/push")
 async def push(holder: HolderDep, body: Body) -> dict[str, Any]:
-    return await run_in_threadpool(holder.push, body)
+    summary = await run_in_threadpool(holder.commands.push, PushRequest.model_validate(body))
+    return _PUSH.dump_python(summary, mode="json")
 
 
 @router.post("/ingest")
 async def ingest(holder: HolderDep, body: Body) -> dict[str, Any]:
-    job = holder.start_ingest(body)
+    job = holder.start_ingest(IngestRequest.model_validate(body))
     return {"job": job.id}
 
 
@@ -438,6 +338,7 @@ def create_holder_app(holder: Holder) -> FastAPI:
     app.state.holder = holder
     app.middleware("http")(_check_secret)
     app.add_exception_handler(FtfError, _library_error)
+    app.add_exception_handler(ValidationError, _invalid_request)
     app.add_exception_handler(StarletteHTTPException, _not_an_endpoint)
     app.include_router(router)
     return app

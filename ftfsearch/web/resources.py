@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable
 
 from ftfsearch.chips import PREVIEW_MAX_SIDE, ChipRenderer, LruCache, recorded_bands
+from ftfsearch.commands.local import LocalCommands
 from ftfsearch.config import Settings
 from ftfsearch.errors import TileNotFound
 from ftfsearch.model.base import Encoder
@@ -35,13 +38,69 @@ class ServeOptions:
     preview_max_side: int = PREVIEW_MAX_SIDE
 
 
+class LockedStore:
+    """A store whose every call takes ``lock`` for that call only (iterators: for each item)."""
+
+    def __init__(self, store: Store, lock: threading.Lock) -> None:
+        self._store = store
+        self._lock = lock
+
+    def __getattr__(self, name: str) -> Any:
+        value = getattr(self._store, name)
+        if not callable(value):
+            return value
+        lock = self._lock
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            with lock:
+                result = value(*args, **kwargs)
+            if isinstance(result, Iterator):
+                return _locked_iter(result, lock)
+            return result
+
+        return call
+
+
+def _locked_iter(it: Iterator[Any], lock: threading.Lock) -> Iterator[Any]:
+    while True:
+        with lock:
+            try:
+                item = next(it)
+            except StopIteration:
+                return
+        yield item
+
+
+class HeldAccess:
+    """The commands' access (:class:`~ftfsearch.commands.local.StoreAccess`) to the store and
+    encoder ``serve`` holds: every store call under the app's lock, never closed by a command."""
+
+    def __init__(self, resources: "Resources", settings: Settings) -> None:
+        self.resources = resources
+        self.settings = settings
+        self.locked = LockedStore(resources.store, resources.lock)
+
+    @contextmanager
+    def store(self, read_only: bool) -> Iterator[Any]:
+        yield self.locked
+
+    def encoder(self) -> Encoder:
+        return self.resources.encoder
+
+    @contextmanager
+    def searcher(self) -> Iterator[tuple[Any, Store]]:
+        """The long-lived searcher (its vector cache), the lock held for the whole search."""
+        with self.resources.lock:
+            yield self.resources.searcher(), self.resources.store
+
+
 class Resources:
     """What one app holds: the store, the encoder, the searcher (made on first use, since a
     collection may not exist yet when the server starts) and the chip renderer."""
 
     def __init__(
         self, store: Store, encoder: Encoder, renderer: ChipRenderer,
-        vector_cache_bytes: int = DEFAULT_VECTOR_CACHE_BYTES,
+        vector_cache_bytes: int = DEFAULT_VECTOR_CACHE_BYTES, settings: Settings | None = None,
     ) -> None:
         self.store = store
         self.vector_cache_bytes = vector_cache_bytes
@@ -56,6 +115,8 @@ class Resources:
         # remembered so those chips never wait for the lock behind a running search.
         self._tiles: LruCache[str, tuple[float, dict[str, Any]]] = LruCache(1 << 62, 20_000, lambda v: 1)
         self._bands: LruCache[str, tuple[float, tuple[int, ...] | None]] = LruCache(1 << 62, 10_000, lambda v: 1)
+        self.commands = LocalCommands(HeldAccess(self, settings or Settings()))
+        """The store commands over what this app holds (the API's search, the holder's routes)."""
 
     @classmethod
     def open(cls, settings: Settings, options: ServeOptions | None = None, writable: bool = False) -> "Resources":
@@ -71,7 +132,7 @@ class Resources:
             store.close()
             raise
         return cls(store, encoder, ChipRenderer(options.chip_cache_bytes, options.preview_cache_bytes),
-                   options.vector_cache_bytes)
+                   options.vector_cache_bytes, settings)
 
     def searcher(self) -> Searcher:
         """The searcher; call with ``lock`` held. Raises CollectionNotFound / ModelMismatch."""

@@ -8,6 +8,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, with_config
 
+from ftfsearch.commands.requests import DEFAULT_K, DEFAULT_RECALL_K, SearchRequest
+from ftfsearch.examples import ExampleRef
 from ftfsearch.search import MAX_K, MAX_QUERY_CHARS, MAX_RECALL_K, ResultRecord
 
 AFTER_DOC = "only scenes acquired at or after this time (ISO 8601, e.g. 2024-05-01; UTC if no zone)"
@@ -15,20 +17,30 @@ BEFORE_DOC = "only scenes acquired before this time; a time range leaves out sce
 
 
 class SearchParams(BaseModel):
-    """The query parameters of a search, the same for GET and for POST (an image in the body)."""
+    """The query parameters of a search, the same for GET and for POST (an image in the body): the
+    HTTP spelling of :class:`~ftfsearch.commands.requests.SearchRequest`, with its defaults, whose
+    bounds FastAPI reports as 422 and /openapi.json describes."""
 
     q: str | None = Field(None, max_length=4 * MAX_QUERY_CHARS, description="what to look for, in plain words")
     like: list[str] = Field([], description="an example to find more of: tile id or point lon,lat (repeatable)")
     unlike: list[str] = Field([], description="an example of what not to find (repeatable)")
     like_region: list[str] = Field([], description="REF:N: region N of a tile as the example (repeatable)")
     unlike_region: list[str] = Field([], description="REF:N: a region not to find (repeatable)")
-    k: int = Field(10, ge=1, le=MAX_K, description="number of results")
-    recall_k: int = Field(100, ge=1, le=MAX_RECALL_K, description="candidates recalled for the rerank")
+    k: int = Field(DEFAULT_K, ge=1, le=MAX_K, description="number of results")
+    recall_k: int = Field(DEFAULT_RECALL_K, ge=1, le=MAX_RECALL_K, description="candidates recalled for the rerank")
     bbox: str | None = Field(None, description="minlon,minlat,maxlon,maxlat (WGS84)")
     scene: list[str] = Field([], description="only these scene ids (repeatable)")
     rerank: bool = Field(True, description="false: the coarse recall order")
     after: str | None = Field(None, max_length=64, description=AFTER_DOC)
     before: str | None = Field(None, max_length=64, description=BEFORE_DOC)
+
+    def to_request(self, examples: list[ExampleRef]) -> SearchRequest:
+        """The search command's request (checked there: bbox, times, examples)."""
+        return SearchRequest.model_validate({
+            "text": self.q or None, "examples": tuple(examples), "k": self.k, "recall_k": self.recall_k,
+            "rerank": self.rerank, "bbox": self.bbox, "scenes": tuple(self.scene), "after": self.after,
+            "before": self.before,
+        })
 
 
 class ErrorBody(BaseModel):

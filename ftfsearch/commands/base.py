@@ -1,0 +1,58 @@
+"""The command interface: what ``ftfsearch``'s commands do, whoever does it.
+
+Two implementations: :class:`~ftfsearch.commands.local.LocalCommands` runs a command here over the
+store, :class:`~ftfsearch.commands.remote.HolderCommands` sends it to the ``ftfsearch serve``
+holding the embedded store (whose routes run it with a ``LocalCommands``). The CLI gets one of
+them from :func:`~ftfsearch.commands.open_commands` and never asks which. A new command is one
+request model (:mod:`ftfsearch.commands.requests`), one method here and in each implementation,
+and one holder route.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from ftfsearch.commands.requests import (
+    DropOutcome,
+    DropRequest,
+    InfoRequest,
+    IngestOutcome,
+    IngestRequest,
+    PushRequest,
+    SceneRow,
+    ScenesRequest,
+    SearchOutcome,
+    SearchRequest,
+)
+from ftfsearch.store.transfer import PushSummary
+from ingest.pipeline import IngestFailure, SceneSummary
+
+
+class IngestObserver(Protocol):
+    """What an ingest reports as it goes: the pipeline's progress, and each scene's end."""
+
+    def start(self, scene_id: str, total: int, already: int) -> None: ...
+
+    def advance(self, n: int) -> None: ...
+
+    def finish(self) -> None: ...
+
+    def scene(self, item: SceneSummary | IngestFailure) -> None: ...
+
+
+class Commands(Protocol):
+    """The store commands: the same requests and results wherever they run."""
+
+    def search(self, request: SearchRequest) -> SearchOutcome: ...
+
+    def ingest(self, request: IngestRequest, observer: IngestObserver | None = None) -> IngestOutcome: ...
+
+    def scenes(self, request: ScenesRequest) -> list[SceneRow]: ...
+
+    def info(self, request: InfoRequest) -> dict[str, Any]: ...
+
+    def drop(self, request: DropRequest) -> DropOutcome: ...
+
+    def push(self, request: PushRequest) -> PushSummary: ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,132 @@
+"""The commands sent to the ``ftfsearch serve`` that holds the embedded store: the same request
+models, as JSON, to its holder routes (:mod:`ftfsearch.web.holder`), and the same typed results back.
+
+An ingest runs in the holder as a job (it survives this process): its progress streams back to
+the observer, and Ctrl+C here asks (``confirm_cancel``) whether to cancel it there or leave it
+running."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Callable
+
+from pydantic import TypeAdapter
+
+from ftfsearch.commands.base import IngestObserver
+from ftfsearch.commands.requests import (
+    DropOutcome,
+    DropRequest,
+    InfoRequest,
+    IngestOutcome,
+    IngestRequest,
+    PushRequest,
+    SceneRow,
+    ScenesRequest,
+    SearchOutcome,
+    SearchRequest,
+)
+from ftfsearch.config import Settings
+from ftfsearch.errors import StoreUnavailable
+from ftfsearch.store.holder_client import HolderClient, remote_error
+from ftfsearch.store.transfer import PushSummary
+from ingest.pipeline import IngestFailure, SceneSummary
+
+_ROWS = TypeAdapter(list[SceneRow])
+_PUSH = TypeAdapter(PushSummary)
+_SUMMARY = TypeAdapter(SceneSummary)
+
+
+def _absolute(path: Any) -> Any:
+    """A local path as the holder (another working directory) finds it; URLs and STAC items as they are."""
+    return Path(path).absolute() if isinstance(path, Path) else path
+
+
+class HolderCommands:
+    """:class:`~ftfsearch.commands.base.Commands` run by the process holding the embedded store."""
+
+    def __init__(self, client: HolderClient, settings: Settings, notify: Callable[[str], None] = lambda _: None,
+                 confirm_cancel: Callable[[], bool] = lambda: False) -> None:
+        self.client = client
+        self.settings = settings
+        self.notify = notify
+        """Where a line for the user goes (the CLI: stderr)."""
+        self.confirm_cancel = confirm_cancel
+        """Asked on Ctrl+C during an ingest: True cancels it in the holder."""
+
+    def _post(self, path: str, request: Any) -> Any:
+        return self.client.call("POST", path, request.model_dump(mode="json"))
+
+    def search(self, request: SearchRequest) -> SearchOutcome:
+        examples = tuple(e if e.image is None else replace(e, image=e.image.absolute()) for e in request.examples)
+        sent = request.model_copy(update={"examples": examples})
+        return SearchOutcome.model_validate(self._post("/api/holder/search", sent))
+
+    def ingest(self, request: IngestRequest, observer: IngestObserver | None = None) -> IngestOutcome:
+        model = request.model
+        if model is not None and Path(model).exists():
+            model = str(Path(model).absolute())
+        sent = request.model_copy(update={"sources": tuple(_absolute(s) for s in request.sources), "model": model})
+        job = str(self._post("/api/holder/ingest", sent)["job"])
+        pid = self.client.record.pid
+        self.notify(f"ingesting in 'ftfsearch serve' (pid {pid}), which holds the store; Ctrl+C asks "
+                    "whether to cancel it")
+        seen = 0
+        while True:
+            try:
+                for event in self.client.events(job, seen):
+                    seen += 1
+                    kind = event.get("type")
+                    if kind == "done":
+                        return IngestOutcome.model_validate(event["outcome"])
+                    if kind == "error":
+                        raise remote_error(event)
+                    _relay(event, observer)
+                raise StoreUnavailable(
+                    "the server holding the store stopped during the ingest; what it wrote is kept, and "
+                    "the same ingest command resumes the scene"
+                )
+            except KeyboardInterrupt:
+                if observer is not None:
+                    observer.finish()
+                if not self.confirm_cancel():
+                    self.notify(f"the ingest goes on in 'ftfsearch serve' (pid {pid}); 'ftfsearch scenes' shows "
+                                "its progress")
+                    return IngestOutcome(scenes=[], failed=[], detached=True)
+                self.client.call("POST", f"/api/holder/jobs/{job}/cancel", {})
+                self.notify("cancelling; the scene stays resumable")
+
+    def scenes(self, request: ScenesRequest) -> list[SceneRow]:
+        return _ROWS.validate_python(self.client.call("GET", "/api/holder/scenes"))
+
+    def info(self, request: InfoRequest) -> dict[str, Any]:
+        return dict(self.client.call("GET", "/api/holder/info"))
+
+    def drop(self, request: DropRequest) -> DropOutcome:
+        return DropOutcome.model_validate(self._post("/api/holder/drop", request))
+
+    def push(self, request: PushRequest) -> PushSummary:
+        # The target's key is this user's (the holder's settings may name none).
+        sent = request if request.api_key is not None else request.model_copy(
+            update={"api_key": self.settings.qdrant_api_key})
+        return _PUSH.validate_python(self._post("/api/holder/push", sent))
+
+    def close(self) -> None:
+        """The holder keeps the store; nothing to close here."""
+
+
+def _relay(event: dict[str, Any], observer: IngestObserver | None) -> None:
+    """One progress event of the holder's job, to the observer."""
+    if observer is None:
+        return
+    kind = event.get("type")
+    if kind == "start":
+        observer.start(str(event["scene_id"]), int(event["total"]), int(event["already"]))
+    elif kind == "advance":
+        observer.advance(int(event["n"]))
+    elif kind == "finish":
+        observer.finish()
+    elif kind == "failure":
+        observer.scene(IngestFailure(str(event["path"]), str(event["message"])))
+    elif kind == "scene":
+        observer.scene(_SUMMARY.validate_python(event["summary"]))

@@ -1,0 +1,190 @@
+"""One request model per command, and the typed results they answer with.
+
+Each request is declared once, with its defaults, and validated when it is built: a refused
+argument (a bad ``k``, bbox, time or example, a bad tiling) is a :class:`~ftfsearch.errors.BadInput`
+naming the parameter before any model loads or store opens. The same models cross the holder (as
+JSON, :meth:`pydantic.BaseModel.model_dump_json`), so the local and the remote implementation of
+:class:`~ftfsearch.commands.base.Commands` read exactly what the caller built.
+
+Validators raise :class:`BadInput` itself (pydantic passes exceptions other than ``ValueError``
+through), so the messages are the library's, with the parameter named in backticks.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from ftfsearch.errors import BadInput
+from ftfsearch.examples import ExampleRef
+from ftfsearch.raster import is_url
+from ftfsearch.search import MAX_K, MAX_RECALL_K, Result, parse_bbox
+from ftfsearch.store.base import check_bbox
+from ftfsearch.times import check_range, parse_time
+from ingest.pipeline import IngestFailure, IngestOptions, SceneSummary
+from ingest.stac import StacScene
+from ingest.tiling import TilingSpec
+
+DEFAULT_K = 10
+DEFAULT_RECALL_K = 100
+
+IngestSource = Path | str | StacScene
+"""What one ingest reads: a raster file, an http(s) URL (a string), or a STAC item."""
+
+
+class Request(BaseModel):
+    """A command's arguments: checked once, when built; plain data that crosses the holder."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", ser_json_bytes="base64", val_json_bytes="base64")
+
+
+class SearchRequest(Request):
+    """``query`` / ``GET /api/search``: text, examples (like / unlike), or both, and the filters."""
+
+    text: str | None = None
+    examples: tuple[ExampleRef, ...] = ()
+    k: int = DEFAULT_K
+    recall_k: int = DEFAULT_RECALL_K
+    rerank: bool = True
+    bbox: tuple[float, float, float, float] | None = None
+    scenes: tuple[str, ...] = ()
+    after: datetime | None = None
+    before: datetime | None = None
+    with_bands: bool = False
+    """Also answer each result scene's recorded bands (what ``--chips`` draws with)."""
+
+    @field_validator("bbox", mode="before")
+    @classmethod
+    def _bbox(cls, value: Any) -> Any:
+        if value is None or isinstance(value, str):
+            return parse_bbox(value)
+        box = tuple(float(v) for v in value)
+        if len(box) != 4:
+            raise BadInput(f"`bbox` {list(value)!r}: expected four numbers minlon,minlat,maxlon,maxlat")
+        return check_bbox((box[0], box[1], box[2], box[3]), shown=",".join(str(v) for v in box))
+
+    @field_validator("after", "before", mode="before")
+    @classmethod
+    def _time(cls, value: Any, info: Any) -> Any:
+        return parse_time(value or None, info.field_name)
+
+    @model_validator(mode="after")
+    def _check(self) -> "SearchRequest":
+        if not 1 <= self.k <= MAX_K:
+            raise BadInput(f"`k` {self.k}: must be between 1 and {MAX_K}")
+        if not 1 <= self.recall_k <= MAX_RECALL_K:
+            raise BadInput(f"`recall_k` {self.recall_k}: must be between 1 and {MAX_RECALL_K}")
+        check_range(self.after, self.before)
+        if self.text is None and not self.examples:
+            raise BadInput("give a TEXT to look for, or an example with `like`")
+        if self.text is not None and not self.examples:
+            cleaned = "".join(" " if unicodedata.category(ch).startswith("C") else ch for ch in self.text)
+            if not cleaned.strip():
+                raise BadInput("`query`: is empty; give a description such as 'ships near a harbor'")
+        has_text = self.text is not None and bool(self.text.strip())
+        if self.examples and not has_text and not any(e.positive for e in self.examples):
+            raise BadInput("`unlike`: needs a text or at least one `like` example beside it (misses alone find nothing)")
+        return self
+
+
+class SearchOutcome(BaseModel):
+    """The ranked results (whole, payload too: chips and GeoJSON are drawn from them), the
+    stage timings and warnings, and the result scenes' bands when asked."""
+
+    results: list[Result]
+    timings_ms: dict[str, float]
+    warnings: list[str]
+    bands: dict[str, tuple[int, ...] | None] = Field(default_factory=dict)
+
+
+class IngestRequest(Request):
+    """``ingest``: the sources (resolved by :mod:`ingest.sources`) and how to tile and encode them."""
+
+    sources: tuple[IngestSource, ...]
+    tiling: TilingSpec = Field(default_factory=TilingSpec)
+    batch_size: int = 32
+    readers: int = 2
+    scene_id: str | None = None
+    acquired: str | None = None
+    shards: int | None = None
+    replication_factor: int | None = None
+    model: str | None = None
+    """The model the caller named (None: the configured one); the holder refuses another than its own."""
+
+    @field_validator("tiling", mode="before")
+    @classmethod
+    def _tiling(cls, value: Any) -> Any:
+        return TilingSpec.from_dict({**TilingSpec().to_dict(), **value}) if isinstance(value, dict) else value
+
+    @field_validator("sources", mode="before")
+    @classmethod
+    def _sources(cls, value: Any) -> Any:
+        # As JSON a file is a string: only an http(s) URL stays one.
+        return tuple(StacScene.from_dict(v) if isinstance(v, dict) else Path(v) if isinstance(v, str) and not is_url(v)
+                     else v for v in value)
+
+    @model_validator(mode="after")
+    def _check(self) -> "IngestRequest":
+        self.options()  # batch size, readers, acquired: the pipeline's own checks, before any load
+        if self.scene_id and len(self.sources) > 1:
+            raise BadInput("`scene_id` names one scene: give exactly one raster with it")
+        return self
+
+    def options(self) -> IngestOptions:
+        return IngestOptions(spec=self.tiling, batch_size=self.batch_size, readers=self.readers,
+                             scene_id=self.scene_id, shards=self.shards,
+                             replication_factor=self.replication_factor, acquired=self.acquired)
+
+
+class IngestOutcome(BaseModel):
+    scenes: list[SceneSummary]
+    failed: list[IngestFailure]
+    detached: bool = False
+    """The caller left and the ingest goes on in the holder (Ctrl+C answered "no")."""
+
+
+class ScenesRequest(Request):
+    """``scenes``: every scene of the collection."""
+
+
+class SceneRow(BaseModel):
+    """A row of ``ftfsearch scenes``; ``acquired`` and ``stac`` only where the scene has them."""
+
+    scene_id: str
+    path: str
+    tiles: int
+    state: str
+    acquired: str | None = None
+    stac: dict[str, Any] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(exclude_none=True)
+
+
+class InfoRequest(Request):
+    """``info``: the store, the collection, its model and counts."""
+
+
+class DropRequest(Request):
+    scene_id: str = Field(min_length=1)
+
+
+class DropOutcome(BaseModel):
+    scene_id: str
+    removed: int
+
+
+class PushRequest(Request):
+    """``push``: copy this store's collection into ``to``: a Qdrant server URL or an embedded store directory."""
+
+    to: str = Field(min_length=1)
+    collection: str | None = None
+    """On the target; default: the source collection's name."""
+    api_key: str | None = None
+    timeout: float | None = None
+    shards: int | None = None
+    replication_factor: int | None = None

@@ -1,0 +1,217 @@
+"""Every command both ways, compared field by field: run here over the store
+(:class:`~ftfsearch.commands.local.LocalCommands`), and sent to a real ``ftfsearch serve`` holding
+the same store (:class:`~ftfsearch.commands.remote.HolderCommands`), as qdrant-client checks its
+local mode against the server. The same request models go in; the same typed results must come out
+(times aside), and a refused request must fail with the same error class and message."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import BaseModel
+
+from _holder import Procs, start_serve
+from _web_fixtures import GEOTIFFS
+from ftfsearch.commands import (
+    Commands,
+    DropRequest,
+    InfoRequest,
+    IngestRequest,
+    PushRequest,
+    ScenesRequest,
+    SearchRequest,
+    open_commands,
+)
+from ftfsearch.commands.local import LocalCommands
+from ftfsearch.commands.remote import HolderCommands
+from ftfsearch.config import Settings
+from ftfsearch.errors import FtfError
+from ftfsearch.examples import parse_ref
+from ingest.tiling import TilingSpec
+
+SCENES = (GEOTIFFS / "rasterio" / "RGB.byte.tif", GEOTIFFS / "solaris_spacenet" / "sample_geotiff_custom_proj.tif")
+TIMES = {"seconds", "stages", "tiles_per_s", "timings_ms"}
+"""Wall times differ between two runs of anything; every other field must be equal."""
+
+
+def same(a: Any, b: Any, where: str = "result", ignore: frozenset[str] = frozenset(TIMES)) -> None:
+    """Assert ``a`` equals ``b`` field by field (floats to 1e-5: two processes may sum in another order)."""
+    if isinstance(a, BaseModel):
+        a = a.model_dump()
+    if isinstance(b, BaseModel):
+        b = b.model_dump()
+    if dataclasses.is_dataclass(a) and not isinstance(a, type):
+        a = {f.name: getattr(a, f.name) for f in dataclasses.fields(a)}
+    if dataclasses.is_dataclass(b) and not isinstance(b, type):
+        b = {f.name: getattr(b, f.name) for f in dataclasses.fields(b)}
+    if isinstance(a, dict) and isinstance(b, dict):
+        keys_a, keys_b = set(a) - ignore, set(b) - ignore
+        assert keys_a == keys_b, f"{where}: fields {sorted(keys_a ^ keys_b)} on one side only"
+        for key in sorted(keys_a, key=str):
+            same(a[key], b[key], f"{where}.{key}", ignore)
+    elif isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        assert len(a) == len(b), f"{where}: {len(a)} items here, {len(b)} through the holder"
+        for i, (x, y) in enumerate(zip(a, b)):
+            same(x, y, f"{where}[{i}]", ignore)
+    elif isinstance(a, float) or isinstance(b, float):
+        assert math.isclose(float(a), float(b), rel_tol=1e-5, abs_tol=1e-6), f"{where}: {a} != {b}"
+    else:
+        assert a == b, f"{where}: {a!r} != {b!r}"
+
+
+class Recorder:
+    """An ingest observer that keeps what it was told (progress totals, scenes, failures)."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[Any, ...]] = []
+
+    def start(self, scene_id: str, total: int, already: int) -> None:
+        self.events.append(("start", scene_id, total, already))
+
+    def advance(self, n: int) -> None:
+        self.events.append(("advance",))  # batch boundaries are the pipeline's: counted, not compared
+
+    def finish(self) -> None:
+        self.events.append(("finish",))
+
+    def scene(self, item: Any) -> None:
+        self.events.append(("scene", item))
+
+    def told(self) -> list[tuple[Any, ...]]:
+        return [e for e in self.events if e[0] != "advance"]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from ftfsearch.model.tiny import build_tiny_clip
+
+    for scene in SCENES:
+        if not scene.is_file():
+            pytest.fail(f"real test data missing: {scene}")
+    return build_tiny_clip(tmp_path_factory.mktemp("congruence-model") / "tiny-clip")
+
+
+@pytest.fixture
+def procs() -> Iterator[Procs]:
+    p = Procs()
+    try:
+        yield p
+    finally:
+        p.kill_all()
+
+
+def settings_of(store: Path, model: Path) -> Settings:
+    return Settings(store_dir=store, model=str(model), device="cpu")
+
+
+def held(procs: Procs, store: Path, model: Path, tmp: Path) -> tuple[Any, Commands]:
+    """A real ``ftfsearch serve`` holding ``store``, and the commands this process gets for it."""
+    env = {**os.environ, "FTF_CONFIG": str(tmp / "no-config.toml"), "PYTHONUNBUFFERED": "1"}
+    serve, _ = start_serve(procs, store, model, env, tmp / f"serve-{store.name}.log")
+    commands = open_commands(settings_of(store, model))
+    assert isinstance(commands, HolderCommands)  # the one place that chooses chose the holder
+    return serve, commands
+
+
+def stop(serve: Any) -> None:
+    serve.send_signal(signal.SIGINT)
+    serve.wait(timeout=60)
+
+
+def search_requests(here: LocalCommands) -> list[SearchRequest]:
+    """Searches that reach every part of a search: text, examples (tile, region, point), filters."""
+    first = here.search(SearchRequest(text="a river", k=3)).results
+    a, b = first[0], first[1]
+    west, south, east, north = a.bbox or (0.0, 0.0, 0.0, 0.0)
+    point = f"{(west + east) / 2},{(south + north) / 2}"
+    return [
+        SearchRequest(text="a river next to farmland", k=10),
+        SearchRequest(text="a river next to farmland", k=7, rerank=False),
+        SearchRequest(text="houses", k=5, recall_k=20, bbox=(west, south, east, north), with_bands=True),
+        SearchRequest(text="houses", k=5, scenes=(a.scene_id,), after=None, before=None),
+        SearchRequest.model_validate({"text": "houses", "after": "2024-01-01"}),  # no scene has a time: nothing
+        SearchRequest(examples=(parse_ref(a.id), parse_ref(b.id, "unlike")), k=6),
+        SearchRequest(text="roads", examples=(parse_ref(f"{a.id}:3", "like_region"),), k=4),
+        SearchRequest(examples=(parse_ref(point),), k=4, with_bands=True),
+    ]
+
+
+REFUSED = [
+    SearchRequest(examples=(parse_ref("00000000-0000-0000-0000-000000000000"),)),  # no such tile
+    SearchRequest(examples=(parse_ref("0,0"),)),  # a point under no tile
+]
+
+
+def outcomes(commands: Commands, requests: list[SearchRequest], push_to: Path) -> dict[str, Any]:
+    return {
+        "search": [commands.search(r) for r in requests],
+        "scenes": commands.scenes(ScenesRequest()),
+        "info": commands.info(InfoRequest()),
+        "push": commands.push(PushRequest(to=str(push_to), collection="copy")),
+    }
+
+
+def refusals(commands: Commands) -> list[tuple[str, str]]:
+    out = []
+    for request in REFUSED:
+        with pytest.raises(FtfError) as raised:
+            commands.search(request)
+        out.append((type(raised.value).__name__, raised.value.message))
+    with pytest.raises(FtfError) as raised:
+        commands.drop(DropRequest(scene_id="no-such-scene"))
+    out.append((type(raised.value).__name__, raised.value.message))
+    return out
+
+
+@pytest.mark.slow
+def test_every_command_answers_the_same_here_and_through_the_holder(
+    tmp_path: Path, procs: Procs, model_dir: Path
+) -> None:
+    ingest = IngestRequest(sources=SCENES + (tmp_path / "missing.tif",), tiling=TilingSpec(tile_size=64, levels=(1, 2)),
+                           batch_size=8)
+    (tmp_path / "missing.tif").write_bytes(b"not a raster")
+    store_a, store_b = tmp_path / "a", tmp_path / "b"
+
+    # ingest: here into A, through the holder into B; the same scenes, failures and progress
+    here_a = LocalCommands.from_settings(settings_of(store_a, model_dir))
+    told_here = Recorder()
+    done_here = here_a.ingest(ingest, told_here)
+    serve, there = held(procs, store_b, model_dir, tmp_path)
+    told_there = Recorder()
+    done_there = there.ingest(ingest, told_there)
+    assert [s.state for s in done_here.scenes] == ["complete", "complete"] and len(done_here.failed) == 1
+    same(done_here, done_there, "ingest")
+    same(told_here.told(), told_there.told(), "ingest events")
+    assert len([e for e in told_here.events if e[0] == "advance"]) > 2
+
+    # search, scenes, info, push: through the holder of B, then here on B once it is released
+    requests = search_requests(here_a)
+    through = outcomes(there, requests, tmp_path / "pushed-there")
+    refused_through = refusals(there)
+    stop(serve)
+    here_b = LocalCommands.from_settings(settings_of(store_b, model_dir))
+    local = outcomes(here_b, requests, tmp_path / "pushed-here")
+    assert len(local["search"][0].results) == 10 and local["search"][4].results == []
+    assert local["search"][2].bands and not local["search"][0].bands
+    same(local["search"], through["search"], "search")
+    same(local["scenes"], through["scenes"], "scenes")
+    same(local["info"], through["info"], "info")
+    same(local["push"], through["push"], "push", frozenset(TIMES | {"target"}))
+    assert local["push"].target_tiles == local["info"]["tiles"] > 0
+    same(refusals(here_b), refused_through, "refusals")
+
+    # drop: here on B, through the holder of A (the same scenes)
+    dropped_here = here_b.drop(DropRequest(scene_id=SCENES[0].stem))
+    serve, there_a = held(procs, store_a, model_dir, tmp_path)
+    dropped_there = there_a.drop(DropRequest(scene_id=SCENES[0].stem))
+    assert dropped_here.removed > 0
+    same(dropped_here, dropped_there, "drop")
+    same(here_b.scenes(ScenesRequest()), there_a.scenes(ScenesRequest()), "scenes after drop")
+    stop(serve)

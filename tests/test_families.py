@@ -1,0 +1,49 @@
+"""The model families table (ftfsearch/model/families.py): every entry loads its shipped model,
+names a real training task, and is what loading, training and the CLI read."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from ftfsearch.errors import BadInput, ModelNotFound
+from ftfsearch.model.families import FAMILIES, SAVED_WITHOUT_FAMILY, family
+from ftfsearch.model.loading import DEFAULT_MODEL_DIR, SCRATCH_MODEL_DIR, load_encoder
+
+SHIPPED = (DEFAULT_MODEL_DIR, SCRATCH_MODEL_DIR)
+
+
+def family_of(root: Path) -> str:
+    return str(json.loads((root / "ftf_config.json").read_text()).get("family", SAVED_WITHOUT_FAMILY))
+
+
+def test_every_family_ships_a_model() -> None:
+    assert {family_of(root) for root in SHIPPED} == set(FAMILIES)
+
+
+@pytest.mark.parametrize("name", sorted(FAMILIES))
+def test_each_family_loads_its_model_and_names_its_training_task(name: str) -> None:
+    from ftfsearch.training import train
+
+    entry = FAMILIES[name]
+    root = next(r for r in SHIPPED if family_of(r) == name)
+    raw = json.loads((root / "ftf_config.json").read_text())
+    encoder = entry.load(root, raw, torch.device("cpu"))
+    vec = encoder.encode_text(["a river next to farmland"])
+    assert vec.shape == (1, encoder.dim) and torch.isfinite(vec).all()
+    assert load_encoder(str(root), device="cpu").id == encoder.id  # load_encoder goes through the table
+    task = getattr(train, entry.train_task)
+    assert isinstance(task, type) and issubclass(task, train._Task)
+    assert entry.lr > 0 and entry.summary
+
+
+def test_an_unknown_family_is_named_with_the_known_ones(tmp_path: Path) -> None:
+    with pytest.raises(BadInput) as raised:
+        family("resnet")
+    assert raised.value.message == "`arch` 'resnet': use " + " or ".join(FAMILIES)
+    (tmp_path / "ftf_config.json").write_text(json.dumps({"family": "resnet"}))
+    with pytest.raises(ModelNotFound, match="known: " + ", ".join(FAMILIES)):
+        load_encoder(str(tmp_path), device="cpu")
