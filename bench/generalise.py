@@ -212,7 +212,7 @@ def things_in_scenes(encoder: Encoder, mosaic: Mosaic, store_dir: Path) -> dict[
             row: dict[str, Any] = {"query": phrase_for(c), "cells": mosaic.cells[c],
                                    "relevant_windows": sum(window_share(mosaic.labels, w, ci) > 0.5 for w in windows)}
             for mode, rerank in (("coarse", False), ("ftf", True)):
-                hits = searcher.search(phrase_for(c), k=50, recall_k=RECALL_K_MOSAIC, rerank=rerank)
+                hits = searcher.search(phrase_for(c), k=50, recall_k=RECALL_K_MOSAIC, rerank=rerank).results
                 rel = [window_share(mosaic.labels, h.window, ci) > 0.5 for h in hits]
                 row[f"{mode}_p10"] = float(np.mean(rel[:10]) * 100)
                 row[f"{mode}_p50"] = float(np.mean(rel[:50]) * 100)
