@@ -1,4 +1,4 @@
-"""``python -m bench query|ingest|scene|remote|examples|workers|report``: see BENCHMARKS.md for the commands and the results."""
+"""``python -m bench query|ingest|scene|remote|examples|generalise|workers|report``: see BENCHMARKS.md for the commands and the results."""
 
 from __future__ import annotations
 
@@ -55,6 +55,10 @@ def main(argv: list[str] | None = None) -> int:
     ex.add_argument("--threads", type=int, default=1, help="torch threads for the latency part")
     ex.add_argument("--encode-threads", type=int, default=0, help="torch threads for encoding the labelled images (0: torch's default)")
     ex.add_argument("--out-dir", type=Path, default=Path("bench/results"))
+    gen = sub.add_parser("generalise", help="scene words (mAP by class phrase) and things inside a mosaic scene (P@10/50), per model")
+    gen.add_argument("--model", action="append", default=None,
+                     help="model name or directory, repeatable (default: the shipped default)")
+    gen.add_argument("--json", type=Path, default=None, help="default: bench/results/generalise.json")
     from bench.workers import add_parser as add_workers
 
     add_workers(sub)
@@ -96,6 +100,10 @@ def main(argv: list[str] | None = None) -> int:
                 model=args.model, threads=args.threads, encode_threads=args.encode_threads, out_dir=args.out_dir,
             )
         )
+    if args.cmd == "generalise":
+        from bench.generalise import main as generalise_main
+
+        return generalise_main(args.model or [None], args.json)
     if args.cmd == "report":
         from bench.report import main as report_main
 

@@ -5,6 +5,11 @@ every image is an image->text query that hits when any of its captions is in the
 in both directions and mR (the mean of the six), in percent. FTF reranks the top ``recall_k``
 coarse candidates with :func:`ftfsearch.rerank.bti` (for image->text the candidates are captions,
 each scored against the image's regions); ranks beyond K keep the coarse order.
+
+Tied scores are real here (UCM test: 1,050 captions, 377 distinct strings), so a rank taken from
+``topk`` would depend on the order ties come out in. R@K is instead the expectation over a uniformly
+random order of tied items (:func:`hit_chances`), which is deterministic; the strict variant, which
+counts no tie against the positive, is reported beside it.
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -77,6 +82,10 @@ class EvalReport:
     rerank: RerankParams
     coarse: RetrievalMetrics
     ftf: RetrievalMetrics
+    strict_coarse: RetrievalMetrics
+    """``coarse`` with no tie counted against the positive."""
+    strict_ftf: RetrievalMetrics
+    """``ftf`` with no tie counted against the positive."""
     recall_ceiling: dict[str, float]
     images_per_s: float
     queries_per_s: float
@@ -95,6 +104,7 @@ class EvalReport:
             "rerank": asdict(self.rerank),
             "coarse": self.coarse.to_dict(),
             "ftf": self.ftf.to_dict(),
+            "strict": {"coarse": self.strict_coarse.to_dict(), "ftf": self.strict_ftf.to_dict()},
             "recall_ceiling": {k: round(v, 2) for k, v in self.recall_ceiling.items()},
             "images_per_s": round(self.images_per_s, 1),
             "queries_per_s": round(self.queries_per_s, 1),
@@ -104,7 +114,11 @@ class EvalReport:
 
 
 def encode_split(encoder: Encoder, split: CaptionSplit, pixels: np.ndarray, batch_size: int = 128) -> Embeddings:
-    """Encode all images (uint8 ``[N, H, W, 3]``) and captions of a split, timing each side."""
+    """Encode all images (uint8 ``[N, H, W, 3]``) and captions of a split, timing each side.
+
+    Each distinct caption is encoded once, so identical captions get identical vectors whatever
+    batch they would have fallen in (their scores then tie exactly; see :func:`hit_chances`).
+    """
     t0 = time.perf_counter()
     gs, rs = [], []
     for start in range(0, len(pixels), batch_size):
@@ -112,7 +126,8 @@ def encode_split(encoder: Encoder, split: CaptionSplit, pixels: np.ndarray, batc
         gs.append(g)
         rs.append(r)
     t1 = time.perf_counter()
-    text = encoder.encode_text(split.captions)
+    distinct, back = np.unique(np.asarray(split.captions, dtype=object), return_inverse=True)
+    text = encoder.encode_text([str(c) for c in distinct])[torch.from_numpy(back.reshape(-1))]
     t2 = time.perf_counter()
     return Embeddings(
         coarse=torch.cat(gs).float(), regions=torch.cat(rs).float(), text=text.float(),
@@ -125,74 +140,158 @@ def _pct(hits: torch.Tensor) -> float:
 
 
 def recalls(ranked_hits: torch.Tensor) -> Recalls:
-    """R@1/5/10 of ``ranked_hits [Q, >=10]`` (bool: whether the item at each rank is a positive)."""
+    """R@1/5/10 of ``ranked_hits [Q, >=10]`` (bool: whether the item at each rank is a positive).
+
+    Counts ranks as given, so tied scores count in whatever order they were sorted; ``ftfsearch eval``
+    scores with :func:`hit_chances` instead.
+    """
     return Recalls(*(round(_pct(ranked_hits[:, :k].any(dim=1)), 2) for k in KS))
+
+
+def hit_chances(
+    scores: torch.Tensor, positive: torch.Tensor, ks: tuple[int, ...] = KS, tier: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Chance of a hit at each K, ``[Q, len(ks)]``: expected over a random order of ties, and strict.
+
+    Items are ranked by ``(tier, scores)``, both descending (``tier`` puts reranked candidates above
+    the coarse tail; none means one tier). A query hits at K when any of its ``positive`` items is in
+    the top K. Let the best positive be the one with the highest key, ``g`` the items strictly above
+    it (all negatives), and ``p`` positives and ``n`` negatives exactly tied with it. With the tied
+    block in a uniformly random order, the hit chance is that one of the ``p`` lands in the block's
+    first ``r = K - g`` places: 0 for r <= 0, 1 for r > n, else ``1 - C(n, r) / C(n + p, r)``
+    (computed with log-gamma; one positive gives ``r / (n + 1)``). Positives below the tied block
+    cannot change it: if none of the block's first r is positive the top K is full of negatives.
+    Strict counts no tie against the positive: a hit when ``g < K``. Without ties both are the
+    plain rank. A query without positives never hits.
+    """
+    s = scores.double()
+    t = torch.zeros_like(s) if tier is None else tier.double()
+    pos = positive.bool()
+    has = pos.any(dim=1)
+    low = torch.tensor(float("-inf"), dtype=torch.float64)
+    t_best = torch.where(pos, t, low).amax(dim=1, keepdim=True)
+    s_best = torch.where(pos & (t == t_best), s, low).amax(dim=1, keepdim=True)
+    above = (t > t_best) | ((t == t_best) & (s > s_best))
+    tied = (t == t_best) & (s == s_best)
+    g = above.sum(dim=1).double()
+    p = (tied & pos).sum(dim=1).double()
+    n = (tied & ~pos).sum(dim=1).double()
+    expected, strict = [], []
+    for k in ks:
+        r = k - g
+        rc = r.clamp(min=0.0).minimum(n)  # in range for the log-gamma terms; the masks below decide the rest
+        miss = torch.exp(torch.lgamma(n + 1) - torch.lgamma(n - rc + 1) - torch.lgamma(n + p + 1) + torch.lgamma(n + p - rc + 1))
+        chance = torch.where(r <= 0, 0.0, torch.where(r > n, 1.0, 1.0 - miss))
+        expected.append(torch.where(has, chance, 0.0))
+        strict.append((has & (g < k)).double())
+    return torch.stack(expected, dim=1), torch.stack(strict, dim=1)
+
+
+def _recalls(chances: torch.Tensor) -> Recalls:
+    """R@1/5/10 in percent from per-query hit chances ``[Q, 3]``."""
+    return Recalls(*(round(float(chances[:, i].mean().item()) * 100.0, 2) for i in range(len(KS))))
 
 
 @dataclass(frozen=True)
 class Scores:
-    """What :func:`score` measures on one set of embeddings."""
+    """What :func:`score` measures on one set of embeddings (one dataset's split)."""
 
     coarse: RetrievalMetrics
-    """Coarse recall alone."""
+    """Coarse recall alone, expected over a random order of tied scores."""
     ftf: RetrievalMetrics
-    """Coarse recall of ``recall_k`` candidates, then the BTI rerank."""
+    """Coarse recall of ``recall_k`` candidates, then the BTI rerank; ties as in ``coarse``."""
     recall_ceiling: dict[str, float]
     """Percent of queries (``t2i``, ``i2t``) with a positive among the ``recall_k`` candidates."""
     search_seconds: float
     """Time spent on text->image search and rerank."""
+    strict_coarse: RetrievalMetrics
+    """``coarse`` with no tie counted against the positive (an upper bound of any tie order)."""
+    strict_ftf: RetrievalMetrics
+    """``ftf`` with no tie counted against the positive."""
+
+
+def _unique_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Distinct rows of ``x`` (flattened past dim 0) and the index of each row's copy, so equal inputs
+    are scored once and tie exactly."""
+    uniq, inverse = torch.unique(x.reshape(x.shape[0], -1), dim=0, return_inverse=True)
+    first = torch.full((uniq.shape[0],), x.shape[0], dtype=torch.long).scatter_reduce(
+        0, inverse, torch.arange(x.shape[0]), reduce="amin")
+    return first, inverse
+
+
+def _candidates(sims: torch.Tensor, k: int) -> torch.Tensor:
+    """``[Q, M]`` bool: the top ``k`` by score, with every item tied at the k-th score (a tie is never
+    split between the rerank and the tail, so which tied item is reranked cannot matter)."""
+    kth = sims.topk(min(k, sims.shape[1]), dim=1).values[:, -1:]
+    return sims >= kth
+
+
+def _rerank_keys(
+    sims: torch.Tensor, cand: torch.Tensor, item_inv: torch.Tensor, fine: Callable[[int, torch.Tensor], torch.Tensor],
+) -> torch.Tensor:
+    """The coarse scores with each query's candidates replaced by their fine scores.
+
+    ``item_inv`` maps each item to its distinct vector; ``fine(query, distinct_ids)`` scores distinct
+    vectors once, so copies of one vector get the same score (a tie, not float noise).
+    """
+    keys = sims.clone()
+    for i in range(sims.shape[0]):
+        c = cand[i].nonzero().squeeze(1)
+        distinct, back = torch.unique(item_inv[c], return_inverse=True)
+        keys[i, c] = fine(i, distinct).to(keys.dtype)[back]
+    return keys
 
 
 def score(emb: Embeddings, recall_k: int, params: RerankParams) -> Scores:
-    """Coarse and FTF metrics of both directions, the recall ceiling at K, and the t2i search time."""
-    n, q = emb.coarse.shape[0], emb.text.shape[0]
-    k_img = min(recall_k, n)
-    k_txt = min(recall_k, q)
-    top = max(KS)
+    """Coarse and FTF metrics of both directions (expected over tie orders, and strict), the recall
+    ceiling at K, and the t2i search time.
+
+    Identical text vectors (identical captions) and identical images are scored once, so their
+    scores tie exactly. FTF ranks the candidates (:func:`_candidates`) by the BTI score above the
+    rest by coarse score; ties in either part are scored by :func:`hit_chances` alike.
+    """
+    n = emb.coarse.shape[0]
     owner = emb.owner
+    img_first, img_inv = _unique_rows(torch.cat([emb.coarse.unsqueeze(1), emb.regions], dim=1))
+    txt_first, txt_inv = _unique_rows(emb.text)
+    coarse_u, regions_u, text_u = emb.coarse[img_first], emb.regions[img_first], emb.text[txt_first]
+    sims_u = text_u @ coarse_u.T  # [distinct texts, distinct images]
+    tau, alpha, balanced = params.tau, params.alpha, params.balanced
 
-    # text -> image
+    # text -> image (queries: distinct texts; items: every image)
     t0 = time.perf_counter()
-    sims = emb.text @ emb.coarse.T  # [Q, N]
-    ranked = sims.topk(min(max(k_img, top), n), dim=1).indices  # coarse ranks, at least 10 deep
-    cand = ranked[:, :k_img]  # [Q, K]
-    reranked = ranked.clone()
-    for i in range(q):
-        c = cand[i]
-        s = bti(emb.text[i], emb.coarse[c], emb.regions[c], params.tau, params.alpha, params.balanced).scores[0]
-        reranked[i, :k_img] = c[s.argsort(descending=True)]
+    sims_t2i = sims_u[:, img_inv]
+    cand = _candidates(sims_t2i, recall_k)
+    keys = _rerank_keys(sims_t2i, cand, img_inv, lambda i, u: bti(
+        text_u[i], coarse_u[u], regions_u[u], tau, alpha, balanced).scores[0])
     t2i_seconds = time.perf_counter() - t0
-    own = owner.unsqueeze(1)
-    coarse_t2i = recalls(_pad(ranked == own, top))
-    ftf_t2i = recalls(_pad(reranked == own, top))
-    ceiling_t2i = _pct((cand == own).any(dim=1))
+    pos = owner.unsqueeze(1) == torch.arange(n).unsqueeze(0)  # [captions, images]
+    q_rows = txt_inv  # each caption is a query; its row of scores is its distinct text's
+    coarse_t2i = hit_chances(sims_t2i[q_rows], pos)
+    ftf_t2i = hit_chances(keys[q_rows], pos, tier=cand[q_rows])
+    ceiling_t2i = _pct((cand[q_rows] & pos).any(dim=1))
 
-    # image -> text
-    sims_t = sims.T  # [N, Q]
-    ranked_t = sims_t.topk(min(max(k_txt, top), q), dim=1).indices
-    cand_t = ranked_t[:, :k_txt]  # [N, K]
-    reranked_t = ranked_t.clone()
-    for j in range(n):
-        c = cand_t[j]
-        s = bti(emb.text[c], emb.coarse[j:j + 1], emb.regions[j:j + 1], params.tau, params.alpha, params.balanced).scores[:, 0]
-        reranked_t[j, :k_txt] = c[s.argsort(descending=True)]
-    img_ids = torch.arange(n).unsqueeze(1)
-    coarse_i2t = recalls(_pad(owner[ranked_t] == img_ids, top))
-    ftf_i2t = recalls(_pad(owner[reranked_t] == img_ids, top))
-    ceiling_i2t = _pct((owner[cand_t] == img_ids).any(dim=1))
+    # image -> text (queries: distinct images; items: every caption)
+    sims_i2t = sims_u.T[:, txt_inv]
+    cand_t = _candidates(sims_i2t, recall_k)
+    keys_t = _rerank_keys(sims_i2t, cand_t, txt_inv, lambda j, u: bti(
+        text_u[u], coarse_u[j:j + 1], regions_u[j:j + 1], tau, alpha, balanced).scores[:, 0])
+    pos_t = pos.T  # [images, captions]
+    coarse_i2t = hit_chances(sims_i2t[img_inv], pos_t)
+    ftf_i2t = hit_chances(keys_t[img_inv], pos_t, tier=cand_t[img_inv])
+    ceiling_i2t = _pct((cand_t[img_inv] & pos_t).any(dim=1))
+
+    def metrics(t2i: torch.Tensor, i2t: torch.Tensor) -> RetrievalMetrics:
+        return RetrievalMetrics(_recalls(t2i), _recalls(i2t))
+
     return Scores(
-        coarse=RetrievalMetrics(coarse_t2i, coarse_i2t),
-        ftf=RetrievalMetrics(ftf_t2i, ftf_i2t),
+        coarse=metrics(coarse_t2i[0], coarse_i2t[0]),
+        ftf=metrics(ftf_t2i[0], ftf_i2t[0]),
         recall_ceiling={"t2i": ceiling_t2i, "i2t": ceiling_i2t},
         search_seconds=t2i_seconds,
+        strict_coarse=metrics(coarse_t2i[1], coarse_i2t[1]),
+        strict_ftf=metrics(ftf_t2i[1], ftf_i2t[1]),
     )
-
-
-def _pad(hits: torch.Tensor, width: int) -> torch.Tensor:
-    """Right-pad rank hits with False so R@10 is defined on sets of fewer than 10 items."""
-    if hits.shape[1] >= width:
-        return hits
-    return torch.cat([hits, torch.zeros(hits.shape[0], width - hits.shape[1], dtype=torch.bool)], dim=1)
 
 
 def evaluate(
@@ -233,6 +332,7 @@ def evaluate(
     return EvalReport(
         dataset=part.name, split=part.split, model_id=encoder.id, num_images=n, num_captions=q,
         recall_k=recall_k, rerank=params, coarse=scores.coarse, ftf=scores.ftf, recall_ceiling=scores.recall_ceiling,
+        strict_coarse=scores.strict_coarse, strict_ftf=scores.strict_ftf,
         images_per_s=n / max(emb.image_seconds, 1e-9),
         queries_per_s=q / max(emb.text_seconds + scores.search_seconds, 1e-9), ablation=variants,
     )
@@ -243,7 +343,8 @@ def format_report(report: EvalReport) -> str:
     head = (f"{report.dataset} {report.split}: {report.num_images} images, {report.num_captions} captions, "
             f"model {report.model_id}, K={report.recall_k}, tau={report.rerank.tau:g}, "
             f"alpha={report.rerank.alpha:g}{'' if report.rerank.balanced else ', unbalanced'}")
-    rows = [("coarse", report.coarse), ("FTF", report.ftf), *report.ablation.items()]
+    rows = [("coarse", report.coarse), ("FTF", report.ftf), ("coarse, strict", report.strict_coarse),
+            ("FTF, strict", report.strict_ftf), *report.ablation.items()]
     width = max(len(name) for name, _ in rows)
     cols = f"{'':{width}} | {'t2i R@1':>7} {'R@5':>6} {'R@10':>6} | {'i2t R@1':>7} {'R@5':>6} {'R@10':>6} | {'mR':>6}"
     lines = [head, cols, "-" * len(cols)]
@@ -252,6 +353,7 @@ def format_report(report: EvalReport) -> str:
             f"{name:{width}} | {m.t2i.r1:7.2f} {m.t2i.r5:6.2f} {m.t2i.r10:6.2f} | "
             f"{m.i2t.r1:7.2f} {m.i2t.r5:6.2f} {m.i2t.r10:6.2f} | {m.mR:6.2f}"
         )
+    lines.append("R@K: expected over a random order of tied scores; strict: no tie counted against the positive")
     lines.append(
         f"recall ceiling at K: t2i {report.recall_ceiling['t2i']:.1f}%, i2t {report.recall_ceiling['i2t']:.1f}%; "
         f"throughput: {report.images_per_s:.0f} images/s, {report.queries_per_s:.0f} queries/s"

@@ -659,7 +659,10 @@ class TrainTexts:
 
 def build_texts(parts: list[CaptionSplit]) -> TrainTexts:
     """Distinct texts and per-image ownership of the training images of ``parts``, in order."""
-    from ftfsearch.training.prompts import prompts_for
+    from ftfsearch.training.prompts import has_phrase, prompts_for
+
+    def prompts(label: str | None) -> list[str]:
+        return prompts_for(label) if label and has_phrase(label) else []
 
     images = [im for p in parts for im in p.images]
     ids: dict[str, int] = {}
@@ -667,15 +670,15 @@ def build_texts(parts: list[CaptionSplit]) -> TrainTexts:
         for c in im.captions:
             ids.setdefault(c, len(ids))
     for im in images:
-        for t in prompts_for(im.label):
+        for t in prompts(im.label):
             ids.setdefault(t, len(ids))
     captions = [np.asarray([ids[c] for c in im.captions], dtype=np.int64) for im in images]
-    prompts = [np.asarray([ids[t] for t in prompts_for(im.label)], dtype=np.int64) for im in images]
-    owned_lists = [np.unique(np.concatenate([c, q])) for c, q in zip(captions, prompts)]
+    prompt_ids = [np.asarray([ids[t] for t in prompts(im.label)], dtype=np.int64) for im in images]
+    owned_lists = [np.unique(np.concatenate([c, q])) for c, q in zip(captions, prompt_ids)]
     owned = np.full((len(images), max(len(o) for o in owned_lists)), -1, dtype=np.int64)
     for i, o in enumerate(owned_lists):
         owned[i, :len(o)] = o
-    return TrainTexts(list(ids), captions, prompts, owned)
+    return TrainTexts(list(ids), captions, prompt_ids, owned)
 
 
 def _steps_per_epoch(config: TrainConfig, n: int) -> int:
