@@ -40,7 +40,8 @@ from ftfsearch.errors import (
 from ftfsearch.model.base import Encoder
 from ftfsearch.store.base import SceneRecord, SourceFailure, Store
 from ftfsearch.raster import is_url
-from ingest.pipeline import IngestOptions, Progress, SceneSummary, collection_meta, ingest_scene, scene_error
+from ftfsearch.collection import collection_meta
+from ingest.pipeline import IngestOptions, Progress, SceneSummary, ingest_scene, scene_error
 from ingest.scenes import default_scene_id, expand_paths, fingerprint
 
 log = logging.getLogger(__name__)

@@ -25,7 +25,7 @@ from rasterio.errors import RasterioError
 
 from ftfsearch.errors import BadInput
 from ftfsearch.model.base import Encoder
-from ftfsearch.search import collection_meta
+from ftfsearch.collection import collection_meta
 from ftfsearch.store.base import SceneRecord, Store, TileBatch
 from ftfsearch.store.schema import tile_point_id
 from ftfsearch.times import iso_utc, parse_time
