@@ -396,18 +396,23 @@ def test_an_item_collection_is_one_scene_per_item(tmp_path: Path) -> None:
 def test_stac_items_and_an_item_collection_in_a_from_list(tmp_path: Path, tiny_clip_dir: Path) -> None:
     env = env_for(tmp_path, tiny_clip_dir)
     s2 = s2_item_dir(tmp_path / "s2")
-    item_collection(tmp_path / "list" / "search.json", [item("rgb-a", {"visual": {"href": str(RGB)}}),
-                                                       item("rgb-b", {"visual": {"href": str(RGB)}}, when=None)])
+    other, plain = RGB.parent / "rgb1.tif", RGB.parent / "world.rgb.tif"  # each raster once: one scene per file
+    item_collection(tmp_path / "list" / "search.json", [
+        item("rgb-a", {"visual": {"href": str(RGB)}}),
+        item("rgb-b", {"visual": {"href": str(other)}}, when=None, start_datetime="2020-01-02T00:00:00Z",
+             end_datetime="2020-01-03T00:00:00Z"),
+    ])
     listing = tmp_path / "list" / "sources.txt"
-    listing.write_text(f"{s2}\nsearch.json\n{RGB}\n")
+    listing.write_text(f"{s2}\nsearch.json\n{plain}\n")
     done = run("ingest", "--from", str(listing), *TILING, "--json", env=env)
     assert done.returncode == 0, done.stderr
     summaries = {s["scene_id"]: s for s in json.loads(done.stdout)["scenes"]}
-    assert set(summaries) == {"S2_casablanca", "rgb-a", "rgb-b", "RGB.byte"}
-    assert summaries["rgb-a"]["tiles"] == summaries["RGB.byte"]["tiles"] == RGB_TILES
+    assert set(summaries) == {"S2_casablanca", "rgb-a", "rgb-b", "world.rgb"}
+    assert summaries["rgb-a"]["tiles"] == RGB_TILES
     rows = {r["scene_id"]: r for r in json.loads(run("scenes", "--json", env=env).stdout)}
     assert rows["S2_casablanca"]["acquired"] == "2023-04-26T10:50:31Z" and rows["rgb-a"]["stac"]["item"] == "rgb-a"
-    assert "acquired" not in rows["rgb-b"] and rows["rgb-b"]["stac"]["href"].endswith("search.json#rgb-b")
+    assert rows["rgb-b"]["acquired"] == "2020-01-02T00:00:00Z" and rows["rgb-b"]["stac"]["href"].endswith("search.json#rgb-b")
+    assert "stac" not in rows["world.rgb"]
     status = run("batch", "status", "--from", str(listing), "--json", env=env)
     assert status.returncode == 0, status.stdout + status.stderr
     assert json.loads(status.stdout)["counts"]["complete"] == 4
