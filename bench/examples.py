@@ -54,7 +54,7 @@ from ftfsearch.search import Searcher
 from ftfsearch.store.base import QueryFilter, Store, TileBatch
 from ftfsearch.store.edge import EdgeStore
 from ftfsearch.store.schema import tile_point_id
-from ingest.pipeline import collection_meta
+from ftfsearch.collection import collection_meta
 
 log = logging.getLogger("bench.examples")
 

@@ -224,7 +224,8 @@ def mode_naive(args: argparse.Namespace, scene: Path, root: Path) -> dict[str, A
     from PIL import Image
 
     from ftfsearch.store.base import TileBatch
-    from ingest.pipeline import collection_meta, tile_payload, window_id
+    from ftfsearch.collection import collection_meta
+    from ingest.pipeline import tile_payload, window_id
     from ingest.scenes import fingerprint
     from ingest.tiling import SceneReader, TilingSpec
 

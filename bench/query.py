@@ -40,8 +40,8 @@ from ftfsearch.store.base import Store, TileBatch
 from ftfsearch.store.edge import EdgeStore
 from ftfsearch.store.server import ServerStore
 from ftfsearch.store.schema import tile_point_id
-from ftfsearch.store.vector_cache import VectorCache
-from ingest.pipeline import collection_meta
+from ftfsearch.vector_cache import VectorCache
+from ftfsearch.collection import collection_meta
 from ingest.tiling import SceneReader, TilingSpec
 
 log = logging.getLogger("bench.query")

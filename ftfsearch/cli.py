@@ -285,7 +285,7 @@ def ingest(
         from ftfsearch.commands.batch import list_sources
 
         _check_list_flags(paths, stack, scene_id, assets, limit)
-        sources, part = list_sources(from_list, shard)
+        sources, part = list_sources(from_list, shard, settings.resolved_stack_dir)
     elif shard is not None:
         from ftfsearch.errors import BadInput
 
@@ -422,7 +422,7 @@ def batch_status_cmd(
     from ingest.batch import STATES
 
     settings = _settings(store_dir=store, qdrant_url=qdrant_url, collection=collection)
-    sources, part = list_sources(from_list, shard)
+    sources, part = list_sources(from_list, shard, settings.resolved_stack_dir)
     status = list_status(settings, sources)
     counts = status.counts
     if as_json:

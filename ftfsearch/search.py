@@ -19,8 +19,9 @@ from ftfsearch.model.base import Encoder
 from ftfsearch.model.regions import region_in_window
 from ftfsearch.examples import ExampleRef, resolve
 from ftfsearch.rerank import bti_fused
-from ftfsearch.store.base import Candidates, CollectionMeta, QueryFilter, Store, average_vector, check_bbox, check_meta
-from ftfsearch.store.vector_cache import VectorCache
+from ftfsearch.collection import collection_meta
+from ftfsearch.store.base import Candidates, QueryFilter, Store, average_vector, check_bbox, check_meta
+from ftfsearch.vector_cache import VectorCache
 from ftfsearch.times import check_range, parse_time
 
 log = logging.getLogger(__name__)
@@ -194,13 +195,6 @@ def parse_bbox(value: str | None) -> tuple[float, float, float, float] | None:
     return check_bbox(numbers, shown=str(value))
 
 
-def collection_meta(encoder: Encoder) -> CollectionMeta:
-    """What a collection filled by ``encoder`` records (and what a query with it must find)."""
-    return CollectionMeta(
-        model_id=encoder.id, dim=encoder.dim, num_regions=encoder.num_regions, region_layout=encoder.region_layout
-    )
-
-
 def check_model(store: Store, encoder: Encoder) -> None:
     """Refuse to query a collection filled by another model: the same rule as ingest's
     (:func:`~ftfsearch.store.base.check_meta`)."""
@@ -220,7 +214,7 @@ class Searcher:
     """Answers text queries over one store with one encoder (checked against the collection once).
 
     With ``vector_cache_bytes`` > 0 the searcher keeps the vectors and payloads of tiles it has
-    seen (:class:`~ftfsearch.store.vector_cache.VectorCache`): the recall then asks only for ids,
+    seen (:class:`~ftfsearch.vector_cache.VectorCache`): the recall then asks only for ids,
     scores and versions, and unseen tiles are fetched in one more request, with their payloads,
     so the winners need no request of their own. A one-shot query (the CLI) passes 0: candidates
     and vectors in one call, then the k winners' payloads. Both give the same results.

@@ -40,8 +40,10 @@ from ftfsearch.errors import (
 from ftfsearch.model.base import Encoder
 from ftfsearch.store.base import SceneRecord, SourceFailure, Store
 from ftfsearch.raster import is_url
-from ingest.pipeline import IngestOptions, Progress, SceneSummary, collection_meta, ingest_scene, scene_error
-from ingest.scenes import default_scene_id, expand_paths, fingerprint
+from ftfsearch.collection import collection_meta
+from ingest.pipeline import IngestOptions, Progress, SceneSummary, ingest_one, scene_error
+from ingest.scenes import default_scene_id, expand_paths, fingerprint, is_stac
+from ingest.stac import StacScene
 
 log = logging.getLogger(__name__)
 
@@ -92,13 +94,15 @@ class Source:
     """What the partition hashes: ``key`` relative to the list's directory when under it."""
     line: int
     """Line of the list it came from (1-based)."""
-    path: Path | str | None = None
-    """The raster file (a path, or an http(s) URL as a string), when the entry named one."""
+    path: Path | str | StacScene | None = None
+    """The raster file (a path, or an http(s) URL as a string) or the STAC item, when the entry named one."""
     problem: str | None = None
     """Why the entry cannot be ingested, found while expanding it (matches nothing, a URL)."""
 
     @property
     def scene_id(self) -> str | None:
+        if isinstance(self.path, StacScene):
+            return self.path.scene_id
         return default_scene_id(self.path) if self.path is not None else None
 
 
@@ -132,17 +136,21 @@ def _name(path: Path, base: Path) -> str:
         return path.as_posix()
 
 
-def expand_list(list_path: str | Path) -> list[Source]:
+def expand_list(list_path: str | Path, stack_dir: Path | None = None) -> list[Source]:
     """The sources of a list file, in list order, each raster once (first mention wins).
 
     An entry that names nothing usable becomes one :class:`Source` carrying the problem, so the
-    worker that owns it records the failure and ``batch_status`` reports it.
+    worker that owns it records the failure and ``batch_status`` reports it. A STAC item, catalog,
+    collection or ItemCollection (``.json``) is one source per item (band stacks under ``stack_dir``).
     """
     p = Path(list_path).expanduser()
     entries = read_list(p)
     base = p.resolve().parent
     out: dict[str, Source] = {}
     for number, entry in entries:
+        if is_stac(entry):
+            _add_stac(out, entry if is_url(entry) else str(_absolute(entry, base)), number, base, stack_dir)
+            continue
         if is_url(entry):  # read in place through /vsicurl/
             out.setdefault(entry, Source(key=entry, name=entry, line=number, path=entry))
             continue
@@ -166,6 +174,28 @@ def expand_list(list_path: str | Path) -> list[Source]:
         for f in files:
             out.setdefault(str(f), Source(key=str(f), name=_name(Path(f), base), line=number, path=f))
     return list(out.values())
+
+
+def _absolute(entry: str, base: Path) -> Path:
+    target = Path(entry).expanduser()
+    return target if target.is_absolute() else base / target
+
+
+def _add_stac(out: dict[str, Source], entry: str, number: int, base: Path, stack_dir: Path | None) -> None:
+    """The items of a STAC entry, each a source keyed by its href; a STAC file that cannot be read
+    is one failed source."""
+    from ingest.stac import read_stac
+
+    try:
+        scenes = read_stac(entry, stack_dir or base)
+    except BadInput as exc:
+        out.setdefault(entry, Source(key=entry, name=entry, line=number, problem=f"line {number}: {exc.message}"))
+        return
+    for scene in scenes:
+        name = scene.href if is_url(scene.href) else _name(Path(scene.href.partition("#")[0]), base) + (
+            "#" + scene.href.partition("#")[2] if "#" in scene.href else "")
+        out.setdefault(scene.href, Source(key=scene.href, name=name, line=number, path=scene,
+                                          problem=scene.error))
 
 
 def _rank(source: Source) -> tuple[str, str]:
@@ -252,7 +282,7 @@ def ingest_sources(
             if source.problem is not None:
                 raise BadInput(source.problem)
             assert source.path is not None
-            outcome.summary = ingest_scene(source.path, encoder, store, options, progress)
+            outcome.summary = ingest_one(source.path, encoder, store, options, progress)
             if outcome.summary.state != "complete":
                 outcome.error = f"{source.key}: {outcome.summary.tiles_in_store} tiles stored, fewer than expected"
         except FATAL:
@@ -313,7 +343,10 @@ class BatchStatus:
 
 
 def _same_scene(record: SceneRecord, source: Source) -> bool:
-    """Whether ``record`` is this source's scene: same path, or (a copy) the same content."""
+    """Whether ``record`` is this source's scene: same path (a STAC item: same item href), or (a
+    copy) the same content."""
+    if isinstance(source.path, StacScene):
+        return (record.extra.get("stac") or {}).get("href") == source.key
     if record.path == source.key:
         return True
     try:

@@ -25,7 +25,7 @@ from rasterio.errors import RasterioError
 
 from ftfsearch.errors import BadInput
 from ftfsearch.model.base import Encoder
-from ftfsearch.search import collection_meta
+from ftfsearch.collection import collection_meta
 from ftfsearch.store.base import SceneRecord, Store, TileBatch
 from ftfsearch.store.schema import tile_point_id
 from ftfsearch.times import iso_utc, parse_time
@@ -541,6 +541,16 @@ class IngestFailure:
     """Why, its parameters marked as in :mod:`ftfsearch.errors` (the CLI names them as flags)."""
 
 
+def ingest_one(path: Path | str | StacScene, encoder: Encoder, store: Store, options: IngestOptions,
+               progress: Progress | None = None) -> SceneSummary:
+    """One source as one scene: a raster file or URL, or a STAC item (its raster, id, time and properties)."""
+    if isinstance(path, StacScene):
+        raster, fp = path.source()
+        return ingest_scene(raster, encoder, store, options, progress, scene_id=options.scene_id or path.scene_id,
+                            acquired=path.acquired, stac=path.properties, fp=fp)
+    return ingest_scene(path, encoder, store, options, progress)
+
+
 def ingest_paths(
     paths: Sequence[Path | str | StacScene],
     encoder: Encoder,
@@ -558,13 +568,7 @@ def ingest_paths(
     failed: list[IngestFailure] = []
     for path in paths:
         try:
-            if isinstance(path, StacScene):
-                raster, fp = path.source()
-                summary = ingest_scene(raster, encoder, store, options, progress,
-                                       scene_id=options.scene_id or path.scene_id, acquired=path.acquired,
-                                       stac=path.properties, fp=fp)
-            else:
-                summary = ingest_scene(path, encoder, store, options, progress)
+            summary = ingest_one(path, encoder, store, options, progress)
         except (BadInput, RasterioError) as raised:
             exc = scene_error(path, raised) or BadInput(str(raised))
             failure = IngestFailure(str(path), exc.message)

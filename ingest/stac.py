@@ -24,7 +24,7 @@ file does, when the pipeline reaches it.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -124,10 +124,36 @@ def read_stac(href: str, stack_dir: Path, assets: tuple[str, ...] | None = None,
     d = _read_json(reader, href)
     if d.get("type") == "Feature":
         return [_item_scene(reader, href, d, stack_dir, assets)]
+    if d.get("type") == "FeatureCollection":
+        return _item_collection(reader, href, d, stack_dir, assets, limit)
     root = _stac_object(reader, href, d)
     if not isinstance(root, pystac.Catalog):
         raise BadInput(f"{href}: not a STAC item, catalog or collection; {_WHAT_TO_GIVE}")
     return _Walk(reader, stack_dir, assets, limit).run(root, href)
+
+
+def _item_collection(reader: StacReader, href: str, d: dict[str, Any], stack_dir: Path,
+                     assets: tuple[str, ...] | None, limit: int | None) -> list[StacScene]:
+    """The items of an ItemCollection (a saved STAC API search): each item is its ``self`` link,
+    else ``<file>#<item id>``; its relative asset hrefs resolve against the file."""
+    features = d.get("features")
+    if not isinstance(features, list):
+        raise BadInput(f"{href}: a FeatureCollection without a features list; {_WHAT_TO_GIVE}")
+    scenes: list[StacScene] = []
+    for i, feature in enumerate(features[:limit] if limit is not None else features):
+        if not isinstance(feature, dict) or feature.get("type") != "Feature":
+            raise BadInput(f"{href}: feature {i} is not a STAC item; {_WHAT_TO_GIVE}")
+        own = next((str(link.get("href")) for link in feature.get("links") or []
+                    if isinstance(link, dict) and link.get("rel") == "self" and link.get("href")), None)
+        name = f"{href}#{feature.get('id', i)}"
+        try:
+            scene = _item_scene(reader, own or href, feature, stack_dir, assets)
+        except BadInput as exc:  # this item fails alone, when the pipeline reaches it
+            scenes.append(StacScene(href=own or name, scene_id=safe_id(str(feature.get("id") or i)),
+                                    stack_dir=str(stack_dir), error=exc.message))
+            continue
+        scenes.append(scene if own else replace(scene, href=name, properties={**scene.properties, "href": name}))
+    return scenes
 
 
 class _Walk:

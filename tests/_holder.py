@@ -58,7 +58,7 @@ def start_serve(procs: Procs, store: Path, model: Path, env: dict[str, str], log
     proc = procs.start([ftfsearch_command(), "serve", "--store", str(store), "--model", str(model), "--device", "cpu",
                         "--port", str(port)], env, log=log)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 300  # a serve's start (imports, model) takes minutes on a loaded 2-core machine
     holder = store / ".tiles.holder.json"
     while time.monotonic() < deadline:
         assert proc.poll() is None, log.read_text()

@@ -57,7 +57,7 @@ def demo_store(tmp_path_factory: pytest.TempPathFactory) -> DemoStore:
         return result
     shutil.rmtree(root, ignore_errors=True)
     root.mkdir(parents=True)
-    from ftfsearch.model.tiny import build_tiny_clip
+    from _tiny import build_tiny_clip
 
     build_tiny_clip(result.model_dir)
     env = {**os.environ, "FTF_CONFIG": str(root / "no-config.toml")}

@@ -80,6 +80,6 @@ def store(request: pytest.FixtureRequest, store_tmp: Path) -> Iterator[Store]:
 @pytest.fixture(scope="session")
 def tiny_clip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random CLIP saved like a user's model, loaded through the same code path."""
-    from ftfsearch.model.tiny import build_tiny_clip
+    from _tiny import build_tiny_clip
 
     return build_tiny_clip(tmp_path_factory.mktemp("models") / "tiny-clip")

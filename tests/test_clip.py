@@ -17,7 +17,7 @@ from ftfsearch.model.base import Encoder, RerankParams
 from ftfsearch.model.clip import ClipEncoder
 from ftfsearch.model.regions import box_pooling_matrix
 from ftfsearch.model.loading import load_encoder
-from ftfsearch.model.tiny import build_tiny_clip
+from _tiny import build_tiny_clip
 
 pytestmark = pytest.mark.usefixtures("shared_data")
 RSICD = SHARED_DATA / "rsicd"

@@ -90,7 +90,7 @@ class Recorder:
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from ftfsearch.model.tiny import build_tiny_clip
+    from _tiny import build_tiny_clip
 
     for scene in SCENES:
         if not scene.is_file():
@@ -174,30 +174,36 @@ def refusals(commands: Commands) -> list[tuple[str, str]]:
 def test_every_command_answers_the_same_here_and_through_the_holder(
     tmp_path: Path, procs: Procs, model_dir: Path
 ) -> None:
+    """One store: every command here first, then the same requests through a serve holding it."""
+    (tmp_path / "missing.tif").write_bytes(b"not a raster")
     ingest = IngestRequest(sources=SCENES + (tmp_path / "missing.tif",), tiling=TilingSpec(tile_size=64, levels=(1, 2)),
                            batch_size=8)
-    (tmp_path / "missing.tif").write_bytes(b"not a raster")
-    store_a, store_b = tmp_path / "a", tmp_path / "b"
+    store = tmp_path / "store"
+    dropped = DropRequest(scene_id=SCENES[0].stem)
 
-    # ingest: here into A, through the holder into B; the same scenes, failures and progress
-    here_a = LocalCommands.from_settings(settings_of(store_a, model_dir))
+    # here: ingest, read, push, refuse; then drop a scene and ingest again (one scene anew, one resumed)
+    here = LocalCommands.from_settings(settings_of(store, model_dir))
+    first = here.ingest(ingest, Recorder())
+    assert [s.state for s in first.scenes] == ["complete", "complete"] and len(first.failed) == 1
+    requests = search_requests(here)
+    local = outcomes(here, requests, tmp_path / "pushed-here")
+    refused_here = refusals(here)
+    dropped_here = here.drop(dropped)
     told_here = Recorder()
-    done_here = here_a.ingest(ingest, told_here)
-    serve, there = held(procs, store_b, model_dir, tmp_path)
-    told_there = Recorder()
-    done_there = there.ingest(ingest, told_there)
-    assert [s.state for s in done_here.scenes] == ["complete", "complete"] and len(done_here.failed) == 1
-    same(done_here, done_there, "ingest")
-    same(told_here.told(), told_there.told(), "ingest events")
-    assert len([e for e in told_here.events if e[0] == "advance"]) > 2
+    again_here = here.ingest(ingest, told_here)
+    assert dropped_here.removed > 0 and again_here.scenes[0].written == dropped_here.removed
+    assert again_here.scenes[1].written == 0 and len([e for e in told_here.events if e[0] == "advance"]) > 1
 
-    # search, scenes, info, push: through the holder of B, then here on B once it is released
-    requests = search_requests(here_a)
+    # through the holder of the same store (as it is again after the re-ingest): the same answers
+    serve, there = held(procs, store, model_dir, tmp_path)
     through = outcomes(there, requests, tmp_path / "pushed-there")
-    refused_through = refusals(there)
+    same(refusals(there), refused_here, "refusals")
+    dropped_there = there.drop(dropped)
+    told_there = Recorder()
+    again_there = there.ingest(ingest, told_there)
+    after_there = there.scenes(ScenesRequest())
     stop(serve)
-    here_b = LocalCommands.from_settings(settings_of(store_b, model_dir))
-    local = outcomes(here_b, requests, tmp_path / "pushed-here")
+
     assert len(local["search"][0].results) == 10 and local["search"][4].results == []
     assert local["search"][2].bands and not local["search"][0].bands
     same(local["search"], through["search"], "search")
@@ -205,13 +211,7 @@ def test_every_command_answers_the_same_here_and_through_the_holder(
     same(local["info"], through["info"], "info")
     same(local["push"], through["push"], "push", frozenset(TIMES | {"target"}))
     assert local["push"].target_tiles == local["info"]["tiles"] > 0
-    same(refusals(here_b), refused_through, "refusals")
-
-    # drop: here on B, through the holder of A (the same scenes)
-    dropped_here = here_b.drop(DropRequest(scene_id=SCENES[0].stem))
-    serve, there_a = held(procs, store_a, model_dir, tmp_path)
-    dropped_there = there_a.drop(DropRequest(scene_id=SCENES[0].stem))
-    assert dropped_here.removed > 0
     same(dropped_here, dropped_there, "drop")
-    same(here_b.scenes(ScenesRequest()), there_a.scenes(ScenesRequest()), "scenes after drop")
-    stop(serve)
+    same(again_here, again_there, "ingest")
+    same(told_here.told(), told_there.told(), "ingest events")
+    same(here.scenes(ScenesRequest()), after_there, "scenes after the ingest")

@@ -28,7 +28,7 @@ TILING = ["--tile-size", "64", "--levels", "1", "--batch-size", "8"]
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from ftfsearch.model.tiny import build_tiny_clip
+    from _tiny import build_tiny_clip
 
     if not SCENE.is_file():
         pytest.fail(f"real test data missing: {SCENE}")

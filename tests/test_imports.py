@@ -190,3 +190,75 @@ def test_every_module_imports_first_on_its_own() -> None:
                           timeout=300, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads(proc.stdout.splitlines()[-1]) == {}
+
+
+# -- the layers (../shared/DESIGN.md, "Layers"): which room may use which -------------------------
+
+
+def _all_import_statements(tree: ast.Module) -> Iterator[ast.Import | ast.ImportFrom]:
+    """Every import of a module, function bodies included: a layer rule is about what a module
+    uses at all, not only at import time (``TYPE_CHECKING`` imports too: they name a dependency)."""
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            yield node
+
+
+def uses_graph(modules: dict[str, Path]) -> dict[str, set[str]]:
+    """module -> the project modules it imports anywhere (absolute imports; the packages use no relative ones)."""
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        edges: set[str] = set()
+        for node in _all_import_statements(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                targets = [alias.name for alias in node.names]
+            else:
+                assert not node.level, f"{name}: relative import"
+                base = node.module or ""
+                targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in modules else base for a in node.names]
+            edges.update(t for t in (_resolve(t, modules) for t in targets) if t is not None and t != name)
+        graph[name] = edges
+    return graph
+
+
+def _under(module: str, *packages: str) -> bool:
+    return any(module == p or module.startswith(p + ".") for p in packages)
+
+
+READ_PATH = ("ftfsearch.search", "ftfsearch.examples", "ftfsearch.chips", "ftfsearch.export", "ftfsearch.labels")
+SURFACES = ("ftfsearch.cli", "ftfsearch.web")
+LAYER_RULES: list[tuple[str, tuple[str, ...], tuple[str, ...], tuple[str, ...]]] = [
+    # (rule, modules under these packages, except these, must not use these)
+    ("ingest never imports search (the write path never imports the read path)", ("ingest",), (), READ_PATH),
+    ("the library never imports the CLI or web", ("ftfsearch", "ingest"), SURFACES, SURFACES),
+    ("the runtime never imports training", ("ftfsearch", "ingest"), ("ftfsearch.training", "ftfsearch.cli"),
+     ("ftfsearch.training",)),
+    ("model, store and rerank know nothing of each other", ("ftfsearch.model",), (), ("ftfsearch.store", "ftfsearch.rerank")),
+    ("model, store and rerank know nothing of each other", ("ftfsearch.store",), (), ("ftfsearch.model", "ftfsearch.rerank")),
+    ("model, store and rerank know nothing of each other", ("ftfsearch.rerank",), (), ("ftfsearch.model", "ftfsearch.store")),
+    ("the read and write paths never reach up to the commands", ("ingest", *READ_PATH), (), ("ftfsearch.commands",)),
+]
+
+
+def layer_violations(graph: dict[str, set[str]]) -> list[str]:
+    found = []
+    for rule, packages, exempt, forbidden in LAYER_RULES:
+        for module, uses in sorted(graph.items()):
+            if _under(module, *packages) and not _under(module, *exempt):
+                found += [f"{rule}: {module} imports {used}" for used in sorted(uses) if _under(used, *forbidden)]
+    return found
+
+
+def test_the_layers_point_down() -> None:
+    modules = project_modules(REPO, ("ftfsearch", "ingest"))
+    graph = uses_graph(modules)
+    assert "ftfsearch.model.loading" in graph["ftfsearch.commands.local"]  # a function-level import is seen
+    assert not layer_violations(graph), "\n".join(layer_violations(graph))
+
+
+def test_the_layer_check_finds_a_backward_import() -> None:
+    graph = {"ingest.pipeline": {"ftfsearch.search"}, "ftfsearch.search": {"ftfsearch.web.app"},
+             "ftfsearch.web.app": {"ftfsearch.search"}, "ftfsearch.cli": {"ftfsearch.web.app"}}
+    assert layer_violations(graph) == [
+        "ingest never imports search (the write path never imports the read path): ingest.pipeline imports ftfsearch.search",
+        "the library never imports the CLI or web: ftfsearch.search imports ftfsearch.web.app",
+    ]

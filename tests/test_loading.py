@@ -18,7 +18,7 @@ from ftfsearch.model.base import Encoder
 from ftfsearch.model.clip import ClipEncoder
 from ftfsearch.model.loading import load_encoder
 from ftfsearch.model.sources import locate_model, resolve_device
-from ftfsearch.model.tiny import build_tiny_clip
+from _tiny import build_tiny_clip
 
 RSICD = SHARED_DATA / "rsicd"
 

@@ -96,7 +96,7 @@ class _FailingStore:
 
 def test_interrupted_ingest_resumes_to_the_same_tiles(store, encoder):
     options = IngestOptions(spec=SPEC, batch_size=4, readers=2)
-    from ingest.pipeline import collection_meta
+    from ftfsearch.collection import collection_meta
 
     store.ensure_collection(collection_meta(encoder))
     with pytest.raises(KeyboardInterrupt):
@@ -117,7 +117,7 @@ def test_interrupted_ingest_resumes_to_the_same_tiles(store, encoder):
 
 
 def test_other_model_is_refused(store, encoder, tmp_path):
-    from ftfsearch.model.tiny import build_tiny_clip
+    from _tiny import build_tiny_clip
 
     ingest_paths([SCENE], encoder, store, IngestOptions(spec=TilingSpec(levels=(2,))))
     other = load_encoder(str(build_tiny_clip(tmp_path / "other", seed=1)), device="cpu")

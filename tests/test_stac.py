@@ -369,3 +369,52 @@ def test_stac_json_over_http_is_retried_like_gdal_reads(monkeypatch: pytest.Monk
         server.shutdown()
         server.server_close()
         thread.join(timeout=10)
+
+
+def item_collection(path: Path, items: Sequence[dict[str, Any]]) -> Path:
+    """A saved STAC API search: ``{"type": "FeatureCollection", "features": [items...]}``."""
+    return write(path, {"type": "FeatureCollection", "features": list(items)})
+
+
+def test_an_item_collection_is_one_scene_per_item(tmp_path: Path) -> None:
+    shutil.copy(RGB, tmp_path / "rgb.tif")
+    found = item_collection(tmp_path / "search.json", [
+        item("first", {"visual": {"href": "rgb.tif"}}),  # relative: against the file
+        {**item("second", {"visual": {"href": str(RGB)}}), "links": [{"rel": "self", "href": str(tmp_path / "2.json")}]},
+        item("third", {"nir": {"href": str(RGB)}}),  # no RGB asset: this item alone fails
+    ])
+    first, second, third = read_stac(str(found), tmp_path / "stacks")
+    assert first.href == f"{found}#first" and first.scene_id == "first" and first.properties["href"] == first.href
+    assert first.assets == (("visual", str(tmp_path / "rgb.tif")),)
+    assert second.href == str(tmp_path / "2.json") and second.assets == (("visual", str(RGB)),)
+    assert third.error is not None and "third" in third.href
+    assert [s.scene_id for s in read_stac(str(found), tmp_path / "stacks", limit=2)] == ["first", "second"]
+    with pytest.raises(BadInput, match="feature 0 is not a STAC item"):
+        read_stac(str(item_collection(tmp_path / "bad.json", [{"type": "Polygon"}])), tmp_path / "stacks")
+
+
+def test_stac_items_and_an_item_collection_in_a_from_list(tmp_path: Path, tiny_clip_dir: Path) -> None:
+    env = env_for(tmp_path, tiny_clip_dir)
+    s2 = s2_item_dir(tmp_path / "s2")
+    other, plain = RGB.parent / "rgb1.tif", RGB.parent / "world.rgb.tif"  # each raster once: one scene per file
+    item_collection(tmp_path / "list" / "search.json", [
+        item("rgb-a", {"visual": {"href": str(RGB)}}),
+        item("rgb-b", {"visual": {"href": str(other)}}, when=None, start_datetime="2020-01-02T00:00:00Z",
+             end_datetime="2020-01-03T00:00:00Z"),
+    ])
+    listing = tmp_path / "list" / "sources.txt"
+    listing.write_text(f"{s2}\nsearch.json\n{plain}\n")
+    done = run("ingest", "--from", str(listing), *TILING, "--json", env=env)
+    assert done.returncode == 0, done.stderr
+    summaries = {s["scene_id"]: s for s in json.loads(done.stdout)["scenes"]}
+    assert set(summaries) == {"S2_casablanca", "rgb-a", "rgb-b", "world.rgb"}
+    assert summaries["rgb-a"]["tiles"] == RGB_TILES
+    rows = {r["scene_id"]: r for r in json.loads(run("scenes", "--json", env=env).stdout)}
+    assert rows["S2_casablanca"]["acquired"] == "2023-04-26T10:50:31Z" and rows["rgb-a"]["stac"]["item"] == "rgb-a"
+    assert rows["rgb-b"]["acquired"] == "2020-01-02T00:00:00Z" and rows["rgb-b"]["stac"]["href"].endswith("search.json#rgb-b")
+    assert "stac" not in rows["world.rgb"]
+    status = run("batch", "status", "--from", str(listing), "--json", env=env)
+    assert status.returncode == 0, status.stdout + status.stderr
+    assert json.loads(status.stdout)["counts"]["complete"] == 4
+    again = run("ingest", "--from", str(listing), *TILING, "--json", env=env)  # the same items: nothing new
+    assert again.returncode == 0 and all(s["written"] == 0 for s in json.loads(again.stdout)["scenes"])

@@ -122,7 +122,7 @@ def test_resume_without_checkpoint_is_bad_input(tmp_path: Path) -> None:
 
 def test_finetune_tiny_clip_base(tmp_path: Path) -> None:
     from ftfsearch.model.loading import load_encoder
-    from ftfsearch.model.tiny import build_tiny_clip
+    from _tiny import build_tiny_clip
 
     base = build_tiny_clip(tmp_path / "clip")
     cfg = _config(tmp_path, "ft", 1, base=str(base))

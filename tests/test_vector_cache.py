@@ -13,7 +13,7 @@ from ftfsearch.model.loading import load_encoder
 from ftfsearch.search import Searcher
 from ftfsearch.store import Store
 from ftfsearch.store.base import TileBatch
-from ftfsearch.store.vector_cache import PAYLOAD_BYTES, VectorCache
+from ftfsearch.vector_cache import PAYLOAD_BYTES, VectorCache
 from ingest.pipeline import IngestOptions, ingest_paths
 from ingest.tiling import TilingSpec
 

@@ -11,12 +11,12 @@ from ftfsearch.config import Settings
 from ftfsearch.errors import StoreLocked
 
 
-def list_sources(list_path: Path, shard: str | None) -> tuple[list[Any], Any]:
+def list_sources(list_path: Path, shard: str | None, stack_dir: Path | None = None) -> tuple[list[Any], Any]:
     """The sources of ``--from`` (``--shard``'s part of them when given), and that part."""
     from ingest.batch import Shard, expand_list, partition
 
     part = Shard.parse(shard) if shard is not None else None
-    sources = expand_list(list_path)
+    sources = expand_list(list_path, stack_dir)
     return (partition(sources, part) if part is not None else sources), part
 
 
