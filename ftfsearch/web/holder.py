@@ -222,6 +222,7 @@ class Holder:
                               "cancel that ingest or wait for it, then drop")
         return self.commands.drop(request)
 
+
 def holder_of(request: Request) -> Holder:
     return request.app.state.holder
 
