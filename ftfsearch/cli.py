@@ -30,6 +30,7 @@ from typer.models import OptionInfo
 
 from ftfsearch.config import Settings, load_settings
 from ftfsearch.errors import FtfError, in_api_words, render
+from ftfsearch.keys import DEFAULT_RATE_LIMIT, KEYS_ENV
 from ftfsearch.model.families import FAMILIES
 from ftfsearch.net import LOOPBACK_HOSTS, LOOPBACK_IP
 
@@ -114,6 +115,8 @@ UrlOpt = typer.Option(None, "--qdrant-url", help="Qdrant server URL (env QDRANT_
 CollectionOpt = typer.Option(None, "--collection", help="Tiles collection name (env FTF_COLLECTION; default tiles).")
 ModelOpt = typer.Option(None, "--model", help="Model name or directory (env FTF_MODEL; default: the shipped model).")
 DeviceOpt = typer.Option(None, "--device", help="auto, cpu or cuda (env FTF_DEVICE).")
+KeysOpt = typer.Option(None, "--keys", envvar=KEYS_ENV,
+                       help=f"API keys file (env {KEYS_ENV}; 'ftfsearch keys add' makes it): every request needs a key.")
 
 
 def _settings(**flags: Any) -> Settings:
@@ -819,22 +822,37 @@ def serve(
     collection: Optional[str] = CollectionOpt,
     model: Optional[str] = ModelOpt,
     device: Optional[str] = DeviceOpt,
+    keys: Optional[Path] = KeysOpt,
+    insecure_no_auth: bool = typer.Option(
+        False, "--insecure-no-auth", help="Serve a non-loopback --host without --keys: anyone on the network reads and writes."
+    ),
+    rate_limit: str = typer.Option(DEFAULT_RATE_LIMIT, "--rate-limit", envvar="FTF_RATE_LIMIT",
+                                   help="Requests per key with --keys, e.g. 1200/minute or 20/second;600/minute."),
+    root_path: str = typer.Option("", "--root-path", envvar="FTF_ROOT_PATH",
+                                  help="The path prefix a reverse proxy serves this under, e.g. /ftfsearch."),
 ) -> None:
     """Serve the HTTP API (/api/search, /api/scenes, /api/info, chips) and the map page at /."""
     from ftfsearch.errors import BadInput, CollectionNotFound
+    from ftfsearch.keys import parse_rate_limit, read_keys
 
     for option, value in (("--chip-cache-mb", chip_cache_mb), ("--vector-cache-mb", vector_cache_mb)):
         if value < 0:
             raise BadInput(f"{option} {value}: must be 0 or more")
     settings = _settings(store_dir=store, qdrant_url=qdrant_url, collection=collection, model=model, device=device)
+    if keys is not None:
+        read_keys(keys)  # a missing or broken file: one line now, not at the first request
+        parse_rate_limit(rate_limit)
+    elif host not in LOOPBACK_HOSTS and not insecure_no_auth:
+        raise BadInput(f"--host {host}: without --keys the server has no authentication and binds loopback only; "
+                       "make keys with 'ftfsearch keys add' and pass --keys, or say --insecure-no-auth")
     if host not in LOOPBACK_HOSTS:
-        err.print(
-            Text(
-                f"warning: --host {host} makes the search, the scene file paths and their pixels reachable from "
-                "the network without authentication; bind 127.0.0.1 (the default) unless that is intended"
-            ),
-            highlight=False,
-        )
+        err.print(Text(
+            f"warning: --host {host} " + ("answers in plain HTTP: put a TLS proxy in front (README: Serving a team)"
+                                          if keys is not None else "makes the search, the scene file paths and their "
+                                          "pixels reachable from the network without authentication")
+        ), highlight=False)
+    if root_path and (not root_path.startswith("/") or root_path.endswith("/")):
+        raise BadInput(f"--root-path {root_path}: a path like /ftfsearch (a leading slash, none at the end)")
     _check_port_free(host, port)  # before the slow imports and the model load
     _single_thread_queries()
 
@@ -849,8 +867,12 @@ def serve(
         chip_cache_bytes=chip_cache_mb << 20,
         preview_cache_bytes=chip_cache_mb << 20,
         vector_cache_bytes=vector_cache_mb << 20,
+        keys_file=keys,
+        rate_limit=rate_limit,
     )
-    resources = Resources.open(settings, options, writable=not settings.qdrant_url)
+    logging.getLogger("ftfsearch.audit").setLevel(logging.INFO)  # every write, in the server log
+    # a Qdrant server's store is opened writable only where keys decide who writes
+    resources = Resources.open(settings, options, writable=not settings.qdrant_url or keys is not None)
     if not settings.qdrant_url:
         # The embedded store is ours alone: the other commands of this user work through us.
         from ftfsearch.web.holder import Holder
@@ -876,9 +898,54 @@ def serve(
         create_app(settings, options, resources),
         host=host,
         port=port,
+        root_path=root_path,
         log_level="info" if verbose else "warning",
         access_log=verbose,
     )
+
+
+# keys --------------------------------------------------------------------------------------------
+keys_app = typer.Typer(help="API keys of 'serve --keys': named, each with a role (read or write), stored hashed.")
+app.add_typer(keys_app, name="keys")
+KeysRequired = typer.Option(..., "--keys", envvar=KEYS_ENV, help=f"The keys file (env {KEYS_ENV}).")
+
+
+@keys_app.command("add")
+@handles_errors
+def keys_add(
+    name: str = typer.Argument(..., help="Who the key is for (letters, digits, _ . @ -)."),
+    role: str = typer.Option("read", "--role", help="read: search, chips, scenes, labels; write: also drop."),
+    keys: Path = KeysRequired,
+) -> None:
+    """Make a key; it is printed once, alone on the last line, and stored only as a hash."""
+    from ftfsearch.keys import add_key
+
+    key = add_key(keys, name, role)
+    err.print(f"key {name!r} ({role}) added to {keys}; give it to its user now, it is not shown again:",
+              highlight=False)
+    print(key)
+
+
+@keys_app.command("list")
+@handles_errors
+def keys_list(keys: Path = KeysRequired) -> None:
+    """The keys' names, roles and when they were made (never the keys)."""
+    from ftfsearch.keys import read_keys
+
+    table = Table("name", "role", "created")
+    for e in read_keys(keys):
+        table.add_row(e.name, e.role, e.created)
+    out.print(table)
+
+
+@keys_app.command("rm")
+@handles_errors
+def keys_rm(name: str = typer.Argument(..., help="The key to revoke."), keys: Path = KeysRequired) -> None:
+    """Revoke a key: a running 'serve --keys' refuses it within a few seconds."""
+    from ftfsearch.keys import remove_key
+
+    remove_key(keys, name)
+    err.print(f"key {name!r} removed from {keys}", highlight=False)
 
 
 # train, eval -------------------------------------------------------------------------------------

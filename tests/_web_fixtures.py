@@ -88,10 +88,12 @@ def http_get(url: str, timeout: float = 30.0) -> tuple[int, bytes]:
 
 @contextmanager
 def running_serve(
-    command: list[str], env: dict[str, str], log: Path, timeout: float, cwd: Path | None = None
+    command: list[str], env: dict[str, str], log: Path, timeout: float, cwd: Path | None = None,
+    ready: int = 200,
 ) -> Iterator[tuple[subprocess.Popen[str], str]]:
     """``command`` (an ``ftfsearch serve`` without ``--port``) on a free loopback port, until its
-    API answers; yields the process and its URL, and stops it (SIGINT, then kill) on exit."""
+    API answers (``ready``: 401 for a server with keys); yields the process and its URL, and stops
+    it (SIGINT, then kill) on exit."""
     port = free_port()
     with open(log, "w") as fh:
         proc = subprocess.Popen([*command, "--port", str(port)], stdout=fh, stderr=subprocess.STDOUT, text=True,
@@ -103,7 +105,7 @@ def running_serve(
             if proc.poll() is not None:
                 pytest.fail(f"ftfsearch serve exited with {proc.returncode}: {log.read_text()[-2000:]}")
             try:
-                if http_get(url + "/api/info", timeout=2)[0] == 200:
+                if http_get(url + "/api/info", timeout=2)[0] == ready:
                     break
             except OSError:
                 pass

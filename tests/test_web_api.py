@@ -82,7 +82,7 @@ def test_search_has_the_query_json_fields_plus_chip_url(client: TestClient) -> N
             assert hit[key] == value, key
         assert hit["footprint"] == result.footprint and hit["footprint"][0] == hit["footprint"][-1]
         assert hit["region_index"] == result.region_index is not None
-        assert hit["chip_url"] == f"http://testserver/api/tiles/{hit['id']}/chip.png?region={hit['region_index']}"
+        assert hit["chip_url"] == f"/api/tiles/{hit['id']}/chip.png?region={hit['region_index']}"
 
 
 def test_a_query_json_record_names_its_region_for_like_region(client: TestClient) -> None:

@@ -22,7 +22,9 @@ from pathlib import Path
 
 import pytest
 
+from _prefix_proxy import PrefixProxy
 from _web_fixtures import DemoStore, demo_store, ftfsearch_command, http_get, running_serve
+from ftfsearch.keys import add_key
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_FLAGS = [
@@ -69,7 +71,7 @@ def test_serve_listens_on_loopback_by_default(server: Server) -> None:
 
 def test_public_host_warns_and_a_busy_port_is_one_line(server: Server) -> None:
     proc = subprocess.run(
-        [ftfsearch_command(), "serve", "--host", "0.0.0.0", "--port", str(server.port),
+        [ftfsearch_command(), "serve", "--host", "0.0.0.0", "--port", str(server.port), "--insecure-no-auth",
          "--store", str(server.demo.store_dir), "--model", str(server.demo.model_dir)],
         capture_output=True, text=True, timeout=120,
     )
@@ -318,3 +320,83 @@ def test_marks_refine_export_and_reimport_in_chromium(server: Server, browser: o
     assert page.locator(".mark").count() == 2
     assert all("400" in p for p in problems), problems  # only the browser's note of that 400
     page.close()
+
+
+# -- serve --keys behind a reverse proxy under a path prefix ------------------------------------
+
+
+@dataclass
+class KeyedServer:
+    url: str
+    """The page's URL through the proxy (http://127.0.0.1:P/ftf/)."""
+    key: str
+
+
+@pytest.fixture(scope="module")
+def keyed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KeyedServer]:
+    """``serve --keys --root-path /ftf`` on a copy of the demo store, behind a proxy that serves it
+    under /ftf/ as the README's Caddy and nginx snippets do."""
+    demo = demo_store(tmp_path_factory)
+    root = tmp_path_factory.mktemp("serve-keyed")
+    shutil.copytree(demo.store_dir, root / "store")  # the other server of this module holds the demo store
+    keys_file = root / "keys.json"
+    key = add_key(keys_file, "analyst", "read")
+    env = {**os.environ, "FTF_CONFIG": str(root / "none.toml")}
+    env.pop("FTF_BASEMAP_URL", None)
+    command = [ftfsearch_command(), "serve", "--store", str(root / "store"), "--model", str(demo.model_dir),
+               "--device", "cpu", "--keys", str(keys_file), "--root-path", "/ftf"]
+    with running_serve(command, env, root / "serve.log", timeout=600, ready=401) as (_, url):
+        with PrefixProxy(url, "/ftf") as proxy:
+            yield KeyedServer(proxy.url, key)
+
+
+def test_the_page_asks_for_a_key_once_per_tab_behind_a_prefix_proxy(keyed: KeyedServer, browser: object) -> None:
+    context = browser.new_context(viewport={"width": 1400, "height": 860})  # type: ignore[attr-defined]
+    page = context.new_page()
+    problems: list[str] = []
+    requests: list[str] = []
+    page.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
+    page.on("console", lambda msg: problems.append(f"console: {msg.text}") if msg.type == "error" else None)
+    page.on("request", lambda req: requests.append(req.url))
+
+    page.goto(keyed.url)
+    page.wait_for_selector("#login:not([hidden])", timeout=30_000)
+    assert "API key is required" in page.inner_text("#login-msg")
+    page.fill("#api-key", "ftf_not-a-key")
+    page.press("#api-key", "Enter")
+    page.wait_for_function("document.getElementById('login-msg').textContent.includes('refused')", timeout=30_000)
+    page.fill("#api-key", keyed.key)
+    page.click("#login-go")
+    page.wait_for_selector("body[data-ready='1']", timeout=30_000)
+    assert page.locator("#login").is_hidden() and "2 scenes" in page.inner_text("#store-info")
+    page.wait_for_function(
+        "[...document.querySelectorAll('img.scene-preview')].filter(i => i.complete && i.naturalWidth > 0).length == 2"
+    )
+    page.fill("#k", "6")
+    page.fill("#q", QUERY)
+    page.press("#q", "Enter")
+    page.wait_for_selector(".result", timeout=30_000)
+    page.wait_for_function("[...document.querySelectorAll('.result img')].every(i => i.complete && i.naturalWidth > 0)")
+    assert page.locator(".result").count() == 6
+    page.locator(".result").nth(0).click()
+    page.wait_for_function("document.getElementById('detail-chip').complete && "
+                           "document.getElementById('detail-chip').naturalWidth > 0")
+    assert page.evaluate("sessionStorage.getItem('ftfsearch-key')") == keyed.key
+
+    # The tab keeps the key: a reload asks for nothing.
+    page.reload()
+    page.wait_for_selector("body[data-ready='1']", timeout=30_000)
+    assert page.locator("#login").is_hidden() and "2 scenes" in page.inner_text("#store-info")
+    # Another tab asks again (sessionStorage is the tab's).
+    other = context.new_page()
+    other.goto(keyed.url)
+    other.wait_for_selector("#login:not([hidden])", timeout=30_000)
+    other.close()
+
+    origin = keyed.url[: -len("/ftf/")]
+    assert requests and all(u.startswith(keyed.url) or u.startswith(("blob:" + origin + "/", "data:"))
+                            for u in requests), [u for u in requests if not u.startswith(keyed.url)]
+    assert not any(keyed.key in u for u in requests)  # never in a URL
+    # the browser's notes of the 401s that asked for the key, nothing else
+    assert all("401" in p for p in problems), problems
+    context.close()

@@ -1,6 +1,7 @@
 """The endpoints under ``/api``: search (by text, example or a POSTed image), labels, scenes,
-info, chips and previews. Each takes the app's :class:`~ftfsearch.web.resources.Resources` as a
-dependency; searches and store reads hold its lock, chips and previews render outside it."""
+info, chips and previews, and dropping a scene (a write: :mod:`ftfsearch.web.auth` says who may).
+Each takes the app's :class:`~ftfsearch.web.resources.Resources` as a dependency; searches and store
+reads hold its lock, chips and previews render outside it."""
 
 from __future__ import annotations
 
@@ -15,10 +16,12 @@ from starlette.concurrency import run_in_threadpool
 
 from ftfsearch import __version__
 from ftfsearch.chips import MAX_CHIP_SIDE, ChipSpec, recorded_bands, region_footprints
+from ftfsearch.commands.requests import DropRequest
 from ftfsearch.errors import BadInput, SceneNotFound, SourceUnavailable
 from ftfsearch.examples import ExampleRef, image_ref, parse_ref
 from ftfsearch.labels import MAX_LABELS, LabelSet, labels_to_geojson, parse_labels
 from ftfsearch.search import MAX_K, MAX_QUERY_CHARS, MAX_RECALL_K
+from ftfsearch.web.auth import record_change
 from ftfsearch.web.resources import Resources, ServeOptions
 from ftfsearch.web.schemas import (
     ERROR_RESPONSES,
@@ -33,8 +36,6 @@ from ftfsearch.web.schemas import (
 
 log = logging.getLogger(__name__)
 
-MAX_IMAGE_BYTES = 32 << 20
-"""Largest POSTed image chip or labels file."""
 _UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 PNG_CACHE_HEADERS = {"Cache-Control": "private, max-age=3600"}
 
@@ -65,9 +66,15 @@ def check_tile_id(tile_id: str) -> str:
     return tile_id.lower()
 
 
+def path_for(request: Request, name: str, **params: str) -> str:
+    """A route's URL as a path with this server's root path and no host: right behind a reverse
+    proxy that serves it under a prefix (``serve --root-path``), whatever Host the proxy sends."""
+    return request.url_for(name, **params).path
+
+
 def chip_url(request: Request, tile_id: str, region: int | None) -> str:
     """Where the page gets a tile's chip, with region ``region`` outlined when one is given."""
-    chip = str(request.url_for("tile_chip", tile_id=tile_id))
+    chip = path_for(request, "tile_chip", tile_id=tile_id)
     return chip if region is None else f"{chip}?region={region}"
 
 
@@ -142,9 +149,7 @@ async def search_by_image(
 ) -> dict[str, Any]:
     """Search by a POSTed image chip (PNG, JPEG or GeoTIFF as the request body), with the
     same parameters as GET; the image is encoded with the collection's model."""
-    body = await request.body()
-    if len(body) > MAX_IMAGE_BYTES:
-        raise BadInput(f"image: {len(body)} bytes; send a chip of at most {MAX_IMAGE_BYTES >> 20} MB")
+    body = await request.body()  # at most auth.MAX_BODY_BYTES: the guard answers 413 past it
     param = ("unlike" if negative else "like") + ("_region" if region is not None else "")
     examples = [image_ref(body, param, "posted image", region)] + example_refs(params)
     return await run_in_threadpool(run_search, request, response, res, params, examples)
@@ -183,8 +188,6 @@ def labels_export(res: Res, body: LabelsRequest) -> JSONResponse:
 async def labels_import(request: Request, res: Res) -> dict[str, Any]:
     """Read a labels GeoJSON (the request body) back into marks, checked against the store."""
     raw = await request.body()
-    if len(raw) > MAX_IMAGE_BYTES:
-        raise BadInput(f"`labels`: {len(raw)} bytes; at most {MAX_IMAGE_BYTES >> 20} MB")
     try:
         data = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -223,7 +226,7 @@ def scenes(request: Request, res: Res, options: Options) -> dict[str, Any]:
         rows.append(SceneBody(
             scene_id=s.scene_id, path=s.path, state=s.state, tiles=counts[s.scene_id], crs=s.crs, bbox=s.bbox,
             footprint=s.footprint, acquired=s.extra.get("acquired"), stac=s.extra.get("stac"),
-            preview_url=None if bounds is None else str(request.url_for("scene_preview", scene_id=s.scene_id)),
+            preview_url=None if bounds is None else path_for(request, "scene_preview", scene_id=s.scene_id),
             preview_bounds=None if bounds is None else list(bounds),
         ))
     return {"scenes": rows}
@@ -298,3 +301,16 @@ def scene_preview(res: Res, options: Options, scene_id: str) -> Response:
     if preview is None:
         raise SceneNotFound(f"scene {scene_id!r}: has no CRS (or crosses the antimeridian): no map preview")
     return Response(preview.png, media_type="image/png", headers=PNG_CACHE_HEADERS)
+
+
+# -- writes --------------------------------------------------------------------------------------
+
+
+@router.delete("/scenes/{scene_id}")
+async def drop_scene_route(request: Request, res: Res, scene_id: str) -> dict[str, Any]:
+    """Remove a scene and its tiles from the collection, as ``ftfsearch drop`` does (write role)."""
+    drop = DropRequest(scene_id=scene_id)
+    # the holder (an embedded store) refuses a scene its ingest is writing; the commands do the drop
+    out = await run_in_threadpool(res.holder.drop if res.holder is not None else res.commands.drop, drop)
+    record_change(request, f"scene {scene_id[:200]!r} dropped, {out.removed} tiles removed")
+    return out.model_dump(mode="json")

@@ -26,7 +26,9 @@ from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
 from ftfsearch.config import Settings
+from ftfsearch.keys import KeyRing
 from ftfsearch.web import api
+from ftfsearch.web.auth import Guard, check_routes
 from ftfsearch.web.http_errors import install_error_handlers
 from ftfsearch.web.resources import Resources, ServeOptions
 
@@ -80,11 +82,15 @@ def create_app(
         redoc_url=None,
     )
     app.state.options = options
-    if options.cors_origins:
+    ring = None if options.keys_file is None else KeyRing(options.keys_file)
+    app.add_middleware(Guard, ring=ring, rate_limit=options.rate_limit)
+    if options.cors_origins:  # outside the guard: a preflight carries no key
         app.add_middleware(
-            CORSMiddleware, allow_origins=list(options.cors_origins), allow_methods=["GET", "POST"], allow_headers=["*"]
+            CORSMiddleware, allow_origins=list(options.cors_origins), allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=["Authorization", "X-API-Key", "Content-Type"],
         )
     install_error_handlers(app)
     app.include_router(api.router)
     _add_page(app)
+    check_routes(app.routes)
     return app

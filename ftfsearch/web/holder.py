@@ -29,6 +29,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from pydantic import TypeAdapter, ValidationError
 
 from ftfsearch.commands.requests import (
+    DropOutcome,
     DropRequest,
     InfoRequest,
     IngestRequest,
@@ -136,6 +137,7 @@ class Holder:
         self._server: Any = None
         self._thread: threading.Thread | None = None
         self.port = 0
+        resources.holder = self
 
     # -- lifecycle
 
@@ -210,6 +212,15 @@ class Holder:
 
         threading.Thread(target=run, name=f"ftf-ingest-{job.id}", daemon=True).start()
         return job
+
+    def drop(self, request: DropRequest) -> DropOutcome:
+        """Drop a scene (the CLI's drop through the holder and the API's DELETE), unless an ingest
+        here is writing it."""
+        running = self.running()
+        if running is not None and request.scene_id in running.scene_ids:
+            raise StoreLocked(f"scene {request.scene_id!r} is being ingested in the server (job {running.id}); "
+                              "cancel that ingest or wait for it, then drop")
+        return self.commands.drop(request)
 
 
 def holder_of(request: Request) -> Holder:
@@ -292,12 +303,7 @@ async def search(holder: HolderDep, body: Body) -> dict[str, Any]:
 
 @router.post("/drop")
 async def drop(holder: HolderDep, body: Body) -> dict[str, Any]:
-    request = DropRequest.model_validate(body)
-    running = holder.running()
-    if running is not None and request.scene_id in running.scene_ids:
-        raise StoreLocked(f"scene {request.scene_id!r} is being ingested in the server (job {running.id}); "
-                          "cancel that ingest or wait for it, then drop")
-    out = await run_in_threadpool(holder.commands.drop, request)
+    out = await run_in_threadpool(holder.drop, DropRequest.model_validate(body))
     return out.model_dump(mode="json")
 
 

@@ -8,12 +8,14 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 from ftfsearch.chips import PREVIEW_MAX_SIDE, ChipRenderer, LruCache, recorded_bands
 from ftfsearch.commands.local import LocalCommands
 from ftfsearch.config import Settings
 from ftfsearch.errors import TileNotFound
+from ftfsearch.keys import DEFAULT_RATE_LIMIT
 from ftfsearch.model.base import Encoder
 from ftfsearch.search import DEFAULT_VECTOR_CACHE_BYTES, Result, Searcher
 from ftfsearch.store.base import Store
@@ -36,6 +38,10 @@ class ServeOptions:
     preview_cache_bytes: int = 64 << 20
     vector_cache_bytes: int = DEFAULT_VECTOR_CACHE_BYTES
     preview_max_side: int = PREVIEW_MAX_SIDE
+    keys_file: Path | None = None
+    """The API keys (``ftfsearch keys``); None: no authentication, and ``serve`` binds loopback only."""
+    rate_limit: str = DEFAULT_RATE_LIMIT
+    """Requests per key, in ``limits`` notation (ftfsearch.web.auth)."""
 
 
 class LockedStore:
@@ -109,6 +115,8 @@ class Resources:
         self.lock = threading.Lock()
         """Serialises store and encoder calls."""
         self._searcher: Searcher | None = None
+        self.holder: Any = None
+        """The holder serving the other commands from this store (ftfsearch.web.holder), if any."""
         self.before_close: list[Callable[[], Any]] = []
         """Called first by close() (the holder stops its ingests while the store is still open)."""
         # Chips of the results just returned are what the page asks for next: their payloads are

@@ -9,7 +9,7 @@
   const $ = (id) => document.getElementById(id);
   const VIRIDIS = [[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98], [253, 231, 37]];
   const state = { map: null, results: [], layers: new Map(), resultGroup: null, selected: null, sceneBounds: null,
-    marks: [] };
+    marks: [], memoryKey: null, asking: null };
   const MARKS_KEY = "ftfsearch-marks";
 
   function colour(t) {
@@ -26,13 +26,73 @@
     el.classList.toggle("error", !!isError);
   }
 
+  // -- the API key (serve --keys): asked for once, kept for this tab only -----------------------
+  // URLs are relative to the page, so it works under a reverse proxy's path prefix.
+
+  const KEY = "ftfsearch-key";
+  const apiKey = () => { try { return sessionStorage.getItem(KEY) || state.memoryKey; } catch (e) { return state.memoryKey; } };
+  const withKey = (headers) => (apiKey() ? { ...headers, Authorization: `Bearer ${apiKey()}` } : headers);
+
+  // One prompt however many requests were refused at once; resolves when a key is entered.
+  function askKey(message) {
+    if (state.asking) return state.asking;
+    state.memoryKey = null;
+    try { sessionStorage.removeItem(KEY); } catch (e) { /* private mode */ }
+    $("login-msg").textContent = message;
+    $("login").hidden = false;
+    $("api-key").value = "";
+    $("api-key").focus();
+    state.asking = new Promise((resolve) => {
+      $("login").onsubmit = (ev) => {
+        ev.preventDefault();
+        const key = $("api-key").value.trim();
+        if (!key) return;
+        try { sessionStorage.setItem(KEY, key); } catch (e) { /* private mode: this page's life only */ }
+        state.memoryKey = key;
+        $("login").hidden = true;
+        state.asking = null;
+        resolve();
+      };
+    });
+    return state.asking;
+  }
+
+  // fetch with the key; a 401 asks for a key and tries again with it
+  async function authFetch(url, init) {
+    for (;;) {
+      const resp = await fetch(url, { ...(init || {}), headers: withKey((init || {}).headers || {}) });
+      if (resp.status !== 401) return resp;
+      let body = null;
+      try { body = await resp.json(); } catch (e) { /* not JSON */ }
+      await askKey(apiKey() ? "That key was refused (revoked or mistyped): enter a valid key." :
+        ((body && body.error) || "This server needs an API key."));
+    }
+  }
+
   async function getJSON(url, init) {
-    const resp = await fetch(url, { ...(init || {}), headers: { Accept: "application/json", ...((init || {}).headers || {}) } });
+    const resp = await authFetch(url, { ...(init || {}), headers: { Accept: "application/json", ...((init || {}).headers || {}) } });
     let body = null;
     try { body = await resp.json(); } catch (e) { /* not JSON */ }
     if (!resp.ok) throw new Error((body && body.error) || `${resp.status} ${resp.statusText}`);
     return body;
   }
+
+  // Images with a key cannot go through <img src> (no header): fetched, then shown as blob URLs,
+  // the last few hundred kept.
+  const blobs = new Map();
+  async function imageURL(url) {
+    if (!apiKey()) return url;
+    if (!blobs.has(url)) {
+      blobs.set(url, authFetch(url).then(async (resp) => (resp.ok ? URL.createObjectURL(await resp.blob()) : url)));
+      if (blobs.size > 400) {
+        const [oldest, made] = blobs.entries().next().value;
+        blobs.delete(oldest);
+        made.then((u) => { if (u.startsWith("blob:")) URL.revokeObjectURL(u); });
+      }
+    }
+    return blobs.get(url);
+  }
+  const showImage = (img, url) => { imageURL(url).then((u) => { img.src = u; }); };
 
   // Leaflet wants [lat, lon]; the API gives [lon, lat].
   const latlngs = (ring) => ring.map(([lon, lat]) => [lat, lon]);
@@ -69,8 +129,8 @@
       if (s.preview_url && s.preview_bounds) {
         const [w, so, e, n] = s.preview_bounds;
         const b = L.latLngBounds([so, w], [n, e]);
-        L.imageOverlay(s.preview_url, b, { opacity: 0.95, className: "scene-preview", alt: s.scene_id })
-          .addTo(state.previewGroup);
+        imageURL(s.preview_url).then((u) => L.imageOverlay(u, b, { opacity: 0.95, className: "scene-preview",
+          alt: s.scene_id }).addTo(state.previewGroup));
         all.extend(b);
       }
       if (s.footprint) {
@@ -138,7 +198,7 @@
       li.tabIndex = 0;
       const img = document.createElement("img");
       img.loading = "lazy";
-      img.src = r.chip_url;
+      showImage(img, r.chip_url);
       img.alt = `chip of result ${r.rank}`;
       const meta = document.createElement("div");
       meta.className = "meta";
@@ -209,7 +269,7 @@
       li.dataset.id = m.id;
       li.title = `${m.label}: ${m.scene_id || ""} ${m.id}`;
       const img = document.createElement("img");
-      img.src = m.chip_url;
+      showImage(img, m.chip_url);
       img.alt = `${m.label} mark`;
       const label = document.createElement("span");
       label.className = "mark-label";
@@ -277,7 +337,7 @@
     const body = JSON.stringify({ query: $("q").value.trim() || null,
       marks: state.marks.map((m) => ({ id: m.id, label: m.label, region: m.region })) });
     try {
-      const collection = await getJSON("/api/labels/export",
+      const collection = await getJSON("api/labels/export",
         { method: "POST", body, headers: { "Content-Type": "application/json" } });
       const blob = new Blob([JSON.stringify(collection, null, 1)], { type: "application/geo+json" });
       const a = document.createElement("a");
@@ -295,7 +355,7 @@
   async function importLabels(file) {
     try {
       const text = await file.text();
-      const body = await getJSON("/api/labels/import",
+      const body = await getJSON("api/labels/import",
         { method: "POST", body: text, headers: { "Content-Type": "application/geo+json" } });
       state.marks = body.marks.map((m) => ({ id: m.id, label: m.label, region: m.region,
         chip_url: m.chip_url.split("?")[0], scene_id: m.scene_id }));
@@ -345,7 +405,7 @@
 
     const url = new URL(r.chip_url, window.location.href);
     url.searchParams.set("size", "512");
-    $("detail-chip").src = url.toString();
+    showImage($("detail-chip"), url.toString());
     $("detail-title").textContent = `#${r.rank} · ${r.scene_id}`;
     const dl = $("detail-fields");
     dl.replaceChildren();
@@ -402,7 +462,7 @@
     setStatus("Searching…");
     const seq = (state.seq = (state.seq || 0) + 1);  // marks clicked in a row: the last search wins
     try {
-      const body = await getJSON(`/api/search?${params}`);
+      const body = await getJSON(`api/search?${params}`);
       if (seq === state.seq) renderResults(body);
     } catch (e) {
       if (seq === state.seq) { clearResults(); setStatus(e.message, true); }
@@ -429,7 +489,7 @@
     renderMarks();
     let info = {};
     try {
-      info = await getJSON("/api/info");
+      info = await getJSON("api/info");
     } catch (e) {
       setStatus(e.message, true);
     }
@@ -445,8 +505,8 @@
   // this server) both are refreshed every few seconds, so its new tiles and its state show.
   async function refreshStore(info) {
     try {
-      if (!info || !info.encoder) info = await getJSON("/api/info");
-      const scenes = (await getJSON("/api/scenes")).scenes;
+      if (!info || !info.encoder) info = await getJSON("api/info");
+      const scenes = (await getJSON("api/scenes")).scenes;
       const ingesting = scenes.filter((s) => s.state === "ingesting");
       let line = `${info.tiles} tiles · ${info.scenes} scenes · ${info.encoder.id}`;
       if (ingesting.length) {
