@@ -29,6 +29,7 @@ import os
 import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Iterator, Protocol
 
@@ -452,7 +453,7 @@ class _PretrainedTask:
                               seed=self.config.seed, blocks=self.first_block, size=self.image_size, bases=bases, aug=2)
         self.images_cache = ViewCache([
             load_or_build(self._cache_file(f"image-{image_key}-v{v}"), (len(pixels), self.record_size),
-                          lambda v=v: self._image_view(pixels, v, report))
+                          partial(self._image_view, pixels, v, report))
             for v in range(self.config.feature_views)
         ])
         ids, mask = self.tokenizer(self.captions)
@@ -463,7 +464,7 @@ class _PretrainedTask:
         for c, start in enumerate(range(0, len(self.captions), TEXT_CHUNK)):
             part_ids, part_mask = ids[start:start + TEXT_CHUNK], mask[start:start + TEXT_CHUNK]
             chunks.append(load_or_build(self._cache_file(f"text-{text_key}-c{c}"), (len(part_ids), ids.shape[1], width),
-                                        lambda i=part_ids, m=part_mask, s=start: self._text_chunk(i, m, report, s)))
+                                        partial(self._text_chunk, part_ids, part_mask, report, start)))
         self.text_states = ChunkedRows(chunks, TEXT_CHUNK)
         self.text_mask = mask.numpy().astype(np.uint8)
         self.model.train()
