@@ -169,7 +169,7 @@ def _train_config(run: Run, name: str, model: str | None, device: str, epochs: i
     return TrainConfig(
         data=[CAPTIONS], out=run.work / f"train-{name}", base=model, arch="pretrained", epochs=epochs,
         batch_size=8, lr=1e-3, warmup_steps=1, device=device, resume=resume, cache_dir=run.work / "cache",
-        max_steps_per_epoch=3, max_val_images=10, recall_k=5, taus=(0.05,), alphas=(0.5,), amp=True,
+        max_steps_per_epoch=3, max_val_images=10, recall_k=5, recall_ks=(5,), taus=(0.05,), alphas=(0.5,), amp=True,
         keep_checkpoint=True, num_threads=None,
     )
 
