@@ -283,11 +283,12 @@ def check_timings(run: Run, encoders: dict[str, Any], batch: int) -> None:
                 f"{dev:.1f} tiles/s on {run.device} vs {rates['cpu']:.1f} on cpu ({dev / rates['cpu']:.2f}x)",
                 tiles_per_s=rates)
     enc = encoders["ftf"]["cpu"]
-    stats = {where: _rerank_ms(where, enc) for where in ("cpu", str(run.device))}
+    pair = dict.fromkeys(("cpu", str(run.device)))  # once in a dry run
+    stats = {where: _rerank_ms(where, enc) for where in pair}
     run.add("rerank (BTI) of 100 candidates, ftf dims, p50",
             f"{stats[str(run.device)].p50:.3f} ms on {run.device} vs {stats['cpu'].p50:.3f} ms on cpu",
             rerank_ms={k: v.to_dict() for k, v in stats.items()})
-    shots = {where: _one_shot_ms(where) for where in ("cpu", str(run.device))}
+    shots = {where: _one_shot_ms(where) for where in pair}
     run.add("one-shot query in a fresh process (import, load, encode text, rerank)",
             f"{shots[str(run.device)]:.0f} ms on {run.device} vs {shots['cpu']:.0f} ms on cpu", one_shot_ms=shots)
 
