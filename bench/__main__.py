@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--queries", type=int, default=20, help="captions compared and reranked")
     g.add_argument("--batch-size", type=int, default=128, help="tiles per encode call in the timing")
     g.add_argument("--json", type=Path, default=None, help="default bench/results/gpu.json (gpu-dry-run.json)")
-    for parser in (q, i, rm, sc, ex):
+    for parser in (q, i, rm, sc, ex, gen):
         add_device_option(parser)
     sub.add_parser("report", help="Markdown tables of bench/results/*.json (for BENCHMARKS.md)")
     args = ap.parse_args(argv)
@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd == "generalise":
         from bench.generalise import main as generalise_main
 
-        return generalise_main(args.model or [None], args.json)
+        return generalise_main(args.model or [None], args.json, args.device)
     if args.cmd == "gpu":
         from bench.gpu import main as gpu_main
 

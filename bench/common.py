@@ -134,13 +134,11 @@ def captions(n: int) -> list[str]:
 
 def load_bench_encoder(model: str | None, device: str) -> tuple[Encoder, str]:
     """``model`` (a name or directory) or, when None, the shipped default model, on ``device``
-    (each bench's ``--device``); with the label the benchmark prints for it, device included."""
+    (each bench's ``--device``); with the label the benchmark prints for it."""
     from ftfsearch.model.loading import load_encoder
-    from ftfsearch.model.sources import device_label
 
     encoder = load_encoder(model, device=device)
-    label = model if model is not None else "default model (ftfsearch/model/default)"
-    return encoder, f"{label} on {device_label(encoder.device)}"
+    return encoder, model if model is not None else "default model (ftfsearch/model/default)"
 
 
 def add_device_option(parser: Any) -> None:
