@@ -8,7 +8,7 @@ Given CUDA, in one process and one run, against the CPU as the baseline:
    whole path (vectors and text from each device);
 3. training: a few steps of each family with mixed precision on CUDA (float16 and its loss
    scaler), a checkpoint, then the CUDA checkpoint resumed for one more epoch on the CPU;
-4. evaluation on the device (``ftfsearch eval``'s scoring), against the CPU's figures;
+4. evaluation with the model on the device (``ftfsearch eval``), against the CPU's figures;
 5. timings: encoder-only ingest (tiles/s) and the rerank of 100 candidates (ms), CUDA against the
    CPU, synchronised before each clock read; and a one-shot query's start-up in a fresh process
    (load the model, encode one text, rerank) on each device, the reason ``query`` with ``auto``
@@ -199,7 +199,7 @@ def check_training(run: Run, families: dict[str, tuple[str | None, Tolerance]]) 
 
 
 def check_eval(run: Run, encoders: dict[str, Any]) -> None:
-    """``ftfsearch eval``'s scoring on the device against the CPU's, same model and split."""
+    """``ftfsearch eval`` with the model on the device against the CPU, same model and split."""
     from ftfsearch.training.datasets import load_dataset
     from ftfsearch.training.evaluate import evaluate
 
