@@ -1,4 +1,4 @@
-"""``python -m bench query|ingest|scene|remote|examples|generalise|workers|report``: see BENCHMARKS.md for the commands and the results."""
+"""``python -m bench query|ingest|scene|remote|examples|generalise|workers|gpu|report``: see BENCHMARKS.md for the commands and the results."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import argparse
 import logging
 import sys
 from pathlib import Path
+
+from bench.common import add_device_option
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -62,6 +64,14 @@ def main(argv: list[str] | None = None) -> int:
     from bench.workers import add_parser as add_workers
 
     add_workers(sub)
+    g = sub.add_parser("gpu", help="the GPU check: CPU vs CUDA vectors, rerank, training, eval, timings (bench/gpu.py)")
+    g.add_argument("--dry-run", action="store_true", help="run on the CPU in place of CUDA (automatic without CUDA)")
+    g.add_argument("--tiles", type=int, default=0, help="tiles for the encoder timing (default 1024, 64 in a dry run)")
+    g.add_argument("--queries", type=int, default=20, help="captions compared and reranked")
+    g.add_argument("--batch-size", type=int, default=128, help="tiles per encode call in the timing")
+    g.add_argument("--json", type=Path, default=None, help="default bench/results/gpu.json (gpu-dry-run.json)")
+    for parser in (q, i, rm, sc, ex, gen):
+        add_device_option(parser)
     sub.add_parser("report", help="Markdown tables of bench/results/*.json (for BENCHMARKS.md)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
@@ -75,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
                 backend=args.backend, points=args.points, k=args.k, recall_k=args.recall_k, queries=args.queries,
                 warmup=args.warmup, exhaustive_queries=args.exhaustive_queries, plain_queries=args.plain_queries,
                 transport_queries=args.transport_queries,
-                model=args.model, threads=args.threads, json_path=args.json,
+                model=args.model, threads=args.threads, json_path=args.json, device=args.device,
             )
         )
     if args.cmd == "workers":
@@ -85,11 +95,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd == "remote":
         from bench.remote import main as remote_main
 
-        return remote_main(args.scale, args.model, tuple(int(v) for v in args.levels.split(",")))
+        return remote_main(args.scale, args.model, tuple(int(v) for v in args.levels.split(",")), args.device)
     if args.cmd == "scene":
         from bench.scene import main as scene_main
 
-        return scene_main(args.path, args.model, args.queries, args.json)
+        return scene_main(args.path, args.model, args.queries, args.json, args.device)
     if args.cmd == "examples":
         from bench.examples import Options as ExOptions, main as examples_main
 
@@ -98,12 +108,17 @@ def main(argv: list[str] | None = None) -> int:
                 part=args.part, trials=args.trials, seed=args.seed, points=args.points, queries=args.queries,
                 warmup=args.warmup, backends=tuple(b.strip() for b in args.backends.split(",") if b.strip()),
                 model=args.model, threads=args.threads, encode_threads=args.encode_threads, out_dir=args.out_dir,
+                device=args.device,
             )
         )
     if args.cmd == "generalise":
         from bench.generalise import main as generalise_main
 
-        return generalise_main(args.model or [None], args.json)
+        return generalise_main(args.model or [None], args.json, args.device)
+    if args.cmd == "gpu":
+        from bench.gpu import main as gpu_main
+
+        return gpu_main(args)
     if args.cmd == "report":
         from bench.report import main as report_main
 

@@ -91,9 +91,18 @@ class Stat:
         return {"n": self.n, "p50_ms": round(self.p50, 3), "p95_ms": round(self.p95, 3), "mean_ms": round(self.mean, 3)}
 
 
+def sync() -> None:
+    """Wait for the work queued on the GPU, so that a clock read covers it (no-op without CUDA)."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
+
 def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
+    """Milliseconds of ``fn()`` and its result, the GPU synchronised before each clock read."""
+    sync()
     t0 = time.perf_counter()
     out = fn()
+    sync()
     return (time.perf_counter() - t0) * 1000.0, out
 
 
@@ -123,14 +132,18 @@ def captions(n: int) -> list[str]:
     return (out * (n // len(out) + 1))[:n]
 
 
-def load_bench_encoder(model: str | None, device: str = "cpu") -> tuple[Encoder, str]:
-    """``model`` (a name or directory) or, when None, the shipped default model; with the label
-    the benchmark prints for it."""
+def load_bench_encoder(model: str | None, device: str) -> tuple[Encoder, str]:
+    """``model`` (a name or directory) or, when None, the shipped default model, on ``device``
+    (each bench's ``--device``); with the label the benchmark prints for it."""
     from ftfsearch.model.loading import load_encoder
 
-    if model is not None:
-        return load_encoder(model, device=device), model
-    return load_encoder(None, device=device), "default model (ftfsearch/model/default)"
+    encoder = load_encoder(model, device=device)
+    return encoder, model if model is not None else "default model (ftfsearch/model/default)"
+
+
+def add_device_option(parser: Any) -> None:
+    """``--device`` of every bench that encodes or reranks (an argparse parser)."""
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda: where encoders run and the rerank scores")
 
 
 def table(title: str, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:

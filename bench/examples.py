@@ -93,6 +93,7 @@ class Options:
     threads: int = 1
     encode_threads: int = 0
     out_dir: Path = RESULTS
+    device: str = "auto"
 
 
 # -- class names as everyday words -----------------------------------------------------------
@@ -651,7 +652,7 @@ def main(opts: Options) -> int:
     torch.set_grad_enabled(False)
     if opts.encode_threads:
         torch.set_num_threads(opts.encode_threads)
-    encoder, note = load_bench_encoder(opts.model)
+    encoder, note = load_bench_encoder(opts.model, opts.device)
     opts.out_dir.mkdir(parents=True, exist_ok=True)
     if opts.part in ("all", "quality"):
         res = quality(opts, encoder, note)

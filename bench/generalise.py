@@ -228,7 +228,7 @@ def things_in_scenes(encoder: Encoder, mosaic: Mosaic, store_dir: Path) -> dict[
 # -- the command ---------------------------------------------------------------------------------
 
 
-def main(models: list[str | None], json_path: Path | None) -> int:
+def main(models: list[str | None], json_path: Path | None, device: str = "auto") -> int:
     started = time.perf_counter()
     m = machine()
     report: dict[str, Any] = {"machine": m, "models": {}}
@@ -238,7 +238,7 @@ def main(models: list[str | None], json_path: Path | None) -> int:
         report["mosaic"] = {"px": list(mosaic.labels.shape), "cells": mosaic.cells, "crs": CRS,
                             "pixel_size_m": PIXEL_SIZE_M, "offset_px": OFFSET, "tiling": "256 px, levels 1,2, overlap 0"}
         for i, model in enumerate(models):
-            encoder, label = load_bench_encoder(model)
+            encoder, label = load_bench_encoder(model, device)
             scenes = {name: scene_words(encoder, name, path) for name, path in DATASETS}
             inside = things_in_scenes(encoder, mosaic, tmp / f"store{i}")
             report["models"][label] = {"model_id": encoder.id, "scene_words": scenes, "things_inside_scenes": inside}

@@ -23,7 +23,7 @@ from xml.sax.saxutils import escape
 import numpy as np
 import torch
 
-from bench.common import CACHE, GEOTIFFS, load_bench_encoder, machine, machine_line, peak_rss_mb, table
+from bench.common import CACHE, GEOTIFFS, load_bench_encoder, machine, machine_line, peak_rss_mb, sync, table
 
 NAIP = (
     "opengeos_data/naip_m_4709963_se_14_1_20200831.tif",
@@ -116,7 +116,7 @@ def mode_pipeline(args: argparse.Namespace, scene: Path, root: Path) -> dict[str
     from ingest import pipeline
     from ingest.tiling import TilingSpec
 
-    encoder, note = load_bench_encoder(args.model)
+    encoder, note = load_bench_encoder(args.model, args.device)
     # Warmed up as the encoder-only mode is: the one-off costs of a process (the ONNX export of the
     # image path, first allocations: about 2.5 s) are not ingest throughput.
     encoder.encode_images(torch.zeros(args.batch_size, 256, 256, 3, dtype=torch.uint8))
@@ -179,7 +179,7 @@ def mode_encoder(args: argparse.Namespace, scene: Path, root: Path, runtime: str
     """Encoding alone, on tiles read beforehand, in the pipeline's batches (its own encode step)."""
     from ingest.pipeline import encode_tiles
 
-    encoder, _ = load_bench_encoder(args.model)
+    encoder, _ = load_bench_encoder(args.model, args.device)
     if runtime is not None:
         if not hasattr(encoder, "runtime"):
             return {"tiles": 0, "seconds": float("nan"), "tiles_per_s": float("nan"), "note": "one runtime only"}
@@ -199,7 +199,7 @@ def mode_eager(args: argparse.Namespace, scene: Path, root: Path) -> dict[str, A
     BatchNorm unfolded), on the same tiles in the same batches."""
     from ftfsearch.model.ftf import prepare_images
 
-    encoder, _ = load_bench_encoder(args.model)
+    encoder, _ = load_bench_encoder(args.model, args.device)
     model = getattr(encoder, "model", None)
     if model is None or not hasattr(model, "forward_images"):
         return {"tiles": 0, "seconds": float("nan"), "tiles_per_s": float("nan"), "note": "no eager forward"}
@@ -208,13 +208,15 @@ def mode_eager(args: argparse.Namespace, scene: Path, root: Path) -> dict[str, A
 
     @torch.inference_mode()
     def run(batch: list[Any]) -> None:
-        x = torch.from_numpy(np.stack([t.pixels for t in batch]))
+        x = torch.from_numpy(np.stack([t.pixels for t in batch])).to(encoder.device)  # as encode_images does
         model.forward_images(model.normalize_pixels(prepare_images(x, size)))
 
     run(tiles[: args.batch_size])  # warm-up
+    sync()
     t0 = time.perf_counter()
     for i in range(0, len(tiles), args.batch_size):
         run(tiles[i : i + args.batch_size])
+    sync()
     seconds = time.perf_counter() - t0
     return {"tiles": len(tiles), "seconds": seconds, "tiles_per_s": len(tiles) / seconds}
 
@@ -229,7 +231,7 @@ def mode_naive(args: argparse.Namespace, scene: Path, root: Path) -> dict[str, A
     from ingest.scenes import fingerprint
     from ingest.tiling import SceneReader, TilingSpec
 
-    encoder, _ = load_bench_encoder(args.model)
+    encoder, _ = load_bench_encoder(args.model, args.device)
     store, server = _open(args.backend, root)
     store.ensure_collection(collection_meta(encoder))
     reader = SceneReader(scene, TilingSpec(tile_size=256))
@@ -295,7 +297,7 @@ def main(args: argparse.Namespace) -> int:
     for mode in ("pipeline", "encoder", "torch", "eager", "naive"):
         cmd = [sys.executable, "-m", "bench", "ingest", "--mode", mode, "--max-tiles", str(args.max_tiles),
                "--naive-tiles", str(args.naive_tiles), "--size", str(args.size), "--batch-size", str(args.batch_size),
-               "--readers", str(args.readers), "--backend", args.backend]
+               "--readers", str(args.readers), "--backend", args.backend, "--device", args.device]
         if args.model:
             cmd += ["--model", args.model]
         out = subprocess.run(cmd, capture_output=True, text=True)

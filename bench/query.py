@@ -68,6 +68,7 @@ class Options:
     model: str | None = None
     threads: int = 1
     json_path: Path | None = None
+    device: str = "auto"
 
 
 def base_vectors(encoder: Encoder) -> tuple[np.ndarray, np.ndarray]:
@@ -240,13 +241,13 @@ def exhaustive_top(encoder: Encoder, text: torch.Tensor, coarse: torch.Tensor, r
     for s in range(0, coarse.shape[0], 16384):
         out = bti(text, coarse[s : s + 16384], regions[s : s + 16384], tau=p.tau, alpha=p.alpha, balanced=p.balanced)
         parts.append(out.scores[0])
-    return torch.topk(torch.cat(parts), k).indices.numpy()
+    return torch.topk(torch.cat(parts), k).indices.cpu().numpy()
 
 
 def run(opts: Options) -> dict[str, Any]:
     torch.set_grad_enabled(False)
     torch.set_num_threads(opts.threads)
-    encoder, model_note = load_bench_encoder(opts.model)
+    encoder, model_note = load_bench_encoder(opts.model, opts.device)
     base = base_vectors(encoder)
     place = Place.start(opts.backend, collection_name(encoder, opts.points))
     try:
@@ -431,10 +432,11 @@ def _transport_comparison(
 
 
 def _qps(searcher: Searcher, texts: list[str], k: int, rk: int, concurrency: int) -> float:
-    t0 = time.perf_counter()
-    with ThreadPoolExecutor(max_workers=concurrency) as pool:
-        list(pool.map(lambda q: searcher.search(q, k=k, recall_k=rk), texts))
-    return len(texts) / (time.perf_counter() - t0)
+    def run_all() -> None:
+        with ThreadPoolExecutor(max_workers=concurrency) as pool:
+            list(pool.map(lambda q: searcher.search(q, k=k, recall_k=rk), texts))
+
+    return len(texts) / (timed(run_all)[0] / 1000.0)
 
 
 def _exhaustive(
@@ -443,14 +445,12 @@ def _exhaustive(
     """Time exhaustive BTI (text encoding included) and how much of its top k FTF finds."""
     base = base_vectors(encoder)
     coarse, regions = generate(base, 0, opts.points)
-    c, r = torch.from_numpy(coarse), torch.from_numpy(regions)
+    c, r = torch.from_numpy(coarse).to(encoder.device), torch.from_numpy(regions).to(encoder.device)
     ids = point_ids(0, opts.points)
     times, hits = [], 0
     for q in texts:
-        t0 = time.perf_counter()
-        tv = encoder.encode_text([q])[0]
-        top = exhaustive_top(encoder, tv, c, r, k)
-        times.append((time.perf_counter() - t0) * 1000)
+        ms, top = timed(lambda: exhaustive_top(encoder, encoder.encode_text([q])[0].to(encoder.device), c, r, k))
+        times.append(ms)
         hits += len({ids[i] for i in top} & set(ftf_top[q]))
     return times, hits / (k * max(1, len(texts)))
 

@@ -45,7 +45,7 @@ def cog_path(scale: int) -> Path:
     return out
 
 
-def run(scale: int, model: str | None, levels: tuple[int, ...]) -> dict[str, Any]:
+def run(scale: int, model: str | None, levels: tuple[int, ...], device: str = "auto") -> dict[str, Any]:
     from tests._http_server import RangeServer  # the tests' loopback server (tests/ beside bench/)
 
     from ftfsearch.store import open_store
@@ -55,7 +55,7 @@ def run(scale: int, model: str | None, levels: tuple[int, ...]) -> dict[str, Any
     cog = cog_path(scale)
     size = cog.stat().st_size
     spec = TilingSpec(tile_size=256, levels=levels)
-    encoder, model_id = load_bench_encoder(model)
+    encoder, model_id = load_bench_encoder(model, device)
     rows = []
     with tempfile.TemporaryDirectory() as www, RangeServer(Path(www)) as server:
         # two names of one file: GDAL caches what it fetched per URL, and each pass must start cold
@@ -91,8 +91,8 @@ def run(scale: int, model: str | None, levels: tuple[int, ...]) -> dict[str, Any
             "rows": rows}
 
 
-def main(scale: int = 2, model: str | None = None, levels: tuple[int, ...] = (1,)) -> int:
-    out = run(scale, model, levels)
+def main(scale: int = 2, model: str | None = None, levels: tuple[int, ...] = (1,), device: str = "auto") -> int:
+    out = run(scale, model, levels, device)
     print(machine_line(out["machine"]))
     print(f"model {out['model']}; file {out['file_bytes'] / 1e6:.1f} MB; levels {out['levels']}")
     local = next(r for r in out["rows"] if r["source"] == "local")

@@ -46,8 +46,8 @@ def _measure(store: Any, path: Path, encoder: Any, texts: list[str], warmup: int
     }
 
 
-def main(path: Path, model: str | None, queries: int, json_path: Path | None) -> int:
-    encoder, label = load_bench_encoder(model)
+def main(path: Path, model: str | None, queries: int, json_path: Path | None, device: str = "auto") -> int:
+    encoder, label = load_bench_encoder(model, device)
     texts = captions(queries + 10)
     rows: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory(prefix="ftf-bench-scene-") as tmp:

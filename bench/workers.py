@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import CACHE, GEOTIFFS, machine, machine_line, table
+from bench.common import CACHE, GEOTIFFS, add_device_option, machine, machine_line, table
 
 SOURCE = "rio-tiler/cog.tif"
 CROP_W, CROP_H, COLS, ROWS = 640, 768, 4, 3
@@ -64,7 +64,7 @@ def child(args: argparse.Namespace) -> int:
     from ingest.pipeline import IngestOptions
     from ingest.tiling import TilingSpec
 
-    encoder, note = load_bench_encoder(args.model)
+    encoder, note = load_bench_encoder(args.model, args.device)
     encoder.encode_images(torch.zeros(args.batch_size, TILE_SIZE, TILE_SIZE, 3, dtype=torch.uint8))
     store = open_store(collection=args.collection, store_dir=None, qdrant_url=args.url, api_key=None, timeout=120.0)
     sources = partition(expand_list(args.list), Shard.parse(args.shard))
@@ -87,7 +87,8 @@ def _run(workers: int, lst: Path, url: str, args: argparse.Namespace) -> dict[st
     procs = []
     for k in range(workers):
         cmd = [sys.executable, "-m", "bench", "workers", "--child", "--list", str(lst), "--url", url,
-               "--collection", collection, "--shard", f"{k}/{workers}", "--batch-size", str(args.batch_size)]
+               "--collection", collection, "--shard", f"{k}/{workers}", "--batch-size", str(args.batch_size),
+               "--device", args.device]
         if args.model:
             cmd += ["--model", args.model]
         procs.append(subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True))
@@ -168,6 +169,7 @@ def add_parser(sub: Any) -> None:
     w.add_argument("--batch-size", type=int, default=32)
     w.add_argument("--model", default=None)
     w.add_argument("--json", type=Path, default=None)
+    add_device_option(w)
     w.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     w.add_argument("--list", type=Path, help=argparse.SUPPRESS)
     w.add_argument("--url", help=argparse.SUPPRESS)

@@ -117,6 +117,9 @@ ModelOpt = typer.Option(None, "--model", help="Model name or directory (env FTF_
 DeviceOpt = typer.Option(None, "--device", help="auto, cpu or cuda (env FTF_DEVICE).")
 KeysOpt = typer.Option(None, "--keys", envvar=KEYS_ENV,
                        help=f"API keys file (env {KEYS_ENV}; 'ftfsearch keys add' makes it): every request needs a key.")
+QueryDeviceOpt = typer.Option(
+    None, "--device", help="auto (here: the CPU, as one query is milliseconds of work), cpu or cuda (env FTF_DEVICE)."
+)
 
 
 def _settings(**flags: Any) -> Settings:
@@ -358,7 +361,7 @@ def _print_scene(s: Any) -> None:
     err.print(
         f"{s.scene_id}: {s.state}, {s.tiles_in_store} tiles in store ({s.written} written, "
         f"{s.already_stored} already stored, {s.skipped_nodata} nodata skipped) "
-        f"in {s.seconds:.1f} s, {s.tiles_per_s:.1f} tiles/s",
+        f"in {s.seconds:.1f} s, {s.tiles_per_s:.1f} tiles/s" + (f" on {s.device}" if s.device else ""),
         highlight=False,
     )
     if s.written:
@@ -506,7 +509,7 @@ def query(
     qdrant_url: Optional[str] = UrlOpt,
     collection: Optional[str] = CollectionOpt,
     model: Optional[str] = ModelOpt,
-    device: Optional[str] = DeviceOpt,
+    device: Optional[str] = QueryDeviceOpt,
 ) -> None:
     """Search the ingested tiles by text, by example, or both: recall on coarse vectors, then rerank with the regions."""
     from ftfsearch.commands import SearchRequest
@@ -569,9 +572,7 @@ def query(
         )
     out.print(table)
     t = response.timings_ms
-    err.print(
-        ", ".join(f"{stage} {ms:.1f} ms" for stage, ms in t.items()), highlight=False
-    )
+    err.print(", ".join(f"{stage} {ms:.1f} ms" for stage, ms in t.items()) + f" on {response.device}", highlight=False)
 
 
 # labels ------------------------------------------------------------------------------------------
@@ -993,14 +994,18 @@ def train(
             from ftfsearch.errors import BadInput
 
             raise BadInput(f"{option} {value}: must be at least 1")
+    from ftfsearch.model.sources import device_label, resolve_device
+
+    where = resolve_device(_settings(device=device).device)  # the flag, FTF_DEVICE or the config file
     config = TrainConfig(
         data=list(data), out=out_dir, images=list(images) if images else None, base=base, arch=arch, epochs=epochs,
         lr=lr if lr is not None else family(arch).lr,
-        batch_size=batch_size, device=device or "auto", resume=resume, cache_dir=cache_dir, seed=seed,
+        batch_size=batch_size, device=str(where), resume=resume, cache_dir=cache_dir, seed=seed,
         num_threads=threads, feature_views=views, probe_epochs=probe_epochs, base_lr_scale=base_lr_scale, finetune_lr=finetune_lr,
         patience=patience, prompt_rate=prompt_rate, hard_negatives=hard_negatives, ema_decay=ema,
         multi_positive=not single_positive,
     )
+    err.print(f"training on {device_label(where)}", highlight=False)
     config.pretrained.head_norm = head_norm
     bar = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                    TextColumn("{task.fields[status]}"), TimeRemainingColumn(), console=err)

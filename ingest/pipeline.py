@@ -26,6 +26,7 @@ from rasterio.errors import RasterioError
 from ftfsearch.errors import BadInput
 from ftfsearch.model.base import Encoder
 from ftfsearch.collection import collection_meta
+from ftfsearch.model.sources import device_label
 from ftfsearch.store.base import SceneRecord, Store, TileBatch
 from ftfsearch.store.schema import tile_point_id
 from ftfsearch.times import iso_utc, parse_time
@@ -130,6 +131,8 @@ class SceneSummary:
     seconds: float
     warnings: list[str] = field(default_factory=list)
     stages: StageTimes = field(default_factory=StageTimes)
+    device: str = ""
+    """Where the tiles were encoded (``cpu``, ``cuda:0``): ``auto`` falls back to the CPU silently."""
 
     @property
     def tiles_per_s(self) -> float:
@@ -149,6 +152,7 @@ class SceneSummary:
             "tiles_per_s": round(self.tiles_per_s, 2),
             "stages": self.stages.to_dict(),
             "warnings": self.warnings,
+            "device": self.device,
         }
 
     @classmethod
@@ -157,7 +161,7 @@ class SceneSummary:
         return cls(
             d["scene_id"], d["path"], d["windows"], d["written"], d["already_stored"], d["skipped_nodata"],
             d["tiles"], d["state"], float(d["seconds"]), list(d.get("warnings") or []),
-            StageTimes.from_dict(d.get("stages")),
+            StageTimes.from_dict(d.get("stages")), str(d.get("device") or ""),
         )
 
 
@@ -488,7 +492,7 @@ def ingest_scene(
             if stored == previous.expected_tiles:
                 return SceneSummary(
                     sid, str(reader.path), len(windows), 0, stored, 0, stored, "complete",
-                    time.perf_counter() - t_start, list(reader.warnings), stages,
+                    time.perf_counter() - t_start, list(reader.warnings), stages, device_label(encoder.device),
                 )
         ids = {w: window_id(scene.fp, w) for w in windows}
         stored_ids = _stored_ids(store, list(ids.values()))
@@ -522,6 +526,7 @@ def ingest_scene(
             seconds=time.perf_counter() - t_start,
             warnings=list(reader.warnings),
             stages=stages,
+            device=device_label(encoder.device),
         )
 
 

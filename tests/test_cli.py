@@ -9,11 +9,16 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from _cli import InProcess, assert_one_line_error, run
 from _data import TINY_CAPTIONS
 
 SCENE = Path(__file__).resolve().parent / "data" / "RGB.byte.tif"
+AUTO = "cuda:0" if torch.cuda.is_available() else "cpu"
+"""Where ``auto`` puts an ingest on this host."""
+MISSING_DEVICE = f"cuda:{torch.cuda.device_count()}" if torch.cuda.is_available() else "cuda"
+"""A device this host does not have."""
 
 
 @pytest.fixture(params=["edge", pytest.param("server", marks=pytest.mark.server)])
@@ -31,7 +36,7 @@ def target(request, tmp_path, tiny_clip_dir) -> dict[str, str]:
 def test_ingest_query_scenes_info_drop(target, tmp_path):
     ing = run("ingest", str(SCENE), "--levels", "1,2", "--batch-size", "8", env=target)
     assert ing.returncode == 0, ing.stderr
-    assert "RGB.byte: complete" in ing.stderr and "tiles/s" in ing.stderr
+    assert "RGB.byte: complete" in ing.stderr and f"tiles/s on {AUTO}" in ing.stderr
     assert re.search(r"read \d+\.\d s · encode \d+\.\d s · write \d+\.\d s", ing.stderr), ing.stderr
 
     scenes = json.loads(run("scenes", "--json", env=target).stdout)
@@ -43,6 +48,7 @@ def test_ingest_query_scenes_info_drop(target, tmp_path):
     assert again.returncode == 0
     assert json.loads(again.stdout)["scenes"][0]["written"] == 0
     assert set(json.loads(again.stdout)["scenes"][0]["stages"]) == {"read", "encode", "write"}
+    assert json.loads(again.stdout)["scenes"][0]["device"] == AUTO
 
     geo = tmp_path / "out" / "results.geojson"
     q = run("query", "ships near a harbor", "--k", "5", "--json", "--geojson", str(geo), env=target)
@@ -60,10 +66,15 @@ def test_ingest_query_scenes_info_drop(target, tmp_path):
 
     table = run("query", "ships near a harbor", "--k", "3", "--no-rerank", env=target)
     assert table.returncode == 0 and "RGB.byte" in table.stdout
+    assert table.stderr.rstrip().endswith(" ms on cpu"), table.stderr  # one query: auto is the CPU
 
     info = json.loads(run("info", "--json", env=target).stdout)
     assert info["tiles"] == tiles and info["scenes"] == 1
     assert info["collection"] == target.get("FTF_COLLECTION", "tiles")
+    assert info["device"] == AUTO
+    assert json.loads(run("info", "--json", env={**target, "FTF_DEVICE": "banana"}).stdout)["device"] == (
+        "banana (not available here)"
+    )
 
     dropped = run("drop", "RGB.byte", env=target)
     assert dropped.returncode == 0 and f"{tiles} tiles removed" in dropped.stderr
@@ -91,7 +102,7 @@ def test_bad_input_gives_one_line(tmp_path, tiny_clip_dir):
     long = cli("query", "ships " * 200, "--k", "2", "--json")
     assert long.returncode == 0 and "truncated" in long.stderr
     assert_one_line_error(cli("query", "ships", "--model", "no-such-model-xyz"), "no-such-model-xyz")
-    assert_one_line_error(cli("query", "ships", "--device", "cuda"), "--device")
+    assert_one_line_error(cli("query", "ships", "--device", MISSING_DEVICE), "--device")
     assert_one_line_error(run("query", "ships", "--bbox", "0,1,0,0", env=env), "--bbox")
 
 
@@ -193,13 +204,22 @@ def test_eval_and_train_commands_on_a_tiny_real_split(tmp_path):
     for stage in ("coarse", "ftf"):
         assert set(report[stage]["t2i"]) >= {"r1", "r5", "r10"} and 0 <= report[stage]["mR"] <= 100
     assert report["num_images"] == 8 and report["num_captions"] == 40
+    assert report["device"] == AUTO
     out = tmp_path / "model"
     tr = cli("train", *common, "--out", str(out), "--epochs", "1", "--batch-size", "8", "--threads", "1")
     assert tr.returncode == 0, tr.stderr
     assert (out / "ftf_config.json").is_file() and "model written to" in tr.stderr
+    assert f"training on {AUTO}" in tr.stderr
     again = cli("eval", *common, "--split", "test", "--model", str(out), "--recall-k", "5")
     assert again.returncode == 0 and "FTF" in again.stdout
     assert_one_line_error(cli("eval", "--data", str(tmp_path / "missing.json")), "missing.json")
+    # train takes its device as the other commands do: flag, FTF_DEVICE, then the config file
+    config = tmp_path / "config.toml"
+    config.write_text('device = "banana"\n')
+    for env in ({"FTF_CONFIG": str(tmp_path / "none.toml"), "FTF_DEVICE": "banana"}, {"FTF_CONFIG": str(config)}):
+        assert_one_line_error(InProcess(env)("train", *common, "--out", str(tmp_path / "never"), "--epochs", "1"),
+                              "banana")
+    assert not (tmp_path / "never" / "ftf_config.json").exists()
 
     # several --data: each evaluated on its own, in order (a repeated option once kept only the last)
     other = tmp_path / "dataset_other.json"

@@ -142,6 +142,12 @@ def test_serve_with_a_concurrent_ingest_and_queries(
     assert summary_of(store, model_dir, env) == plain  # the same store as a plain ingest
     info = cli(["info", "--json", "--store", str(store)], env)
     assert info.returncode == 0 and json.loads(info.stdout)["tiles"] == plain[0][0]["tiles"]  # type: ignore[index]
+    assert json.loads(info.stdout)["device"] == "cpu" and get_json(url + "/api/info")[1]["device"] == "cpu"  # type: ignore[index]
+    # A device that the holder does not use is said, not silently replaced (serve runs on the CPU;
+    # cuda is either missing here or another device).
+    elsewhere = cli(["query", "river", "--k", "5", "--store", str(store), "--device", "cuda"], env)
+    assert elsewhere.returncode == 0, elsewhere.stderr
+    assert "warning: device cuda: 'ftfsearch serve'" in elsewhere.stderr and " on cpu" in elsewhere.stderr
 
     dropped = cli(["drop", "RGB.byte", "--store", str(store)], env)
     assert dropped.returncode == 0 and "tiles removed" in dropped.stderr, dropped.stderr

@@ -24,6 +24,7 @@ from ftfsearch.commands.requests import (
 from ftfsearch.config import Settings
 from ftfsearch.errors import SceneNotFound
 from ftfsearch.model.base import Encoder
+from ftfsearch.model.sources import device_label
 from ftfsearch.store.base import Store
 from ftfsearch.store.transfer import PushSummary
 
@@ -37,6 +38,10 @@ class StoreAccess(Protocol):
     def store(self, read_only: bool) -> ContextManager[Store]: ...
 
     def encoder(self) -> Encoder: ...
+
+    def device(self) -> str:
+        """Where this access encodes (``cpu``, ``cuda:0``): shown by ``info`` and the holder."""
+        ...
 
     def searcher(self) -> ContextManager[tuple[Any, Store]]: ...
 
@@ -57,19 +62,27 @@ class OpenedAccess:
         finally:
             db.close()
 
-    def encoder(self) -> Encoder:
+    def encoder(self, device: str | None = None) -> Encoder:
         if self._encoder is None:
             from ftfsearch.model.loading import load_encoder
 
-            self._encoder = load_encoder(self.settings.model, device=self.settings.device)
+            self._encoder = load_encoder(self.settings.model, device=device or self.settings.device)
         return self._encoder
+
+    def device(self) -> str:
+        from ftfsearch.model.sources import describe_device
+
+        return describe_device(self.settings.device)
 
     @contextmanager
     def searcher(self) -> Iterator[tuple[Any, Store]]:
         from ftfsearch.search import Searcher
 
+        # One query encodes one text and reranks ~100 candidates (milliseconds on a CPU core):
+        # `auto` does not pay CUDA's start-up and the model's copy to the GPU for that.
+        device = "cpu" if self.settings.device.strip().lower() == "auto" else self.settings.device
         with self.store(read_only=True) as db:
-            yield Searcher(self.encoder(), db, vector_cache_bytes=0), db  # one query: nothing to reuse
+            yield Searcher(self.encoder(device), db, vector_cache_bytes=0), db  # one query: nothing to reuse
 
 
 def open_target(to: str, collection: str, api_key: str | None, timeout: float) -> Store:
@@ -102,7 +115,8 @@ class LocalCommands:
                 from ftfsearch.chips import scene_bands
 
                 bands = scene_bands(db, [r.scene_id for r in out.results])
-        return SearchOutcome(results=out.results, timings_ms=out.timings_ms, warnings=out.warnings, bands=bands)
+        return SearchOutcome(results=out.results, timings_ms=out.timings_ms, warnings=out.warnings, bands=bands,
+                             device=device_label(searcher.encoder.device))
 
     def ingest(self, request: IngestRequest, observer: IngestObserver | None = None) -> IngestOutcome:
         from ingest.pipeline import ingest_paths
@@ -131,6 +145,7 @@ class LocalCommands:
                 "tiles": db.count_tiles() if meta is not None else 0,
                 "scenes": len(scene_list),
                 "scenes_complete": sum(s.state == "complete" for s in scene_list),
+                "device": self.access.device(),
             }
 
     def drop(self, request: DropRequest) -> DropOutcome:

@@ -54,12 +54,25 @@ class HolderCommands:
         self.confirm_cancel = confirm_cancel
         """Asked on Ctrl+C during an ingest: True cancels it in the holder."""
 
+    def _check_device(self) -> None:
+        """The work runs in the holder, on its device: a device asked for here (flag, FTF_DEVICE or
+        config; not ``auto``) that it does not use is said, not silently replaced."""
+        if self.settings.device.strip().lower() == "auto":
+            return
+        from ftfsearch.model.sources import describe_device
+
+        held = str(self.client.call("GET", "/api/holder/ping").get("device") or "unknown")
+        if describe_device(self.settings.device) != held:
+            self.notify(f"warning: device {self.settings.device}: 'ftfsearch serve' (pid {self.client.record.pid}) "
+                        f"holds the store and runs this on {held}; stop it to use {self.settings.device}")
+
     def _post(self, path: str, request: Any) -> Any:
         return self.client.call("POST", path, request.model_dump(mode="json"))
 
     def search(self, request: SearchRequest) -> SearchOutcome:
         examples = tuple(e if e.image is None else replace(e, image=e.image.absolute()) for e in request.examples)
         sent = request.model_copy(update={"examples": examples})
+        self._check_device()
         return SearchOutcome.model_validate(self._post("/api/holder/search", sent))
 
     def ingest(self, request: IngestRequest, observer: IngestObserver | None = None) -> IngestOutcome:
@@ -67,6 +80,7 @@ class HolderCommands:
         if model is not None and Path(model).exists():
             model = str(Path(model).absolute())
         sent = request.model_copy(update={"sources": tuple(_absolute(s) for s in request.sources), "model": model})
+        self._check_device()
         job = str(self._post("/api/holder/ingest", sent)["job"])
         pid = self.client.record.pid
         self.notify(f"ingesting in 'ftfsearch serve' (pid {pid}), which holds the store; Ctrl+C asks "

@@ -99,6 +99,8 @@ class SearchOutcome(BaseModel):
     timings_ms: dict[str, float]
     warnings: list[str]
     bands: dict[str, tuple[int, ...] | None] = Field(default_factory=dict)
+    device: str = ""
+    """Where the text was encoded and the rerank scored (``cpu``, ``cuda:0``)."""
 
 
 class IngestRequest(Request):

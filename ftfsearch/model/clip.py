@@ -40,7 +40,7 @@ import torch.nn.functional as F
 
 from ftfsearch.errors import BadInput, ModelNotFound
 from ftfsearch.model.base import RerankParams
-from ftfsearch.model.sources import ModelSource, force_offline, locate_model, resolve_device
+from ftfsearch.model.sources import ModelSource, exact_float32, force_offline, locate_model, resolve_device
 from ftfsearch.model.preprocess import ImageTransform, check_images, check_texts
 from ftfsearch.model.regions import DEFAULT_LAYOUT, box_pooling_matrix, layout_boxes
 
@@ -248,6 +248,7 @@ class ClipEncoder:
         if max_batch < 1:
             raise BadInput(f"`max_batch` {max_batch}: must be at least 1")
         self.device = resolve_device(device)
+        exact_float32(self.device)
         source = _source(model, cache_dir)
         self.files = find_clip_files(source.root)
         # A model fine-tuned by `ftfsearch train --base` records the region mode it learned with.

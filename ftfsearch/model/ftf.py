@@ -30,6 +30,7 @@ from ftfsearch.errors import BadInput, ModelNotFound
 from ftfsearch.model.base import RerankParams
 from ftfsearch.model.preprocess import PixelNorm, check_images, check_texts
 from ftfsearch.model.regions import DEFAULT_LAYOUT, box_pooling_matrix, layout_boxes
+from ftfsearch.model.sources import exact_float32
 from ftfsearch.model.text import count_tokens, encode_batch, load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -224,6 +225,7 @@ class FtfEncoderBase:
     text_chunk = 512
 
     def _setup(self, cfg: Any, device: torch.device, weights_digest: str, batch_size: int) -> None:
+        exact_float32(device)
         self.cfg = cfg
         self.device = device
         self.dim = cfg.dim

@@ -331,17 +331,30 @@ class TextTokenizer:
         return len(self.tok.encode(text).ids)
 
 
+CPU_IMAGE_CHUNK = 16
+"""Images per forward pass on the CPU: small chunks stay in cache (training's feature pass measured
+61 vs 45 img/s at 64; the ONNX Runtime path was measured at batch 16, BENCHMARKS.md)."""
+CUDA_IMAGE_CHUNK = 256
+"""Images per forward pass on CUDA: a GPU needs large batches to be busy (an ingest batch is
+encoded in one pass up to this size)."""
+
+
+def image_chunk(device: torch.device) -> int:
+    """Images per forward pass of the image tower on ``device``."""
+    return CPU_IMAGE_CHUNK if device.type == "cpu" else CUDA_IMAGE_CHUNK
+
+
 class PretrainedFtfEncoder(FtfEncoderBase):
     """The :class:`~ftfsearch.model.base.Encoder` over a :class:`PretrainedFtfModel`."""
 
     text_chunk = 256
 
-    def __init__(self, model: PretrainedFtfModel, device: torch.device, weights_digest: str, batch_size: int = 16,
-                 runtime: str = "auto") -> None:
+    def __init__(self, model: PretrainedFtfModel, device: torch.device, weights_digest: str,
+                 batch_size: int | None = None, runtime: str = "auto") -> None:
         if runtime not in ("auto", "torch", "onnxruntime"):
             raise BadInput(f"runtime {runtime!r}: use auto, torch or onnxruntime")
         self.model = model.to(device).eval()
-        self._setup(model.cfg, device, weights_digest, batch_size)
+        self._setup(model.cfg, device, weights_digest, batch_size or image_chunk(device))
         self.tokenizer = TextTokenizer(self.cfg.max_text_tokens)
         self.runtime = runtime if runtime != "auto" else ("onnxruntime" if device.type == "cpu" else "torch")
         self._trunk: EfficientNetLite | None = None

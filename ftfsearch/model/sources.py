@@ -29,9 +29,16 @@ class ModelSource:
 
 
 def force_offline() -> None:
-    """Make Hugging Face libraries fail at once instead of reaching for the network."""
+    """Make Hugging Face libraries fail at once instead of reaching for the network.
+
+    Hub kernels go off too: transformers 5 turns them on by default, and a BERT or CLIP model on
+    CUDA that goes from train back to eval mode then fetches ``kernels-community/activation`` from
+    the Hub, which offline mode turns into a ValueError (``train --device cuda`` died at its first
+    validation). transformers reads ``USE_HUB_KERNELS`` at each load and mode switch, so setting it
+    here, before any model loads, is enough."""
     os.environ["HF_HUB_OFFLINE"] = "1"
     os.environ["TRANSFORMERS_OFFLINE"] = "1"
+    os.environ["USE_HUB_KERNELS"] = "0"
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 
@@ -59,6 +66,34 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     if dev.type == "mps" and torch.backends.mps.is_available():
         return dev
     raise BadInput(f"`device` {device}: not available here; use auto, cpu or cuda")
+
+
+def device_label(device: torch.device) -> str:
+    """How a device is shown where work is done (ingest summary, ``info``, ``/api/info``):
+    ``cpu``, ``cuda:0``; a bare ``cuda`` gets the index of the device it means."""
+    if device.type == "cuda" and device.index is None:
+        return f"cuda:{torch.cuda.current_device()}"
+    return str(device)
+
+
+def describe_device(setting: str) -> str:
+    """The label of the device a setting (``auto``, ``cpu``, ``cuda:1``) resolves to here, or the
+    setting and why it cannot be used (``info`` shows it without failing)."""
+    try:
+        return device_label(resolve_device(setting))
+    except BadInput:
+        return f"{setting} (not available here)"
+
+
+def exact_float32(device: torch.device) -> None:
+    """The TF32 policy: off for encoders. Vectors written on CUDA share a model id with vectors
+    written on the CPU, so CUDA must compute the same float32 (TF32 keeps 10 mantissa bits, and
+    cuDNN convolutions use it by default). Set explicitly, process-wide, whenever an encoder is
+    made on CUDA. (CLIP encoders run under float16 autocast on CUDA: their drift is measured and
+    bounded by ``python -m bench gpu``, not removed by this.)"""
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
 
 
 def hub_cache_dir(cache_dir: Path | None = None) -> Path:

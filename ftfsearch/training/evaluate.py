@@ -25,6 +25,7 @@ import torch
 from ftfsearch.training.datasets import CaptionDataset, CaptionSplit, load_pixels
 from ftfsearch.errors import BadInput
 from ftfsearch.model.base import Encoder, RerankParams
+from ftfsearch.model.sources import device_label
 from ftfsearch.rerank import bti
 
 KS = (1, 5, 10)
@@ -92,6 +93,8 @@ class EvalReport:
     ablation: dict[str, RetrievalMetrics] = field(default_factory=dict)
     """Rerank variants scored on the same embeddings (``--ablation``), by name."""
     extra: dict[str, Any] = field(default_factory=dict)
+    device: str = ""
+    """Where the model encoded (``cpu``, ``cuda:0``)."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -108,6 +111,7 @@ class EvalReport:
             "recall_ceiling": {k: round(v, 2) for k, v in self.recall_ceiling.items()},
             "images_per_s": round(self.images_per_s, 1),
             "queries_per_s": round(self.queries_per_s, 1),
+            "device": self.device,
             **({"ablation": {k: v.to_dict() for k, v in self.ablation.items()}} if self.ablation else {}),
             **self.extra,
         }
@@ -335,13 +339,14 @@ def evaluate(
         strict_coarse=scores.strict_coarse, strict_ftf=scores.strict_ftf,
         images_per_s=n / max(emb.image_seconds, 1e-9),
         queries_per_s=q / max(emb.text_seconds + scores.search_seconds, 1e-9), ablation=variants,
+        device=device_label(encoder.device),
     )
 
 
 def format_report(report: EvalReport) -> str:
     """A fixed-width table: coarse and FTF rows, R@1/5/10 both directions, mR."""
     head = (f"{report.dataset} {report.split}: {report.num_images} images, {report.num_captions} captions, "
-            f"model {report.model_id}, K={report.recall_k}, tau={report.rerank.tau:g}, "
+            f"model {report.model_id}{f' on {report.device}' if report.device else ''}, K={report.recall_k}, tau={report.rerank.tau:g}, "
             f"alpha={report.rerank.alpha:g}{'' if report.rerank.balanced else ', unbalanced'}")
     rows = [("coarse", report.coarse), ("FTF", report.ftf), ("coarse, strict", report.strict_coarse),
             ("FTF, strict", report.strict_ftf), *report.ablation.items()]

@@ -278,7 +278,8 @@ router = APIRouter(prefix="/api/holder")
 @router.get("/ping")
 def ping(holder: HolderDep) -> dict[str, Any]:
     running = holder.running()
-    return {"pid": identity()["pid"], "ingest": None if running is None else running.id}
+    return {"pid": identity()["pid"], "ingest": None if running is None else running.id,
+            "device": holder.commands.access.device()}
 
 
 # Each route builds the command's request model from the body and runs the local command.

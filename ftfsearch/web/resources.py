@@ -93,6 +93,11 @@ class HeldAccess:
     def encoder(self) -> Encoder:
         return self.resources.encoder
 
+    def device(self) -> str:
+        from ftfsearch.model.sources import device_label
+
+        return device_label(self.resources.encoder.device)
+
     @contextmanager
     def searcher(self) -> Iterator[tuple[Any, Store]]:
         """The long-lived searcher (its vector cache), the lock held for the whole search."""
