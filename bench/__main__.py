@@ -1,4 +1,4 @@
-"""``python -m bench query|ingest|scene|remote|examples|generalise|workers|report``: see BENCHMARKS.md for the commands and the results."""
+"""``python -m bench query|ingest|scene|remote|examples|generalise|workers|processes|report``: see BENCHMARKS.md for the commands and the results."""
 
 from __future__ import annotations
 
@@ -62,6 +62,12 @@ def main(argv: list[str] | None = None) -> int:
     from bench.workers import add_parser as add_workers
 
     add_workers(sub)
+    pr = sub.add_parser("processes", help="CLI process times: --version, a text query, a refused argument (min of N)")
+    pr.add_argument("--store", type=Path, default=Path(".demo/store"))
+    pr.add_argument("--text", default="houses with red roofs")
+    pr.add_argument("--runs", type=int, default=5)
+    pr.add_argument("--baseline-cli", default=None, help="another install's ftfsearch, timed in the same run")
+    pr.add_argument("--json", type=Path, default=None)
     sub.add_parser("report", help="Markdown tables of bench/results/*.json (for BENCHMARKS.md)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
@@ -104,6 +110,10 @@ def main(argv: list[str] | None = None) -> int:
         from bench.generalise import main as generalise_main
 
         return generalise_main(args.model or [None], args.json)
+    if args.cmd == "processes":
+        from bench.processes import main as processes_main
+
+        return processes_main(args.store, args.text, args.runs, args.json, args.baseline_cli)
     if args.cmd == "report":
         from bench.report import main as report_main
 

@@ -141,10 +141,12 @@ def _commands(settings: Settings) -> Any:
 def _single_thread_queries() -> None:
     """One torch thread for the query path: its tensors are tiny, and intra-op threads only add
     synchronisation (measured on the 2-core machine, shipped model: text encoding 173 -> 2.5 ms,
-    BTI of 100 candidates 31 -> 0.7 ms p50 with a background job on the other core)."""
-    import torch
-
-    torch.set_num_threads(1)
+    BTI of 100 candidates 31 -> 0.7 ms p50 with a background job on the other core). A text query
+    never imports torch: then the variable torch reads at import, should an image example load it."""
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(1)
+    else:
+        os.environ["OMP_NUM_THREADS"] = "1"
 
 
 @app.callback()

@@ -69,7 +69,17 @@ class OpenedAccess:
         from ftfsearch.search import Searcher
 
         with self.store(read_only=True) as db:
-            yield Searcher(self.encoder(), db, vector_cache_bytes=0), db  # one query: nothing to reuse
+            # one query: nothing to reuse; its encoder encodes text without importing torch
+            yield Searcher(self.query_encoder(), db, vector_cache_bytes=0), db
+
+    def query_encoder(self) -> Encoder:
+        """The encoder of a one-off search (:func:`~ftfsearch.model.loading.load_query_encoder`):
+        the full one when this command loaded it already, else the torch-free one."""
+        if self._encoder is None:
+            from ftfsearch.model.loading import load_query_encoder
+
+            self._encoder = load_query_encoder(self.settings.model, device=self.settings.device)
+        return self._encoder
 
 
 def open_target(to: str, collection: str, api_key: str | None, timeout: float) -> Store:
