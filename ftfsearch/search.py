@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 MAX_K = 1000
 MAX_RECALL_K = 10000
 MAX_QUERY_CHARS = 2000
+SCORE_DECIMALS = 4
+"""Scores and tile fractions in JSON: what they mean (a float32's 1/3 is 0.3333333432674408)."""
 DEFAULT_VECTOR_CACHE_BYTES = 256 << 20
 """Tile vectors a long-lived Searcher keeps (about 32k tiles at D=256, R=14)."""
 
@@ -124,9 +126,9 @@ class Result:
         """Stable field names for ``--json``, GeoJSON and the HTTP API."""
         return ResultRecord(
             rank=self.rank,
-            score=round(self.score, 6),
-            coarse_score=round(self.coarse_score, 6),
-            fine_score=None if self.fine_score is None else round(self.fine_score, 6),
+            score=round(self.score, SCORE_DECIMALS),
+            coarse_score=round(self.coarse_score, SCORE_DECIMALS),
+            fine_score=None if self.fine_score is None else round(self.fine_score, SCORE_DECIMALS),
             id=self.id,
             scene_id=self.scene_id,
             path=self.path,
@@ -134,7 +136,7 @@ class Result:
             window=window_record(self.window),
             bbox=self.bbox,
             acquired=self.acquired,
-            region=self.region,
+            region=None if self.region is None else [round(v, SCORE_DECIMALS) for v in self.region],
             region_window=self.region_window(),
             region_index=self.region_index,
             footprint=self.footprint,

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -55,6 +56,15 @@ def _load_ftf(root: Path, device: torch.device, options: dict[str, Any]) -> Enco
 
 
 def load_encoder(name_or_path: str | None, device: str = "auto", **options: Any) -> Encoder:
+    """Load an Encoder offline from a name, a directory, or (``None``) the shipped default (see
+    :func:`_load_encoder`); logs what was loaded and how long it took."""
+    t0 = time.perf_counter()
+    encoder = _load_encoder(name_or_path, device, **options)
+    log.info("model %s on %s: loaded in %.2f s", encoder.id, encoder.device, time.perf_counter() - t0)
+    return encoder
+
+
+def _load_encoder(name_or_path: str | None, device: str = "auto", **options: Any) -> Encoder:
     """Load an Encoder offline from a name, a directory, or (``None``) the shipped default.
 
     ``options`` go to ``ClipEncoder`` for CLIP models: ``region_mode`` (``crops`` | ``tokens``),
@@ -87,7 +97,10 @@ def load_query_encoder(name_or_path: str | None, device: str = "auto") -> Encode
             if family == "pretrained" and (device.strip().lower() == "cpu" or not _cuda_possible()):
                 from ftfsearch.model.query import QueryEncoder
 
-                return QueryEncoder(root, raw, device)
+                t0 = time.perf_counter()
+                encoder = QueryEncoder(root, raw, device)
+                log.info("model %s: text in ONNX Runtime, ready in %.2f s", encoder.id, time.perf_counter() - t0)
+                return encoder
     return load_encoder(name_or_path, device)
 
 

@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import tempfile
+import time
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -87,6 +88,7 @@ def read(key: ExportKey) -> bytes | None:
         return None
     why = _invalid(magic, header, graph, key)
     if why is None:
+        log.info("ONNX cache: read %s (%.1f MB)", path, len(graph) / 1e6)
         return graph
     _warn_once(f"bad:{path}", f"ONNX cache {path}: {why}; rebuilding it")
     return None
@@ -142,6 +144,9 @@ def cached_export(key: ExportKey, export: Callable[[], bytes]) -> bytes:
     """The graph for ``key``: from the cache, else exported now and stored for the next process."""
     graph = read(key)
     if graph is None:
+        t0 = time.perf_counter()
         graph = export()
-        write(key, graph)
+        log.info("ONNX cache: exported the %s tower of %s in %.1f s", key.tower, key.model_id, time.perf_counter() - t0)
+        if write(key, graph):
+            log.info("ONNX cache: stored %s", key.path())
     return graph
