@@ -1,4 +1,4 @@
-"""``python -m bench query|ingest|scene|remote|examples|generalise|workers|processes|report``: see BENCHMARKS.md for the commands and the results."""
+"""``python -m bench query|ingest|scene|remote|examples|generalise|workers|processes|text|report``: see BENCHMARKS.md for the commands and the results."""
 
 from __future__ import annotations
 
@@ -68,6 +68,10 @@ def main(argv: list[str] | None = None) -> int:
     pr.add_argument("--runs", type=int, default=5)
     pr.add_argument("--baseline-cli", default=None, help="another install's ftfsearch, timed in the same run")
     pr.add_argument("--json", type=Path, default=None)
+    tx = sub.add_parser("text", help="text encoding p50: the torch tower against its ONNX Runtime export")
+    tx.add_argument("--queries", type=int, default=200)
+    tx.add_argument("--warmup", type=int, default=20)
+    tx.add_argument("--json", type=Path, default=None)
     sub.add_parser("report", help="Markdown tables of bench/results/*.json (for BENCHMARKS.md)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
@@ -110,6 +114,10 @@ def main(argv: list[str] | None = None) -> int:
         from bench.generalise import main as generalise_main
 
         return generalise_main(args.model or [None], args.json)
+    if args.cmd == "text":
+        from bench.text import main as text_main
+
+        return text_main(args.queries, args.warmup, args.json)
     if args.cmd == "processes":
         from bench.processes import main as processes_main
 

@@ -168,7 +168,7 @@ def test_a_naip_item_ingests_without_assets(tmp_path: Path, tiny_clip_dir: Path)
     # interpretation would give 1, 2, 3)
     href = write(tmp_path / "naip.json", item("naip-nir-first", {"image": naip_asset(str(NAIP), ("nir", "red", "green", "blue"))},
                                               collection="naip"))
-    proc = run("ingest", str(href), "--tile-size", "256", "--levels", "1", "--json", env=env)
+    proc = run("ingest", str(href), "--tile-size", "256", "--levels", "1", "--json", env=env, timeout=900)
     assert proc.returncode == 0, proc.stderr
     [summary] = json.loads(proc.stdout)["scenes"]
     assert summary["state"] == "complete" and summary["tiles"] > 0 and summary["path"] == str(NAIP)
