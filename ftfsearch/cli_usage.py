@@ -9,11 +9,14 @@
 
 from __future__ import annotations
 
+import functools
 import sys
+from collections.abc import Sequence
 from typing import Any
 
 from rich.console import Console
 from rich.text import Text
+from typer import Abort
 from typer.core import TyperGroup, TyperOption
 
 try:  # typer >= 0.26 parses with its own copy of click
@@ -36,17 +39,19 @@ class OneLineErrors(TyperGroup):
     """The app's group: click's usage errors become one ``error:`` line (exit 2), the standalone
     mode's exits keep their codes."""
 
-    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+    def main(self, args: Sequence[str] | None = None, prog_name: str | None = None, complete_var: str | None = None,
+             standalone_mode: bool = True, windows_expand_args: bool = True, **extra: Any) -> Any:
+        parse = functools.partial(super().main, args, prog_name, complete_var, False, windows_expand_args, **extra)
         if not standalone_mode:
-            return super().main(*args, standalone_mode=False, **kwargs)
+            return parse()
         try:
-            code = super().main(*args, standalone_mode=False, **kwargs)
+            code = parse()
         except click_exceptions.NoArgsIsHelpError as exc:  # the help is shown already: no error line
             sys.exit(exc.exit_code)
         except click_exceptions.ClickException as exc:
             Console(stderr=True, soft_wrap=True).print(Text(f"error: {usage_message(exc)}"), highlight=False)
             sys.exit(exc.exit_code)
-        except click_exceptions.Abort:
+        except Abort:
             Console(stderr=True).print("error: aborted", highlight=False)
             sys.exit(130)
         # a command returns None; an Exit it raised comes back as its code
