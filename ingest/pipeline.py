@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any, Callable, Generator, Iterator, Literal, Protocol, Sequence, get_args
 
 import numpy as np
-import torch
 from rasterio.errors import RasterioError
 
 from ftfsearch.errors import BadInput
@@ -287,7 +286,10 @@ class _Writer:
 
 def encode_tiles(encoder: Encoder, tiles: list[Tile]) -> tuple[np.ndarray, np.ndarray]:
     """The pipeline's encode step: one batch of tiles -> (coarse float32 [B, D], regions float16
-    [B, R, D]), as they are stored (the ingest benchmark times this step alone)."""
+    [B, R, D]), as they are stored (the ingest benchmark times this step alone). torch is imported
+    here: the request models import this module, and a text query must not pay for torch."""
+    import torch
+
     pixels = torch.from_numpy(np.stack([t.pixels for t in tiles]))
     with torch.inference_mode():
         coarse, regions = encoder.encode_images(pixels)
