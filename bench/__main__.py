@@ -1,4 +1,4 @@
-"""``python -m bench query|ingest|scene|remote|examples|generalise|workers|gpu|report``: see BENCHMARKS.md for the commands and the results."""
+"""``python -m bench query|ingest|scene|remote|examples|generalise|workers|gpu|processes|text|report``: see BENCHMARKS.md for the commands and the results."""
 
 from __future__ import annotations
 
@@ -72,6 +72,16 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--json", type=Path, default=None, help="default bench/results/gpu.json (gpu-dry-run.json)")
     for parser in (q, i, rm, sc, ex, gen):
         add_device_option(parser)
+    pr = sub.add_parser("processes", help="CLI process times: --version, a text query, a refused argument (min of N)")
+    pr.add_argument("--store", type=Path, default=Path(".demo/store"))
+    pr.add_argument("--text", default="houses with red roofs")
+    pr.add_argument("--runs", type=int, default=5)
+    pr.add_argument("--baseline-cli", default=None, help="another install's ftfsearch, timed in the same run")
+    pr.add_argument("--json", type=Path, default=None)
+    tx = sub.add_parser("text", help="text encoding p50: the torch tower against its ONNX Runtime export")
+    tx.add_argument("--queries", type=int, default=200)
+    tx.add_argument("--warmup", type=int, default=20)
+    tx.add_argument("--json", type=Path, default=None)
     sub.add_parser("report", help="Markdown tables of bench/results/*.json (for BENCHMARKS.md)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
@@ -119,6 +129,14 @@ def main(argv: list[str] | None = None) -> int:
         from bench.gpu import main as gpu_main
 
         return gpu_main(args)
+    if args.cmd == "text":
+        from bench.text import main as text_main
+
+        return text_main(args.queries, args.warmup, args.json)
+    if args.cmd == "processes":
+        from bench.processes import main as processes_main
+
+        return processes_main(args.store, args.text, args.runs, args.json, args.baseline_cli)
     if args.cmd == "report":
         from bench.report import main as report_main
 

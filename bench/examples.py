@@ -319,7 +319,7 @@ def quality_dataset(lab: Labelled, grams: Counter[tuple[str, ...]], opts: Option
     for ci, cls in enumerate(sorted(lab.members)):
         phrase = class_phrase(cls, grams)
         phrases[cls] = phrase
-        tv = enc.encode_text([phrase])[0].float()
+        tv = torch.as_tensor(enc.encode_text([phrase])[0]).float()
         for mode, rr in (("coarse", False), ("rerank", True)):
             p["text"][mode].append(precision(lab, [r.id for r in lab.searcher.search(phrase, k=K, recall_k=RECALL_K, rerank=rr).results], cls))
         members = lab.members[cls]

@@ -101,7 +101,7 @@ def scene_words(encoder: Encoder, name: str, json_path: Path) -> dict[str, Any]:
         coarse, regions = torch.cat(gs), torch.cat(rs)
         labels = np.asarray([im.label for im in part.images])
         classes = sorted(set(labels.tolist()))
-        texts = encoder.encode_text([phrase_for(c) for c in classes]).float()
+        texts = torch.as_tensor(encoder.encode_text([phrase_for(c) for c in classes])).float()
         per_class: dict[str, dict[str, float]] = {}
         for c, t in zip(classes, texts):
             co, fo = ftf_order(encoder, t, coarse, regions, RECALL_K_SCENES)

@@ -257,7 +257,7 @@ def run(opts: Options) -> dict[str, Any]:
             res, texts = measure(opts, encoder, model_note, store, place, build_s)
         finally:
             store.close()  # an embedded store has one opener: the baselines below open it again
-        plain_texts = [encoder.encode_text([q])[0] for q in texts[: opts.plain_queries]]
+        plain_texts = [np.asarray(encoder.encode_text([q])[0]) for q in texts[: opts.plain_queries]]
         res["baselines"].update(_plain(place, encoder, plain_texts, opts))
         _maxsim(place, encoder, texts, opts, res)
         return res
@@ -265,7 +265,7 @@ def run(opts: Options) -> dict[str, Any]:
         place.stop()
 
 
-def _plain(place: Place, encoder: Encoder, texts: list[torch.Tensor], opts: Options) -> dict[str, Any]:
+def _plain(place: Place, encoder: Encoder, texts: list[np.ndarray], opts: Options) -> dict[str, Any]:
     """The plain path: Qdrant's named vectors through the client/binding (the path the packed copy
     replaced), then the same rerank."""
     store = place.open(payload_vectors=False)
@@ -273,8 +273,8 @@ def _plain(place: Place, encoder: Encoder, texts: list[torch.Tensor], opts: Opti
     plain: list[float] = []
     try:
         for tv in texts:
-            ms_f, cands = timed(lambda: store.recall(tv.numpy(), opts.recall_k, with_vectors=True))
-            ms_r, _ = timed(lambda: searcher.rank(tv[None], tv.new_zeros((0, tv.shape[0])), cands, opts.k, True))
+            ms_f, cands = timed(lambda: store.recall(tv, opts.recall_k, with_vectors=True))
+            ms_r, _ = timed(lambda: searcher.rank(tv[None], np.zeros((0, tv.shape[0]), np.float32), cands, opts.k, True))
             plain.append(ms_f + ms_r)
     finally:
         store.close()
@@ -289,13 +289,13 @@ def _maxsim(place: Place, encoder: Encoder, texts: list[str], opts: Options, res
     runs: dict[str, list[float]] = {"http_client": [], "httpx": []}
     with place.maxsim() as maxsim:
         for q in warm:
-            maxsim(encoder.encode_text([q])[0].numpy(), k, rk)
-        st = [timed(lambda: maxsim(encoder.encode_text([q])[0].numpy(), k, rk))[0] for q in texts]
+            maxsim(np.asarray(encoder.encode_text([q])[0]), k, rk)
+        st = [timed(lambda: maxsim(np.asarray(encoder.encode_text([q])[0]), k, rk))[0] for q in texts]
         if res.get("transport") is not None:
             with place.maxsim(use_httpx=True) as slow:
                 for q in texts[: opts.transport_queries]:
                     for name, run_one in (("http_client", maxsim), ("httpx", slow)):
-                        runs[name].append(timed(lambda: run_one(encoder.encode_text([q])[0].numpy(), k, rk))[0])
+                        runs[name].append(timed(lambda: run_one(np.asarray(encoder.encode_text([q])[0]), k, rk))[0])
     stat = Stat.of(st)
     res["stages"]["server_maxsim"] = stat.to_dict()
     res["baselines"]["server_maxsim_ms_p50"] = round(stat.p50, 3)
@@ -331,10 +331,10 @@ def measure(
     for q in texts:
         ms, tv = timed(lambda: encoder.encode_text([q])[0])
         st["encode_text"].append(ms)
-        vec = tv.numpy()
+        vec = np.asarray(tv)
         st["recall"].append(timed(lambda: store.recall(vec, rk, with_vectors=False))[0])
         ms_f, cands = timed(lambda: store.recall(vec, rk, with_vectors=True))
-        ms_r, _ = timed(lambda: searcher.rank(tv[None], tv.new_zeros((0, tv.shape[0])), cands, k, True))
+        ms_r, _ = timed(lambda: searcher.rank(vec[None], np.zeros((0, vec.shape[0]), np.float32), cands, k, True))
         st["recall_fetch"].append(ms_f)
         st["rerank"].append(ms_r)
         st["fetch_rerank"].append(ms_f + ms_r)
@@ -449,7 +449,7 @@ def _exhaustive(
     ids = point_ids(0, opts.points)
     times, hits = [], 0
     for q in texts:
-        ms, top = timed(lambda: exhaustive_top(encoder, encoder.encode_text([q])[0].to(encoder.device), c, r, k))
+        ms, top = timed(lambda: exhaustive_top(encoder, torch.as_tensor(encoder.encode_text([q])[0]).to(encoder.device), c, r, k))
         times.append(ms)
         hits += len({ids[i] for i in top} & set(ftf_top[q]))
     return times, hits / (k * max(1, len(texts)))

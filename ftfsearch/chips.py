@@ -47,7 +47,9 @@ log = logging.getLogger(__name__)
 
 MAX_CHIP_SIDE = 1024
 """Largest chip side served (a level-4 tile of 256 is 1024 scene pixels)."""
-PREVIEW_MAX_SIDE = 1024
+PREVIEW_MAX_SIDE = 512
+"""Longest side of a scene preview: an overlay a map shows whole, never a full-size copy (a 934 x 723
+drone scene at full size was a 1.2 MB PNG); zoomed in, the chips show the detail."""
 WEB_MERCATOR = "EPSG:3857"
 """The CRS of Leaflet's map: previews are warped to it."""
 WEB_MERCATOR_MAX_LAT = 85.0511287798

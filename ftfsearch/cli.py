@@ -28,6 +28,7 @@ from rich.table import Table
 from rich.text import Text
 from typer.models import OptionInfo
 
+from ftfsearch.cli_usage import OneLineErrors
 from ftfsearch.config import Settings, load_settings
 from ftfsearch.errors import FtfError, in_api_words, render
 from ftfsearch.keys import DEFAULT_RATE_LIMIT, KEYS_ENV
@@ -35,6 +36,7 @@ from ftfsearch.model.families import FAMILIES
 from ftfsearch.net import LOOPBACK_HOSTS, LOOPBACK_IP
 
 app = typer.Typer(
+    cls=OneLineErrors,
     add_completion=False,
     pretty_exceptions_enable=False,
     no_args_is_help=True,
@@ -147,14 +149,29 @@ def _commands(settings: Settings) -> Any:
 def _single_thread_queries() -> None:
     """One torch thread for the query path: its tensors are tiny, and intra-op threads only add
     synchronisation (measured on the 2-core machine, shipped model: text encoding 173 -> 2.5 ms,
-    BTI of 100 candidates 31 -> 0.7 ms p50 with a background job on the other core)."""
-    import torch
+    BTI of 100 candidates 31 -> 0.7 ms p50 with a background job on the other core). A text query
+    never imports torch: then the variable torch reads at import, should an image example load it."""
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(1)
+    else:
+        os.environ["OMP_NUM_THREADS"] = "1"
 
-    torch.set_num_threads(1)
+
+def _show_version(value: bool) -> None:
+    if value:
+        from ftfsearch import __version__
+
+        out.print(f"ftfsearch {__version__}", highlight=False)
+        raise typer.Exit()
 
 
 @app.callback()
-def main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log what happens to stderr.")) -> None:
+def main(
+    verbose: bool = typer.Option(
+        False, "--verbose", "-v", help="Log to stderr what loads and how long it takes (model, ONNX cache, store)."
+    ),
+    version: bool = typer.Option(False, "--version", is_eager=True, callback=_show_version, help="Print the version."),
+) -> None:
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
@@ -722,8 +739,28 @@ def info(
     if as_json:
         out.print_json(json.dumps(data, default=str))
         return
-    for key, value in data.items():
-        out.print(f"{key:>16}: {value}", highlight=False)
+    out.print(_info_table(data))
+
+
+def _info_table(data: dict[str, Any]) -> Table:
+    """``info`` for a person: the model and the vector layout in words, nested values as ``k=v``."""
+    table = Table(show_header=False, box=None, pad_edge=False)
+    table.add_column(style="bold", justify="right", no_wrap=True)
+    table.add_column(overflow="fold")
+    rest = dict(data)
+    meta = rest.pop("meta", None)
+    for key, value in rest.items():
+        shown = "yes" if value is True else "no" if value is False else value
+        if isinstance(value, dict):
+            shown = ", ".join(f"{k}={v}" for k, v in value.items())
+        table.add_row(key.replace("_", " "), Text(str(shown)))
+    if isinstance(meta, dict):
+        table.add_row("model", Text(str(meta.get("model_id", "-"))))
+        table.add_row("vectors", Text(f"{meta.get('dim')}-d coarse and {meta.get('num_regions')} regions "
+                                      f"({meta.get('region_layout')}), schema {meta.get('schema_version')}"))
+    elif "meta" in data:
+        table.add_row("model", Text("none yet (nothing ingested)"))
+    return table
 
 
 # push --------------------------------------------------------------------------------------------

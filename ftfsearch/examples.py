@@ -20,18 +20,16 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import rasterio
-import torch
-from rasterio.enums import ColorInterp
-from rasterio.errors import NotGeoreferencedWarning, RasterioError
-from rasterio.io import MemoryFile
 
 from ftfsearch.errors import BadInput, TileNotFound
 from ftfsearch.model.base import Encoder
-from ftfsearch.raster import choose_style
 from ftfsearch.store.base import QueryFilter, Store
+
+if TYPE_CHECKING:  # rasterio and torch only for an image example: a text query imports neither
+    import rasterio
 
 TILE_ID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 _NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
@@ -120,6 +118,10 @@ def image_ref(data: bytes, param: str = "like", name: str = "uploaded image", re
 
 def read_image(ref: ExampleRef) -> np.ndarray:
     """The referenced image as ``uint8 [H, W, 3]``, bands and stretch chosen as ingest does."""
+    import rasterio
+    from rasterio.errors import NotGeoreferencedWarning, RasterioError
+    from rasterio.io import MemoryFile
+
     where = ref.where()
     if ref.data is not None and not ref.data:
         raise BadInput(f"{where}: is empty; send a PNG, JPEG or GeoTIFF image")
@@ -139,6 +141,10 @@ def read_image(ref: ExampleRef) -> np.ndarray:
 
 
 def _read_rgb(ds: rasterio.io.DatasetReader, where: str) -> np.ndarray:
+    from rasterio.enums import ColorInterp
+
+    from ftfsearch.raster import choose_style
+
     h, w = ds.height, ds.width
     if min(h, w) < MIN_IMAGE_SIDE or max(h, w) > MAX_IMAGE_SIDE:
         raise BadInput(
@@ -196,6 +202,8 @@ def resolve(refs: Sequence[ExampleRef], store: Store, encoder: Encoder) -> list[
     if images:
         pixels = [read_image(refs[i]) for i in images]
         for i, px in zip(images, pixels):
+            import torch
+
             g, rg = encoder.encode_images(torch.from_numpy(np.ascontiguousarray(px))[None])
             coarse[i], regions[i] = g[0].float().cpu().numpy(), rg[0].float().cpu().numpy()
     out = []

@@ -4,35 +4,67 @@ For a text vector t and a candidate with coarse vector g and region vectors r_1.
     a = softmax(<t, r_j> / tau);  v = normalize(sum_j a_j r_j)
     v_b = normalize(g + v)        (balanced; ``balanced=False`` uses v alone)
     s = (1 - alpha) * <t, g> + alpha * <t, v_b>
-The same function runs in training (batched over texts) and at query time, on any torch device.
+The same function runs in training (batched over texts, torch tensors with gradients, on any
+device) and at query time (numpy arrays: a query process does not import torch); the operations
+below are the ones both libraries spell alike, so there is one rerank, not two.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, TypeVar
 
-import torch
-import torch.nn.functional as F
+import numpy as np
+
+if TYPE_CHECKING:
+    import torch
+
+Array = TypeVar("Array", "torch.Tensor", np.ndarray)
+"""A torch tensor or a numpy array: every argument and result of one call is the same kind."""
+
+
+def _xp(x: Any) -> ModuleType:
+    """numpy for numpy arrays, else torch (imported only then)."""
+    if isinstance(x, np.ndarray):
+        return np
+    import torch
+
+    return torch
+
+
+def _cast(x: Any, like: Any) -> Any:
+    return x.astype(like.dtype, copy=False) if isinstance(x, np.ndarray) else x.to(like.dtype)
+
+
+def _normalize(x: Any, xp: ModuleType) -> Any:
+    """Unit rows along the last axis (as torch's F.normalize: norms below 1e-12 count as 1e-12)."""
+    return x / xp.sqrt((x * x).sum(-1, keepdims=True)).clip(1e-12)
+
+
+def _softmax(x: Any, xp: ModuleType) -> Any:
+    e = xp.exp(x - xp.amax(x, -1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
 
 
 @dataclass
 class BtiOutput:
     """Scores and the attention that produced them."""
 
-    scores: torch.Tensor
+    scores: Any
     """``[T, K]`` final scores."""
-    fine: torch.Tensor
+    fine: Any
     """``[T, K]`` fine scores ``<t, v_b>``."""
-    coarse: torch.Tensor
+    coarse: Any
     """``[T, K]`` coarse scores ``<t, g>``."""
-    attention: torch.Tensor
+    attention: Any
     """``[T, K, R]`` text-guided attention over regions."""
 
 
 def bti(
-    text: torch.Tensor,
-    coarse: torch.Tensor,
-    regions: torch.Tensor,
+    text: Array,
+    coarse: Array,
+    regions: Array,
     tau: float,
     alpha: float,
     balanced: bool = True,
@@ -47,17 +79,16 @@ def bti(
         alpha: weight of the fine score in the final score.
         balanced: weigh the attended regions against the whole tile (normalize(g + v)).
     """
-    if text.dim() == 1:
-        text = text.unsqueeze(0)
-    dtype = text.dtype
-    coarse = coarse.to(dtype)
-    regions = regions.to(dtype)
+    xp = _xp(text)
+    if text.ndim == 1:
+        text = text[None]
+    coarse = _cast(coarse, text)
+    regions = _cast(regions, text)
     s_c = text @ coarse.T  # [T, K]
-    logits = torch.einsum("td,krd->tkr", text, regions) / tau  # [T, K, R]
-    attn = logits.softmax(dim=-1)
-    v = F.normalize(torch.einsum("tkr,krd->tkd", attn, regions), dim=-1)  # [T, K, D]
-    v_b = F.normalize(coarse.unsqueeze(0) + v, dim=-1) if balanced else v
-    s_f = torch.einsum("td,tkd->tk", text, v_b)
+    attn = _softmax(xp.moveaxis(regions @ text.T, 2, 0) / tau, xp)  # [T, K, R]
+    v = _normalize(xp.moveaxis(xp.moveaxis(attn, 0, 1) @ regions, 1, 0), xp)  # [K, T, R] @ [K, R, D] -> [T, K, D]
+    v_b = _normalize(coarse[None] + v, xp) if balanced else v
+    s_f = (text[:, None, :] * v_b).sum(-1)  # [T, K]
     scores = (1.0 - alpha) * s_c + alpha * s_f
     return BtiOutput(scores=scores, fine=s_f, coarse=s_c, attention=attn)
 
@@ -73,19 +104,19 @@ unlike the misses rather than like the examples and halves precision."""
 class FusedOutput:
     """Scores of K candidates for a set of positive and negative query vectors."""
 
-    scores: torch.Tensor
+    scores: Any
     """``[K]``: with one positive and no negative, its BTI score; else the fused z-scores."""
-    fine: torch.Tensor
+    fine: Any
     """``[K]`` fine scores of the lead (first) positive."""
-    attention: torch.Tensor
+    attention: Any
     """``[K, R]`` attention of the lead positive: which region matched."""
 
 
 def bti_fused(
-    positives: torch.Tensor,
-    negatives: torch.Tensor,
-    coarse: torch.Tensor,
-    regions: torch.Tensor,
+    positives: Array,
+    negatives: Array,
+    coarse: Array,
+    regions: Array,
     tau: float,
     alpha: float,
     balanced: bool = True,
@@ -96,15 +127,17 @@ def bti_fused(
     candidates (a text and an image example score on different scales), positives averaged,
     minus ``negative_weight`` times the negatives' average. One positive alone keeps its raw
     BTI score, so a text query ranks exactly as :func:`bti` does."""
-    queries = torch.cat([positives, negatives.to(positives.dtype)]) if len(negatives) else positives
+    xp = _xp(positives)
+    queries = xp.concatenate([positives, _cast(negatives, positives)]) if len(negatives) else positives
     out = bti(queries, coarse, regions, tau=tau, alpha=alpha, balanced=balanced)
     p = positives.shape[0]
     if queries.shape[0] == 1:
         scores = out.scores[0]
     else:
         s = out.scores
-        z = (s - s.mean(dim=1, keepdim=True)) / (s.std(dim=1, keepdim=True, unbiased=False) + 1e-6)
-        scores = z[:p].mean(dim=0)
+        centred = s - s.mean(1, keepdims=True)
+        z = centred / (xp.sqrt((centred * centred).mean(1, keepdims=True)) + 1e-6)  # population std
+        scores = z[:p].mean(0)
         if z.shape[0] > p:
-            scores = scores - negative_weight * z[p:].mean(dim=0)
+            scores = scores - negative_weight * z[p:].mean(0)
     return FusedOutput(scores=scores, fine=out.fine[0], attention=out.attention[0])

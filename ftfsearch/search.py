@@ -8,27 +8,30 @@ import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 from typing_extensions import TypedDict
 
 from ftfsearch.errors import BadInput, CollectionNotFound
 from ftfsearch.model.base import Encoder
 from ftfsearch.model.regions import region_in_window
-from ftfsearch.examples import ExampleRef, resolve
 from ftfsearch.rerank import bti_fused
 from ftfsearch.collection import collection_meta
 from ftfsearch.store.base import Candidates, QueryFilter, Store, average_vector, check_bbox, check_meta
 from ftfsearch.vector_cache import VectorCache
 from ftfsearch.times import check_range, parse_time
 
+if TYPE_CHECKING:
+    from ftfsearch.examples import ExampleRef
+
 log = logging.getLogger(__name__)
 
 MAX_K = 1000
 MAX_RECALL_K = 10000
 MAX_QUERY_CHARS = 2000
+SCORE_DECIMALS = 4
+"""Scores and tile fractions in JSON: what they mean (a float32's 1/3 is 0.3333333432674408)."""
 DEFAULT_VECTOR_CACHE_BYTES = 256 << 20
 """Tile vectors a long-lived Searcher keeps (about 32k tiles at D=256, R=14)."""
 
@@ -123,9 +126,9 @@ class Result:
         """Stable field names for ``--json``, GeoJSON and the HTTP API."""
         return ResultRecord(
             rank=self.rank,
-            score=round(self.score, 6),
-            coarse_score=round(self.coarse_score, 6),
-            fine_score=None if self.fine_score is None else round(self.fine_score, 6),
+            score=round(self.score, SCORE_DECIMALS),
+            coarse_score=round(self.coarse_score, SCORE_DECIMALS),
+            fine_score=None if self.fine_score is None else round(self.fine_score, SCORE_DECIMALS),
             id=self.id,
             scene_id=self.scene_id,
             path=self.path,
@@ -133,7 +136,7 @@ class Result:
             window=window_record(self.window),
             bbox=self.bbox,
             acquired=self.acquired,
-            region=self.region,
+            region=None if self.region is None else [round(v, SCORE_DECIMALS) for v in self.region],
             region_window=self.region_window(),
             region_index=self.region_index,
             footprint=self.footprint,
@@ -263,25 +266,28 @@ class Searcher:
         has_text = text is not None and bool(str(text).strip()) or not examples
         if not has_text and not any(e.positive for e in examples):
             raise BadInput("`unlike`: needs a text or at least one `like` example beside it (misses alone find nothing)")
-        positives: list[torch.Tensor] = []
+        positives: list[np.ndarray] = []
         if has_text:
             cleaned, warnings = clean_query(text if text is not None else "", self.encoder)
             t0 = time.perf_counter()
-            positives.append(self.encoder.encode_text([cleaned])[0].float().cpu())
+            # a torch tensor (on the CPU) from the torch encoders, a numpy array from the query one
+            positives.append(np.asarray(self.encoder.encode_text([cleaned])[0], dtype=np.float32))
             timings["encode_text"] = (time.perf_counter() - t0) * 1000
-        negatives: list[torch.Tensor] = []
+        negatives: list[np.ndarray] = []
         exclude: tuple[str, ...] = ()
         if examples:
+            from ftfsearch.examples import resolve
+
             t0 = time.perf_counter()
             resolved = resolve(examples, self.store, self.encoder)
             timings["examples"] = (time.perf_counter() - t0) * 1000
             for ex in resolved:
-                (positives if ex.ref.positive else negatives).append(torch.from_numpy(ex.vector))
+                (positives if ex.ref.positive else negatives).append(np.asarray(ex.vector, dtype=np.float32))
             exclude = tuple(dict.fromkeys(ex.tile_id for ex in resolved if ex.tile_id is not None))
-        pos = torch.stack(positives)
-        neg = torch.stack(negatives) if negatives else pos.new_zeros((0, pos.shape[1]))
+        pos = np.stack(positives)
+        neg = np.stack(negatives) if negatives else np.zeros((0, pos.shape[1]), dtype=np.float32)
         # What a recalled score is the dot product of: the cache checks its vectors against it.
-        score_vec = average_vector(pos.numpy(), neg.numpy()) if examples else pos[0].numpy()
+        score_vec = average_vector(pos, neg) if examples else pos[0]
 
         t0 = time.perf_counter()
         flt = QueryFilter(
@@ -292,10 +298,10 @@ class Searcher:
         cached = rerank and self.vector_cache is not None
         limit = recall_k if rerank else k
         if examples:
-            cands = self.store.recommend(pos.numpy(), neg.numpy(), limit, flt=flt, with_vectors=rerank and not cached,
+            cands = self.store.recommend(pos, neg, limit, flt=flt, with_vectors=rerank and not cached,
                                          with_payload=not rerank)
         else:
-            cands = self.store.recall(pos[0].numpy(), limit, flt=flt, with_vectors=rerank and not cached,
+            cands = self.store.recall(pos[0], limit, flt=flt, with_vectors=rerank and not cached,
                                       with_payload=not rerank)
         timings["recall"] = (time.perf_counter() - t0) * 1000
         if cached:
@@ -356,7 +362,7 @@ class Searcher:
         return kept
 
     def rank(
-        self, positives: torch.Tensor, negatives: torch.Tensor, cands: Candidates, k: int, rerank: bool
+        self, positives: np.ndarray, negatives: np.ndarray, cands: Candidates, k: int, rerank: bool
     ) -> list[Result]:
         """The top ``k`` of recalled candidates: reranked by the fused BTI of the positive and
         negative query vectors (``[P, D]``, ``[N, D]``), or in recall order."""
@@ -368,20 +374,21 @@ class Searcher:
         best_region: np.ndarray | None = None
         if rerank:
             assert cands.coarse is not None and cands.regions is not None
-            device = self.encoder.device
             params = self.encoder.rerank_params
+            # in numpy on the CPU: K candidates of R regions are a few matrix products, smaller
+            # than a round trip to a GPU, and a query process need not import torch for them
             out = bti_fused(
-                positives.to(device),
-                negatives.to(device),
-                torch.from_numpy(np.ascontiguousarray(cands.coarse)).to(device),
-                torch.from_numpy(np.ascontiguousarray(cands.regions)).to(device),
+                np.asarray(positives, dtype=np.float32),
+                np.asarray(negatives, dtype=np.float32),
+                np.asarray(cands.coarse, dtype=np.float32),
+                np.asarray(cands.regions, dtype=np.float32),
                 tau=params.tau,
                 alpha=params.alpha,
                 balanced=params.balanced,
             )
-            scores = out.scores.float().cpu().numpy()
-            fine = out.fine.float().cpu().numpy()
-            best_region = out.attention.argmax(dim=-1).cpu().numpy()
+            scores = np.asarray(out.scores, dtype=np.float32)
+            fine = np.asarray(out.fine, dtype=np.float32)
+            best_region = np.asarray(out.attention).argmax(axis=-1)
             order = np.argsort(-scores, kind="stable")[:k]
         else:
             scores = coarse_scores

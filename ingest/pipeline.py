@@ -15,12 +15,12 @@ import queue
 import threading
 import time
 from contextlib import contextmanager
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Generator, Iterator, Literal, Protocol, Sequence, get_args
 
 import numpy as np
-import torch
 from rasterio.errors import RasterioError
 
 from ftfsearch.errors import BadInput
@@ -290,7 +290,10 @@ class _Writer:
 
 def encode_tiles(encoder: Encoder, tiles: list[Tile]) -> tuple[np.ndarray, np.ndarray]:
     """The pipeline's encode step: one batch of tiles -> (coarse float32 [B, D], regions float16
-    [B, R, D]), as they are stored (the ingest benchmark times this step alone)."""
+    [B, R, D]), as they are stored (the ingest benchmark times this step alone). torch is imported
+    here: the request models import this module, and a text query must not pay for torch."""
+    import torch
+
     pixels = torch.from_numpy(np.stack([t.pixels for t in tiles]))
     with torch.inference_mode():
         coarse, regions = encoder.encode_images(pixels)
@@ -539,6 +542,14 @@ def scene_error(path: Path | str | StacScene, exc: BaseException) -> BadInput | 
     return None
 
 
+def stac_options(options: IngestOptions, scene: StacScene) -> IngestOptions:
+    """The options for a STAC item: the red, green and blue bands its asset's band list names,
+    unless ``bands`` chose others."""
+    if scene.bands is None or options.spec.bands is not None:
+        return options
+    return dataclasses.replace(options, spec=dataclasses.replace(options.spec, bands=scene.bands))
+
+
 @dataclass
 class IngestFailure:
     path: str
@@ -551,7 +562,8 @@ def ingest_one(path: Path | str | StacScene, encoder: Encoder, store: Store, opt
     """One source as one scene: a raster file or URL, or a STAC item (its raster, id, time and properties)."""
     if isinstance(path, StacScene):
         raster, fp = path.source()
-        return ingest_scene(raster, encoder, store, options, progress, scene_id=options.scene_id or path.scene_id,
+        return ingest_scene(raster, encoder, store, stac_options(options, path), progress,
+                            scene_id=options.scene_id or path.scene_id,
                             acquired=path.acquired, stac=path.properties, fp=fp)
     return ingest_scene(path, encoder, store, options, progress)
 

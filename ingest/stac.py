@@ -3,9 +3,11 @@
 ``ftfsearch ingest ITEM.json`` (or a catalog or collection, a file or an http(s) URL) makes each
 STAC item one scene. Its RGB pixels are, in this order of preference: the assets named by
 ``assets`` (``--assets``: one RGB asset, or red, green and blue ones); the item's ``visual``
-asset; an asset whose bands are red, green and blue; three single-band assets whose band
-common names (``eo:bands``, or STAC 1.1 ``bands`` with ``eo:common_name``) are red, green and
-blue, stacked through a VRT on the finest band's grid (:func:`ingest.stack.stack_vrt`). Asset
+asset; an asset whose bands include red, green and blue (NAIP publishes one ``image`` asset of
+red, green, blue and near-infrared: its red, green and blue bands are read, by their place in its
+band list); three single-band assets whose band common names (``eo:bands``, or STAC 1.1 ``bands``
+with ``eo:common_name``) are red, green and blue, stacked through a VRT on the finest band's grid
+(:func:`ingest.stack.stack_vrt`). Asset
 hrefs are resolved against the item's location; http(s) assets are read in place through
 ``/vsicurl/``, as COG URLs are.
 
@@ -77,6 +79,9 @@ class StacScene:
     stack_dir: str
     assets: tuple[tuple[str, str], ...] = ()
     """``(key, absolute href)``: one RGB asset, or the red, green and blue ones."""
+    bands: tuple[int, int, int] | None = None
+    """1-based red, green and blue bands of the one asset, from its band list (None: the raster's
+    own colour interpretation, or a stack of three)."""
     acquired: str | None = None
     properties: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
@@ -111,7 +116,9 @@ class StacScene:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "StacScene":
-        return cls(**{**d, "assets": tuple((str(k), str(h)) for k, h in d.get("assets") or ())})
+        bands = d.get("bands")
+        return cls(**{**d, "assets": tuple((str(k), str(h)) for k, h in d.get("assets") or ()),
+                      "bands": tuple(int(b) for b in bands) if bands else None})
 
 
 def read_stac(href: str, stack_dir: Path, assets: tuple[str, ...] | None = None,
@@ -256,11 +263,11 @@ def _item_scene(reader: StacReader, href: str, d: dict[str, Any], stack_dir: Pat
     item = _stac_object(reader, href, d)
     if not isinstance(item, pystac.Item):
         raise BadInput(f"{href}: an item link leads to a STAC {type(item).__name__.lower()}, not an item")
-    chosen = _rgb_assets(item, href, assets)
+    chosen, bands = _rgb_assets(item, href, assets)
     kept = {k.removeprefix("eo:"): item.properties[k] for k in KEPT_PROPERTIES if item.properties.get(k) is not None}
     return StacScene(
         href=href, scene_id=safe_id(item.id), stack_dir=str(stack_dir),
-        assets=tuple((k, _asset_href(item, k, href)) for k in chosen), acquired=acquired,
+        assets=tuple((k, _asset_href(item, k, href)) for k in chosen), bands=bands, acquired=acquired,
         properties={"item": item.id, "collection": item.collection_id, "href": href,
                     "assets": list(chosen), **kept},
     )
@@ -288,9 +295,11 @@ def _band_names(asset: pystac.Asset) -> list[str | None]:
     return []
 
 
-def _rgb_assets(item: pystac.Item, href: str, given: tuple[str, ...] | None) -> tuple[str, ...]:
-    """The keys of the item's RGB assets: ``given``, ``visual``, one red-green-blue asset, or
-    three single-band assets by common name."""
+def _rgb_assets(item: pystac.Item, href: str,
+                given: tuple[str, ...] | None) -> tuple[tuple[str, ...], tuple[int, int, int] | None]:
+    """The keys of the item's RGB assets: ``given``, ``visual``, one asset whose bands include
+    red, green and blue (with those bands' 1-based places when it has others), or three
+    single-band assets by common name."""
     assets = item.assets
     have = ", ".join(sorted(assets)) or "none"
     if given:
@@ -298,16 +307,21 @@ def _rgb_assets(item: pystac.Item, href: str, given: tuple[str, ...] | None) -> 
         if missing:
             raise BadInput(f"`assets` {','.join(given)!r}: {href}: item {item.id!r} has no asset {missing[0]!r} "
                            f"(its assets: {have})")
-        return given
+        return given, None
     if VISUAL in assets:
-        return (VISUAL,)
+        return (VISUAL,), None
     names = {key: _band_names(asset) for key, asset in sorted(assets.items())}
     whole = [key for key, n in names.items() if tuple(n) == RGB]
     if whole:
-        return (whole[0],)
+        return (whole[0],), None
+    # one asset holding red, green and blue among others (NAIP: red, green, blue, nir)
+    holding = [key for key, n in names.items() if all(n.count(c) == 1 for c in RGB)]
+    if holding:
+        n = names[holding[0]]
+        return (holding[0],), (n.index("red") + 1, n.index("green") + 1, n.index("blue") + 1)
     single = {n[0]: key for key, n in reversed(names.items()) if len(n) == 1 and n[0] in RGB}
     if all(c in single for c in RGB):
-        return tuple(single[c] for c in RGB)
+        return tuple(single[c] for c in RGB), None
     raise BadInput(
         f"`assets`: {href}: item {item.id!r} has no {VISUAL!r} asset and no red, green and blue band assets "
         f"(eo:bands common names); give the keys of its red, green and blue assets (its assets: {have})"

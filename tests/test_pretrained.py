@@ -16,7 +16,8 @@ import torch
 from _data import SHARED_DATA
 from ftfsearch.training.datasets import load_dataset, load_pixels
 from ftfsearch.errors import ModelNotFound
-from ftfsearch.model.backbones import LITE0, MINILM, BaseWeights, load_lite0
+from ftfsearch.model.backbones import load_lite0
+from ftfsearch.model.bases import LITE0, MINILM, BaseWeights
 from ftfsearch.model.loading import load_encoder
 from ftfsearch.model.pretrained import PretrainedConfig, build_model, fused_trunk, save_pretrained_model
 from ftfsearch.training.train import CHECKPOINT_NAME, TrainConfig, TrainProgress, train

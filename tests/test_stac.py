@@ -33,6 +33,7 @@ from _scenes import s2_bands, split_bands
 pytestmark = pytest.mark.usefixtures("shared_data")  # real scenes and the Sentinel-2 bands
 
 RGB = SHARED_DATA / "geotiffs" / "rasterio" / "RGB.byte.tif"  # 791 x 718, 3 bands uint8, EPSG:32618
+NAIP = SHARED_DATA / "geotiffs" / "opengeos_data" / "naip_m_4709963_se_14_1_20200831.tif"  # red, green, blue, nir
 EO = "https://stac-extensions.github.io/eo/v1.1.0/schema.json"
 TILING = ["--levels", "1", "--tile-size", "128", "--batch-size", "16"]
 RGB_TILES = 27
@@ -138,6 +139,50 @@ def test_stac_1_1_bands_start_datetime_and_a_visual_asset(tmp_path: Path) -> Non
     assert [k for k, _ in scene.assets] == ["b3", "b2", "b1"]  # --assets first of all
     with pytest.raises(BadInput, match=r"^assets 'b1,b9,b3': .*has no asset 'b9' \(its assets: b1, b2, b3, visual\)"):
         read_stac(str(tmp_path / "v11.json"), tmp_path / "stacks", assets=("b1", "b9", "b3"))
+
+
+def naip_asset(href: str, order: Sequence[str] = ("red", "green", "blue", "nir")) -> dict[str, Any]:
+    """One four-band ``image`` asset, as NAIP items are published."""
+    return {"href": href, "type": "image/tiff; application=geotiff; profile=cloud-optimized", "roles": ["data"],
+            "eo:bands": [{"name": c.title(), "common_name": c} for c in order]}
+
+
+def test_one_asset_of_red_green_blue_and_nir_is_read_as_rgb(tmp_path: Path) -> None:
+    """NAIP's one ``image`` asset: its red, green and blue bands by their place in eo:bands."""
+    href = write(tmp_path / "naip.json", item("naip", {"image": naip_asset(str(NAIP)),
+                                                       "thumbnail": {"href": "./thumb.jpg", "roles": ["thumbnail"]}}))
+    [scene] = read_stac(str(href), tmp_path / "stacks")
+    assert scene.error is None and scene.assets == (("image", str(NAIP)),) and scene.bands == (1, 2, 3)
+    assert StacScene.from_dict(json.loads(json.dumps(scene.to_dict()))) == scene  # what the holder is sent
+    write(tmp_path / "nir-first.json", item("nir-first", {"image": naip_asset(str(NAIP), ("nir", "red", "green", "blue"))}))
+    [scene] = read_stac(str(tmp_path / "nir-first.json"), tmp_path / "stacks")
+    assert scene.bands == (2, 3, 4)
+    write(tmp_path / "rgb.json", item("rgb", {"image": naip_asset(str(RGB), ("red", "green", "blue"))}))
+    [scene] = read_stac(str(tmp_path / "rgb.json"), tmp_path / "stacks")
+    assert scene.bands is None  # exactly red, green, blue: the raster as it is
+
+
+def test_a_naip_item_ingests_without_assets(tmp_path: Path, tiny_clip_dir: Path) -> None:
+    env = env_for(tmp_path, tiny_clip_dir)
+    # bands listed nir first: the scene must take bands 2, 3, 4 (the raster's own colour
+    # interpretation would give 1, 2, 3)
+    href = write(tmp_path / "naip.json", item("naip-nir-first", {"image": naip_asset(str(NAIP), ("nir", "red", "green", "blue"))},
+                                              collection="naip"))
+    proc = run("ingest", str(href), "--tile-size", "256", "--levels", "1", "--json", env=env, timeout=900)
+    assert proc.returncode == 0, proc.stderr
+    [summary] = json.loads(proc.stdout)["scenes"]
+    assert summary["state"] == "complete" and summary["tiles"] > 0 and summary["path"] == str(NAIP)
+    [row] = json.loads(run("scenes", "--json", env=env).stdout)
+    assert row["stac"]["assets"] == ["image"]
+    from ftfsearch.store import open_store
+
+    db = open_store(collection="tiles", store_dir=tmp_path / "store", qdrant_url=None, api_key=None, timeout=5.0,
+                    read_only=True)
+    try:
+        record = db.get_scene("naip-nir-first")
+        assert record is not None and record.tiling["bands"] == [2, 3, 4]
+    finally:
+        db.close()
 
 
 def test_a_catalog_walk_reads_each_object_once_and_stops_at_the_limit(tmp_path: Path) -> None:

@@ -82,7 +82,17 @@ class OpenedAccess:
         # `auto` does not pay CUDA's start-up and the model's copy to the GPU for that.
         device = "cpu" if self.settings.device.strip().lower() == "auto" else self.settings.device
         with self.store(read_only=True) as db:
-            yield Searcher(self.encoder(device), db, vector_cache_bytes=0), db  # one query: nothing to reuse
+            # one query: nothing to reuse; its encoder encodes text without importing torch
+            yield Searcher(self.query_encoder(device), db, vector_cache_bytes=0), db
+
+    def query_encoder(self, device: str) -> Encoder:
+        """The encoder of a one-off search (:func:`~ftfsearch.model.loading.load_query_encoder`):
+        the full one when this command loaded it already, else the torch-free one."""
+        if self._encoder is None:
+            from ftfsearch.model.loading import load_query_encoder
+
+            self._encoder = load_query_encoder(self.settings.model, device=device)
+        return self._encoder
 
 
 def open_target(to: str, collection: str, api_key: str | None, timeout: float) -> Store:

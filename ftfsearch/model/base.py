@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import numpy as np
-import torch
+
+from ftfsearch.errors import BadInput
+
+if TYPE_CHECKING:  # the protocol names torch types; the query path must not import torch for it
+    import torch
 
 
 @dataclass(frozen=True)
@@ -24,7 +28,9 @@ class RerankParams:
 class Encoder(Protocol):
     """Encodes image tiles into a coarse vector plus region vectors, and text into one vector.
 
-    All outputs are L2-normalised float32 tensors on the CPU.
+    All outputs are L2-normalised float32 arrays on the CPU: torch tensors, except the text vectors
+    of the query path's encoder (:class:`~ftfsearch.model.query.QueryEncoder`), numpy arrays so that
+    a query need not import torch (``np.asarray`` and ``torch.as_tensor`` read both).
     """
 
     id: str
@@ -35,7 +41,11 @@ class Encoder(Protocol):
     """Id of the region layout (e.g. ``grid-1-2-3``), recorded in each tile's payload."""
     rerank_params: RerankParams
     max_text_tokens: int
-    device: torch.device
+
+    @property
+    def device(self) -> torch.device:
+        """Where the model runs (the query encoder loads its torch model to answer)."""
+        ...
 
     @property
     def region_boxes(self) -> np.ndarray:
@@ -46,10 +56,17 @@ class Encoder(Protocol):
         """``uint8 [B, H, W, 3]`` -> ``(coarse [B, D], regions [B, R, D])``."""
         ...
 
-    def encode_text(self, texts: list[str]) -> torch.Tensor:
+    def encode_text(self, texts: list[str]) -> torch.Tensor | np.ndarray:
         """``list[str]`` -> ``[B, D]``."""
         ...
 
     def count_text_tokens(self, text: str) -> int:
         """Number of tokens the text encoder would see before truncation."""
         ...
+
+
+def check_texts(texts: list[str]) -> list[str]:
+    """Validate a text batch: a list (or tuple) of strings, not one string."""
+    if isinstance(texts, str) or not isinstance(texts, (list, tuple)) or not all(isinstance(t, str) for t in texts):
+        raise BadInput(f"texts: expected a list of strings, got {type(texts).__name__}")
+    return list(texts)

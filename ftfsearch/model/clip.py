@@ -39,9 +39,9 @@ import torch
 import torch.nn.functional as F
 
 from ftfsearch.errors import BadInput, ModelNotFound
-from ftfsearch.model.base import RerankParams
+from ftfsearch.model.base import RerankParams, check_texts
 from ftfsearch.model.sources import ModelSource, exact_float32, force_offline, locate_model, resolve_device
-from ftfsearch.model.preprocess import ImageTransform, check_images, check_texts
+from ftfsearch.model.preprocess import ImageTransform, check_images
 from ftfsearch.model.regions import DEFAULT_LAYOUT, box_pooling_matrix, layout_boxes
 
 log = logging.getLogger(__name__)

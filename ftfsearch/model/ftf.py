@@ -14,7 +14,6 @@ format version), ``model.safetensors`` (float16 weights) and ``tokenizer.json``.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 from dataclasses import dataclass, field
@@ -27,19 +26,17 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ftfsearch.errors import BadInput, ModelNotFound
-from ftfsearch.model.base import RerankParams
-from ftfsearch.model.preprocess import PixelNorm, check_images, check_texts
+from ftfsearch.model.base import RerankParams, check_texts
+from ftfsearch.model.preprocess import PixelNorm, check_images
 from ftfsearch.model.regions import DEFAULT_LAYOUT, box_pooling_matrix, layout_boxes
 from ftfsearch.model.sources import exact_float32
 from ftfsearch.model.text import count_tokens, encode_batch, load_tokenizer
+from ftfsearch.model.weights import CONFIG_NAME, WEIGHTS_NAME, model_id, weights_digest
 
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 2
 """2: optional ``region_branch`` (regions from the finer, second-to-last stage). Format-1 dirs load unchanged."""
-CONFIG_NAME = "ftf_config.json"
-"""The file that makes a directory an FTF model (either family: the scratch and the pretrained one)."""
-WEIGHTS_NAME = "model.safetensors"
 TOKENIZER_NAME = "tokenizer.json"
 
 # Per-channel RGB statistics of RSICD+UCM training images (rounded); fixed so that a model
@@ -234,7 +231,7 @@ class FtfEncoderBase:
         self.num_regions = int(self._boxes.shape[0])
         self.rerank_params = cfg.rerank
         self.max_text_tokens = cfg.max_text_tokens
-        self.id = f"ftf:{cfg.name}:{weights_digest[:12]}"
+        self.id = model_id(cfg.name, weights_digest)
         self.batch_size = batch_size
 
     @property
@@ -286,17 +283,6 @@ class FtfEncoder(FtfEncoderBase):
 
     def count_text_tokens(self, text: str) -> int:
         return count_tokens(self.tokenizer, text)
-
-
-def weights_digest(state: dict[str, torch.Tensor]) -> str:
-    """sha256 over tensor names, dtypes, shapes and bytes: stable where file bytes are not
-    (safetensors may serialise its metadata map in any order)."""
-    h = hashlib.sha256()
-    for name in sorted(state):
-        t = state[name].detach().cpu().contiguous()
-        h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
 
 
 def save_ftf_model(model: FtfModel, tokenizer: Any, out_dir: Path) -> Path:

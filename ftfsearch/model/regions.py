@@ -6,10 +6,14 @@ Boxes are ``(x0, y0, x1, y1)`` fractions of the tile, row-major within each grid
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
 
 from ftfsearch.errors import BadInput
+
+if TYPE_CHECKING:  # layouts and boxes are read by the query path, which does not import torch
+    import torch
 
 DEFAULT_LAYOUT = "grid-1-2-3"
 
@@ -46,6 +50,8 @@ def box_pooling_matrix(boxes: np.ndarray, h: int, w: int) -> torch.Tensor:
     """``[R, h*w]`` float32 weights that average an ``h x w`` map (row-major, as a flattened feature
     map or a ViT's patch sequence) over each box: each cell weighs by the exact fraction of it
     inside the box, so any layout works at any map size; rows sum to 1."""
+    import torch
+
     b = np.asarray(boxes, dtype=np.float64)
     ys, xs = np.arange(h + 1, dtype=np.float64) / h, np.arange(w + 1, dtype=np.float64) / w
     oy = np.clip(np.minimum(b[:, 3:4], ys[1:]) - np.maximum(b[:, 1:2], ys[:-1]), 0.0, None)  # [R, h]

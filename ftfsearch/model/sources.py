@@ -9,10 +9,12 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from ftfsearch.errors import BadInput, ModelNotFound
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +46,8 @@ def force_offline() -> None:
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
     """``auto`` -> cuda when available else cpu; an unavailable device is a BadInput naming ``device``."""
+    import torch
+
     if isinstance(device, torch.device):
         device = str(device)
     name = device.strip().lower()

@@ -134,7 +134,7 @@ def encode_split(encoder: Encoder, split: CaptionSplit, pixels: np.ndarray, batc
     text = encoder.encode_text([str(c) for c in distinct])[torch.from_numpy(back.reshape(-1))]
     t2 = time.perf_counter()
     return Embeddings(
-        coarse=torch.cat(gs).float(), regions=torch.cat(rs).float(), text=text.float(),
+        coarse=torch.cat(gs).float(), regions=torch.cat(rs).float(), text=torch.as_tensor(text).float(),
         owner=torch.from_numpy(split.caption_owner), image_seconds=t1 - t0, text_seconds=t2 - t1,
     )
 

@@ -45,7 +45,7 @@ from ftfsearch.training.evaluate import EVAL_PIXELS, Embeddings, encode_split, s
 from ftfsearch.model.base import Encoder, RerankParams
 from ftfsearch.model.families import family
 from ftfsearch.model.ftf import FtfConfig, FtfEncoder, FtfModel, prepare_images, save_ftf_model
-from ftfsearch.model.loading import resolve_device
+from ftfsearch.model.sources import resolve_device
 from ftfsearch.model.pretrained import PretrainedConfig
 from ftfsearch.model.text import encode_batch, train_tokenizer
 from ftfsearch.rerank import bti

@@ -11,6 +11,9 @@
   const state = { map: null, results: [], layers: new Map(), resultGroup: null, selected: null, sceneBounds: null,
     marks: [], memoryKey: null, asking: null };
   const MARKS_KEY = "ftfsearch-marks";
+  // Deepest zoom the map goes to (fitting results, a selected tile): about 3 cm a pixel, so a
+  // 300 m drone scene and its 80 m tiles fill the view; the basemap stretches past its zoom 19.
+  const MAX_ZOOM = 22;
 
   function colour(t) {
     const x = Math.min(1, Math.max(0, t)) * (VIRIDIS.length - 1);
@@ -100,10 +103,10 @@
 
   function initMap(info) {
     if (typeof L === "undefined") { $("no-leaflet").hidden = false; return; }
-    const map = L.map("map", { worldCopyJump: false, zoomSnap: 0.25, preferCanvas: false });
+    const map = L.map("map", { worldCopyJump: false, zoomSnap: 0.25, preferCanvas: false, maxZoom: MAX_ZOOM });
     const overlays = {};
     if (info.basemap && info.basemap.url) {
-      L.tileLayer(info.basemap.url, { attribution: info.basemap.attribution || "", maxZoom: 19 }).addTo(map);
+      L.tileLayer(info.basemap.url, { attribution: info.basemap.attribution || "", maxNativeZoom: 19, maxZoom: MAX_ZOOM }).addTo(map);
     }
     state.previewGroup = L.layerGroup().addTo(map);
     state.outlineGroup = L.layerGroup().addTo(map);
@@ -143,7 +146,7 @@
     }
     if (all.isValid()) {
       state.sceneBounds = all;
-      state.map.fitBounds(all, { padding: [20, 20] });
+      state.map.fitBounds(all, { padding: [20, 20], maxZoom: MAX_ZOOM });
     }
   }
 
@@ -227,7 +230,7 @@
       list.append(li);
     }
     if (state.map && state.resultGroup.getLayers().length) {
-      state.map.fitBounds(state.resultGroup.getBounds(), { padding: [30, 30], maxZoom: 14 });
+      state.map.fitBounds(state.resultGroup.getBounds(), { padding: [30, 30], maxZoom: MAX_ZOOM });
     }
   }
 
@@ -399,7 +402,7 @@
     if (layer && state.map) {
       // Some ground around the tile for context; keep it clear of the detail panel on the right.
       state.map.flyToBounds(layer.getBounds().pad(0.6), {
-        paddingTopLeft: [40, 40], paddingBottomRight: [420, 40], maxZoom: 17, duration: 0.6,
+        paddingTopLeft: [40, 40], paddingBottomRight: [420, 40], maxZoom: MAX_ZOOM, duration: 0.6,
       });
     }
 
