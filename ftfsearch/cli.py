@@ -1083,7 +1083,7 @@ def evaluate_cmd(
     images: Optional[list[Path]] = typer.Option(
         None, "--images", help="Image folder per --data, in the same order (default: images/ beside the json)."
     ),
-    recall_k: int = typer.Option(50, "--recall-k", help="Coarse candidates reranked by FTF."),
+    recall_k: Optional[int] = typer.Option(None, "--recall-k", help="Coarse candidates reranked by FTF (default: the K the model chose on validation)."),
     as_json: bool = typer.Option(
         False, "--json", help="Print the report as JSON: an object, or an array of them for several --data."
     ),
@@ -1103,7 +1103,8 @@ def evaluate_cmd(
     from ftfsearch.model.loading import load_encoder
 
     encoder = load_encoder(settings.model, device=settings.device)
-    reports = [evaluate(encoder, ds, split, recall_k, cache_dir=cache_dir, ablation=ablation) for ds in datasets]
+    k = recall_k if recall_k is not None else encoder.rerank_params.k
+    reports = [evaluate(encoder, ds, split, k, cache_dir=cache_dir, ablation=ablation) for ds in datasets]
     if as_json:
         dicts = [r.to_dict() for r in reports]
         out.print_json(json.dumps(dicts[0] if len(dicts) == 1 else dicts))

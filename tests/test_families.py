@@ -36,7 +36,11 @@ def test_each_family_loads_its_model_and_names_its_training_task(name: str) -> N
     assert vec.shape == (1, encoder.dim) and torch.isfinite(vec).all()
     assert load_encoder(str(root), device="cpu").id == encoder.id  # load_encoder goes through the table
     task = getattr(train, entry.train_task)
-    assert isinstance(task, type) and issubclass(task, train._Task)
+    assert isinstance(task, type)
+    # a structural check: the training loop calls these on every task (the protocol has data members,
+    # so issubclass cannot check it)
+    for method in ("prepare", "param_groups", "batch", "encoder", "extra_state", "save"):
+        assert callable(getattr(task, method, None)), f"{entry.train_task} lacks {method}"
     assert entry.lr > 0 and entry.summary
 
 
