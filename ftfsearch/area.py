@@ -86,10 +86,11 @@ class Area:
                 g = shape(geom)
             except Exception as exc:  # shapely's errors for malformed coordinates vary by kind
                 raise BadInput(f"`aoi`: malformed {kind} coordinates ({exc})") from exc
-            if g.is_empty or g.area == 0:
+            why = "" if g.is_valid else explain_validity(g)
+            if g.is_empty or (g.area == 0 and "Self-intersection" not in why):
                 raise BadInput(f"`aoi`: the {kind} is empty (no area); give at least three distinct corners")
-            if not g.is_valid:
-                raise BadInput(f"`aoi`: the {kind} is not a valid polygon ({explain_validity(g)}); fix the "
+            if why:
+                raise BadInput(f"`aoi`: the {kind} is not a valid polygon ({why}); fix the "
                                "outline so that it does not cross itself")
             polygons += list(getattr(g, "geoms", [g]))
         if not polygons:

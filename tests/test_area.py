@@ -99,7 +99,7 @@ def test_find_scans_every_tile_above_the_threshold(filled: Store, encoder) -> No
 
 def test_a_find_past_its_limit_is_refused_with_a_way_out(filled: Store, encoder) -> None:
     query = unit(encoder.encode_text(["a river"])[0].float().numpy())
-    with pytest.raises(BadInput, match=r"would return about .* raise it .* narrow the search with `aoi`"):
+    with pytest.raises(BadInput, match=r"would return about .* raise it .* narrow the search with aoi"):
         plan(filled, query, None, None, -1.0, max_hits=10)
 
 
