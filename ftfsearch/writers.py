@@ -54,6 +54,9 @@ class _Writer:
     def finish(self) -> None:
         """Whatever closes the format (a footer)."""
 
+    def abort(self) -> None:
+        """Let go of the file after an error (it is deleted; nothing more is written)."""
+
 
 class _GeoJson(_Writer):
     def __init__(self, handle: IO[Any], columns: dict[str, ColumnType], members: dict[str, Any]) -> None:
@@ -123,6 +126,12 @@ class _Parquet(_Writer):
     def finish(self) -> None:
         self.writer.close()
 
+    def abort(self) -> None:
+        try:
+            self.writer.close()
+        except Exception:  # the file is being deleted: only its handle matters
+            pass
+
 
 def _arrow_value(value: Any) -> Any:
     return json.dumps(value) if isinstance(value, (list, dict)) else value
@@ -152,7 +161,11 @@ def open_writer(path: Path, columns: dict[str, ColumnType], geometry_types: Sequ
                 writer = _Csv(handle, columns)
             else:
                 writer = _Parquet(handle, columns, geometry_types)
-            yield writer
+            try:
+                yield writer
+            except BaseException:
+                writer.abort()
+                raise
             writer.finish()
         tmp.replace(target)
     except OSError as exc:
