@@ -152,8 +152,8 @@ def open_writer(path: Path, columns: dict[str, ColumnType], geometry_types: Sequ
             from exc
     tmp = Path(tmp_name)
     try:
-        with os.fdopen(fd, "wb" if fmt == "parquet" else "w", **({} if fmt == "parquet" else
-                                                                 {"encoding": "utf-8", "newline": ""})) as handle:
+        opened: IO[Any] = os.fdopen(fd, "wb") if fmt == "parquet" else os.fdopen(fd, "w", encoding="utf-8", newline="")
+        with opened as handle:
             writer: _Writer
             if fmt == "geojson":
                 writer = _GeoJson(handle, columns, members or {})
