@@ -732,10 +732,11 @@ def classify(
               f"recall {plan.recall:.2f}", highlight=False)
     from shapely.geometry import Polygon, box
 
-    from ftfsearch.writers import Row
+    from ftfsearch.writers import ColumnType, Row
 
     footprints = []
-    columns = {"id": "str", "probability": "float", "scene_id": "str", "level": "int", "window": "str"}
+    columns: dict[str, ColumnType] = {"id": "str", "probability": "float", "scene_id": "str", "level": "int",
+                                      "window": "str"}
     with open_writer(out_file, columns) as writer:
         for page in items:
             assert isinstance(page, ClassifyPage)
