@@ -485,6 +485,26 @@ LikeRegionOpt = typer.Option(
 UnlikeRegionOpt = typer.Option(None, "--unlike-region", help="REF:N: a region you do not want (repeatable).")
 
 
+OutOpt = typer.Option(
+    None, "--out", "-o", help="Write the results to this file; its extension picks the format: .geojson, "
+    ".parquet (GeoParquet) or .csv.", show_default=False,
+)
+AoiOpt = typer.Option(
+    None, "--aoi", help="Only tiles intersecting this area: a GeoJSON Polygon, MultiPolygon, Feature or "
+    "FeatureCollection file (WGS84).", show_default=False,
+)
+
+
+def _read_aoi(path: Optional[Path]) -> Optional[dict[str, Any]]:
+    """An ``--aoi`` file's GeoJSON, checked (:mod:`ftfsearch.area`), or None."""
+    if path is None:
+        return None
+    from ftfsearch.area import read_area
+    from ftfsearch.commands.requests import checked_aoi
+
+    return checked_aoi(read_area(path))
+
+
 def _example_refs(
     like: Optional[list[str]], unlike: Optional[list[str]],
     like_region: Optional[list[str]], unlike_region: Optional[list[str]],
@@ -510,6 +530,7 @@ def query(
     recall_k: int = typer.Option(100, "--recall-k", help="Candidates recalled for the rerank."),
     no_rerank: bool = typer.Option(False, "--no-rerank", help="Return the coarse recall order."),
     bbox: Optional[str] = typer.Option(None, "--bbox", help="minlon,minlat,maxlon,maxlat (WGS84)."),
+    aoi: Optional[Path] = AoiOpt,
     scene: Optional[list[str]] = typer.Option(None, "--scene", help="Only these scene ids (repeatable)."),
     after: Optional[str] = typer.Option(
         None, "--after", help="Only scenes acquired at or after this time (ISO 8601, e.g. 2024-05-01; UTC if no zone)."
@@ -519,6 +540,7 @@ def query(
     ),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON array of results."),
     geojson: Optional[Path] = typer.Option(None, "--geojson", help="Write result footprints as GeoJSON."),
+    out_file: Optional[Path] = OutOpt,
     chips: Optional[Path] = typer.Option(
         None, "--chips", help="Write a PNG of each result, matched region outlined, into this directory."
     ),
@@ -540,9 +562,13 @@ def query(
         marks = read_labels(labels)
         refs += marks.refs()
         text = text if text is not None else marks.query
+    if out_file is not None:
+        from ftfsearch.writers import output_format
+
+        output_format(out_file)  # a bad extension is refused before the search
     request = SearchRequest.model_validate({  # checked here, before a model loads or the store opens
         "text": text, "examples": tuple(refs), "k": k, "recall_k": recall_k, "rerank": not no_rerank, "bbox": bbox,
-        "scenes": tuple(scene or ()), "after": after, "before": before, "with_bands": chips is not None,
+        "aoi": _read_aoi(aoi), "scenes": tuple(scene or ()), "after": after, "before": before, "with_bands": chips is not None,
     })
     _single_thread_queries()
     response = _commands(settings).search(request)  # the model loads only now, after every check
@@ -556,6 +582,12 @@ def query(
     if geojson is not None:
         n = write_geojson(response.results, geojson, query=title)
         err.print(f"wrote {n} features to {geojson}", highlight=False)
+    if out_file is not None:
+        from ftfsearch.writers import RESULT_COLUMNS, open_writer, result_rows
+
+        with open_writer(out_file, RESULT_COLUMNS, members={"query": title}) as writer:
+            writer.write(result_rows(response.results))
+        err.print(f"wrote {writer.count} results to {out_file}", highlight=False)
     if chips is not None:
         from ftfsearch.chips import write_chips
 
@@ -590,6 +622,141 @@ def query(
     out.print(table)
     t = response.timings_ms
     err.print(", ".join(f"{stage} {ms:.1f} ms" for stage, ms in t.items()) + f" on {response.device}", highlight=False)
+
+
+@app.command()
+@handles_errors
+def find(
+    text: Optional[str] = typer.Argument(None, help="What to look for, in plain words (optional with --like)."),
+    like: Optional[list[str]] = LikeOpt,
+    unlike: Optional[list[str]] = UnlikeOpt,
+    like_region: Optional[list[str]] = LikeRegionOpt,
+    unlike_region: Optional[list[str]] = UnlikeRegionOpt,
+    labels: Optional[Path] = typer.Option(
+        None, "--labels", help="Add the marks of a labels file (labels export, or the map page) as examples."
+    ),
+    bbox: Optional[str] = typer.Option(None, "--bbox", help="minlon,minlat,maxlon,maxlat (WGS84)."),
+    aoi: Optional[Path] = AoiOpt,
+    scene: Optional[list[str]] = typer.Option(None, "--scene", help="Only these scene ids (repeatable)."),
+    after: Optional[str] = typer.Option(None, "--after", help="Only scenes acquired at or after this time (ISO 8601)."),
+    before: Optional[str] = typer.Option(None, "--before", help="Only scenes acquired before this time."),
+    min_score: Optional[float] = typer.Option(
+        None, "--min-score", help="Keep tiles whose coarse score (cosine, -1..1) is at least this. Default: the "
+        "median plus 4 robust standard deviations (1.4826 x MAD) of the scores of a sample of up to 4096 tiles "
+        "in scope, i.e. the tiles that stand out from the typical one; the chosen value is printed.",
+        show_default=False,
+    ),
+    max_hits: int = typer.Option(1_000_000, "--max-hits", help="Refuse a find estimated to return more tiles."),
+    out_file: Path = typer.Option(..., "--out", "-o", help="Write every hit to this file: .geojson, .parquet "
+                                  "(GeoParquet) or .csv, page by page; nothing is left behind on an error."),
+    store: Optional[Path] = StoreOpt,
+    qdrant_url: Optional[str] = UrlOpt,
+    collection: Optional[str] = CollectionOpt,
+    model: Optional[str] = ModelOpt,
+    device: Optional[str] = DeviceOpt,
+) -> None:
+    """Every tile above a threshold in the area, scenes and time range (no k): score and matched region, to a file."""
+    from ftfsearch.commands import FindPage, FindPlan, FindRequest
+    from ftfsearch.writers import RESULT_COLUMNS, open_writer, output_format, result_rows
+
+    output_format(out_file)
+    settings = _settings(store_dir=store, qdrant_url=qdrant_url, collection=collection, model=model, device=device)
+    refs = _example_refs(like, unlike, like_region, unlike_region)
+    if labels is not None:
+        from ftfsearch.labels import read_labels
+
+        marks = read_labels(labels)
+        refs += marks.refs()
+        text = text if text is not None else marks.query
+    request = FindRequest.model_validate({
+        "text": text, "examples": tuple(refs), "bbox": bbox, "aoi": _read_aoi(aoi), "scenes": tuple(scene or ()),
+        "after": after, "before": before, "min_score": min_score, "max_hits": max_hits,
+    })
+    _single_thread_queries()
+    items = _commands(settings).find(request)
+    plan = next(items)
+    assert isinstance(plan, FindPlan)
+    for warning in plan.warnings:
+        err.print(Text(f"warning: {warning}"), highlight=False)
+    err.print(f"threshold {plan.threshold:.4f} ({plan.threshold_source}); about {plan.estimated:,} of "
+              f"{plan.scope:,} tiles in scope", highlight=False)
+    with open_writer(out_file, RESULT_COLUMNS, members={"query": text, "threshold": plan.threshold}) as writer:
+        for page in items:
+            assert isinstance(page, FindPage)
+            writer.write(result_rows(page.results))
+    err.print(f"wrote {writer.count:,} tiles to {out_file}", highlight=False)
+
+
+@app.command()
+@handles_errors
+def classify(
+    labels: Path = typer.Option(..., "--labels", help="The marks to learn from: a labels GeoJSON file (labels "
+                                "export, or the map page); at least 3 hits, misses optional."),
+    bbox: Optional[str] = typer.Option(None, "--bbox", help="minlon,minlat,maxlon,maxlat (WGS84)."),
+    aoi: Optional[Path] = AoiOpt,
+    scene: Optional[list[str]] = typer.Option(None, "--scene", help="Only these scene ids (repeatable)."),
+    after: Optional[str] = typer.Option(None, "--after", help="Only scenes acquired at or after this time (ISO 8601)."),
+    before: Optional[str] = typer.Option(None, "--before", help="Only scenes acquired before this time."),
+    min_probability: float = typer.Option(0.5, "--min-probability", help="A detection: a tile the model gives "
+                                          "at least this probability."),
+    out_file: Path = typer.Option(..., "--out", "-o", help="Write the detections to this file: .parquet "
+                                  "(GeoParquet), .geojson or .csv."),
+    objects: Optional[Path] = typer.Option(None, "--objects", help="Also write touching detections merged into "
+                                           "polygons, with their area in m2 (.parquet, .geojson or .csv)."),
+    store: Optional[Path] = StoreOpt,
+    qdrant_url: Optional[str] = UrlOpt,
+    collection: Optional[str] = CollectionOpt,
+) -> None:
+    """Train a classifier on marked tiles (logistic regression on their stored vectors, background negatives from the collection) and score every tile in scope."""
+    import json as json_
+
+    from ftfsearch.commands import ClassifyPage, ClassifyPlan, ClassifyRequest
+    from ftfsearch.writers import open_writer, output_format
+
+    output_format(out_file)
+    if objects is not None:
+        output_format(objects, "objects")
+    try:
+        marks = json_.loads(labels.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json_.JSONDecodeError) as exc:
+        _fail(f"--labels {str(labels)!r}: cannot be read as GeoJSON ({exc})", 2)
+    request = ClassifyRequest.model_validate({
+        "labels": marks, "bbox": bbox, "aoi": _read_aoi(aoi), "scenes": tuple(scene or ()), "after": after,
+        "before": before, "min_probability": min_probability,
+    })
+    items = _commands(_settings(store_dir=store, qdrant_url=qdrant_url, collection=collection)).classify(request)
+    plan = next(items)
+    assert isinstance(plan, ClassifyPlan)
+    err.print(f"trained on {plan.positives} hits, {plan.negatives} misses and {plan.background} background tiles "
+              f"in {plan.train_ms:.0f} ms; {plan.folds}-fold cross-validated precision {plan.precision:.2f}, "
+              f"recall {plan.recall:.2f}", highlight=False)
+    from shapely.geometry import Polygon, box
+
+    from ftfsearch.writers import ColumnType, Row
+
+    footprints = []
+    columns: dict[str, ColumnType] = {"id": "str", "probability": "float", "scene_id": "str", "level": "int",
+                                      "window": "str"}
+    with open_writer(out_file, columns) as writer:
+        for page in items:
+            assert isinstance(page, ClassifyPage)
+            rows = []
+            for d in page.detections:
+                geometry = Polygon(d.footprint) if d.footprint else box(*d.bbox) if d.bbox else None
+                if geometry is not None and objects is not None:
+                    footprints.append(geometry)
+                rows.append(Row(geometry, {"id": d.id, "probability": d.probability, "scene_id": d.scene_id,
+                                           "level": d.level, "window": json_.dumps(d.window)}))
+            writer.write(rows)
+    err.print(f"{writer.count:,} of {plan.scope:,} tiles in scope detected; wrote {out_file}", highlight=False)
+    if objects is not None:
+        from ftfsearch.classify import merge_footprints
+
+        merged = merge_footprints(footprints)
+        with open_writer(objects, {"area_m2": "float", "tiles": "int"}, ("Polygon",), param="objects") as w:
+            w.write([Row(geometry, {"area_m2": area, "tiles": tiles}) for geometry, area, tiles in merged])
+        total = sum(a for _, a, _ in merged)
+        err.print(f"{len(merged):,} objects ({total:,.0f} m2 in all); wrote {objects}", highlight=False)
 
 
 # labels ------------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from typing_extensions import TypedDict
 
+from ftfsearch.area import Area
 from ftfsearch.errors import BadInput, CollectionNotFound
 from ftfsearch.model.base import Encoder
 from ftfsearch.model.regions import region_in_window
@@ -213,6 +214,20 @@ def check_model(store: Store, encoder: Encoder) -> None:
     check_meta(meta, wanted, store.collection, location)
 
 
+def within_area(cands: Candidates, area: Area) -> Candidates:
+    """The candidates whose footprint (in their payloads) intersects ``area``."""
+    idx = [i for i, p in enumerate(cands.payloads) if area.keeps(p.get("footprint"), p.get("bbox"))]
+    if len(idx) == len(cands):
+        return cands
+
+    def rows(a: np.ndarray | None) -> np.ndarray | None:
+        return None if a is None else a[idx]
+
+    return Candidates(ids=[cands.ids[i] for i in idx], scores=cands.scores[idx],
+                      payloads=[cands.payloads[i] for i in idx], coarse=rows(cands.coarse),
+                      regions=rows(cands.regions), versions=rows(cands.versions))
+
+
 class Searcher:
     """Answers text queries over one store with one encoder (checked against the collection once).
 
@@ -243,6 +258,7 @@ class Searcher:
         examples: Sequence[ExampleRef] = (),
         after: str | datetime | None = None,
         before: str | datetime | None = None,
+        area: Area | None = None,
     ) -> SearchResponse:
         """Text, examples (``like``/``unlike`` references), or both: recall, then the rerank.
 
@@ -253,6 +269,10 @@ class Searcher:
         vectors with the text and liked examples as positives and the unliked as negatives; the
         rerank fuses one BTI per query vector (:func:`~ftfsearch.rerank.bti_fused`). The
         examples' own tiles are never returned.
+
+        ``area`` keeps tiles whose footprint intersects it: Qdrant filters on the tile centre
+        first (:func:`~ftfsearch.area.store_filter`), then the candidates' footprints are checked,
+        so a few near its edge may leave fewer than ``k``.
         """
         if not 1 <= k <= MAX_K:
             raise BadInput(f"`k` {k}: must be between 1 and {MAX_K}")
@@ -290,24 +310,34 @@ class Searcher:
         score_vec = average_vector(pos, neg) if examples else pos[0]
 
         t0 = time.perf_counter()
+        center_in: tuple[Any, ...] = ()
+        if area is not None:
+            from ftfsearch.area import store_filter
+
+            bbox, center_in = store_filter(area, bbox, self.store)
         flt = QueryFilter(
-            bbox=bbox, scene_ids=tuple(scenes), exclude_ids=exclude, after=after_t, before=before_t
-        ) if (bbox or scenes or exclude or after_t or before_t) else None
+            bbox=bbox, scene_ids=tuple(scenes), exclude_ids=exclude, after=after_t, before=before_t,
+            center_in=center_in,
+        ) if (bbox or scenes or exclude or after_t or before_t or center_in) else None
         # The rerank reads only vectors: payloads come for the k winners, not all K candidates
-        # (afterwards, or with the cache misses' vectors on the cached path).
+        # (afterwards, or with the cache misses' vectors on the cached path); an area's footprint
+        # check reads every candidate's.
         cached = rerank and self.vector_cache is not None
         limit = recall_k if rerank else k
+        with_payload = not rerank or (area is not None and not cached)
         if examples:
             cands = self.store.recommend(pos, neg, limit, flt=flt, with_vectors=rerank and not cached,
-                                         with_payload=not rerank)
+                                         with_payload=with_payload)
         else:
             cands = self.store.recall(pos[0], limit, flt=flt, with_vectors=rerank and not cached,
-                                      with_payload=not rerank)
+                                      with_payload=with_payload)
         timings["recall"] = (time.perf_counter() - t0) * 1000
         if cached:
             t0 = time.perf_counter()
             cands = self._with_cached_vectors(cands, score_vec)
             timings["vectors"] = (time.perf_counter() - t0) * 1000
+        if area is not None:
+            cands = within_area(cands, area)
 
         t0 = time.perf_counter()
         results = self.rank(pos, neg, cands, k, rerank)

@@ -20,7 +20,9 @@ from pydantic import BaseModel
 from _holder import Procs, start_serve
 from _web_fixtures import GEOTIFFS
 from ftfsearch.commands import (
+    ClassifyRequest,
     Commands,
+    FindRequest,
     DropRequest,
     InfoRequest,
     IngestRequest,
@@ -140,6 +142,23 @@ def search_requests(here: LocalCommands) -> list[SearchRequest]:
         SearchRequest(examples=(parse_ref(a.id), parse_ref(b.id, "unlike")), k=6),
         SearchRequest(text="roads", examples=(parse_ref(f"{a.id}:3", "like_region"),), k=4),
         SearchRequest(examples=(parse_ref(point),), k=4, with_bands=True),
+        SearchRequest(text="houses", k=5, aoi={"type": "Polygon", "coordinates": [[
+            [west, south], [east, south], [(west + east) / 2, north], [west, south]]]}),
+    ]
+
+
+def find_requests(here: LocalCommands) -> list[Any]:
+    """A find (default threshold, in an area) and a classify from marks on the first results."""
+    first = here.search(SearchRequest(text="a river", k=8)).results
+    west, south, east, north = first[0].bbox or (0.0, 0.0, 0.0, 0.0)
+    labels = {"type": "FeatureCollection", "features": [
+        {"type": "Feature", "geometry": None, "properties": {"id": r.id, "label": label}}
+        for r, label in zip(first, ["positive"] * 4 + ["negative"] * 2)]}
+    return [
+        FindRequest(text="a river next to farmland"),
+        FindRequest(text="houses", min_score=-1.0, aoi={"type": "Polygon", "coordinates": [[
+            [west, south], [east, south], [east, north], [west, north], [west, south]]]}, page=16),
+        ClassifyRequest(labels=labels),
     ]
 
 
@@ -149,9 +168,12 @@ REFUSED = [
 ]
 
 
-def outcomes(commands: Commands, requests: list[SearchRequest], push_to: Path) -> dict[str, Any]:
+def outcomes(commands: Commands, requests: list[SearchRequest], push_to: Path,
+             streamed: list[Any] = ()) -> dict[str, Any]:  # type: ignore[assignment]
     return {
         "search": [commands.search(r) for r in requests],
+        "streamed": [list(commands.find(r) if isinstance(r, FindRequest) else commands.classify(r))
+                     for r in streamed],
         "scenes": commands.scenes(ScenesRequest()),
         "info": commands.info(InfoRequest()),
         "push": commands.push(PushRequest(to=str(push_to), collection="copy")),
@@ -186,7 +208,8 @@ def test_every_command_answers_the_same_here_and_through_the_holder(
     first = here.ingest(ingest, Recorder())
     assert [s.state for s in first.scenes] == ["complete", "complete"] and len(first.failed) == 1
     requests = search_requests(here)
-    local = outcomes(here, requests, tmp_path / "pushed-here")
+    streamed = find_requests(here)
+    local = outcomes(here, requests, tmp_path / "pushed-here", streamed)
     refused_here = refusals(here)
     dropped_here = here.drop(dropped)
     told_here = Recorder()
@@ -196,7 +219,7 @@ def test_every_command_answers_the_same_here_and_through_the_holder(
 
     # through the holder of the same store (as it is again after the re-ingest): the same answers
     serve, there = held(procs, store, model_dir, tmp_path)
-    through = outcomes(there, requests, tmp_path / "pushed-there")
+    through = outcomes(there, requests, tmp_path / "pushed-there", streamed)
     same(refusals(there), refused_here, "refusals")
     dropped_there = there.drop(dropped)
     told_there = Recorder()
@@ -207,6 +230,8 @@ def test_every_command_answers_the_same_here_and_through_the_holder(
     assert len(local["search"][0].results) == 10 and local["search"][4].results == []
     assert local["search"][2].bands and not local["search"][0].bands
     same(local["search"], through["search"], "search")
+    same(local["streamed"], through["streamed"], "find and classify", frozenset(TIMES | {"train_ms"}))
+    assert len(local["streamed"][1]) > 2  # a plan and more than one page of an area's tiles
     same(local["scenes"], through["scenes"], "scenes")
     same(local["info"], through["info"], "info")
     same(local["push"], through["push"], "push", frozenset(TIMES | {"target"}))

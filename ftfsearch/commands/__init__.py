@@ -10,8 +10,14 @@ from typing import Callable
 
 from ftfsearch.commands.base import Commands, IngestObserver
 from ftfsearch.commands.requests import (
+    ClassifyPage,
+    ClassifyPlan,
+    ClassifyRequest,
     DropOutcome,
     DropRequest,
+    FindPage,
+    FindPlan,
+    FindRequest,
     InfoRequest,
     IngestOutcome,
     IngestRequest,
@@ -42,6 +48,6 @@ def open_commands(settings: Settings, notify: Callable[[str], None] = lambda _: 
 
 
 __all__ = [
-    "Commands", "DropOutcome", "DropRequest", "InfoRequest", "IngestObserver", "IngestOutcome", "IngestRequest",
+    "ClassifyPage", "ClassifyPlan", "ClassifyRequest", "Commands", "DropOutcome", "DropRequest", "FindPage", "FindPlan", "FindRequest", "InfoRequest", "IngestObserver", "IngestOutcome", "IngestRequest",
     "PushRequest", "SceneRow", "ScenesRequest", "SearchOutcome", "SearchRequest", "open_commands",
 ]

@@ -10,11 +10,18 @@ and one holder route.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any, Protocol
 
 from ftfsearch.commands.requests import (
+    ClassifyPage,
+    ClassifyPlan,
+    ClassifyRequest,
     DropOutcome,
     DropRequest,
+    FindPage,
+    FindPlan,
+    FindRequest,
     InfoRequest,
     IngestOutcome,
     IngestRequest,
@@ -44,6 +51,14 @@ class Commands(Protocol):
     """The store commands: the same requests and results wherever they run."""
 
     def search(self, request: SearchRequest) -> SearchOutcome: ...
+
+    def find(self, request: FindRequest) -> Iterator[FindPlan | FindPage]:
+        """The plan first (checked: a find too large is refused before any hit), then page by page."""
+        ...
+
+    def classify(self, request: ClassifyRequest) -> Iterator[ClassifyPlan | ClassifyPage]:
+        """The trained model's quality first (bad labels are refused before), then the detections page by page."""
+        ...
 
     def ingest(self, request: IngestRequest, observer: IngestObserver | None = None) -> IngestOutcome: ...
 

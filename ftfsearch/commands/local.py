@@ -10,12 +10,20 @@ from typing import Any, ContextManager, Protocol
 
 from ftfsearch.commands.base import IngestObserver
 from ftfsearch.commands.requests import (
+    ClassifyPage,
+    ClassifyPlan,
+    ClassifyRequest,
     DropOutcome,
     DropRequest,
+    FindPage,
+    FindPlan,
+    FindRequest,
     InfoRequest,
     IngestOutcome,
     IngestRequest,
     PushRequest,
+    Scope,
+    Detection,
     SceneRow,
     ScenesRequest,
     SearchOutcome,
@@ -23,9 +31,12 @@ from ftfsearch.commands.requests import (
 )
 from ftfsearch.config import Settings
 from ftfsearch.errors import SceneNotFound
+from ftfsearch.find import Hit
 from ftfsearch.model.base import Encoder
 from ftfsearch.model.sources import device_label
-from ftfsearch.store.base import Store
+from ftfsearch.search import Result
+from ftfsearch.area import Area
+from ftfsearch.store.base import QueryFilter, Store
 from ftfsearch.store.transfer import PushSummary
 
 
@@ -104,6 +115,24 @@ def open_target(to: str, collection: str, api_key: str | None, timeout: float) -
                       api_key=api_key, timeout=timeout)
 
 
+def scope_filter(request: Scope, area: Area | None, db: Store) -> QueryFilter:
+    """The store filter of a command's scope (an area: its prefilter, :func:`ftfsearch.area.store_filter`)."""
+    from ftfsearch.area import store_filter
+
+    bbox, center_in = store_filter(area, request.bbox, db) if area is not None else (request.bbox, ())
+    return QueryFilter(bbox=bbox, scene_ids=request.scenes, after=request.after, before=request.before,
+                       center_in=center_in)
+
+
+def found_result(hit: Hit, rank: int, region: list[float]) -> Result:
+    """A found tile as a search result (rank: the order found in, not by score)."""
+    p = hit.payload
+    return Result(rank=rank, score=hit.score, coarse_score=hit.score, id=hit.id, scene_id=p.get("scene_id", ""),
+                  path=p.get("path", ""), level=int(p.get("level", 1)), window=dict(p.get("window") or {}),
+                  bbox=p.get("bbox"), footprint=p.get("footprint"), region=region, region_index=hit.region_index,
+                  payload={k: v for k, v in p.items() if k in ("acquired", "tile_size")})
+
+
 class LocalCommands:
     """:class:`~ftfsearch.commands.base.Commands` over a store reached through ``access``."""
 
@@ -119,6 +148,7 @@ class LocalCommands:
             out = searcher.search(
                 request.text, k=request.k, recall_k=request.recall_k, rerank=request.rerank, bbox=request.bbox,
                 scenes=request.scenes, examples=request.examples, after=request.after, before=request.before,
+                area=request.area(),
             )
             bands: dict[str, tuple[int, ...] | None] = {}
             if request.with_bands:
@@ -127,6 +157,49 @@ class LocalCommands:
                 bands = scene_bands(db, [r.scene_id for r in out.results])
         return SearchOutcome(results=out.results, timings_ms=out.timings_ms, warnings=out.warnings, bands=bands,
                              device=device_label(searcher.encoder.device))
+
+    def find(self, request: FindRequest) -> Iterator[FindPlan | FindPage]:
+        from ftfsearch.find import find_pages, plan, query_vector
+
+        from ftfsearch.search import check_model
+
+        encoder = self.access.encoder()
+        with self.access.store(read_only=True) as db:  # held per store call: a long find blocks no search
+            check_model(db, encoder)
+            area = request.area()
+            flt = scope_filter(request, area, db)
+            query, warnings = query_vector(encoder, db, request.text, request.examples)
+            chosen = plan(db, query, flt, area, request.min_score, request.max_hits)
+            yield FindPlan(threshold=chosen.threshold, threshold_source=chosen.threshold_source, scope=chosen.scope,
+                           sampled=chosen.sampled, estimated=chosen.estimated, warnings=warnings)
+            boxes = encoder.region_boxes
+            rank = 0
+            for hits in find_pages(db, query, chosen.threshold, flt, area, request.page):
+                results = []
+                for h in hits:
+                    rank += 1
+                    results.append(found_result(h, rank, [float(v) for v in boxes[h.region_index]]))
+                yield FindPage(results=results)
+
+    def classify(self, request: ClassifyRequest) -> Iterator[ClassifyPlan | ClassifyPage]:
+        from ftfsearch.classify import fit, score_pages
+        from ftfsearch.labels import parse_labels
+
+        labels = parse_labels(request.labels, "`labels`")
+        with self.access.store(read_only=True) as db:
+            area = request.area()
+            flt = scope_filter(request, area, db)
+            model = fit(db, labels, flt, area)
+            q = model.quality
+            yield ClassifyPlan(precision=q.precision, recall=q.recall, folds=q.folds, positives=q.positives,
+                               negatives=q.negatives, background=q.background, train_ms=q.train_ms,
+                               scope=db.count_tiles(within=flt))
+            for page in score_pages(db, model, flt, area, request.min_probability):
+                yield ClassifyPage(detections=[
+                    Detection(id=d.id, probability=d.probability, scene_id=d.payload.get("scene_id", ""),
+                              level=int(d.payload.get("level", 1)), window=dict(d.payload.get("window") or {}),
+                              bbox=d.payload.get("bbox"), footprint=d.payload.get("footprint"))
+                    for d in page])
 
     def ingest(self, request: IngestRequest, observer: IngestObserver | None = None) -> IngestOutcome:
         from ingest.pipeline import ingest_paths

@@ -7,20 +7,28 @@ running."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 
-from pydantic import TypeAdapter
+from pydantic import BaseModel, TypeAdapter
 
 from ftfsearch.commands.base import IngestObserver
 from ftfsearch.commands.requests import (
+    ClassifyPage,
+    ClassifyPlan,
+    ClassifyRequest,
     DropOutcome,
     DropRequest,
+    FindPage,
+    FindPlan,
+    FindRequest,
     InfoRequest,
     IngestOutcome,
     IngestRequest,
     PushRequest,
+    QueryScope,
     SceneRow,
     ScenesRequest,
     SearchOutcome,
@@ -33,6 +41,9 @@ from ftfsearch.store.transfer import PushSummary
 from ingest.pipeline import IngestFailure, SceneSummary
 
 _ROWS = TypeAdapter(list[SceneRow])
+Q = TypeVar("Q", bound=QueryScope)
+P = TypeVar("P", bound=BaseModel)
+G = TypeVar("G", bound=BaseModel)
 _PUSH = TypeAdapter(PushSummary)
 _SUMMARY = TypeAdapter(SceneSummary)
 
@@ -70,10 +81,28 @@ class HolderCommands:
         return self.client.call("POST", path, request.model_dump(mode="json"))
 
     def search(self, request: SearchRequest) -> SearchOutcome:
-        examples = tuple(e if e.image is None else replace(e, image=e.image.absolute()) for e in request.examples)
-        sent = request.model_copy(update={"examples": examples})
         self._check_device()
-        return SearchOutcome.model_validate(self._post("/api/holder/search", sent))
+        return SearchOutcome.model_validate(self._post("/api/holder/search", _with_absolute_images(request)))
+
+    def find(self, request: FindRequest) -> Iterator[FindPlan | FindPage]:
+        return self._stream("/api/holder/find", _with_absolute_images(request), FindPlan, FindPage)
+
+    def classify(self, request: ClassifyRequest) -> Iterator[ClassifyPlan | ClassifyPage]:
+        return self._stream("/api/holder/classify", request, ClassifyPlan, ClassifyPage)
+
+    def _stream(self, path: str, request: Any, plan: type[P], page: type[G]) -> Iterator[P | G]:
+        """A streamed command's plan, then its pages (:mod:`ftfsearch.web.find_stream`)."""
+        for item in self.client.stream("POST", path, request.model_dump(mode="json")):
+            kind = item.get("type")
+            if kind == "error":
+                raise remote_error(item)
+            if kind == "plan":
+                yield plan.model_validate(item["plan"])
+            elif kind == "page":
+                yield page.model_validate(item["page"])
+            elif kind == "done":
+                return
+        raise StoreUnavailable("the server holding the store stopped during the command; run it again")
 
     def ingest(self, request: IngestRequest, observer: IngestObserver | None = None) -> IngestOutcome:
         model = request.model
@@ -127,6 +156,12 @@ class HolderCommands:
 
     def close(self) -> None:
         """The holder keeps the store; nothing to close here."""
+
+
+def _with_absolute_images(request: Q) -> Q:
+    """The request with its example images as the holder (another working directory) finds them."""
+    examples = tuple(e if e.image is None else replace(e, image=e.image.absolute()) for e in request.examples)
+    return request.model_copy(update={"examples": examples})
 
 
 def _relay(event: dict[str, Any], observer: IngestObserver | None) -> None:

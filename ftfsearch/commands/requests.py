@@ -19,8 +19,11 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from ftfsearch.area import Area
 from ftfsearch.errors import BadInput
 from ftfsearch.examples import ExampleRef
+from ftfsearch.find import MAX_HITS
+from ftfsearch.find import PAGE as FIND_PAGE
 from ftfsearch.raster import is_url
 from ftfsearch.search import MAX_K, MAX_RECALL_K, Result, parse_bbox
 from ftfsearch.store.base import check_bbox
@@ -36,26 +39,36 @@ IngestSource = Path | str | StacScene
 """What one ingest reads: a raster file, an http(s) URL (a string), or a STAC item."""
 
 
+def checked_aoi(value: Any) -> dict[str, Any] | None:
+    """An ``aoi`` as given (GeoJSON, as an object or as JSON text) -> the checked MultiPolygon."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        import json
+
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise BadInput(f"`aoi`: not GeoJSON ({exc})") from exc
+    return Area.from_geojson(value).to_geojson()
+
+
 class Request(BaseModel):
     """A command's arguments: checked once, when built; plain data that crosses the holder."""
 
     model_config = ConfigDict(frozen=True, extra="forbid", ser_json_bytes="base64", val_json_bytes="base64")
 
 
-class SearchRequest(Request):
-    """``query`` / ``GET /api/search``: text, examples (like / unlike), or both, and the filters."""
+class Scope(Request):
+    """Where a command looks: a box, an area, scenes, a time range (all optional)."""
 
-    text: str | None = None
-    examples: tuple[ExampleRef, ...] = ()
-    k: int = DEFAULT_K
-    recall_k: int = DEFAULT_RECALL_K
-    rerank: bool = True
     bbox: tuple[float, float, float, float] | None = None
+    aoi: dict[str, Any] | None = None
+    """A GeoJSON Polygon, MultiPolygon, Feature or FeatureCollection (WGS84): tiles whose footprint
+    intersects it. Kept as the checked MultiPolygon (:mod:`ftfsearch.area`)."""
     scenes: tuple[str, ...] = ()
     after: datetime | None = None
     before: datetime | None = None
-    with_bands: bool = False
-    """Also answer each result scene's recorded bands (what ``--chips`` draws with)."""
 
     @field_validator("bbox", mode="before")
     @classmethod
@@ -67,18 +80,34 @@ class SearchRequest(Request):
             raise BadInput(f"`bbox` {list(value)!r}: expected four numbers minlon,minlat,maxlon,maxlat")
         return check_bbox((box[0], box[1], box[2], box[3]), shown=",".join(str(v) for v in box))
 
+    @field_validator("aoi", mode="before")
+    @classmethod
+    def _aoi(cls, value: Any) -> Any:
+        return checked_aoi(value)
+
     @field_validator("after", "before", mode="before")
     @classmethod
     def _time(cls, value: Any, info: Any) -> Any:
         return parse_time(value or None, info.field_name)
 
+    def area(self) -> Area | None:
+        return None if self.aoi is None else Area.from_geojson(self.aoi)
+
     @model_validator(mode="after")
-    def _check(self) -> "SearchRequest":
-        if not 1 <= self.k <= MAX_K:
-            raise BadInput(f"`k` {self.k}: must be between 1 and {MAX_K}")
-        if not 1 <= self.recall_k <= MAX_RECALL_K:
-            raise BadInput(f"`recall_k` {self.recall_k}: must be between 1 and {MAX_RECALL_K}")
+    def _check_scope(self) -> "Scope":
         check_range(self.after, self.before)
+        return self
+
+
+class QueryScope(Scope):
+    """What a query looks for and where: text, examples (like / unlike), or both, and the scope
+    (shared by ``query`` and ``find``)."""
+
+    text: str | None = None
+    examples: tuple[ExampleRef, ...] = ()
+
+    @model_validator(mode="after")
+    def _check_query(self) -> "QueryScope":
         if self.text is None and not self.examples:
             raise BadInput("give a TEXT to look for, or an example with `like`")
         if self.text is not None and not self.examples:
@@ -89,6 +118,95 @@ class SearchRequest(Request):
         if self.examples and not has_text and not any(e.positive for e in self.examples):
             raise BadInput("`unlike`: needs a text or at least one `like` example beside it (misses alone find nothing)")
         return self
+
+
+class SearchRequest(QueryScope):
+    """``query`` / ``GET /api/search``: the top ``k`` of a query in its scope."""
+
+    k: int = DEFAULT_K
+    recall_k: int = DEFAULT_RECALL_K
+    rerank: bool = True
+    with_bands: bool = False
+    """Also answer each result scene's recorded bands (what ``--chips`` draws with)."""
+
+    @model_validator(mode="after")
+    def _check(self) -> "SearchRequest":
+        if not 1 <= self.k <= MAX_K:
+            raise BadInput(f"`k` {self.k}: must be between 1 and {MAX_K}")
+        if not 1 <= self.recall_k <= MAX_RECALL_K:
+            raise BadInput(f"`recall_k` {self.recall_k}: must be between 1 and {MAX_RECALL_K}")
+        return self
+
+
+class FindRequest(QueryScope):
+    """``find`` / ``POST /api/find``: every tile of the scope scoring at least ``min_score``
+    (default: chosen from a sample of the scope's scores, :func:`ftfsearch.find.default_threshold`)."""
+
+    min_score: float | None = Field(None, ge=-1.0, le=1.0)
+    max_hits: int = Field(MAX_HITS, ge=1)
+    """A find estimated to return more is refused before it runs."""
+    page: int = Field(FIND_PAGE, ge=1, le=MAX_RECALL_K)
+
+
+class ClassifyRequest(Scope):
+    """``classify`` / ``POST /api/classify``: train on the marks in ``labels`` (a labels
+    FeatureCollection, as ``labels export`` writes), then score every tile of the scope."""
+
+    labels: dict[str, Any]
+    min_probability: float = Field(0.5, gt=0.0, lt=1.0)
+    """Detections: the tiles the model gives at least this probability."""
+
+    @field_validator("labels")
+    @classmethod
+    def _labels(cls, value: dict[str, Any]) -> dict[str, Any]:
+        from ftfsearch.labels import parse_labels
+
+        parse_labels(value, "`labels`")
+        return value
+
+
+class ClassifyPlan(BaseModel):
+    """The trained model's cross-validated quality on the marks, and the scope scored."""
+
+    precision: float
+    recall: float
+    folds: int
+    positives: int
+    negatives: int
+    background: int
+    train_ms: float
+    scope: int
+
+
+class Detection(BaseModel):
+    id: str
+    probability: float
+    scene_id: str
+    level: int
+    window: dict[str, int]
+    bbox: list[float] | None
+    footprint: list[list[float]] | None
+
+
+class ClassifyPage(BaseModel):
+    detections: list[Detection]
+
+
+class FindPlan(BaseModel):
+    """A find's threshold, how it was chosen, its scope and the hits it expects."""
+
+    threshold: float
+    threshold_source: str
+    scope: int
+    sampled: int
+    estimated: int
+    warnings: list[str] = Field(default_factory=list)
+
+
+class FindPage(BaseModel):
+    """One page of a find's hits (in scan order; ``rank`` counts them)."""
+
+    results: list[Result]
 
 
 class SearchOutcome(BaseModel):

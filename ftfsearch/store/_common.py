@@ -71,7 +71,15 @@ class ExcludeIds:
     ids: tuple[str, ...]
 
 
-Condition = RangeCond | TimeCond | AnyCond | ExcludeIds
+@dataclass(frozen=True)
+class GeoCond:
+    """``payload[key]`` (a ``{lon, lat}`` point) lies in one of ``polygons`` (rings, exterior first)."""
+
+    key: str
+    polygons: tuple[tuple[tuple[tuple[float, float], ...], ...], ...]
+
+
+Condition = RangeCond | TimeCond | AnyCond | ExcludeIds | GeoCond
 
 
 def check_collection_name(name: str) -> str:
@@ -117,6 +125,8 @@ def filter_conditions(flt: QueryFilter | None) -> list[Condition]:
             gte=iso_utc(after) if after is not None else None,
             lt=iso_utc(before) if before is not None else None,
         ))
+    if flt.center_in:
+        conds.append(GeoCond("center", flt.center_in))
     if flt.scene_ids:
         conds.append(AnyCond("scene_id", tuple(str(s) for s in flt.scene_ids)))
     if flt.exclude_ids:

@@ -69,13 +69,16 @@ class TileBatch:
 class QueryFilter:
     """Restricts recall: tiles whose WGS84 bbox intersects ``bbox``, and/or of given scenes,
     and/or acquired in ``after <= acquired < before`` (aware datetimes, either bound optional),
-    and never the tiles in ``exclude_ids`` (the examples of a search by example)."""
+    and never the tiles in ``exclude_ids`` (the examples of a search by example), and/or whose
+    centre lies in one of the ``center_in`` polygons (an area's prefilter, :mod:`ftfsearch.area`:
+    rings ``((lon, lat), ...)``, the exterior first, then holes)."""
 
     bbox: tuple[float, float, float, float] | None = None
     scene_ids: tuple[str, ...] = ()
     exclude_ids: tuple[str, ...] = ()
     after: datetime | None = None
     before: datetime | None = None
+    center_in: tuple[tuple[tuple[tuple[float, float], ...], ...], ...] = ()
 
 
 RECOMMEND_STRATEGIES = ("average_vector", "sum_scores", "best_score")
@@ -284,8 +287,13 @@ class Store(Protocol):
         ``push`` copies a store into another this way, from any backend to any other)."""
         ...
 
-    def count_tiles(self, scene_id: str | None = None) -> int:
-        """Exact count of tiles, in one scene or in all."""
+    def scan(self, flt: QueryFilter | None, page: int = 1024) -> Iterator[TileBatch]:
+        """Every tile ``flt`` admits, with vectors and payloads, a page at a time, in id order
+        (ids are hashes: any prefix of the scan is a fair sample of the tiles)."""
+        ...
+
+    def count_tiles(self, scene_id: str | None = None, within: QueryFilter | None = None) -> int:
+        """Exact count of tiles, in one scene, or in all that ``within`` admits."""
         ...
 
     def delete_scene(self, scene_id: str) -> int:

@@ -52,6 +52,7 @@ from ftfsearch.store._common import (
     AnyCond,
     Condition,
     ExcludeIds,
+    GeoCond,
     RangeCond,
     TimeCond,
     candidates_of,
@@ -139,6 +140,11 @@ def _edge_filter(conds: list[Condition]) -> qe.Filter | None:
             must.append(qe.FieldCondition(c.key, match=qe.MatchAny(list(c.values))))
         elif isinstance(c, ExcludeIds) and c.ids:
             must_not.append(qe.HasIdCondition(set(c.ids)))
+        elif isinstance(c, GeoCond):
+            must.append(qe.Filter(should=[
+                qe.FieldCondition(c.key, geo_polygon=qe.GeoPolygon(
+                    [qe.GeoPoint(x, y) for x, y in rings[0]], [[qe.GeoPoint(x, y) for x, y in r] for r in rings[1:]]
+                    or None)) for rings in c.polygons]))
     return qe.Filter(must=must or None, must_not=must_not or None)
 
 
@@ -374,6 +380,7 @@ class EdgeStore:
         if existing is not None:
             check_meta(existing, meta, self.collection, str(self.store_dir))
             if self._tiles is not None:
+                self._add_missing_indexes()
                 return
         self._check_writable(f"create collection {self.collection!r}")
         if shards not in (None, 1) or replication_factor not in (None, 1):
@@ -406,6 +413,16 @@ class EdgeStore:
             )
             self._scenes.flush()
             self._meta = meta
+
+    def _add_missing_indexes(self) -> None:
+        """A store made before an index was added (``center``, say) gets it at its next write."""
+        assert self._tiles is not None
+        have = set(self._tiles.info().payload_schema)
+        missing = [(f, k) for f, k in schema.TILE_INDEXES.items() if f not in have]
+        for field, kind in missing:
+            self._tiles.update(qe.UpdateOperation.create_field_index(field, _INDEX_TYPES[kind]))
+        if missing:
+            self._tiles.flush()
 
     def drop_collection(self) -> None:
         """Delete the collection and its scenes registry from disk (the lock stays held)."""
@@ -442,14 +459,18 @@ class EdgeStore:
         return found
 
     def scan_tiles(self, scene_id: str, page: int = PAGE) -> Iterator[TileBatch]:
+        return self.scan(QueryFilter(scene_ids=(scene_id,)), page)
+
+    def scan(self, flt: QueryFilter | None, page: int = PAGE) -> Iterator[TileBatch]:
         meta = self.meta()
         tiles = self._need_tiles()
         assert meta is not None
+        scroll_filter = _edge_filter(filter_conditions(flt))
         offset: Any = None
         while True:
             recs, offset = tiles.scroll(
                 qe.ScrollRequest(
-                    offset=offset, limit=check_k(page, "page"), filter=_scene_filter(scene_id),
+                    offset=offset, limit=check_k(page, "page"), filter=scroll_filter,
                     with_payload=True, with_vector=False,
                 )
             )
@@ -551,11 +572,11 @@ class EdgeStore:
         )
         return [(str(r.id), r.payload or {}) for r in recs]
 
-    def count_tiles(self, scene_id: str | None = None) -> int:
+    def count_tiles(self, scene_id: str | None = None, within: QueryFilter | None = None) -> int:
         self._check_open()
         if self._tiles is None:
             return 0
-        flt = _scene_filter(scene_id) if scene_id is not None else None
+        flt = _scene_filter(scene_id) if scene_id is not None else _edge_filter(filter_conditions(within))
         return int(self._tiles.count(qe.CountRequest(exact=True, filter=flt)))
 
     def delete_scene(self, scene_id: str) -> int:

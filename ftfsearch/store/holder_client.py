@@ -122,7 +122,11 @@ class HolderClient:
 
     def events(self, job: str, start: int = 0) -> Iterator[dict[str, Any]]:
         """The NDJSON events of an ingest job from ``start`` on, heartbeats left out."""
-        resp = self._request("GET", f"/api/holder/jobs/{job}/events?start={start}", timeout=60.0)
+        return self.stream("GET", f"/api/holder/jobs/{job}/events?start={start}")
+
+    def stream(self, method: str, path: str, body: Any = None) -> Iterator[dict[str, Any]]:
+        """The NDJSON lines of a streamed answer, heartbeats (``tick``) left out."""
+        resp = self._request(method, path, body, timeout=60.0)
         with resp:
             for line in resp:
                 if not line.strip():

@@ -19,9 +19,9 @@ SCENES_SUFFIX = "_scenes"
 VECTORS_FIELD = "_ftf_vectors"
 
 # Payload fields with an index (field name -> index kind): exactly those a ``QueryFilter`` reads
-# (``_common.filter_conditions``): scenes, the bbox intersection, the acquisition time. ``level``
-# and ``center`` are stored but filtered by nothing, so they are not indexed (an index costs
-# memory and write time; add it together with a filter that uses it).
+# (``_common.filter_conditions``): scenes, the bbox intersection, the acquisition time, the centre
+# (an area's geo-polygon prefilter). ``level`` is stored but filtered by nothing, so it is not
+# indexed (an index costs memory and write time; add it together with a filter that uses it).
 TILE_INDEXES = {
     "scene_id": "keyword",
     "west": "float",
@@ -29,6 +29,7 @@ TILE_INDEXES = {
     "east": "float",
     "north": "float",
     "acquired": "datetime",
+    "center": "geo",
 }
 
 

@@ -43,6 +43,7 @@ from ftfsearch.store._common import (
     AnyCond,
     Condition,
     ExcludeIds,
+    GeoCond,
     RangeCond,
     TimeCond,
     candidates_of,
@@ -128,7 +129,17 @@ def _client_filter(conds: list[Condition]) -> qm.Filter | None:
             must.append(qm.FieldCondition(key=c.key, match=qm.MatchAny(any=list(c.values))))
         elif isinstance(c, ExcludeIds) and c.ids:
             must_not.append(qm.HasIdCondition(has_id=list(c.ids)))
+        elif isinstance(c, GeoCond):
+            must.append(qm.Filter(should=[qm.FieldCondition(key=c.key, geo_polygon=_geo_polygon(rings))
+                                          for rings in c.polygons]))
     return qm.Filter(must=must or None, must_not=must_not or None)
+
+
+def _geo_polygon(rings: tuple[tuple[tuple[float, float], ...], ...]) -> qm.GeoPolygon:
+    def line(ring: tuple[tuple[float, float], ...]) -> qm.GeoLineString:
+        return qm.GeoLineString(points=[qm.GeoPoint(lon=x, lat=y) for x, y in ring])
+
+    return qm.GeoPolygon(exterior=line(rings[0]), interiors=[line(r) for r in rings[1:]] or None)
 
 
 def _datetime(rfc3339: str | None) -> datetime | None:
@@ -395,6 +406,7 @@ class ServerStore:
         if existing is not None:
             check_meta(existing, meta, self.collection, self.url)
             if self._exists(self.collection):
+                self._add_missing_indexes()
                 return
         self._check_writable(f"create collection {self.collection!r}")
         if existing is None and self._exists(self.collection):
@@ -420,13 +432,7 @@ class ServerStore:
                 write_consistency_factor=wcf,
             ),
         )
-        for field, kind in schema.TILE_INDEXES.items():
-            self._retried(
-                f"index payload field {field!r}",
-                lambda f=field, k=kind: self._client.create_payload_index(  # type: ignore[misc]
-                    self.collection, f, field_schema=_INDEX_TYPES[k], wait=True
-                ),
-            )
+        self._add_missing_indexes(set())
         self._create(
             f"create collection {self.scenes_collection!r}",
             lambda: self._client.create_collection(
@@ -454,6 +460,24 @@ class ServerStore:
                 ),
             )
             self._meta = meta
+
+    def _add_missing_indexes(self, have: set[str] | None = None) -> None:
+        """The tile indexes the collection lacks (all on creation; ``center`` on a collection made
+        before it was indexed, at its next write)."""
+        if have is None:
+            info = self._retried("read collection", lambda: self._client.get_collection(self.collection))
+            have = set(info.payload_schema or {})
+            if set(schema.TILE_INDEXES) <= have or self.read_only:
+                return
+        for field, kind in schema.TILE_INDEXES.items():
+            if field in have:
+                continue
+            self._retried(
+                f"index payload field {field!r}",
+                lambda f=field, k=kind: self._client.create_payload_index(  # type: ignore[misc]
+                    self.collection, f, field_schema=_INDEX_TYPES[k], wait=True
+                ),
+            )
 
     def _check_orphan(self, meta: CollectionMeta) -> None:
         """Tiles collection without a model record: accept it only if its vectors fit ``meta``."""
@@ -551,17 +575,21 @@ class ServerStore:
         return found, coarse, regions, payloads
 
     def scan_tiles(self, scene_id: str, page: int = PAGE) -> Iterator[TileBatch]:
+        return self.scan(QueryFilter(scene_ids=(scene_id,)), page)
+
+    def scan(self, flt: QueryFilter | None, page: int = PAGE) -> Iterator[TileBatch]:
         meta = self.meta()
         if meta is None:
             raise self._missing_collection()
         limit = check_k(page, "page")
+        scroll_filter = _client_filter(filter_conditions(flt))
         offset: Any = None
         while True:
             try:
                 recs, offset = self._retried(
-                    f"read the tiles of scene {scene_id!r}",
+                    "read the tiles",
                     lambda o=offset: self._client.scroll(  # type: ignore[misc]
-                        self.collection, scroll_filter=_scene_filter(scene_id), limit=limit, offset=o,
+                        self.collection, scroll_filter=scroll_filter, limit=limit, offset=o,
                         with_payload=True, with_vectors=False,
                     ),
                 )
@@ -687,8 +715,8 @@ class ServerStore:
             return []
         return [(str(p.id), p.payload or {}) for p in points]
 
-    def count_tiles(self, scene_id: str | None = None) -> int:
-        flt = _scene_filter(scene_id) if scene_id is not None else None
+    def count_tiles(self, scene_id: str | None = None, within: QueryFilter | None = None) -> int:
+        flt = _scene_filter(scene_id) if scene_id is not None else _client_filter(filter_conditions(within))
         try:
             res = self._run(
                 "count tiles", lambda: self._client.count(self.collection, count_filter=flt, exact=True)

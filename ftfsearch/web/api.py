@@ -15,6 +15,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from ftfsearch import __version__
+from ftfsearch.commands.requests import ClassifyRequest
 from ftfsearch.chips import MAX_CHIP_SIDE, ChipSpec, recorded_bands, region_footprints
 from ftfsearch.commands.requests import DropRequest
 from ftfsearch.errors import BadInput, SceneNotFound, SourceUnavailable
@@ -23,6 +24,7 @@ from ftfsearch.labels import MAX_LABELS, LabelSet, labels_to_geojson, parse_labe
 from ftfsearch.model.sources import device_label
 from ftfsearch.search import MAX_K, MAX_QUERY_CHARS, MAX_RECALL_K
 from ftfsearch.web.auth import record_change
+from ftfsearch.web.find_stream import find_response
 from ftfsearch.web.resources import Resources, ServeOptions
 from ftfsearch.web.schemas import (
     ERROR_RESPONSES,
@@ -31,6 +33,8 @@ from ftfsearch.web.schemas import (
     SceneBody,
     ScenesBody,
     SearchBody,
+    FindParams,
+    QueryParams,
     SearchHit,
     SearchParams,
 )
@@ -82,7 +86,7 @@ def chip_url(request: Request, tile_id: str, region: int | None) -> str:
 # -- search --------------------------------------------------------------------------------------
 
 
-def example_refs(params: SearchParams) -> list[ExampleRef]:
+def example_refs(params: QueryParams) -> list[ExampleRef]:
     """Stored tiles and points only: the server reads no file a client names (POST an image)."""
     given = (("like", params.like), ("unlike", params.unlike), ("like_region", params.like_region),
              ("unlike_region", params.unlike_region))
@@ -101,15 +105,34 @@ def example_refs(params: SearchParams) -> list[ExampleRef]:
     return refs
 
 
+MAX_JSON_BYTES = 20 << 20
+"""A JSON body's limit (an area's outline, a find's labels)."""
+
+
+async def json_body(request: Request, limit: int) -> dict[str, Any]:
+    """The request's JSON object, refused past ``limit`` bytes or when not an object."""
+    raw = await request.body()
+    if len(raw) > limit:
+        raise BadInput(f"body: {len(raw)} bytes; send at most {limit >> 20} MB")
+    try:
+        data = json.loads(raw or b"{}")
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BadInput(f"body: not JSON ({exc})") from exc
+    if not isinstance(data, dict):
+        raise BadInput("body: expected a JSON object")
+    return data
+
+
 def run_search(
-    request: Request, response: Response, res: Resources, params: SearchParams, examples: list[ExampleRef]
+    request: Request, response: Response, res: Resources, params: SearchParams, examples: list[ExampleRef],
+    aoi: Any = None,
 ) -> dict[str, Any]:
     """One search (the search command, over the app's store); the hits are the results' records
     plus chip URLs and region rings."""
     q = params.q
     if not (q or "").strip() and not examples:
         raise BadInput("q: the query is empty; give a text to look for, or an example with like=")
-    out = res.commands.search(params.to_request(examples))
+    out = res.commands.search(params.to_request(examples, aoi))
     with res.lock:
         res.remember(out.results)
     hits = [
@@ -137,7 +160,9 @@ def search(request: Request, response: Response, res: Res, params: Search) -> di
 @router.post(
     "/search", response_model=SearchBody,
     openapi_extra={"requestBody": {"required": True, "content": {
-        t: {"schema": {"type": "string", "format": "binary"}} for t in ("image/png", "image/jpeg", "image/tiff")
+        **{t: {"schema": {"type": "string", "format": "binary"}} for t in ("image/png", "image/jpeg", "image/tiff")},
+        "application/json": {"schema": {"type": "object", "description": (
+            "the GET parameters as an object, with `aoi` as a GeoJSON object (an area too long for a URL)")}},
     }}},
 )
 async def search_by_image(
@@ -149,11 +174,43 @@ async def search_by_image(
     region: int | None = Query(None, ge=0, description="use region N of the image instead of the whole image"),
 ) -> dict[str, Any]:
     """Search by a POSTed image chip (PNG, JPEG or GeoTIFF as the request body), with the
-    same parameters as GET; the image is encoded with the collection's model."""
+    same parameters as GET; the image is encoded with the collection's model. A JSON body is
+    the GET parameters as an object instead, ``aoi`` a GeoJSON object."""
+    if request.headers.get("content-type", "").split(";")[0].strip() == "application/json":
+        data = await json_body(request, MAX_JSON_BYTES)
+        aoi = data.pop("aoi", None)
+        posted = SearchParams.model_validate({**params.model_dump(exclude_unset=True), **data})
+        return await run_in_threadpool(run_search, request, response, res, posted, example_refs(posted), aoi)
     body = await request.body()  # at most auth.MAX_BODY_BYTES: the guard answers 413 past it
     param = ("unlike" if negative else "like") + ("_region" if region is not None else "")
     examples = [image_ref(body, param, "posted image", region)] + example_refs(params)
     return await run_in_threadpool(run_search, request, response, res, params, examples)
+
+
+# -- find ----------------------------------------------------------------------------------------
+
+
+@router.post("/find", responses={200: {"content": {"application/x-ndjson": {}}, "description": (
+    "NDJSON: a `plan` line (threshold, how it was chosen, scope, estimated hits), a `page` line of results "
+    "per scanned page, then `done` (or an `error` line)")}})
+async def find(request: Request, res: Res) -> Response:
+    """Every tile of the scope scoring at least ``min_score``, streamed page by page (no ``k``).
+    The body is a JSON object: the search's parameters (``aoi`` a GeoJSON object) plus
+    ``min_score`` and ``max_hits``. A find estimated past ``max_hits`` answers 400."""
+    params = FindParams.model_validate(await json_body(request, MAX_JSON_BYTES))
+    find_request = params.to_request(example_refs(params))
+    return await run_in_threadpool(find_response, res.commands.find(find_request))
+
+
+@router.post("/classify", responses={200: {"content": {"application/x-ndjson": {}}, "description": (
+    "NDJSON: a `plan` line (cross-validated precision and recall on the marks), a `page` line of detections "
+    "per scanned page, then `done` (or an `error` line)")}})
+async def classify(request: Request, res: Res) -> Response:
+    """Train a classifier on the marks of ``labels`` (a labels FeatureCollection) and score every tile
+    of the scope (``aoi``, ``bbox``, ``scenes``, ``after``, ``before``); ``min_probability`` (0.5)
+    makes a detection. Unusable labels answer 400."""
+    classify_request = ClassifyRequest.model_validate(await json_body(request, MAX_JSON_BYTES))
+    return await run_in_threadpool(find_response, res.commands.classify(classify_request))
 
 
 # -- labels --------------------------------------------------------------------------------------

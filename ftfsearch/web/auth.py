@@ -40,6 +40,8 @@ ROUTE_ACCESS: dict[tuple[str, str], Access] = {
     ("GET", "/openapi.json"): "read",
     ("GET", "/api/search"): "read",
     ("POST", "/api/search"): "read",
+    ("POST", "/api/find"): "read",
+    ("POST", "/api/classify"): "read",
     ("POST", "/api/labels/export"): "read",
     ("POST", "/api/labels/import"): "read",
     ("GET", "/api/scenes"): "read",

@@ -31,6 +31,8 @@ from pydantic import TypeAdapter, ValidationError
 from ftfsearch.commands.requests import (
     DropOutcome,
     DropRequest,
+    ClassifyRequest,
+    FindRequest,
     InfoRequest,
     IngestRequest,
     PushRequest,
@@ -42,6 +44,7 @@ from ftfsearch.net import LOOPBACK_HOSTS, LOOPBACK_IP
 from ftfsearch.store.transfer import PushSummary
 from ftfsearch.store.holder_client import SECRET_HEADER
 from ftfsearch.store.holder_record import HolderRecord, holder_path, identity, new_secret, remove_holder, write_holder
+from ftfsearch.web.find_stream import error_body, find_response
 from ftfsearch.web.http_errors import status_of
 from ingest.pipeline import IngestFailure, SceneSummary
 
@@ -52,12 +55,6 @@ _PUSH = TypeAdapter(PushSummary)
 
 HEARTBEAT_S = 2.0
 """A line at least this often on an event stream, so a client that left is noticed."""
-
-
-def error_body(exc: FtfError) -> dict[str, Any]:
-    """An error as JSON: ``error`` in the API's words, ``message`` with its parameters still
-    marked (the CLI that sent the request names them as its flags), its class and exit code."""
-    return {"error": str(exc), "message": exc.message, "kind": type(exc).__name__, "exit_code": exc.exit_code}
 
 
 # -- ingest jobs ---------------------------------------------------------------------------------
@@ -300,6 +297,18 @@ async def search(holder: HolderDep, body: Body) -> dict[str, Any]:
     request = SearchRequest.model_validate(body)
     out = await run_in_threadpool(holder.commands.search, request)
     return out.model_dump(mode="json")
+
+
+@router.post("/find")
+def find(holder: HolderDep, body: Body) -> StreamingResponse:
+    """The find as NDJSON: its plan, then a line per page, then ``done`` (or an ``error`` line)."""
+    return find_response(holder.commands.find(FindRequest.model_validate(body)))
+
+
+@router.post("/classify")
+def classify(holder: HolderDep, body: Body) -> StreamingResponse:
+    """The classifier's quality, then a line per page of detections (NDJSON, as ``/find``)."""
+    return find_response(holder.commands.classify(ClassifyRequest.model_validate(body)))
 
 
 @router.post("/drop")

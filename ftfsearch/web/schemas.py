@@ -8,7 +8,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, with_config
 
-from ftfsearch.commands.requests import DEFAULT_K, DEFAULT_RECALL_K, SearchRequest
+from ftfsearch.commands.requests import DEFAULT_K, DEFAULT_RECALL_K, FindRequest, SearchRequest
+from ftfsearch.find import MAX_HITS
 from ftfsearch.examples import ExampleRef
 from ftfsearch.search import MAX_K, MAX_QUERY_CHARS, MAX_RECALL_K, ResultRecord
 
@@ -16,31 +17,62 @@ AFTER_DOC = "only scenes acquired at or after this time (ISO 8601, e.g. 2024-05-
 BEFORE_DOC = "only scenes acquired before this time; a time range leaves out scenes without a time"
 
 
-class SearchParams(BaseModel):
-    """The query parameters of a search, the same for GET and for POST (an image in the body): the
-    HTTP spelling of :class:`~ftfsearch.commands.requests.SearchRequest`, with its defaults, whose
-    bounds FastAPI reports as 422 and /openapi.json describes."""
+MAX_AOI_QUERY_CHARS = 8000
+"""An area in a URL (GET) stays short; a district's outline goes in a POST body."""
+
+
+class QueryParams(BaseModel):
+    """What a query looks for and where, the same for a search and a find."""
 
     q: str | None = Field(None, max_length=4 * MAX_QUERY_CHARS, description="what to look for, in plain words")
     like: list[str] = Field([], description="an example to find more of: tile id or point lon,lat (repeatable)")
     unlike: list[str] = Field([], description="an example of what not to find (repeatable)")
     like_region: list[str] = Field([], description="REF:N: region N of a tile as the example (repeatable)")
     unlike_region: list[str] = Field([], description="REF:N: a region not to find (repeatable)")
-    k: int = Field(DEFAULT_K, ge=1, le=MAX_K, description="number of results")
-    recall_k: int = Field(DEFAULT_RECALL_K, ge=1, le=MAX_RECALL_K, description="candidates recalled for the rerank")
     bbox: str | None = Field(None, description="minlon,minlat,maxlon,maxlat (WGS84)")
+    aoi: str | None = Field(None, max_length=MAX_AOI_QUERY_CHARS, description=(
+        "only tiles intersecting this area: GeoJSON (Polygon, MultiPolygon, Feature or FeatureCollection, WGS84) "
+        "as text; a large one goes as the `aoi` object of a JSON POST body"))
     scene: list[str] = Field([], description="only these scene ids (repeatable)")
-    rerank: bool = Field(True, description="false: the coarse recall order")
     after: str | None = Field(None, max_length=64, description=AFTER_DOC)
     before: str | None = Field(None, max_length=64, description=BEFORE_DOC)
 
-    def to_request(self, examples: list[ExampleRef]) -> SearchRequest:
-        """The search command's request (checked there: bbox, times, examples)."""
-        return SearchRequest.model_validate({
-            "text": self.q or None, "examples": tuple(examples), "k": self.k, "recall_k": self.recall_k,
-            "rerank": self.rerank, "bbox": self.bbox, "scenes": tuple(self.scene), "after": self.after,
-            "before": self.before,
-        })
+    def scope(self, examples: list[ExampleRef], aoi: Any) -> dict[str, Any]:
+        """The scope fields of a command's request; ``aoi``: a POST body's GeoJSON object, else
+        this query's text."""
+        return {"text": self.q or None, "examples": tuple(examples), "bbox": self.bbox,
+                "aoi": aoi if aoi is not None else self.aoi, "scenes": tuple(self.scene), "after": self.after,
+                "before": self.before}
+
+
+class SearchParams(QueryParams):
+    """The query parameters of a search, the same for GET and for POST (an image in the body): the
+    HTTP spelling of :class:`~ftfsearch.commands.requests.SearchRequest`, with its defaults, whose
+    bounds FastAPI reports as 422 and /openapi.json describes."""
+
+    k: int = Field(DEFAULT_K, ge=1, le=MAX_K, description="number of results")
+    recall_k: int = Field(DEFAULT_RECALL_K, ge=1, le=MAX_RECALL_K, description="candidates recalled for the rerank")
+    rerank: bool = Field(True, description="false: the coarse recall order")
+
+    def to_request(self, examples: list[ExampleRef], aoi: Any = None) -> SearchRequest:
+        """The search command's request (checked there: bbox, area, times, examples)."""
+        return SearchRequest.model_validate({**self.scope(examples, aoi), "k": self.k, "recall_k": self.recall_k,
+                                             "rerank": self.rerank})
+
+
+class FindParams(QueryParams):
+    """``POST /api/find``'s JSON body: :class:`~ftfsearch.commands.requests.FindRequest` in HTTP words."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    aoi: Any = Field(None, description="only tiles intersecting this area: a GeoJSON object (WGS84)")
+    min_score: float | None = Field(None, ge=-1.0, le=1.0, description=(
+        "the threshold; default: median + 4 robust SD of a sample of the scope's scores"))
+    max_hits: int = Field(MAX_HITS, ge=1, description="refuse a find estimated to return more tiles")
+
+    def to_request(self, examples: list[ExampleRef]) -> FindRequest:
+        return FindRequest.model_validate({**self.scope(examples, None), "min_score": self.min_score,
+                                           "max_hits": self.max_hits})
 
 
 class ErrorBody(BaseModel):
