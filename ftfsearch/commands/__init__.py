@@ -10,6 +10,8 @@ from typing import Callable
 
 from ftfsearch.commands.base import Commands, IngestObserver
 from ftfsearch.commands.requests import (
+    ChangeOutcome,
+    ChangeRequest,
     DropOutcome,
     DropRequest,
     InfoRequest,
@@ -42,6 +44,6 @@ def open_commands(settings: Settings, notify: Callable[[str], None] = lambda _: 
 
 
 __all__ = [
-    "Commands", "DropOutcome", "DropRequest", "InfoRequest", "IngestObserver", "IngestOutcome", "IngestRequest",
+    "ChangeOutcome", "ChangeRequest", "Commands", "DropOutcome", "DropRequest", "InfoRequest", "IngestObserver", "IngestOutcome", "IngestRequest",
     "PushRequest", "SceneRow", "ScenesRequest", "SearchOutcome", "SearchRequest", "open_commands",
 ]

@@ -13,6 +13,8 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from ftfsearch.commands.requests import (
+    ChangeOutcome,
+    ChangeRequest,
     DropOutcome,
     DropRequest,
     InfoRequest,
@@ -44,6 +46,8 @@ class Commands(Protocol):
     """The store commands: the same requests and results wherever they run."""
 
     def search(self, request: SearchRequest) -> SearchOutcome: ...
+
+    def change(self, request: ChangeRequest) -> ChangeOutcome: ...
 
     def ingest(self, request: IngestRequest, observer: IngestObserver | None = None) -> IngestOutcome: ...
 

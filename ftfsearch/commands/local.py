@@ -10,6 +10,8 @@ from typing import Any, ContextManager, Protocol
 
 from ftfsearch.commands.base import IngestObserver
 from ftfsearch.commands.requests import (
+    ChangeOutcome,
+    ChangeRequest,
     DropOutcome,
     DropRequest,
     InfoRequest,
@@ -117,6 +119,15 @@ class LocalCommands:
                 bands = scene_bands(db, [r.scene_id for r in out.results])
         return SearchOutcome(results=out.results, timings_ms=out.timings_ms, warnings=out.warnings, bands=bands,
                              device=device_label(searcher.encoder.device))
+
+    def change(self, request: ChangeRequest) -> ChangeOutcome:
+        from ftfsearch.change import change_search
+
+        before, after = request.ranges()
+        with self.access.searcher() as (searcher, _):
+            out = change_search(searcher, before, after, text=request.text, examples=request.examples, k=request.k,
+                                bbox=request.bbox, disappeared=request.disappeared)
+        return ChangeOutcome(hits=out.hits, timings_ms=out.timings_ms, warnings=out.warnings)
 
     def ingest(self, request: IngestRequest, observer: IngestObserver | None = None) -> IngestOutcome:
         from ingest.pipeline import ingest_paths

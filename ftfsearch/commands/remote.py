@@ -15,6 +15,8 @@ from pydantic import TypeAdapter
 
 from ftfsearch.commands.base import IngestObserver
 from ftfsearch.commands.requests import (
+    ChangeOutcome,
+    ChangeRequest,
     DropOutcome,
     DropRequest,
     InfoRequest,
@@ -74,6 +76,11 @@ class HolderCommands:
         sent = request.model_copy(update={"examples": examples})
         self._check_device()
         return SearchOutcome.model_validate(self._post("/api/holder/search", sent))
+
+    def change(self, request: ChangeRequest) -> ChangeOutcome:
+        examples = tuple(e if e.image is None else replace(e, image=e.image.absolute()) for e in request.examples)
+        sent = request.model_copy(update={"examples": examples})
+        return ChangeOutcome.model_validate(self._post("/api/holder/change", sent))
 
     def ingest(self, request: IngestRequest, observer: IngestObserver | None = None) -> IngestOutcome:
         model = request.model

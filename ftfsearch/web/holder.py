@@ -29,6 +29,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from pydantic import TypeAdapter, ValidationError
 
 from ftfsearch.commands.requests import (
+    ChangeRequest,
     DropOutcome,
     DropRequest,
     InfoRequest,
@@ -299,6 +300,13 @@ def info(holder: HolderDep) -> dict[str, Any]:
 async def search(holder: HolderDep, body: Body) -> dict[str, Any]:
     request = SearchRequest.model_validate(body)
     out = await run_in_threadpool(holder.commands.search, request)
+    return out.model_dump(mode="json")
+
+
+@router.post("/change")
+async def change(holder: HolderDep, body: Body) -> dict[str, Any]:
+    request = ChangeRequest.model_validate(body)
+    out = await run_in_threadpool(holder.commands.change, request)
     return out.model_dump(mode="json")
 
 
