@@ -59,7 +59,7 @@ def naip(tmp_path_factory: pytest.TempPathFactory, tiny_clip_dir: Path) -> dict[
     for path, when in ((y2009, "2009-08-18"), (y2020, "2020-08-31"), (pasted, "2021-08-31")):
         proc = cli("ingest", str(path), "--acquired", when, "--tile-size", "128", "--levels", "1")
         assert proc.returncode == 0, proc.stderr
-    return {"cli": cli, "pasted": pasted, "example": example}
+    return {"cli": cli, "pasted": pasted, "example": example, "env": env}
 
 
 def _pasted_place_first(hits: list[dict]) -> None:
@@ -111,3 +111,29 @@ def test_change_refusals_are_one_line(naip: dict) -> None:
     assert_one_line_error(none, "no scene of the area was acquired in --before", "2009-08-18", "2021-08-31")
     assert_one_line_error(cli("change", "--before", "2019-01-01/2021-01-01", "--after", "2020-06-01/.."), "overlap")
     assert_one_line_error(cli("change", "--before", "2019-01-01", "--after", "2020-06-01/.."), "not a range")
+
+
+@pytest.mark.usefixtures("shared_data")
+def test_api_change_answers_what_the_cli_prints_and_4xx_for_bad_ranges(naip: dict) -> None:
+    from fastapi.testclient import TestClient
+
+    from ftfsearch.commands import ChangeOutcome, ChangeRequest
+    from ftfsearch.commands.local import LocalCommands
+    from ftfsearch.config import Settings
+    from ftfsearch.web import create_app
+
+    env = naip["env"]
+    settings = Settings(store_dir=Path(env["FTF_STORE"]), model=env["FTF_MODEL"], device="cpu")
+    request = ChangeRequest(before="2020-01-01/2021-01-01", after="2021-01-01/..", k=3)
+    outcome = LocalCommands.from_settings(settings).change(request)
+    # the outcome crosses the holder as JSON: both tiles come back whole
+    again = ChangeOutcome.model_validate_json(outcome.model_dump_json())
+    assert [h.to_dict() for h in again.hits] == [h.to_dict() for h in outcome.hits]
+    with TestClient(create_app(settings), raise_server_exceptions=True) as client:
+        resp = client.get("/api/change", params={"before": "2020-01-01/2021-01-01", "after": "2021-01-01/..", "k": 3})
+        assert resp.status_code == 200, resp.text
+        assert resp.json()["places"] == [h.to_dict() for h in outcome.hits]
+        bad = client.get("/api/change", params={"before": "2019-01-01/2021-01-01", "after": "2020-06-01/.."})
+        assert bad.status_code in (400, 422) and "overlap" in bad.json()["error"]
+        none = client.get("/api/change", params={"before": "../2000-01-01", "after": "2020-01-01/.."})
+        assert 400 <= none.status_code < 500 and "2009-08-18" in none.json()["error"]
