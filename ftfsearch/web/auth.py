@@ -40,6 +40,7 @@ ROUTE_ACCESS: dict[tuple[str, str], Access] = {
     ("GET", "/openapi.json"): "read",
     ("GET", "/api/search"): "read",
     ("POST", "/api/search"): "read",
+    ("GET", "/api/change"): "read",
     ("POST", "/api/labels/export"): "read",
     ("POST", "/api/labels/import"): "read",
     ("GET", "/api/scenes"): "read",
