@@ -759,6 +759,70 @@ def classify(
         err.print(f"{len(merged):,} objects ({total:,.0f} m2 in all); wrote {objects}", highlight=False)
 
 
+@app.command()
+@handles_errors
+def change(
+    text: Optional[str] = typer.Argument(
+        None, help="What appeared (or disappeared), in plain words; none ranks places by how much they changed."),
+    before: str = typer.Option(..., "--before", help="The earlier range, ISO 8601 START/END, either end '..' "
+                               "(e.g. 2009-01-01/2010-01-01)."),
+    after: str = typer.Option(..., "--after", help="The later range, START/END (e.g. 2020-01-01/..)."),
+    like: Optional[list[str]] = LikeOpt,
+    unlike: Optional[list[str]] = UnlikeOpt,
+    like_region: Optional[list[str]] = LikeRegionOpt,
+    unlike_region: Optional[list[str]] = UnlikeRegionOpt,
+    disappeared: bool = typer.Option(False, "--disappeared", help="Rank by how much the score fell, not rose."),
+    k: int = typer.Option(10, "--k", help="Number of places."),
+    bbox: Optional[str] = typer.Option(None, "--bbox", help="minlon,minlat,maxlon,maxlat (WGS84)."),
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON array of places, both tiles each."),
+    geojson: Optional[Path] = typer.Option(
+        None, "--geojson", help="Write the later tile of each place as GeoJSON (its rank and score)."),
+    store: Optional[Path] = StoreOpt,
+    qdrant_url: Optional[str] = UrlOpt,
+    collection: Optional[str] = CollectionOpt,
+    model: Optional[str] = ModelOpt,
+    device: Optional[str] = DeviceOpt,
+) -> None:
+    """What changed between two dates: places covered in both ranges, ranked by the rise of the query's score,
+    or without a query by how far their vectors moved."""
+    from ftfsearch.commands import ChangeRequest
+
+    settings = _settings(store_dir=store, qdrant_url=qdrant_url, collection=collection, model=model, device=device)
+    refs = _example_refs(like, unlike, like_region, unlike_region)
+    request = ChangeRequest.model_validate({  # checked here, before a model loads or the store opens
+        "text": text, "examples": tuple(refs), "k": k, "bbox": bbox, "before": before, "after": after,
+        "disappeared": disappeared,
+    })
+    _single_thread_queries()
+    response = _commands(settings).change(request)
+    for warning in response.warnings:
+        err.print(Text(f"warning: {warning}"), highlight=False)
+    if geojson is not None:
+        from ftfsearch.export import write_geojson
+
+        n = write_geojson([h.after for h in response.hits], geojson, query=f"change {text or 'any'}")
+        err.print(f"wrote {n} features to {geojson}", highlight=False)
+    if as_json:
+        out.print_json(json.dumps([h.to_dict() for h in response.hits]))
+        return
+    scored = bool(response.hits) and response.hits[0].scored
+    table = Table(title=f"change {text!r}" if text else "change (vectors moved)", title_justify="left")
+    for col in ("#", "rise" if scored and not disappeared else "fall" if scored else "moved",
+                *(("before", "after") if scored else ()), "before scene", "acquired", "after scene", "acquired",
+                "level", "bbox W,S,E,N", "region"):
+        table.add_column(col, no_wrap=True)
+    for h in response.hits:
+        b, a = h.before, h.after
+        table.add_row(
+            str(h.rank), f"{h.change:.4f}", *((f"{b.score:.4f}", f"{a.score:.4f}") if scored else ()),
+            b.scene_id, b.acquired or "-", a.scene_id, a.acquired or "-", str(a.level),
+            "no CRS" if a.bbox is None else ",".join(f"{v:.4f}" for v in a.bbox),
+            "-" if a.region is None else ",".join(f"{v:.2f}" for v in a.region),
+        )
+    out.print(table)
+    err.print(", ".join(f"{stage} {ms:.1f} ms" for stage, ms in response.timings_ms.items()), highlight=False)
+
+
 # labels ------------------------------------------------------------------------------------------
 labels_app = typer.Typer(help="Marked tiles (hits and misses) as GeoJSON: for a later search, a detector or QGIS.")
 app.add_typer(labels_app, name="labels")

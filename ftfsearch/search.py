@@ -282,30 +282,7 @@ class Searcher:
         after_t, before_t = parse_time(after, "after"), parse_time(before, "before")
         check_range(after_t, before_t)
         timings: dict[str, float] = {}
-        warnings: list[str] = []
-        has_text = text is not None and bool(str(text).strip()) or not examples
-        if not has_text and not any(e.positive for e in examples):
-            raise BadInput("`unlike`: needs a text or at least one `like` example beside it (misses alone find nothing)")
-        positives: list[np.ndarray] = []
-        if has_text:
-            cleaned, warnings = clean_query(text if text is not None else "", self.encoder)
-            t0 = time.perf_counter()
-            # a torch tensor (on the CPU) from the torch encoders, a numpy array from the query one
-            positives.append(np.asarray(self.encoder.encode_text([cleaned])[0], dtype=np.float32))
-            timings["encode_text"] = (time.perf_counter() - t0) * 1000
-        negatives: list[np.ndarray] = []
-        exclude: tuple[str, ...] = ()
-        if examples:
-            from ftfsearch.examples import resolve
-
-            t0 = time.perf_counter()
-            resolved = resolve(examples, self.store, self.encoder)
-            timings["examples"] = (time.perf_counter() - t0) * 1000
-            for ex in resolved:
-                (positives if ex.ref.positive else negatives).append(np.asarray(ex.vector, dtype=np.float32))
-            exclude = tuple(dict.fromkeys(ex.tile_id for ex in resolved if ex.tile_id is not None))
-        pos = np.stack(positives)
-        neg = np.stack(negatives) if negatives else np.zeros((0, pos.shape[1]), dtype=np.float32)
+        pos, neg, exclude, warnings = self.query_vectors(text, examples, timings)
         # What a recalled score is the dot product of: the cache checks its vectors against it.
         score_vec = average_vector(pos, neg) if examples else pos[0]
 
@@ -347,6 +324,38 @@ class Searcher:
             results = self._attach_payloads(results)
             timings["payloads"] = (time.perf_counter() - t0) * 1000
         return SearchResponse(results=results, timings_ms=timings, warnings=warnings)
+
+    def query_vectors(
+        self, text: str | None, examples: Sequence[ExampleRef], timings: dict[str, float]
+    ) -> tuple[np.ndarray, np.ndarray, tuple[str, ...], list[str]]:
+        """The query as vectors: positives ``[P, D]`` (the text, liked examples), negatives
+        ``[N, D]``, the examples' own tile ids (never results) and the text's warnings. One
+        place for every query that scores tiles (search, change search)."""
+        warnings: list[str] = []
+        has_text = text is not None and bool(str(text).strip()) or not examples
+        if not has_text and not any(e.positive for e in examples):
+            raise BadInput("`unlike`: needs a text or at least one `like` example beside it (misses alone find nothing)")
+        positives: list[np.ndarray] = []
+        if has_text:
+            cleaned, warnings = clean_query(text if text is not None else "", self.encoder)
+            t0 = time.perf_counter()
+            # a torch tensor (on the CPU) from the torch encoders, a numpy array from the query one
+            positives.append(np.asarray(self.encoder.encode_text([cleaned])[0], dtype=np.float32))
+            timings["encode_text"] = (time.perf_counter() - t0) * 1000
+        negatives: list[np.ndarray] = []
+        exclude: tuple[str, ...] = ()
+        if examples:
+            from ftfsearch.examples import resolve
+
+            t0 = time.perf_counter()
+            resolved = resolve(examples, self.store, self.encoder)
+            timings["examples"] = (time.perf_counter() - t0) * 1000
+            for ex in resolved:
+                (positives if ex.ref.positive else negatives).append(np.asarray(ex.vector, dtype=np.float32))
+            exclude = tuple(dict.fromkeys(ex.tile_id for ex in resolved if ex.tile_id is not None))
+        pos = np.stack(positives)
+        neg = np.stack(negatives) if negatives else np.zeros((0, pos.shape[1]), dtype=np.float32)
+        return pos, neg, exclude, warnings
 
     def _with_cached_vectors(self, cands: Candidates, text: np.ndarray) -> Candidates:
         """The candidates with their vectors and payloads: from the cache where valid, else

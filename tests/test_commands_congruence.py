@@ -21,6 +21,7 @@ from _holder import Procs, start_serve
 from _web_fixtures import GEOTIFFS
 from ftfsearch.commands import (
     ClassifyRequest,
+    ChangeRequest,
     Commands,
     FindRequest,
     DropRequest,
@@ -188,6 +189,9 @@ def refusals(commands: Commands) -> list[tuple[str, str]]:
         out.append((type(raised.value).__name__, raised.value.message))
     with pytest.raises(FtfError) as raised:
         commands.drop(DropRequest(scene_id="no-such-scene"))
+    out.append((type(raised.value).__name__, raised.value.message))
+    with pytest.raises(FtfError) as raised:  # no scene has a time: nothing to compare
+        commands.change(ChangeRequest(before="../2000-01-01", after="2020-01-01/.."))
     out.append((type(raised.value).__name__, raised.value.message))
     return out
 

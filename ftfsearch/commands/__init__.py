@@ -13,6 +13,8 @@ from ftfsearch.commands.requests import (
     ClassifyPage,
     ClassifyPlan,
     ClassifyRequest,
+    ChangeOutcome,
+    ChangeRequest,
     DropOutcome,
     DropRequest,
     FindPage,
@@ -48,6 +50,6 @@ def open_commands(settings: Settings, notify: Callable[[str], None] = lambda _: 
 
 
 __all__ = [
-    "ClassifyPage", "ClassifyPlan", "ClassifyRequest", "Commands", "DropOutcome", "DropRequest", "FindPage", "FindPlan", "FindRequest", "InfoRequest", "IngestObserver", "IngestOutcome", "IngestRequest",
+    "ChangeOutcome", "ChangeRequest", "ClassifyPage", "ClassifyPlan", "ClassifyRequest", "Commands", "DropOutcome", "DropRequest", "FindPage", "FindPlan", "FindRequest", "InfoRequest", "IngestObserver", "IngestOutcome", "IngestRequest",
     "PushRequest", "SceneRow", "ScenesRequest", "SearchOutcome", "SearchRequest", "open_commands",
 ]

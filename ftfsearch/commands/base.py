@@ -17,6 +17,8 @@ from ftfsearch.commands.requests import (
     ClassifyPage,
     ClassifyPlan,
     ClassifyRequest,
+    ChangeOutcome,
+    ChangeRequest,
     DropOutcome,
     DropRequest,
     FindPage,
@@ -59,6 +61,7 @@ class Commands(Protocol):
     def classify(self, request: ClassifyRequest) -> Iterator[ClassifyPlan | ClassifyPage]:
         """The trained model's quality first (bad labels are refused before), then the detections page by page."""
         ...
+    def change(self, request: ChangeRequest) -> ChangeOutcome: ...
 
     def ingest(self, request: IngestRequest, observer: IngestObserver | None = None) -> IngestOutcome: ...
 

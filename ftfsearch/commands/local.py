@@ -13,6 +13,8 @@ from ftfsearch.commands.requests import (
     ClassifyPage,
     ClassifyPlan,
     ClassifyRequest,
+    ChangeOutcome,
+    ChangeRequest,
     DropOutcome,
     DropRequest,
     FindPage,
@@ -200,6 +202,14 @@ class LocalCommands:
                               level=int(d.payload.get("level", 1)), window=dict(d.payload.get("window") or {}),
                               bbox=d.payload.get("bbox"), footprint=d.payload.get("footprint"))
                     for d in page])
+    def change(self, request: ChangeRequest) -> ChangeOutcome:
+        from ftfsearch.change import change_search
+
+        before, after = request.ranges()
+        with self.access.searcher() as (searcher, _):
+            out = change_search(searcher, before, after, text=request.text, examples=request.examples, k=request.k,
+                                bbox=request.bbox, disappeared=request.disappeared)
+        return ChangeOutcome(hits=out.hits, timings_ms=out.timings_ms, warnings=out.warnings)
 
     def ingest(self, request: IngestRequest, observer: IngestObserver | None = None) -> IngestOutcome:
         from ingest.pipeline import ingest_paths

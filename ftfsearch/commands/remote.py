@@ -19,6 +19,8 @@ from ftfsearch.commands.requests import (
     ClassifyPage,
     ClassifyPlan,
     ClassifyRequest,
+    ChangeOutcome,
+    ChangeRequest,
     DropOutcome,
     DropRequest,
     FindPage,
@@ -103,6 +105,11 @@ class HolderCommands:
             elif kind == "done":
                 return
         raise StoreUnavailable("the server holding the store stopped during the command; run it again")
+
+    def change(self, request: ChangeRequest) -> ChangeOutcome:
+        examples = tuple(e if e.image is None else replace(e, image=e.image.absolute()) for e in request.examples)
+        sent = request.model_copy(update={"examples": examples})
+        return ChangeOutcome.model_validate(self._post("/api/holder/change", sent))
 
     def ingest(self, request: IngestRequest, observer: IngestObserver | None = None) -> IngestOutcome:
         model = request.model

@@ -20,6 +20,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ftfsearch.area import Area
+from ftfsearch.change import ChangeHit
 from ftfsearch.errors import BadInput
 from ftfsearch.examples import ExampleRef
 from ftfsearch.find import MAX_HITS
@@ -27,7 +28,7 @@ from ftfsearch.find import PAGE as FIND_PAGE
 from ftfsearch.raster import is_url
 from ftfsearch.search import MAX_K, MAX_RECALL_K, Result, parse_bbox
 from ftfsearch.store.base import check_bbox
-from ftfsearch.times import check_range, parse_time
+from ftfsearch.times import TimeRange, check_range, check_ranges, parse_range, parse_time
 from ingest.pipeline import IngestFailure, IngestOptions, SceneSummary
 from ingest.stac import StacScene
 from ingest.tiling import TilingSpec
@@ -219,6 +220,52 @@ class SearchOutcome(BaseModel):
     bands: dict[str, tuple[int, ...] | None] = Field(default_factory=dict)
     device: str = ""
     """Where the text was encoded and the rerank scored (``cpu``, ``cuda:0``)."""
+
+
+class ChangeRequest(Request):
+    """``change`` / ``GET /api/change``: what rose (or fell) between two time ranges, by a query
+    (text, examples) or, with none, by how far the vectors moved (:mod:`ftfsearch.change`)."""
+
+    before: str
+    """ISO 8601 range START/END (either end ``..``); kept in its canonical form once checked."""
+    after: str
+    text: str | None = None
+    examples: tuple[ExampleRef, ...] = ()
+    k: int = DEFAULT_K
+    bbox: tuple[float, float, float, float] | None = None
+    disappeared: bool = False
+    """Rank by how much the score fell (what disappeared) rather than rose."""
+
+    _bbox = field_validator("bbox", mode="before")(SearchRequest._bbox.__func__)  # type: ignore[attr-defined]
+
+    @field_validator("before", "after", mode="before")
+    @classmethod
+    def _range(cls, value: Any, info: Any) -> Any:
+        return str(parse_range(value, info.field_name))
+
+    @model_validator(mode="after")
+    def _check(self) -> "ChangeRequest":
+        if not 1 <= self.k <= MAX_K:
+            raise BadInput(f"`k` {self.k}: must be between 1 and {MAX_K}")
+        check_ranges(*self.ranges())
+        if self.text is not None and not self.text.strip() and not self.examples:
+            raise BadInput("`query`: is empty; give a description, or none to rank by how much the place changed")
+        if self.examples and not (self.text or "").strip() and not any(e.positive for e in self.examples):
+            raise BadInput("`unlike`: needs a text or at least one `like` example beside it (misses alone find nothing)")
+        return self
+
+    def ranges(self) -> tuple[TimeRange, TimeRange]:
+        """``(before, after)`` as ranges."""
+        return parse_range(self.before, "before"), parse_range(self.after, "after")
+
+
+class ChangeOutcome(BaseModel):
+    """The ranked places (both tiles each, whole: chips and GeoJSON are drawn from them), timings
+    and warnings."""
+
+    hits: list[ChangeHit]
+    timings_ms: dict[str, float]
+    warnings: list[str]
 
 
 class IngestRequest(Request):

@@ -27,6 +27,7 @@ from ftfsearch.web.auth import record_change
 from ftfsearch.web.find_stream import find_response
 from ftfsearch.web.resources import Resources, ServeOptions
 from ftfsearch.web.schemas import (
+    ChangeParams,
     ERROR_RESPONSES,
     LabelsBody,
     LabelsRequest,
@@ -58,6 +59,7 @@ def options_of(request: Request) -> ServeOptions:
 Res = Annotated[Resources, Depends(resources_of)]
 Options = Annotated[ServeOptions, Depends(options_of)]
 Search = Annotated[SearchParams, Query()]
+Change = Annotated[ChangeParams, Query()]
 
 
 def package_version() -> str:
@@ -86,7 +88,7 @@ def chip_url(request: Request, tile_id: str, region: int | None) -> str:
 # -- search --------------------------------------------------------------------------------------
 
 
-def example_refs(params: QueryParams) -> list[ExampleRef]:
+def example_refs(params: QueryParams | ChangeParams) -> list[ExampleRef]:
     """Stored tiles and points only: the server reads no file a client names (POST an image)."""
     given = (("like", params.like), ("unlike", params.unlike), ("like_region", params.like_region),
              ("unlike_region", params.unlike_region))
@@ -148,6 +150,17 @@ def run_search(
         "timings_ms": {k_: round(v, 2) for k_, v in out.timings_ms.items()},
         "warnings": out.warnings,
     }
+
+
+@router.get("/change")
+def change(response: Response, res: Res, params: Change) -> dict[str, Any]:
+    """What changed between two time ranges: the places covered in both, ranked by the rise of the
+    query's score (or, with no query, by how far their vectors moved); each with both tiles, dates,
+    scores and matched regions, as ``ftfsearch change --json`` prints them."""
+    out = res.commands.change(params.to_request(example_refs(params)))
+    response.headers["Server-Timing"] = ", ".join(f"{name};dur={ms:.1f}" for name, ms in out.timings_ms.items())
+    return {"places": [h.to_dict() for h in out.hits], "timings_ms": {n: round(v, 2) for n, v in out.timings_ms.items()},
+            "warnings": out.warnings}
 
 
 @router.get("/search", response_model=SearchBody)

@@ -42,6 +42,7 @@ ROUTE_ACCESS: dict[tuple[str, str], Access] = {
     ("POST", "/api/search"): "read",
     ("POST", "/api/find"): "read",
     ("POST", "/api/classify"): "read",
+    ("GET", "/api/change"): "read",
     ("POST", "/api/labels/export"): "read",
     ("POST", "/api/labels/import"): "read",
     ("GET", "/api/scenes"): "read",

@@ -29,6 +29,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from pydantic import TypeAdapter, ValidationError
 
 from ftfsearch.commands.requests import (
+    ChangeRequest,
     DropOutcome,
     DropRequest,
     ClassifyRequest,
@@ -309,6 +310,11 @@ def find(holder: HolderDep, body: Body) -> StreamingResponse:
 def classify(holder: HolderDep, body: Body) -> StreamingResponse:
     """The classifier's quality, then a line per page of detections (NDJSON, as ``/find``)."""
     return find_response(holder.commands.classify(ClassifyRequest.model_validate(body)))
+@router.post("/change")
+async def change(holder: HolderDep, body: Body) -> dict[str, Any]:
+    request = ChangeRequest.model_validate(body)
+    out = await run_in_threadpool(holder.commands.change, request)
+    return out.model_dump(mode="json")
 
 
 @router.post("/drop")

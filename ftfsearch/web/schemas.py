@@ -8,7 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, with_config
 
-from ftfsearch.commands.requests import DEFAULT_K, DEFAULT_RECALL_K, FindRequest, SearchRequest
+from ftfsearch.commands.requests import DEFAULT_K, DEFAULT_RECALL_K, ChangeRequest, FindRequest, SearchRequest
 from ftfsearch.find import MAX_HITS
 from ftfsearch.examples import ExampleRef
 from ftfsearch.search import MAX_K, MAX_QUERY_CHARS, MAX_RECALL_K, ResultRecord
@@ -73,6 +73,29 @@ class FindParams(QueryParams):
     def to_request(self, examples: list[ExampleRef]) -> FindRequest:
         return FindRequest.model_validate({**self.scope(examples, None), "min_score": self.min_score,
                                            "max_hits": self.max_hits})
+
+
+class ChangeParams(BaseModel):
+    """The query parameters of ``GET /api/change``: the HTTP spelling of
+    :class:`~ftfsearch.commands.requests.ChangeRequest` (checked there: ranges, bbox, examples)."""
+
+    before: str = Field(..., max_length=100, description="the earlier range, ISO 8601 START/END, either end '..'")
+    after: str = Field(..., max_length=100, description="the later range, START/END")
+    q: str | None = Field(None, max_length=4 * MAX_QUERY_CHARS,
+                          description="what appeared, in plain words; none: rank by how far the vectors moved")
+    like: list[str] = Field([], description="an example of what appeared: tile id or point lon,lat (repeatable)")
+    unlike: list[str] = Field([], description="an example of what not to find (repeatable)")
+    like_region: list[str] = Field([], description="REF:N: region N of a tile as the example (repeatable)")
+    unlike_region: list[str] = Field([], description="REF:N: a region not to find (repeatable)")
+    k: int = Field(DEFAULT_K, ge=1, le=MAX_K, description="number of places")
+    bbox: str | None = Field(None, description="minlon,minlat,maxlon,maxlat (WGS84)")
+    disappeared: bool = Field(False, description="rank by how much the score fell, not rose")
+
+    def to_request(self, examples: list[ExampleRef]) -> ChangeRequest:
+        return ChangeRequest.model_validate({
+            "text": self.q or None, "examples": tuple(examples), "k": self.k, "bbox": self.bbox,
+            "before": self.before, "after": self.after, "disappeared": self.disappeared,
+        })
 
 
 class ErrorBody(BaseModel):

@@ -1,0 +1,139 @@
+"""Change search on real NAIP: one place in 2009 and 2020, and a copy of the 2020 scene with a
+patch of another real ortho pasted in (a known change at a known place), dated later. Change
+search, with an example of the patch and without any query, must rank the pasted place first."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+from rasterio.windows import Window
+
+from _cli import InProcess, assert_one_line_error
+from _data import require_shared_data
+from _scenes import ORTHO
+from ftfsearch.errors import BadInput
+from ftfsearch.times import check_ranges, parse_range
+
+PASTE = Window(col_off=270, row_off=150, width=100, height=100)
+"""Where the patch goes in the later copy: inside the tile at col 256, row 128 of a 128 px grid."""
+
+
+def test_ranges_parse_and_refuse() -> None:
+    r = parse_range("2019-01-01/..", "after")
+    assert r.end is None and str(r) == "2019-01-01T00:00:00Z/.."
+    assert parse_range("../2015-06-01", "before").start is None
+    check_ranges(parse_range("2019-01-01/2020-01-01", "before"), parse_range("2020-01-01/..", "after"))  # adjacent
+    for bad, needle in (("2020-01-01", "not a range"), ("../..", "both ends are open"),
+                        ("2020-01-01/2020-01-01", "is empty"), ("2020-13-01/..", "not a date")):
+        with pytest.raises(BadInput, match=needle):
+            parse_range(bad, "after")
+    with pytest.raises(BadInput, match="overlap"):
+        check_ranges(parse_range("2019-01-01/2021-01-01", "before"), parse_range("2020-06-01/..", "after"))
+    with pytest.raises(BadInput, match="swap them"):
+        check_ranges(parse_range("2021-01-01/2022-01-01", "before"), parse_range("2019-01-01/2020-01-01", "after"))
+
+
+@pytest.fixture(scope="module")
+def naip(tmp_path_factory: pytest.TempPathFactory, tiny_clip_dir: Path) -> dict[str, object]:
+    base = require_shared_data("geotiffs", "opengeos_data")
+    root = tmp_path_factory.mktemp("change")
+    y2009, y2020 = base / "naip_m_4709963_se_14_1_20090818.tif", base / "naip_m_4709963_se_14_1_20200831.tif"
+    with rasterio.open(ORTHO) as src:
+        patch = src.read((1, 2, 3), window=Window(src.width // 2, src.height // 2, PASTE.width, PASTE.height))
+    pasted = root / "naip_2020_pasted.tif"
+    with rasterio.open(y2020) as src:
+        profile, data = src.profile, src.read()
+    data[:3, PASTE.row_off:PASTE.row_off + PASTE.height, PASTE.col_off:PASTE.col_off + PASTE.width] = patch
+    with rasterio.open(pasted, "w", **profile) as dst:
+        dst.write(data)
+    from PIL import Image
+
+    example = root / "patch.png"
+    Image.fromarray(np.moveaxis(patch, 0, -1)).save(example)
+    env = {"FTF_MODEL": str(tiny_clip_dir), "FTF_CONFIG": str(root / "none.toml"), "FTF_STORE": str(root / "store")}
+    cli = InProcess(env)
+    for path, when in ((y2009, "2009-08-18"), (y2020, "2020-08-31"), (pasted, "2021-08-31")):
+        proc = cli("ingest", str(path), "--acquired", when, "--tile-size", "128", "--levels", "1")
+        assert proc.returncode == 0, proc.stderr
+    return {"cli": cli, "pasted": pasted, "example": example, "env": env}
+
+
+def _pasted_place_first(hits: list[dict]) -> None:
+    top = hits[0]
+    assert top["after"]["scene_id"] == "naip_2020_pasted" and top["before"]["acquired"].startswith("2020-08-31")
+    w = top["after"]["window"]
+    assert (w["col"], w["row"]) == (256, 128), top
+    assert top["change"] > hits[1]["change"]
+
+
+@pytest.mark.usefixtures("shared_data")
+def test_change_without_words_ranks_the_pasted_place_first(naip: dict) -> None:
+    cli = naip["cli"]
+    # 2009 and 2020 are both in the before range: the latest (2020) stands for the place
+    proc = cli("change", "--before", "2009-01-01/2021-01-01", "--after", "2021-01-01/..", "--json", "--k", "5")
+    assert proc.returncode == 0, proc.stderr
+    hits = json.loads(proc.stdout)
+    _pasted_place_first(hits)
+    assert hits[0]["before"]["score"] is None  # no query: no query score
+    assert hits[-1]["change"] < 1e-3  # an untouched place of the copy did not move
+    # the real 2009 -> 2020 pair: every place of the scene is covered in both
+    real = cli("change", "--before", "../2010-01-01", "--after", "2020-01-01/2021-01-01", "--json", "--k", "1000")
+    assert real.returncode == 0, real.stderr
+    pairs = json.loads(real.stdout)
+    assert len(pairs) >= 35 and all(h["before"]["acquired"].startswith("2009") for h in pairs)
+    assert [h["change"] for h in pairs] == sorted((h["change"] for h in pairs), reverse=True)
+
+
+@pytest.mark.usefixtures("shared_data")
+def test_change_by_example_ranks_the_pasted_place_first(naip: dict) -> None:
+    cli = naip["cli"]
+    proc = cli("change", "--like", str(naip["example"]), "--before", "2020-01-01/2021-01-01",
+               "--after", "2021-01-01/..", "--json", "--k", "5")
+    assert proc.returncode == 0, proc.stderr
+    hits = json.loads(proc.stdout)
+    _pasted_place_first(hits)
+    top = hits[0]
+    assert top["change"] == pytest.approx(top["after"]["score"] - top["before"]["score"], abs=1e-5)
+    assert top["before"]["region"] and top["after"]["region"]
+    gone = json.loads(cli("change", "--like", str(naip["example"]), "--before", "2020-01-01/2021-01-01",
+                          "--after", "2021-01-01/..", "--json", "--k", "5", "--disappeared").stdout)
+    assert top["after"]["window"] not in [g["after"]["window"] for g in gone]  # it rose: it is not what fell
+
+
+@pytest.mark.usefixtures("shared_data")
+def test_change_refusals_are_one_line(naip: dict) -> None:
+    cli = naip["cli"]
+    none = cli("change", "--before", "../2000-01-01", "--after", "2020-01-01/..")
+    assert_one_line_error(none, "no scene of the area was acquired in --before", "2009-08-18", "2021-08-31")
+    assert_one_line_error(cli("change", "--before", "2019-01-01/2021-01-01", "--after", "2020-06-01/.."), "overlap")
+    assert_one_line_error(cli("change", "--before", "2019-01-01", "--after", "2020-06-01/.."), "not a range")
+
+
+@pytest.mark.usefixtures("shared_data")
+def test_api_change_answers_what_the_cli_prints_and_4xx_for_bad_ranges(naip: dict) -> None:
+    from fastapi.testclient import TestClient
+
+    from ftfsearch.commands import ChangeOutcome, ChangeRequest
+    from ftfsearch.commands.local import LocalCommands
+    from ftfsearch.config import Settings
+    from ftfsearch.web import create_app
+
+    env = naip["env"]
+    settings = Settings(store_dir=Path(env["FTF_STORE"]), model=env["FTF_MODEL"], device="cpu")
+    request = ChangeRequest(before="2020-01-01/2021-01-01", after="2021-01-01/..", k=3)
+    outcome = LocalCommands.from_settings(settings).change(request)
+    # the outcome crosses the holder as JSON: both tiles come back whole
+    again = ChangeOutcome.model_validate_json(outcome.model_dump_json())
+    assert [h.to_dict() for h in again.hits] == [h.to_dict() for h in outcome.hits]
+    with TestClient(create_app(settings), raise_server_exceptions=True) as client:
+        resp = client.get("/api/change", params={"before": "2020-01-01/2021-01-01", "after": "2021-01-01/..", "k": 3})
+        assert resp.status_code == 200, resp.text
+        assert resp.json()["places"] == [h.to_dict() for h in outcome.hits]
+        bad = client.get("/api/change", params={"before": "2019-01-01/2021-01-01", "after": "2020-06-01/.."})
+        assert bad.status_code in (400, 422) and "overlap" in bad.json()["error"]
+        none = client.get("/api/change", params={"before": "../2000-01-01", "after": "2020-01-01/.."})
+        assert 400 <= none.status_code < 500 and "2009-08-18" in none.json()["error"]
