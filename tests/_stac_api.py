@@ -71,7 +71,8 @@ class StacApi:
             ok = True
             for prop, ops in query.items():
                 value = item["properties"].get(prop)
-                for op, bound in ops.items():
+                for op, given in ops.items():
+                    bound = float(given)  # pystac-client sends "eo:cloud_cover<20" as {"lt": "20"}
                     ok = ok and value is not None and {"lt": value < bound, "gt": value > bound,
                                                        "lte": value <= bound, "gte": value >= bound,
                                                        "eq": value == bound}[op]
