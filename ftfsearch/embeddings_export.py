@@ -7,7 +7,7 @@ no footprint and are left out. The file's footer carries GeoParquet's ``geo`` me
 ``crs``: OGC:CRS84 lon/lat, as GeoParquet defines its absence) and, under ``stac``, the collection
 fields of the STAC embeddings extension (geo-embeddings/embeddings-stac-specification v0.0.1):
 ``emb:type`` ``chip``, ``emb:dimensions``, ``data_type``, ``emb:chip_layout`` (from the scenes'
-tiling, when they share one), ``emb:fit_for_use``, ``processing:datetime``, and ``emb:model`` /
+tiling, when they share one at level 1 alone), ``emb:fit_for_use``, ``processing:datetime``, and ``emb:model`` /
 ``emb:source-data`` links. Written with pyarrow alone (the ``[geo]`` extra), to a temporary file
 then renamed: a cut-short export leaves no half file.
 """
@@ -48,8 +48,10 @@ def _stac_metadata(store: Store, dim: int, tilings: list[dict[str, Any]], scenes
         "links": [{"rel": "emb:model", "href": meta.model_id if meta else "unknown", "title": "ftfsearch model"}]
         + [{"rel": "emb:source-data", "href": s} for s in scenes],
     }
-    distinct = {json.dumps({k: t.get(k) for k in ("tile_size", "overlap")}, sort_keys=True) for t in tilings}
-    if len(distinct) == 1 and tilings[0].get("tile_size"):
+    # One regular grid only when every scene was tiled alike at level 1 alone (a level-L tile reads
+    # L * tile_size scene pixels: several levels are several grids, which the layout cannot say).
+    distinct = {json.dumps({k: t.get(k) for k in ("tile_size", "overlap", "levels")}, sort_keys=True) for t in tilings}
+    if len(distinct) == 1 and tilings[0].get("tile_size") and list(tilings[0].get("levels") or [1]) == [1]:
         size = int(tilings[0]["tile_size"])
         stride = max(1, int(round(size * (1.0 - float(tilings[0].get("overlap") or 0.0)))))
         fields["emb:chip_layout"] = {"layout_type": "regular_grid", "chip_size": size, "stride": stride}

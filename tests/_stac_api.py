@@ -16,6 +16,7 @@ from types import TracebackType
 from typing import Any
 
 ITEM_SEARCH = "https://api.stacspec.org/v1.0.0/item-search"
+QUERY = "https://api.stacspec.org/v1.0.0/item-search#query"
 CORE = "https://api.stacspec.org/v1.0.0/core"
 
 
@@ -50,7 +51,7 @@ class StacApi:
         if self.not_stac:
             return {"status": "ok", "service": "not a STAC API"}
         return {"type": "Catalog", "stac_version": "1.0.0", "id": "loopback", "description": "test STAC API",
-                "conformsTo": [CORE, ITEM_SEARCH],
+                "conformsTo": [CORE, ITEM_SEARCH, QUERY],
                 "links": [{"rel": "self", "href": self.url + "/"}, {"rel": "root", "href": self.url + "/"},
                           {"rel": "search", "href": self.url + "/search", "type": "application/geo+json",
                            "method": "GET"},
@@ -122,7 +123,7 @@ class StacApi:
                 if path == "":
                     return self._send(200, api.landing())
                 if path == "/conformance":
-                    return self._send(200, {"conformsTo": [CORE, ITEM_SEARCH]})
+                    return self._send(200, {"conformsTo": [CORE, ITEM_SEARCH, QUERY]})
                 if path != "/search":
                     return self._send(404, {"code": "NotFound", "description": path})
                 number = int(params.get("page") or 1)

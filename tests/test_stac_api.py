@@ -27,6 +27,8 @@ EO = "https://stac-extensions.github.io/eo/v1.1.0/schema.json"
 RGB = SHARED_DATA / "geotiffs" / "rasterio" / "RGB.byte.tif"
 TILING = ["--levels", "1", "--tile-size", "128", "--batch-size", "16"]
 COMMON = {"B04": "red", "B03": "green", "B02": "blue"}
+SLOW = 900
+"""Seconds for one CLI run (a model load and an ingest): generous, for a loaded CI machine."""
 
 
 def s2_item(place: str, cloud: float, when: str) -> dict[str, Any]:
@@ -69,7 +71,7 @@ def test_a_search_over_pages_with_a_503_retried_ingests_each_item(api: StacApi, 
     env = env_for(tmp_path, tiny_clip_dir)
     api.fail_once = {2}
     proc = run("ingest", "--stac-api", api.url, "--collections", "sentinel-2-l2a", "--query", "eo:cloud_cover<20",
-               *TILING, "--json", env=env)
+               *TILING, "--json", env=env, timeout=SLOW)
     assert proc.returncode == 0, proc.stderr
     done = {s["scene_id"]: s for s in json.loads(proc.stdout)["scenes"]}
     assert set(done) == {"S2_casablanca", "S2_honolulu"}  # the cloudy item filtered by the API
@@ -83,7 +85,7 @@ def test_a_search_over_pages_with_a_503_retried_ingests_each_item(api: StacApi, 
     assert rows["S2_casablanca"]["stac"]["collection"] == "sentinel-2-l2a"
 
     again = run("ingest", "--stac-api", api.url, "--collections", "sentinel-2-l2a", "--query", "eo:cloud_cover<20",
-                *TILING, "--json", env=env)  # the same search resumes: nothing written twice
+                *TILING, "--json", env=env, timeout=SLOW)  # the same search resumes: nothing written twice
     assert again.returncode == 0, again.stderr
     assert [s["written"] for s in json.loads(again.stdout)["scenes"]] == [0, 0]
 
@@ -98,7 +100,7 @@ def test_limit_and_shards_split_the_items(api: StacApi, tmp_path: Path, tiny_cli
     parts = []
     for k in range(2):
         proc = run("ingest", "--stac-api", api.url, "--collections", "sentinel-2-l2a", "--shard", f"{k}/2",
-                   *TILING, "--json", env=env)
+                   *TILING, "--json", env=env, timeout=SLOW)
         assert proc.returncode == 0, proc.stderr
         parts.append({s["scene_id"] for s in json.loads(proc.stdout)["scenes"]})
     assert parts[0] and parts[1] and not parts[0] & parts[1]
@@ -109,7 +111,7 @@ def test_an_api_that_answers_json_that_is_not_stac_is_one_line(api: StacApi, tmp
                                                                tiny_clip_dir: Path) -> None:
     api.not_stac = True
     env = env_for(tmp_path, tiny_clip_dir)
-    proc = run("ingest", "--stac-api", api.url, "--collections", "sentinel-2-l2a", *TILING, env=env)
+    proc = run("ingest", "--stac-api", api.url, "--collections", "sentinel-2-l2a", *TILING, env=env, timeout=SLOW)
     assert_one_line_error(proc, "--stac-api", api.url, "not a STAC API")
     assert not (tmp_path / "store").exists()  # read before any write
 
@@ -127,7 +129,7 @@ def test_a_page_that_times_out_keeps_what_was_found_before(api: StacApi, tmp_pat
                                                            tiny_clip_dir: Path) -> None:
     api.slow_page, api.slow_seconds = 2, 4.0
     env = env_for(tmp_path, tiny_clip_dir, FTF_TIMEOUT="1")
-    proc = run("ingest", "--stac-api", api.url, "--collections", "sentinel-2-l2a", *TILING, env=env, timeout=300)
+    proc = run("ingest", "--stac-api", api.url, "--collections", "sentinel-2-l2a", *TILING, env=env, timeout=SLOW)
     assert proc.returncode == 1, proc.stderr  # the run is not whole
     assert "Traceback" not in proc.stderr
     warning = [line for line in proc.stderr.splitlines() if line.startswith("warning: ")]
