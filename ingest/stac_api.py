@@ -98,10 +98,13 @@ def _page_items(page: Any, where: str) -> list[dict[str, Any]]:
 
 def search_stac_api(search: ApiSearch, stack_dir: Path, assets: tuple[str, ...] | None = None) -> ApiSearchResult:
     """The scenes of the items ``search`` finds, in the API's order, each item once."""
+    import pystac
+    from pystac_client.errors import ClientTypeError
     from pystac_client.exceptions import APIError
 
     where = f"`stac_api` {search.url}"
-    errors = (APIError, OSError, ValueError, KeyError, TypeError, NotImplementedError, AttributeError)
+    errors = (APIError, ClientTypeError, pystac.STACError, OSError, ValueError, KeyError, TypeError,
+              NotImplementedError, AttributeError)
     try:
         client = _client(search)
         pages = client.search(collections=list(search.collections), bbox=search.bbox, datetime=search.datetime,

@@ -8,6 +8,7 @@ what was found before kept."""
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from typing import Any
 import pytest
 
 from _cli import assert_one_line_error, run
+from _http_server import RangeServer
 from _data import SHARED_DATA
 from _scenes import s2_bands
 from _stac_api import StacApi
@@ -32,7 +34,7 @@ SLOW = 900
 
 
 def s2_item(place: str, cloud: float, when: str) -> dict[str, Any]:
-    assets = {name: {"href": str(path), "type": "image/tiff; application=geotiff", "roles": ["data"],
+    assets = {name: {"href": f"{{www}}/{path.name}", "type": "image/tiff; application=geotiff", "roles": ["data"],
                      "eo:bands": [{"name": name, "common_name": COMMON[name]}]}
               for name, path in zip(COMMON, s2_bands(place, *COMMON))}
     return {"type": "Feature", "stac_version": "1.0.0", "stac_extensions": [EO], "id": f"S2_{place}",
@@ -44,7 +46,7 @@ def s2_item(place: str, cloud: float, when: str) -> dict[str, Any]:
 def visual_item(item_id: str, cloud: float) -> dict[str, Any]:
     return {"type": "Feature", "stac_version": "1.0.0", "id": item_id, "collection": "sentinel-2-l2a",
             "geometry": None, "properties": {"datetime": "2023-05-01T10:00:00Z", "eo:cloud_cover": cloud},
-            "links": [], "assets": {"visual": {"href": str(RGB), "type": "image/tiff; application=geotiff"}}}
+            "links": [], "assets": {"visual": {"href": f"{{www}}/{RGB.name}", "type": "image/tiff; application=geotiff"}}}
 
 
 ITEMS = [s2_item("casablanca", 1.5, "2023-04-26T10:50:31Z"), visual_item("rgb_byte", 60.0),
@@ -52,9 +54,16 @@ ITEMS = [s2_item("casablanca", 1.5, "2023-04-26T10:50:31Z"), visual_item("rgb_by
 
 
 @pytest.fixture
-def api() -> Iterator[StacApi]:
-    with StacApi(ITEMS, page_size=1) as server:
-        yield server
+def api(tmp_path: Path) -> Iterator[StacApi]:
+    """The STAC API, its items' assets served over real HTTP (Range requests) by a second loopback server."""
+    root = tmp_path / "www"
+    root.mkdir()
+    for path in [RGB, *s2_bands("casablanca", *COMMON), *s2_bands("honolulu", *COMMON)]:
+        shutil.copyfile(path, root / path.name)
+    with RangeServer(root) as www:
+        items = json.loads(json.dumps(ITEMS).replace("{www}", www.url))
+        with StacApi(items, page_size=1) as server:
+            yield server
 
 
 def env_for(tmp_path: Path, tiny_clip_dir: Path, **extra: str) -> dict[str, str]:
