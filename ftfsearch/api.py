@@ -185,9 +185,10 @@ class Connection:
               after: str | datetime | None = None, before: str | datetime | None = None) -> Results:
         """``ftfsearch query``: tiles ranked by a text, examples (``like``/``unlike``: tile ids,
         points ``"lon,lat"``, image files), or both; ``bbox``, ``scenes`` and a time range filter."""
-        request = SearchRequest(text=text, examples=tuple(_refs(like, "like") + _refs(unlike, "unlike")), k=k,
-                                recall_k=recall_k, rerank=rerank, bbox=bbox, scenes=tuple(scenes), after=after,
-                                before=before)
+        # validated as the API's parameters are: a bbox string or four numbers, ISO times or datetimes
+        request = SearchRequest.model_validate(dict(
+            text=text, examples=tuple(_refs(like, "like") + _refs(unlike, "unlike")), k=k, recall_k=recall_k,
+            rerank=rerank, bbox=bbox, scenes=tuple(scenes), after=after, before=before))
         return Results(self._run("search", request), text)
 
     def scenes(self) -> list[SceneRow]:

@@ -66,14 +66,15 @@ def _client(search: ApiSearch) -> Any:
     retry = Retry(total=4, backoff_factor=0.2, status_forcelist=RETRY_STATUSES, allowed_methods=None,
                   raise_on_status=False)
     io = StacApiIO(max_retries=retry, timeout=search.timeout)
-    return Client.open(search.url, stac_io=io)
+    # Client.open sets its own timeout on the io it is given (None unless passed here too)
+    return Client.open(search.url, stac_io=io, timeout=search.timeout)
 
 
 def _why(exc: Exception) -> str:
     """An exception of requests, pystac or pystac-client in a few words."""
     text = str(exc).splitlines()[0][:160] if str(exc) else ""
     name = type(exc).__name__
-    if "Timeout" in name or "timed out" in text.lower():
+    if "Timeout" in name or "timeout" in text.lower() or "timed out" in text.lower():
         return "timed out"
     return f"{name}: {text}" if text else name
 
