@@ -136,7 +136,7 @@ def check_vectors(run: Run, families: dict[str, tuple[str | None, Tolerance]]) -
             enc = load_encoder(model, device=where)
             encoders[where] = enc
             g, r = enc.encode_images(pixels)
-            out[where] = (g, r, enc.encode_text(texts))
+            out[where] = (g, r, torch.as_tensor(enc.encode_text(texts)))
         (g0, r0, t0), (g1, r1, t1) = out["cpu"], out[str(run.device)]
         for part, x, y in (("coarse", g0, g1), ("regions", r0, r1), ("text", t0, t1)):
             diff, cos = _compare(x, y)

@@ -277,7 +277,28 @@ def ingest(
         None, "--assets", help="STAC asset keys of the RGB pixels: one RGB asset or red,green,blue ones (e.g. "
         "B04,B03,B02); default: the item's visual asset, else its red, green and blue bands by eo:bands common name.",
     ),
-    limit: Optional[int] = typer.Option(None, "--limit", help="Ingest at most N items of the STAC catalogs given."),
+    limit: Optional[int] = typer.Option(
+        None, "--limit", help="Ingest at most N items of the STAC catalogs given, or of the --stac-api search."
+    ),
+    stac_api: Optional[str] = typer.Option(
+        None, "--stac-api", help="Search this STAC API (its landing page URL) and ingest each item found "
+        "(with --collections; --shard K/N takes part K of the items).",
+    ),
+    collections: Optional[str] = typer.Option(
+        None, "--collections", help="STAC API collections to search, comma-separated (with --stac-api)."
+    ),
+    stac_bbox: Optional[str] = typer.Option(
+        None, "--bbox", help="With --stac-api: items intersecting minlon,minlat,maxlon,maxlat (WGS84)."
+    ),
+    stac_datetime: Optional[str] = typer.Option(
+        None, "--datetime", help="With --stac-api: items in this time or range (RFC 3339, e.g. 2024-01-01/2024-06-30)."
+    ),
+    stac_query: Optional[list[str]] = typer.Option(
+        None, "--query", help="With --stac-api: a property filter such as 'eo:cloud_cover<20' (repeatable)."
+    ),
+    max_pages: int = typer.Option(
+        100, "--max-pages", help="With --stac-api: stop after this many result pages (an API that pages forever)."
+    ),
     scene_id: Optional[str] = typer.Option(None, "--scene-id", help="Scene id (one raster only; default: file name)."),
     acquired: Optional[str] = typer.Option(
         None, "--acquired", help="Acquisition time of the scenes (ISO 8601; UTC if no zone); default: the STAC "
@@ -307,12 +328,14 @@ def ingest(
     if from_list is not None:
         from ftfsearch.commands.batch import list_sources
 
-        _check_list_flags(paths, stack, scene_id, assets, limit)
+        _check_list_flags(paths, stack, scene_id, assets, limit, stac_api)
         sources, part = list_sources(from_list, shard, settings.resolved_stack_dir)
-    elif shard is not None:
+    elif shard is not None and stac_api is None:
         from ftfsearch.errors import BadInput
 
-        raise BadInput("--shard splits a --from list: give --from LIST with it")
+        raise BadInput("--shard splits a --from list or a --stac-api search: give one with it")
+    api = _stac_api_search(stac_api, collections, stac_bbox, stac_datetime, stac_query, limit, max_pages,
+                           settings.timeout)
     spec = TilingSpec(
         tile_size=tile_size,
         overlap=overlap,
@@ -329,7 +352,8 @@ def ingest(
     from ftfsearch.commands import IngestRequest
     from ingest.sources import resolve_sources
 
-    files = resolve_sources(paths or [], stack or [], settings.resolved_stack_dir, assets, limit)
+    files = resolve_sources(paths or [], stack or [], settings.resolved_stack_dir, assets,
+                            None if api is not None else limit, api=api, shard=shard, warn=_print_stopped)
     request = IngestRequest(sources=tuple(files), tiling=spec, batch_size=batch_size, readers=readers,
                             scene_id=scene_id, acquired=acquired, shards=shards,
                             replication_factor=replication_factor, model=model)
@@ -337,11 +361,44 @@ def ingest(
     if outcome.detached:  # Ctrl+C answered "no": the ingest goes on in 'serve'
         raise typer.Exit(0)
     _report_ingest(outcome.scenes, [f.__dict__ for f in outcome.failed], len(files), as_json)
+    if _STOPPED.get():  # the search was cut short: what was found is ingested, the run is not whole
+        raise typer.Exit(1)
+
+
+_STOPPED: ContextVar[bool] = ContextVar("ftfsearch_stac_search_stopped", default=False)
+"""Whether this ingest's STAC API search stopped before its last page."""
+
+
+def _print_stopped(message: str) -> None:
+    _STOPPED.set(True)
+    err.print(Text(f"warning: {_as_flags(message)}"), highlight=False)
+
+
+def _stac_api_search(url: Optional[str], collections: Optional[str], bbox: Optional[str], when: Optional[str],
+                     query: Optional[list[str]], limit: Optional[int], max_pages: int, timeout: float) -> Any:
+    """The --stac-api search the flags ask for (None without --stac-api; its flags alone are refused)."""
+    from ftfsearch.errors import BadInput
+
+    if url is None:
+        given = [f for f, v in (("--collections", collections), ("--bbox", bbox), ("--datetime", when),
+                                ("--query", query)) if v]
+        if given:
+            raise BadInput(f"{given[0]} filters a STAC API search: give --stac-api URL with it")
+        return None
+    from ftfsearch.search import parse_bbox
+    from ingest.stac_api import ApiSearch
+
+    return ApiSearch(url=url, collections=tuple(c.strip() for c in (collections or "").split(",") if c.strip()),
+                     bbox=parse_bbox(bbox), datetime=when or None, query=tuple(query or ()), limit=limit,
+                     max_pages=max_pages, timeout=timeout)
 
 
 def _check_list_flags(paths: Optional[list[str]], stack: Optional[list[str]], scene_id: Optional[str],
-                      assets: Optional[str], limit: Optional[int]) -> None:
+                      assets: Optional[str], limit: Optional[int], stac_api: Optional[str]) -> None:
     from ftfsearch.errors import BadInput
+
+    if stac_api is not None:
+        raise BadInput("give --from LIST or --stac-api URL, not both")
 
     if paths or stack:
         raise BadInput("give raster paths and --stack, or --from LIST, not both")
@@ -992,6 +1049,26 @@ def _info_table(data: dict[str, Any]) -> Table:
     elif "meta" in data:
         table.add_row("model", Text("none yet (nothing ingested)"))
     return table
+
+
+@app.command("export-embeddings")
+@handles_errors
+def export_embeddings(
+    out_path: Path = typer.Option(..., "-o", "--out", help="The GeoParquet file to write (.parquet)."),
+    store: Optional[Path] = StoreOpt,
+    qdrant_url: Optional[str] = UrlOpt,
+    collection: Optional[str] = CollectionOpt,
+) -> None:
+    """Write every tile's vector and footprint as GeoParquet with STAC embeddings-extension metadata."""
+    from ftfsearch.embeddings_export import export_embeddings as write
+
+    settings = _settings(store_dir=store, qdrant_url=qdrant_url, collection=collection)
+    db = settings.open_store(read_only=True)
+    try:
+        n = write(db, out_path)
+    finally:
+        db.close()
+    err.print(f"{out_path}: {n} tiles", highlight=False)
 
 
 # push --------------------------------------------------------------------------------------------

@@ -23,11 +23,12 @@ import logging
 import os
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from operator import attrgetter
+from typing import Any, TypeVar
 
 from ftfsearch.errors import (
     BadInput,
@@ -46,6 +47,7 @@ from ingest.scenes import default_scene_id, expand_paths, fingerprint, is_stac
 from ingest.stac import StacScene
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 _SHARD = re.compile(r"^\s*(-?\d+)\s*/\s*(-?\d+)\s*$")
@@ -198,13 +200,14 @@ def _add_stac(out: dict[str, Source], entry: str, number: int, base: Path, stack
                                           problem=scene.error))
 
 
-def _rank(source: Source) -> tuple[str, str]:
-    return hashlib.sha256(source.name.encode("utf-8")).hexdigest(), source.name
+def _rank(name: str) -> tuple[str, str]:
+    return hashlib.sha256(name.encode("utf-8")).hexdigest(), name
 
 
-def partition(sources: list[Source], shard: Shard) -> list[Source]:
-    """Part ``shard.index`` of ``shard.count``: sorted by hash, dealt round-robin, returned in list order."""
-    ranked = sorted(range(len(sources)), key=lambda i: _rank(sources[i]))
+def partition(sources: Sequence[T], shard: Shard, name: Callable[[T], str] = attrgetter("name")) -> list[T]:
+    """Part ``shard.index`` of ``shard.count``: sorted by the hash of each source's ``name``, dealt
+    round-robin, returned in list order (a list's sources, or a STAC API search's items by id)."""
+    ranked = sorted(range(len(sources)), key=lambda i: _rank(name(sources[i])))
     mine = sorted(ranked[shard.index :: shard.count])
     return [sources[i] for i in mine]
 

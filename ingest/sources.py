@@ -7,10 +7,12 @@ store untouched."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 from ftfsearch.errors import BadInput
 from ingest.scenes import expand_paths, is_stac
 from ingest.stac import StacScene
+from ingest.stac_api import ApiSearch
 
 Source = Path | str | StacScene
 """One scene to ingest: a raster file, an http(s) URL (a string), or a STAC item."""
@@ -28,9 +30,15 @@ def parse_assets(value: str | None) -> tuple[str, ...] | None:
 
 
 def resolve_sources(paths: list[str], stack: list[str], stack_dir: Path, assets: str | None = None,
-                    limit: int | None = None) -> list[Source]:
+                    limit: int | None = None, api: ApiSearch | None = None, shard: str | None = None,
+                    warn: Callable[[str], None] = lambda _: None) -> list[Source]:
     """The scenes of ``paths`` and ``stack``, in order: rasters of the paths, the items of the STAC
-    paths (``.json``), then the stacks' VRTs (written under ``stack_dir``)."""
+    paths (``.json``), then the stacks' VRTs (written under ``stack_dir``); or the items a STAC API
+    search (``api``) finds, ``shard``'s part of them. A search cut short is a line to ``warn``."""
+    if api is not None:
+        return _api_sources(paths, stack, stack_dir, assets, api, shard, warn)
+    if shard is not None:
+        raise BadInput("`shard` splits a --from list or a STAC API search: give --from LIST or --stac-api URL")
     stac_args = [p for p in paths if is_stac(p)]
     keys = parse_assets(assets)
     if (keys is not None or limit is not None) and not stac_args:
@@ -53,3 +61,23 @@ def resolve_sources(paths: list[str], stack: list[str], stack_dir: Path, assets:
 
         files += [build_stack(value, stack_dir) for value in stack]
     return files
+
+
+def _api_sources(paths: list[str], stack: list[str], stack_dir: Path, assets: str | None, api: ApiSearch,
+                 shard: str | None, warn: Callable[[str], None]) -> list[Source]:
+    """``--stac-api``: the items found, each a scene; with ``shard``, the part K of N of them by item
+    id (the same split on every worker that runs the same search)."""
+    from ingest.batch import Shard, partition
+    from ingest.stac_api import search_stac_api
+
+    if paths or stack:
+        raise BadInput("give raster or STAC paths, or `stac_api`, not both")
+    part = Shard.parse(shard) if shard is not None else None
+    found = search_stac_api(api, stack_dir, parse_assets(assets))
+    if found.stopped is not None:
+        warn(found.stopped)
+    if not found.scenes:
+        raise BadInput(f"`stac_api` {api.url}: the search found no items in {','.join(api.collections)}; "
+                       "widen `bbox`, `datetime` or `query`")
+    scenes: list[Source] = list(found.scenes)
+    return partition(scenes, part, name=lambda s: str(s)) if part is not None else scenes

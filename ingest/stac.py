@@ -163,6 +163,15 @@ def _item_collection(reader: StacReader, href: str, d: dict[str, Any], stack_dir
     return scenes
 
 
+def item_scene(href: str, d: dict[str, Any], stack_dir: Path, assets: tuple[str, ...] | None = None) -> StacScene:
+    """An item read elsewhere (a page of a STAC API search) as a scene, chosen as any other item's;
+    an unusable one comes back with its ``error`` and fails alone when the pipeline reaches it."""
+    try:
+        return _item_scene(StacReader(), href, d, stack_dir, assets)
+    except BadInput as exc:
+        return StacScene(href=href, scene_id=default_scene_id(href), stack_dir=str(stack_dir), error=exc.message)
+
+
 class _Walk:
     """Items of a catalog tree, each object read once; a child link back up is a loop."""
 
