@@ -107,7 +107,7 @@ def _captions(n: int) -> list[str]:
 
 def _families(run: Run) -> dict[str, tuple[str | None, Tolerance]]:
     """Model name or directory (None: the shipped model) and tolerance of each family."""
-    from ftfsearch.model.tiny import build_tiny_clip
+    from tests._tiny import build_tiny_clip
 
     clip = run.work / "tiny-clip"
     if not clip.is_dir():

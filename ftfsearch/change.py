@@ -60,7 +60,7 @@ class ChangeHit:
                 d.update(score=None, coarse_score=None, fine_score=None)
             return d
 
-        return {"rank": self.rank, "change": round(self.change, 6), "before": side(self.before),
+        return {"rank": self.rank, "change": round(self.change, 4), "before": side(self.before),
                 "after": side(self.after)}
 
 

@@ -158,7 +158,7 @@ def find_requests(here: LocalCommands) -> list[Any]:
     return [
         FindRequest(text="a river next to farmland"),
         FindRequest(text="houses", min_score=-1.0, aoi={"type": "Polygon", "coordinates": [[
-            [west, south], [east, south], [east, north], [west, north], [west, south]]]}, page=16),
+            [west, south], [east, south], [east, north], [west, north], [west, south]]]}, page=4),
         ClassifyRequest(labels=labels),
     ]
 

@@ -47,7 +47,7 @@ def test_minilm_changes_mode_on_cuda_without_the_hub(fake_cuda_kernels: None) ->
 
 def test_clip_changes_mode_on_cuda_without_the_hub(fake_cuda_kernels: None, tmp_path: Path) -> None:
     from ftfsearch.model.clip import ClipEncoder
-    from ftfsearch.model.tiny import build_tiny_clip
+    from _tiny import build_tiny_clip
 
     enc = ClipEncoder(build_tiny_clip(tmp_path / "clip"), "cpu", region_mode="tokens")
     assert not enc.model.use_kernels

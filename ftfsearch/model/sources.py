@@ -96,6 +96,8 @@ def exact_float32(device: torch.device) -> None:
     made on CUDA. (CLIP encoders run under float16 autocast on CUDA: their drift is measured and
     bounded by ``python -m bench gpu``, not removed by this.)"""
     if device.type == "cuda":
+        import torch  # here: the query path imports this module without torch
+
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.allow_tf32 = False
 
