@@ -234,6 +234,11 @@ def _samples(live: Live) -> dict[tuple[str, str], tuple[str, bytes | None, dict[
         ("GET", "/api/info"): ("/api/info", None, {}, 200),
         ("GET", "/api/tiles/{tile_id}/chip.png"): (f"/api/tiles/{tile}/chip.png?size=64", None, {}, 200),
         ("GET", "/api/scenes/{scene_id}/preview.png"): (f"/api/scenes/{scene}/preview.png", None, {}, 200),
+        ("POST", "/api/find"): ("/api/find", json.dumps({"q": "a river", "min_score": 0.99}).encode(), as_json, 200),
+        # one hit is too few to train on: refused after the key is let through
+        ("POST", "/api/classify"): ("/api/classify", json.dumps({"labels": json.loads(labels)}).encode(), as_json, 400),
+        # the demo scene has no acquisition time: no place is covered in both ranges
+        ("GET", "/api/change"): ("/api/change?before=2000-01-01/2001-01-01&after=2001-01-01/..", None, {}, 400),
         # a scene that is not there: the key is let through, the store stays as it is (a real drop below)
         ("DELETE", "/api/scenes/{scene_id}"): ("/api/scenes/no-such-scene", None, {}, 404),
     }
@@ -430,3 +435,9 @@ def test_a_path_prefix_gives_prefixed_urls(live: Live, tmp_path: Path) -> None:
             assert b'src="static/app.js"' in page and b'"/static' not in page
             assert "/api/search" in " ".join(proxy.forwarded)
             assert urllib.parse.urlsplit(proxy.url).path == "/ftf/"
+
+
+def test_a_json_body_with_an_unknown_field_is_422_not_500(live: Live) -> None:
+    body = json.dumps({"text": "a river"}).encode()  # the query is `q`
+    status, answer, _ = _status(live.url, "POST", "/api/find", live.keys["read"], body, {"Content-Type": "application/json"})
+    assert status == 422 and b"text" in answer and b"internal error" not in answer

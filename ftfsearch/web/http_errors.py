@@ -8,6 +8,7 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ftfsearch.errors import (
@@ -55,7 +56,7 @@ def error_response(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
 
 
-def validation_message(exc: RequestValidationError) -> str:
+def validation_message(exc: RequestValidationError | ValidationError) -> str:
     """``k: Input should be ...; bbox: ...``: the parameter names, without FastAPI's locations."""
     parts = []
     for err in exc.errors():
@@ -73,7 +74,8 @@ async def _library_error(request: Request, exc: Exception) -> JSONResponse:
 
 
 async def _invalid(request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, RequestValidationError)
+    """A request FastAPI checked, or a JSON body a route checked itself with ``model_validate``."""
+    assert isinstance(exc, (RequestValidationError, ValidationError))
     return error_response(422, validation_message(exc))
 
 
@@ -94,5 +96,6 @@ def install_error_handlers(app: FastAPI) -> None:
     """Every failure of the public app as a JSON error body with its status."""
     app.add_exception_handler(FtfError, _library_error)
     app.add_exception_handler(RequestValidationError, _invalid)
+    app.add_exception_handler(ValidationError, _invalid)
     app.add_exception_handler(StarletteHTTPException, _http)
     app.add_exception_handler(Exception, _bug)
