@@ -129,7 +129,7 @@ def test_four_concurrent_clients(server: Server) -> None:
                 times["search"].append(dt)
             t0 = time.perf_counter()
             # a different size each time: most requests are cache misses (a real windowed read)
-            status, png = http_get(f"{chips[(i + j) % len(chips)]}&size={96 + 8 * (4 * j + i)}")
+            status, png = http_get(f"{server.url}{chips[(i + j) % len(chips)]}&size={96 + 8 * (4 * j + i)}")
             dt = time.perf_counter() - t0
             if status != 200 or not png.startswith(b"\x89PNG"):
                 errors.append(f"chip {status}")

@@ -203,8 +203,9 @@ def _referenced_assets(base_url: str, index: str) -> set[str]:
     ``images/``)."""
     parser = _Refs()
     parser.feed(index)
-    assets = set(parser.refs)
-    assert all(ref.startswith("/static/") for ref in assets), assets  # nothing from another host
+    # relative to the page (it may be served under a proxy's prefix), and nothing from another host
+    assert all(ref.startswith("static/") for ref in parser.refs), parser.refs
+    assets = {"/" + ref for ref in parser.refs}
     for ref in sorted(assets):
         body = http_get(base_url + ref)[1].decode("utf-8", "replace")
         base = ref.rsplit("/", 1)[0]
