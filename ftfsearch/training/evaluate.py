@@ -218,9 +218,15 @@ def _unique_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Distinct rows of ``x`` (flattened past dim 0) and the index of each row's copy, so equal inputs
     are scored once and tie exactly."""
     uniq, inverse = torch.unique(x.reshape(x.shape[0], -1), dim=0, return_inverse=True)
-    first = torch.full((uniq.shape[0],), x.shape[0], dtype=torch.long).scatter_reduce(
-        0, inverse, torch.arange(x.shape[0]), reduce="amin")
+    first = torch.full((uniq.shape[0],), x.shape[0], dtype=torch.long, device=x.device).scatter_reduce(
+        0, inverse, torch.arange(x.shape[0], device=x.device), reduce="amin")
     return first, inverse
+
+
+def _synchronize(device: torch.device) -> None:
+    """Wait for queued GPU work, so a timing covers it."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def _candidates(sims: torch.Tensor, k: int) -> torch.Tensor:
@@ -246,9 +252,13 @@ def _rerank_keys(
     return keys
 
 
-def score(emb: Embeddings, recall_k: int, params: RerankParams) -> Scores:
+def score(emb: Embeddings, recall_k: int, params: RerankParams, device: torch.device | str = "cpu") -> Scores:
     """Coarse and FTF metrics of both directions (expected over tie orders, and strict), the recall
     ceiling at K, and the t2i search time.
+
+    Similarities, candidates and the rerank run on ``device`` (the model's, so ``eval --device cuda``
+    times the GPU rerank); the tie-aware counting runs on the CPU in float64, which every device's
+    scores convert to exactly.
 
     Identical text vectors (identical captions) and identical images are scored once, so their
     scores tie exactly. FTF ranks the candidates (:func:`_candidates`) by the BTI score above the
@@ -256,9 +266,10 @@ def score(emb: Embeddings, recall_k: int, params: RerankParams) -> Scores:
     """
     n = emb.coarse.shape[0]
     owner = emb.owner
-    img_first, img_inv = _unique_rows(torch.cat([emb.coarse.unsqueeze(1), emb.regions], dim=1))
-    txt_first, txt_inv = _unique_rows(emb.text)
-    coarse_u, regions_u, text_u = emb.coarse[img_first], emb.regions[img_first], emb.text[txt_first]
+    coarse, regions, text = (t.to(device) for t in (emb.coarse, emb.regions, emb.text))
+    img_first, img_inv = _unique_rows(torch.cat([coarse.unsqueeze(1), regions], dim=1))
+    txt_first, txt_inv = _unique_rows(text)
+    coarse_u, regions_u, text_u = coarse[img_first], regions[img_first], text[txt_first]
     sims_u = text_u @ coarse_u.T  # [distinct texts, distinct images]
     tau, alpha, balanced = params.tau, params.alpha, params.balanced
 
@@ -268,7 +279,9 @@ def score(emb: Embeddings, recall_k: int, params: RerankParams) -> Scores:
     cand = _candidates(sims_t2i, recall_k)
     keys = _rerank_keys(sims_t2i, cand, img_inv, lambda i, u: bti(
         text_u[i], coarse_u[u], regions_u[u], tau, alpha, balanced).scores[0])
+    _synchronize(keys.device)
     t2i_seconds = time.perf_counter() - t0
+    sims_t2i, cand, keys, img_inv, txt_inv = (t.cpu() for t in (sims_t2i, cand, keys, img_inv, txt_inv))
     pos = owner.unsqueeze(1) == torch.arange(n).unsqueeze(0)  # [captions, images]
     q_rows = txt_inv  # each caption is a query; its row of scores is its distinct text's
     coarse_t2i = hit_chances(sims_t2i[q_rows], pos)
@@ -276,10 +289,12 @@ def score(emb: Embeddings, recall_k: int, params: RerankParams) -> Scores:
     ceiling_t2i = _pct((cand[q_rows] & pos).any(dim=1))
 
     # image -> text (queries: distinct images; items: every caption)
-    sims_i2t = sims_u.T[:, txt_inv]
+    txt_inv_d = txt_inv.to(sims_u.device)
+    sims_i2t = sims_u.T[:, txt_inv_d]
     cand_t = _candidates(sims_i2t, recall_k)
-    keys_t = _rerank_keys(sims_i2t, cand_t, txt_inv, lambda j, u: bti(
+    keys_t = _rerank_keys(sims_i2t, cand_t, txt_inv_d, lambda j, u: bti(
         text_u[u], coarse_u[j:j + 1], regions_u[j:j + 1], tau, alpha, balanced).scores[:, 0])
+    sims_i2t, cand_t, keys_t = (t.cpu() for t in (sims_i2t, cand_t, keys_t))
     pos_t = pos.T  # [images, captions]
     coarse_i2t = hit_chances(sims_i2t[img_inv], pos_t)
     ftf_i2t = hit_chances(keys_t[img_inv], pos_t, tier=cand_t[img_inv])
@@ -324,15 +339,15 @@ def evaluate(
         pixels = load_pixels(part, EVAL_PIXELS, cache_dir)
     params = rerank or encoder.rerank_params
     emb = encode_split(encoder, part, pixels)
-    scores = score(emb, recall_k, params)
+    scores = score(emb, recall_k, params, encoder.device)
     n, q = len(part), emb.text.shape[0]
     variants: dict[str, RetrievalMetrics] = {}
     if ablation:
         unbalanced = RerankParams(tau=params.tau, alpha=params.alpha, balanced=False)
-        variants[f"FTF no balance, K={recall_k}"] = score(emb, recall_k, unbalanced).ftf
+        variants[f"FTF no balance, K={recall_k}"] = score(emb, recall_k, unbalanced, encoder.device).ftf
         for k in (20, 50, 100):
             if k != recall_k:
-                variants[f"FTF K={k}"] = score(emb, k, params).ftf
+                variants[f"FTF K={k}"] = score(emb, k, params, encoder.device).ftf
     return EvalReport(
         dataset=part.name, split=part.split, model_id=encoder.id, num_images=n, num_captions=q,
         recall_k=recall_k, rerank=params, coarse=scores.coarse, ftf=scores.ftf, recall_ceiling=scores.recall_ceiling,

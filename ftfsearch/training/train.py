@@ -283,16 +283,17 @@ def _atomic_save(obj: Any, path: Path) -> None:
 
 def choose_rerank(
     embs: list[Embeddings], recall_k: int, taus: tuple[float, ...], alphas: tuple[float, ...],
-    recall_ks: tuple[int, ...] = (),
+    recall_ks: tuple[int, ...] = (), device: torch.device | str = "cpu",
 ) -> tuple[RerankParams, dict[str, Any]]:
     """Grid search of tau/alpha (balanced BTI) at ``recall_k`` maximising the mean FTF mR over the
-    validation splits, then of the candidate count K among ``recall_ks`` at the chosen tau/alpha."""
+    validation splits, then of the candidate count K among ``recall_ks`` at the chosen tau/alpha;
+    scored on ``device`` (the model's)."""
     best: tuple[float, RerankParams] | None = None
     grid = []
     for tau in taus:
         for alpha in alphas:
             p = RerankParams(tau=tau, alpha=alpha, balanced=True, k=recall_k)
-            m = float(np.mean([score(e, recall_k, p).ftf.mR for e in embs]))
+            m = float(np.mean([score(e, recall_k, p, device).ftf.mR for e in embs]))
             grid.append({"tau": tau, "alpha": alpha, "ftf_mR": round(m, 2)})
             if best is None or m > best[0]:
                 best = (m, p)
@@ -302,11 +303,11 @@ def choose_rerank(
         if k == recall_k:
             continue
         p = dataclasses.replace(best[1], k=k)
-        m = float(np.mean([score(e, k, p).ftf.mR for e in embs]))
+        m = float(np.mean([score(e, k, p, device).ftf.mR for e in embs]))
         ks.append({"k": k, "ftf_mR": round(m, 2)})
         if m > best[0]:
             best = (m, p)
-    coarse = float(np.mean([score(e, best[1].k, best[1]).coarse.mR for e in embs]))
+    coarse = float(np.mean([score(e, best[1].k, best[1], device).coarse.mR for e in embs]))
     return best[1], {"grid": grid, "k_grid": ks, "best_ftf_mR": round(best[0], 2), "coarse_mR": round(coarse, 2)}
 
 
@@ -870,7 +871,7 @@ def _val_scores(task: _Task, val: list[tuple[CaptionSplit, np.ndarray]], config:
     embs = _validate(task, val)
     per: dict[str, dict[str, float]] = {}
     for (part, _), e in zip(val, embs):
-        params, info = choose_rerank([e], config.recall_k, SELECT_TAUS, SELECT_ALPHAS)
+        params, info = choose_rerank([e], config.recall_k, SELECT_TAUS, SELECT_ALPHAS, device=task.device)
         per[part.name] = {"coarse": info["coarse_mR"], "ftf": info["best_ftf_mR"]}
     return embs, per
 
@@ -973,7 +974,7 @@ def train(config: TrainConfig, progress: Callable[[TrainProgress], None] | None 
     model.load_state_dict(best["model"])
     report(TrainProgress("rerank", config.epochs, config.epochs, message=f"epoch {best['epoch']}: choosing tau/alpha/K on val"))
     embs = _validate(task, val)
-    params, val_info = choose_rerank(embs, config.recall_k, config.taus, config.alphas, config.recall_ks)
+    params, val_info = choose_rerank(embs, config.recall_k, config.taus, config.alphas, config.recall_ks, task.device)
     val_info["best_epoch"] = best["epoch"]
     task.save(out, params)
     seconds = time.perf_counter() - t_start
