@@ -102,6 +102,16 @@ def test_a_text_query_process_imports_neither_torch_nor_transformers(
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout) == {"hits": 3, "heavy": []}
 
+    # the CLI's own query path (the command layer, its outcome's device) with the export cached
+    run = ("import sys\nfrom ftfsearch.cli import app\n"
+           f"sys.argv = ['ftfsearch', 'query', 'houses', '--k', '2', '--json', '--store', {str(tmp_path / 'store')!r}]\napp()\n")
+    timed = subprocess.run([sys.executable, "-X", "importtime", "-c", run], capture_output=True, text=True, timeout=300,
+                           env={**env, "FTF_CONFIG": os.devnull})
+    assert timed.returncode == 0, timed.stderr[-2000:]
+    assert len(json.loads(timed.stdout)) == 2
+    imported = {line.rsplit("|", 1)[-1].strip() for line in timed.stderr.splitlines() if line.startswith("import time:")}
+    assert not imported & {"torch", "transformers"}
+
     # the CLI as a user runs it, its cache on a "full" disk: the query works and says so once
     cli = subprocess.run(
         [sys.executable, "-c", FULL_DISK, FTF, "query", "houses", "--k", "2", "--json", "--store", str(tmp_path / "store")],

@@ -35,7 +35,7 @@ from ftfsearch.config import Settings
 from ftfsearch.errors import SceneNotFound
 from ftfsearch.find import Hit
 from ftfsearch.model.base import Encoder
-from ftfsearch.model.sources import device_label
+from ftfsearch.model.sources import encoder_device_label
 from ftfsearch.search import Result
 from ftfsearch.area import Area
 from ftfsearch.store.base import QueryFilter, Store
@@ -158,7 +158,7 @@ class LocalCommands:
 
                 bands = scene_bands(db, [r.scene_id for r in out.results])
         return SearchOutcome(results=out.results, timings_ms=out.timings_ms, warnings=out.warnings, bands=bands,
-                             device=device_label(searcher.encoder.device))
+                             device=encoder_device_label(searcher.encoder))
 
     def find(self, request: FindRequest) -> Iterator[FindPlan | FindPage]:
         from ftfsearch.find import find_pages, plan, query_vector

@@ -158,6 +158,16 @@ class QueryEncoder:
         return self.full().device
 
     @property
+    def device_label(self) -> str:
+        """Where this encoder works, without loading the torch encoder to ask: the text tower runs on
+        the CPU (``load_query_encoder`` makes one only for the CPU), images on the full encoder's device."""
+        if self._full is None:
+            return "cpu"
+        from ftfsearch.model.sources import device_label
+
+        return device_label(self._full.device)
+
+    @property
     def region_boxes(self) -> np.ndarray:
         return self._boxes.copy()
 

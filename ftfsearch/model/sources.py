@@ -9,7 +9,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ftfsearch.errors import BadInput, ModelNotFound
 
@@ -78,6 +78,13 @@ def device_label(device: torch.device) -> str:
     if device.type == "cuda" and device.index is None:
         return f"cuda:{torch.cuda.current_device()}"
     return str(device)
+
+
+def encoder_device_label(encoder: Any) -> str:
+    """:func:`device_label` of an encoder's device; an encoder that can say it without loading more
+    (the query process's ``QueryEncoder``, whose ``device`` would load torch) gives ``device_label``."""
+    label = getattr(encoder, "device_label", None)
+    return label if isinstance(label, str) else device_label(encoder.device)
 
 
 def describe_device(setting: str) -> str:

@@ -21,7 +21,7 @@ from ftfsearch.commands.requests import DropRequest
 from ftfsearch.errors import BadInput, SceneNotFound, SourceUnavailable
 from ftfsearch.examples import ExampleRef, image_ref, parse_ref
 from ftfsearch.labels import MAX_LABELS, LabelSet, labels_to_geojson, parse_labels
-from ftfsearch.model.sources import device_label
+from ftfsearch.model.sources import encoder_device_label
 from ftfsearch.search import MAX_K, MAX_QUERY_CHARS, MAX_RECALL_K
 from ftfsearch.web.auth import record_change
 from ftfsearch.web.find_stream import find_response
@@ -318,7 +318,7 @@ def info(res: Res, options: Options) -> dict[str, Any]:
         "collection": res.store.collection,
         "model": None if meta is None else meta.to_payload(),
         "encoder": {"id": enc.id, "dim": enc.dim, "num_regions": enc.num_regions, "layout": enc.region_layout},
-        "device": device_label(enc.device),
+        "device": encoder_device_label(enc),
         "tiles": tiles,
         "scenes": scene_count,
         "limits": {"max_k": MAX_K, "max_recall_k": MAX_RECALL_K, "max_query_chars": MAX_QUERY_CHARS,

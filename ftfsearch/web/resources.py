@@ -94,9 +94,9 @@ class HeldAccess:
         return self.resources.encoder
 
     def device(self) -> str:
-        from ftfsearch.model.sources import device_label
+        from ftfsearch.model.sources import encoder_device_label
 
-        return device_label(self.resources.encoder.device)
+        return encoder_device_label(self.resources.encoder)
 
     @contextmanager
     def searcher(self) -> Iterator[tuple[Any, Store]]:
