@@ -100,8 +100,10 @@ class OrtTextPath:
 
     @classmethod
     def load(cls, model: str, tokenizer: TextTokenizer, export: Callable[[], bytes]) -> OrtTextPath:
-        """The path of model id ``model``: its export from the cache, else ``export()`` (stored)."""
-        graph = onnx_cache.cached_export(onnx_cache.ExportKey(TEXT_TOWER, model), export)
+        """The path of model id ``model``: its export from the cache, else ``export()``, which stores
+        it (the torch encoder's ``text_graph`` goes through the cache itself: storing here too would
+        write the 93 MB file twice)."""
+        graph = onnx_cache.read(onnx_cache.ExportKey(TEXT_TOWER, model)) or export()
         return cls(ort_session(graph, query_threads()), tokenizer)
 
     def __call__(self, texts: list[str]) -> np.ndarray:
