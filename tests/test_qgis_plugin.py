@@ -18,6 +18,7 @@ import socket
 import subprocess
 import sys
 import urllib.parse
+import urllib.request
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -115,8 +116,6 @@ def _api_search(run: Run, params: dict[str, Any]) -> list[dict[str, Any]]:
     """Serve's own answer to a search: GET with the parameters in the URL, or (an area object) POST."""
     auth = {"Authorization": f"Bearer {run.key}"}
     if "aoi" in params:
-        import urllib.request
-
         req = urllib.request.Request(run.url + "/api/search", data=json.dumps(params).encode(), method="POST",
                                      headers={**auth, "Content-Type": "application/json"})
         with urllib.request.build_opener(urllib.request.ProxyHandler({})).open(req, timeout=120) as resp:
@@ -213,11 +212,15 @@ def test_a_mark_changes_the_next_search(qgis_run: Run) -> None:
     hits = _api_search(qgis_run, hit["params"])
     _same(hit["results"], hits)
     assert [(r["tile_id"], r["score"]) for r in hit["results"]] != [(r["tile_id"], r["score"]) for r in first["results"]]
-    assert {r["tile_id"]: r["mark"] for r in hit["results"]}.get(top, "hit") == "hit"
+    assert [r["mark"] for r in hit["results"]] == ["hit" if r["tile_id"] == top else "" for r in hit["results"]]
     second = next(r for r in hit["regions"] if r["rank"] == 2)
     region_ref = f"{second['tile_id']}:{second['region_index']}"
     assert miss["params"] == {"k": K, "q": QUERY, "like": [top], "unlike_region": [region_ref]}
     _same(miss["results"], _api_search(qgis_run, miss["params"]))
+    # the layers show the marks where the marked tiles and regions are among the results
+    missed = (second["tile_id"], second["region_index"])
+    assert [r["mark"] for r in miss["regions"]] == [
+        "miss" if (r["tile_id"], r["region_index"]) == missed else "" for r in miss["regions"]]
     assert miss["marks_label"] == "1 hits, 1 misses"
     labels = qgis_run.out["labels"]
     marks = [{"id": top, "label": "positive", "region": None},
@@ -228,8 +231,6 @@ def test_a_mark_changes_the_next_search(qgis_run: Run) -> None:
 
 
 def _post_json(run: Run, path: str, body: dict[str, Any]) -> tuple[int, Any]:
-    import urllib.request
-
     req = urllib.request.Request(run.url + path, data=json.dumps(body).encode(), method="POST", headers={
         "Authorization": f"Bearer {run.key}", "Content-Type": "application/json"})
     with urllib.request.build_opener(urllib.request.ProxyHandler({})).open(req, timeout=120) as resp:

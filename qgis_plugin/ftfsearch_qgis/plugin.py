@@ -235,6 +235,7 @@ class FtfSearchPlugin:
         assert self.dock is not None
         hits = answer.get("results") or []
         self.layers.fill(hits, base, self.marks)
+        self.dock.area_layer.setExceptedLayerList([self.layers.results(), self.layers.regions()])
         what = repr(self.text) if self.text else "the examples"
         self.dock.status.setText(f"{len(hits)} results for {what}")
         warnings = answer.get("warnings") or []
