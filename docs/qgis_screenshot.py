@@ -60,7 +60,7 @@ def main() -> int:
             raw = root / "raw.png"
             config = {"zip": str(build_zip(root / "ftfsearch_qgis.zip")), "plugins_dir": str(root / "plugins"),
                       "work": tmp, "url": url, "key": "", "steps": False,
-                      "render": {"rasters": [str(SCENE)], "query": args.query, "k": args.k, "size": [760, 560],
+                      "render": {"rasters": [str(SCENE)], "query": args.query, "k": args.k, "size": [720, 470],
                                  "out": str(raw), "fit": "scene", "with_dock": True}}
             (root / "config.json").write_text(json.dumps(config))
             env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}

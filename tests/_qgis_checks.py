@@ -21,6 +21,10 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable, Dict, List
 
+# QGIS computes raster statistics to draw a scene; GDAL would keep them in a .aux.xml beside the
+# source (tests/data, the read-only shared data). Set before GDAL loads.
+os.environ["GDAL_PAM_ENABLED"] = "NO"
+
 from qgis.core import (
     NULL,
     Qgis,
@@ -307,8 +311,8 @@ def render(s: Session, spec: Dict[str, Any]) -> Dict[str, Any]:
     job.waitForFinished()
     image = job.renderedImage()
     if spec.get("with_dock"):  # the dock beside the map, as it sits in QGIS's window
-        dock.resize(max(320, dock.sizeHint().width()), image.height())
-        image = beside(image, dock.grab().toImage())
+        grabbed = dock.grab().toImage()
+        image = beside(image, grabbed.copy(0, 0, grabbed.width(), min(grabbed.height(), image.height())))
     saved = image.save(spec["out"], "PNG")
     return {"saved": bool(saved), "rasters_valid": [r.isValid() for r in rasters], "results": len(searched["results"]),
             "width": image.width(), "height": image.height()}

@@ -18,6 +18,7 @@ from qgis.core import (
     QgsPointXY,
     QgsProject,
     QgsStyle,
+    QgsTextFormat,
     QgsVectorLayer,
     QgsVectorLayerSimpleLabeling,
 )
@@ -67,26 +68,35 @@ def _viridis() -> Any:
 def style_by_score(layer: QgsVectorLayer, outline_only: bool) -> None:
     """A graduated renderer on ``score`` (five equal intervals of this search's scores)."""
     if outline_only:
-        symbol = QgsFillSymbol.createSimple({"style": "no", "outline_width": "0.8", "outline_color": "#ffffff"})
-    else:
-        symbol = QgsFillSymbol.createSimple({"outline_width": "0.4", "outline_color": "#303030"})
-        symbol.setOpacity(0.55)
+        symbol = QgsFillSymbol.createSimple({"style": "no", "outline_width": "0.9"})
+    else:  # footprints overlap (tiles at half overlap, several levels): a light fill keeps the scene visible
+        symbol = QgsFillSymbol.createSimple({"outline_width": "0.5"})
     renderer = QgsGraduatedSymbolRenderer("score")
     renderer.setClassificationMethod(QgsClassificationEqualInterval())
     renderer.setSourceSymbol(symbol)
     renderer.setSourceColorRamp(_viridis())
     renderer.updateClasses(layer, 5)
-    if outline_only:  # a region's colour is its outline's: the fill is empty
-        for i, cls in enumerate(renderer.ranges()):
-            outlined = cls.symbol().clone()
-            outlined.symbolLayer(0).setStrokeColor(cls.symbol().color())
-            renderer.updateRangeSymbol(i, outlined)
+    for i, cls in enumerate(renderer.ranges()):  # the outline carries the class colour
+        colour = cls.symbol().color()
+        styled = cls.symbol().clone()
+        styled.symbolLayer(0).setStrokeColor(colour)
+        if not outline_only:
+            fill = QColor(colour)
+            fill.setAlpha(50)
+            styled.symbolLayer(0).setFillColor(fill)
+        renderer.updateRangeSymbol(i, styled)
     layer.setRenderer(renderer)
 
 
 def label_by_rank(layer: QgsVectorLayer) -> None:
     """Each footprint shows its rank, and a mark as ✓ (hit) or ✗ (miss)."""
     settings = QgsPalLayerSettings()
+    text = QgsTextFormat()
+    text.setSize(9)
+    text.setColor(QColor(20, 20, 20))
+    text.buffer().setEnabled(True)
+    text.buffer().setColor(QColor(255, 255, 255))
+    settings.setFormat(text)
     settings.isExpression = True
     settings.fieldName = "\"rank\" || CASE WHEN \"mark\" = 'hit' THEN ' ✓' WHEN \"mark\" = 'miss' THEN ' ✗' ELSE '' END"
     layer.setLabeling(QgsVectorLayerSimpleLabeling(settings))
