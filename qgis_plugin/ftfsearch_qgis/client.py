@@ -43,7 +43,7 @@ class ServeClient:
         self.timeout = timeout
         # the QGIS user's proxy environment applies to remote servers; loopback goes direct
         host = urllib.parse.urlsplit(self.url).hostname or ""
-        proxies = {} if host in ("127.0.0.1", "localhost", "::1") else None
+        proxies: Optional[Dict[str, str]] = {} if host in ("127.0.0.1", "localhost", "::1") else None
         self._opener = urllib.request.build_opener(urllib.request.ProxyHandler(proxies))
 
     def info(self) -> Dict[str, Any]:
