@@ -13,7 +13,7 @@ DEMO_QUERY2 ?= houses with red roofs
 # Search by example: more like the tile under this point (the houses at the north-west corner).
 DEMO_LIKE ?= 115.16057,-8.58392
 
-.PHONY: venv qdrant demo serve lint test clean
+.PHONY: venv qdrant demo serve lint test clean qgis-plugin
 
 venv: $(VENV)/.installed
 
@@ -43,13 +43,17 @@ serve: demo
 
 # The gates (configured in pyproject.toml): ruff for bugs and a complexity limit of 14, mypy for types.
 lint: venv
-	$(BIN)/ruff check ftfsearch ingest deploy bench tests scripts experiments docs
+	$(BIN)/ruff check ftfsearch ingest deploy bench tests scripts experiments docs qgis_plugin
 	$(BIN)/mypy
 
 # pytest exits 5 when it collected no tests: that is a failure here.
 test: venv qdrant
 	@$(BIN)/python -m pytest -q -p no:cacheprovider --durations=20 $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
+
+# The QGIS plugin (qgis_plugin/ftfsearch_qgis) as the zip QGIS's "Install from ZIP" takes; stdlib only.
+qgis-plugin:
+	$(PYTHON) scripts/build_qgis_plugin.py --out dist/ftfsearch_qgis.zip
 
 clean:
 	rm -rf .demo .pytest_cache
