@@ -238,5 +238,5 @@ window.ftfArea = (function () {
     refreshButtons();
   }
 
-  return { init, marksChanged: () => s.api && refreshButtons(), setArea };
+  return { init, marksChanged: () => s.api && refreshButtons(), setArea, map: () => s.api && s.api.map };
 })();
