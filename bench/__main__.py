@@ -1,4 +1,4 @@
-"""``python -m bench query|ingest|scene|remote|examples|generalise|workers|gpu|processes|text|report``: see BENCHMARKS.md for the commands and the results."""
+"""``python -m bench query|ingest|area|scene|remote|examples|generalise|workers|gpu|processes|text|report``: see BENCHMARKS.md for the commands and the results."""
 
 from __future__ import annotations
 
@@ -64,6 +64,9 @@ def main(argv: list[str] | None = None) -> int:
     from bench.workers import add_parser as add_workers
 
     add_workers(sub)
+    from bench.area import add_parser as add_area
+
+    add_area(sub)
     g = sub.add_parser("gpu", help="the GPU check: CPU vs CUDA vectors, rerank, training, eval, timings (bench/gpu.py)")
     g.add_argument("--dry-run", action="store_true", help="run on the CPU in place of CUDA (automatic without CUDA)")
     g.add_argument("--tiles", type=int, default=0, help="tiles for the encoder timing (default 1024, 64 in a dry run)")
@@ -98,6 +101,10 @@ def main(argv: list[str] | None = None) -> int:
                 model=args.model, threads=args.threads, json_path=args.json, device=args.device,
             )
         )
+    if args.cmd == "area":
+        from bench.area import main as area_main
+
+        return area_main(args)
     if args.cmd == "workers":
         from bench.workers import main as workers_main
 

@@ -18,7 +18,13 @@ from pathlib import Path
 from typing import Any, overload
 
 from ftfsearch.commands import (
+    ClassifyPlan,
+    ClassifyRequest,
     Commands,
+    FindPlan,
+    FindRequest,
+    ReviewOutcome,
+    ReviewRequest,
     DropOutcome,
     DropRequest,
     InfoRequest,
@@ -32,6 +38,7 @@ from ftfsearch.commands import (
 )
 from ftfsearch.config import Settings, load_settings
 from ftfsearch.errors import BadInput
+from ftfsearch.commands.requests import Detection
 from ftfsearch.search import Result
 
 Refs = str | Path | Iterable[str | Path]
@@ -138,6 +145,25 @@ def _refs(value: Refs | None, param: str) -> list[Any]:
     return [parse_ref(str(v), param) for v in items]
 
 
+def _geojson(value: dict[str, Any] | str | Path, param: str) -> dict[str, Any]:
+    """A GeoJSON object, or the content of the file it names."""
+    if isinstance(value, dict):
+        return value
+    import json
+
+    try:
+        data = json.loads(Path(value).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BadInput(f"`{param}` {str(value)!r}: cannot be read as GeoJSON ({exc})") from exc
+    if not isinstance(data, dict):
+        raise BadInput(f"`{param}` {str(value)!r}: not a GeoJSON object")
+    return data
+
+
+def _area(value: dict[str, Any] | str | Path | None) -> dict[str, Any] | None:
+    return None if value is None else _geojson(value, "aoi")
+
+
 class Connection:
     """A store (an embedded directory or a Qdrant server) and its commands. Close it, or use it as a
     context manager, to release what the commands hold."""
@@ -190,6 +216,44 @@ class Connection:
             text=text, examples=tuple(_refs(like, "like") + _refs(unlike, "unlike")), k=k, recall_k=recall_k,
             rerank=rerank, bbox=bbox, scenes=tuple(scenes), after=after, before=before))
         return Results(self._run("search", request), text)
+
+    def find(self, text: str | None = None, *, like: Refs | None = None, unlike: Refs | None = None,
+             aoi: dict[str, Any] | str | Path | None = None, bbox: str | Sequence[float] | None = None,
+             scenes: Iterable[str] = (), after: str | datetime | None = None, before: str | datetime | None = None,
+             min_score: float | None = None, max_hits: int = 1_000_000) -> tuple[FindPlan, list[Result]]:
+        """``ftfsearch find``: every tile of the scope scoring at least ``min_score`` (default: chosen
+        from a sample of the scope's scores), with the plan that says how. ``aoi``: GeoJSON or a file."""
+        request = FindRequest.model_validate(dict(
+            text=text, examples=tuple(_refs(like, "like") + _refs(unlike, "unlike")), aoi=_area(aoi), bbox=bbox,
+            scenes=tuple(scenes), after=after, before=before, min_score=min_score, max_hits=max_hits))
+        items = iter(self._run("find", request))
+        plan = next(items)
+        return plan, [r for page in items for r in page.results]
+
+    def classify(self, labels: dict[str, Any] | str | Path, *, aoi: dict[str, Any] | str | Path | None = None,
+                 bbox: str | Sequence[float] | None = None, scenes: Iterable[str] = (),
+                 min_probability: float = 0.5, estimate: bool = False) -> tuple[ClassifyPlan, list[Detection]]:
+        """``ftfsearch classify``: a classifier trained on the marks of ``labels`` (a labels GeoJSON
+        or its file) scoring every tile of the scope; the plan holds its cross-validated quality and,
+        with ``estimate``, the count of hits from the review answers in ``labels``."""
+        request = ClassifyRequest.model_validate(dict(
+            labels=_geojson(labels, "labels"), aoi=_area(aoi), bbox=bbox, scenes=tuple(scenes),
+            min_probability=min_probability, estimate=estimate))
+        items = iter(self._run("classify", request))
+        plan = next(items)
+        return plan, [d for page in items for d in page.detections]
+
+    def review(self, labels: dict[str, Any] | str | Path, answers: dict[str, bool | None] | None = None, *,
+               aoi: dict[str, Any] | str | Path | None = None, bbox: str | Sequence[float] | None = None,
+               scenes: Iterable[str] = (), seed: int | None = None) -> ReviewOutcome:
+        """``ftfsearch review``: ``answers`` ({tile id: True a hit, False a miss, None skipped})
+        applied to the review in ``labels`` (started in the scope given when it has none), the
+        classifier retrained, the next tile proposed. Keep ``outcome.labels``: it is the review."""
+        request = ReviewRequest.model_validate(dict(
+            labels=_geojson(labels, "labels"), answers=[{"id": t, "hit": h} for t, h in (answers or {}).items()],
+            aoi=_area(aoi), bbox=bbox, scenes=tuple(scenes), seed=seed))
+        outcome: ReviewOutcome = self._run("review", request)
+        return outcome
 
     def scenes(self) -> list[SceneRow]:
         """``ftfsearch scenes``."""

@@ -153,12 +153,18 @@ class Detection:
     payload: dict[str, Any]
 
 
+def scored_batches(store: Store, model: Model, flt: QueryFilter | None, area: Area | None,
+                   page: int = PAGE) -> Iterator[tuple[TileBatch, np.ndarray, np.ndarray]]:
+    """Scroll and score: each page of the scope, its tiles' probabilities and which lie in the area."""
+    for batch in store.scan(flt, page=page):
+        yield batch, model.probability(batch_features(batch)), in_area(batch, area)
+
+
 def score_pages(store: Store, model: Model, flt: QueryFilter | None, area: Area | None,
                 min_probability: float = 0.5, page: int = PAGE) -> Iterator[list[Detection]]:
-    """Scroll and score: every tile of the scope, a page at a time; those at ``min_probability``."""
-    for batch in store.scan(flt, page=page):
-        p = model.probability(batch_features(batch))
-        keep = np.flatnonzero((p >= min_probability) & in_area(batch, area))
+    """Every tile of the scope, a page at a time; those at ``min_probability``."""
+    for batch, p, inside in scored_batches(store, model, flt, area, page):
+        keep = np.flatnonzero((p >= min_probability) & inside)
         if len(keep):
             yield [Detection(batch.ids[i], float(p[i]), batch.payloads[i]) for i in keep]
 

@@ -760,6 +760,10 @@ def classify(
                                   "(GeoParquet), .geojson or .csv."),
     objects: Optional[Path] = typer.Option(None, "--objects", help="Also write touching detections merged into "
                                            "polygons, with their area in m2 (.parquet, .geojson or .csv)."),
+    estimate: bool = typer.Option(False, "--estimate", help="Also estimate how many tiles (and merged objects) "
+                                  "in the area are hits, with a 95% interval, from the review answers in --labels "
+                                  "(ftfsearch review writes them); the area defaults to the review's."),
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON summary: quality, detections, estimate."),
     store: Optional[Path] = StoreOpt,
     qdrant_url: Optional[str] = UrlOpt,
     collection: Optional[str] = CollectionOpt,
@@ -779,41 +783,145 @@ def classify(
         _fail(f"--labels {str(labels)!r}: cannot be read as GeoJSON ({exc})", 2)
     request = ClassifyRequest.model_validate({
         "labels": marks, "bbox": bbox, "aoi": _read_aoi(aoi), "scenes": tuple(scene or ()), "after": after,
-        "before": before, "min_probability": min_probability,
+        "before": before, "min_probability": min_probability, "estimate": estimate,
     })
     items = _commands(_settings(store_dir=store, qdrant_url=qdrant_url, collection=collection)).classify(request)
     plan = next(items)
     assert isinstance(plan, ClassifyPlan)
+    merge = objects is not None or estimate
     err.print(f"trained on {plan.positives} hits, {plan.negatives} misses and {plan.background} background tiles "
               f"in {plan.train_ms:.0f} ms; {plan.folds}-fold cross-validated precision {plan.precision:.2f}, "
               f"recall {plan.recall:.2f}", highlight=False)
-    from shapely.geometry import Polygon, box
-
-    from ftfsearch.writers import ColumnType, Row
+    from ftfsearch.writers import DETECTION_COLUMNS, Row, detection_rows
 
     footprints = []
-    columns: dict[str, ColumnType] = {"id": "str", "probability": "float", "scene_id": "str", "level": "int",
-                                      "window": "str"}
-    with open_writer(out_file, columns) as writer:
+    with open_writer(out_file, DETECTION_COLUMNS) as writer:
         for page in items:
             assert isinstance(page, ClassifyPage)
-            rows = []
-            for d in page.detections:
-                geometry = Polygon(d.footprint) if d.footprint else box(*d.bbox) if d.bbox else None
-                if geometry is not None and objects is not None:
-                    footprints.append(geometry)
-                rows.append(Row(geometry, {"id": d.id, "probability": d.probability, "scene_id": d.scene_id,
-                                           "level": d.level, "window": json_.dumps(d.window)}))
+            rows = detection_rows(page.detections)
+            if merge:
+                footprints += [r.geometry for r in rows if r.geometry is not None]
             writer.write(rows)
     err.print(f"{writer.count:,} of {plan.scope:,} tiles in scope detected; wrote {out_file}", highlight=False)
-    if objects is not None:
-        from ftfsearch.classify import merge_footprints
+    from ftfsearch.classify import merge_footprints
 
-        merged = merge_footprints(footprints)
+    merged = merge_footprints(footprints) if merge else []
+    if objects is not None:
         with open_writer(objects, {"area_m2": "float", "tiles": "int"}, ("Polygon",), param="objects") as w:
             w.write([Row(geometry, {"area_m2": area, "tiles": tiles}) for geometry, area, tiles in merged])
         total = sum(a for _, a, _ in merged)
         err.print(f"{len(merged):,} objects ({total:,.0f} m2 in all); wrote {objects}", highlight=False)
+    counts = None
+    if plan.estimate is not None:
+        from ftfsearch.estimate import Estimate
+
+        tiles = Estimate(plan.estimate.count, plan.estimate.low, plan.estimate.high, plan.estimate.reviewed)
+        in_objects = tiles.scaled(len(merged) / len(footprints)) if footprints else None
+        counts = {"tiles": {**plan.estimate.model_dump(), "text": str(tiles)},
+                  "objects": None if in_objects is None else {**_estimate_json(in_objects), "text": str(in_objects)}}
+        if not as_json:
+            out.print(f"hit tiles {tiles}", highlight=False)
+            if in_objects is not None:
+                out.print(f"objects {in_objects} ({len(merged):,} merged detections per {len(footprints):,} tiles "
+                          "applied to the tile count)", highlight=False)
+    if as_json:
+        out.print_json(json.dumps({"quality": plan.model_dump(exclude={"estimate"}), "detections": writer.count,
+                                   "objects": len(merged) if merge else None, "estimate": counts}))
+
+
+def _estimate_json(est: Any) -> dict[str, Any]:
+    return {"count": round(est.count, 2), "low": round(est.low, 2), "high": round(est.high, 2),
+            "reviewed": est.reviewed}
+
+
+ANSWER_WORDS = {"y": True, "yes": True, "n": False, "no": False, "s": None, "skip": None}
+
+
+def _parse_answer(value: str) -> dict[str, Any]:
+    """``TILE=y|n|s`` -> a review answer."""
+    from ftfsearch.errors import BadInput
+
+    tile, sep, word = value.rpartition("=")
+    if not sep or word.strip().lower() not in ANSWER_WORDS:
+        raise BadInput(f"`answer` {value[:80]!r}: expected TILE=y (a hit), TILE=n (a miss) or TILE=s (skip)")
+    return {"id": tile.strip(), "hit": ANSWER_WORDS[word.strip().lower()]}
+
+
+def _show_item(item: Any) -> None:
+    kind = ("random draw of stratum " + str(item.stratum)) if item.kind == "estimate" else "least sure"
+    box_ = "no CRS" if item.bbox is None else ",".join(f"{v:.5f}" for v in item.bbox)
+    w = item.window
+    out.print(f"check tile {item.id} ({kind}; p {item.probability:.2f}) scene {item.scene_id} level {item.level} "
+              f"window {w.get('col')},{w.get('row')},{w.get('width')},{w.get('height')} bbox {box_}", highlight=False)
+
+
+@app.command()
+@handles_errors
+def review(
+    path: Path = typer.Argument(..., help="The review file: a labels GeoJSON that holds the marks, the answers and "
+                                "the sampling design; rewritten in place after every answer."),
+    labels: Optional[Path] = typer.Option(None, "--labels", help="Start a new review file from these marks "
+                                          "(at least 3 hits); without it, PATH is continued (or, a plain labels "
+                                          "file, started)."),
+    answer: Optional[list[str]] = typer.Option(None, "--answer", help="TILE=y (a hit), TILE=n (a miss) or TILE=s "
+                                               "(cannot tell); repeatable. Without it, on a terminal, the tiles "
+                                               "are asked one by one."),
+    bbox: Optional[str] = typer.Option(None, "--bbox", help="Review scope when starting: minlon,minlat,maxlon,maxlat."),
+    aoi: Optional[Path] = AoiOpt,
+    scene: Optional[list[str]] = typer.Option(None, "--scene", help="Only these scene ids (repeatable)."),
+    after: Optional[str] = typer.Option(None, "--after", help="Only scenes acquired at or after this time (ISO 8601)."),
+    before: Optional[str] = typer.Option(None, "--before", help="Only scenes acquired before this time."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the random draws when starting (recorded)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the next tile, the estimate and the strata as JSON "
+                                 "(never asks)."),
+    store: Optional[Path] = StoreOpt,
+    qdrant_url: Optional[str] = UrlOpt,
+    collection: Optional[str] = CollectionOpt,
+) -> None:
+    """Check tiles one by one (y/n): random draws across score strata for the count, and the tiles the classifier is least sure of; every answer retrains it."""
+    from ftfsearch.commands import ReviewRequest
+    from ftfsearch.labels import write_labels
+
+    if labels is not None and path.exists():
+        _fail(f"--labels: {str(path)!r} exists; name a new review file, or drop --labels to continue it", 2)
+    source = labels if labels is not None else path
+    try:
+        content = json.loads(source.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        what = "--labels" if labels is not None else "review file"
+        hint = "" if labels is not None or path.exists() else "; start one with --labels MARKS.geojson"
+        _fail(f"{what} {str(source)!r}: cannot be read as GeoJSON ({getattr(exc, 'strerror', None) or exc}){hint}", 2)
+    answers = [_parse_answer(a) for a in answer or ()]
+    scope = {"bbox": bbox, "aoi": _read_aoi(aoi), "scenes": tuple(scene or ()), "after": after, "before": before}
+    request = ReviewRequest.model_validate({"labels": content, "answers": answers, "seed": seed, **scope})
+    commands = _commands(_settings(store_dir=store, qdrant_url=qdrant_url, collection=collection))
+    interactive = not answer and not as_json and sys.stdin.isatty()
+    while True:
+        outcome = commands.review(request)
+        write_labels(path, outcome.labels, "path")
+        if as_json:
+            out.print_json(json.dumps(outcome.model_dump(mode="json", exclude={"labels"})))
+            return
+        q = outcome.quality
+        err.print(f"retrained on {q.positives} hits, {q.negatives} misses in {q.train_ms:.0f} ms; cross-validated "
+                  f"precision {q.precision:.2f}, recall {q.recall:.2f}", highlight=False)
+        out.print(f"hit tiles {outcome.estimate.text} of {q.scope:,} in scope", highlight=False)
+        if outcome.item is None:
+            out.print("nothing left to check", highlight=False)
+            return
+        _show_item(outcome.item)
+        if not interactive:
+            err.print(f"answer with: ftfsearch review {path} --answer {outcome.item.id}=y (or =n, =s)", highlight=False)
+            return
+        reply = ""
+        while reply not in ANSWER_WORDS and reply != "q":
+            reply = typer.prompt("a hit? [y]es / [n]o / [s]kip / [q]uit", default="q", show_default=False,
+                                 err=True).strip().lower()
+        if reply == "q":
+            err.print(f"saved in {path}; continue with: ftfsearch review {path}", highlight=False)
+            return
+        request = ReviewRequest.model_validate({"labels": outcome.labels,
+                                                "answers": [{"id": outcome.item.id, "hit": ANSWER_WORDS[reply]}]})
 
 
 @app.command()

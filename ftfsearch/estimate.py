@@ -40,6 +40,11 @@ class Estimate:
     def __str__(self) -> str:
         return f"≈ {self.count:,.0f} (95% CI {self.low:,.0f}–{self.high:,.0f}) from {self.reviewed} reviewed"
 
+    def scaled(self, factor: float) -> "Estimate":
+        """The estimate of a quantity proportional to this one (merged objects from tiles: the
+        detections' objects per detected tile), its interval scaled alike."""
+        return Estimate(self.count * factor, self.low * factor, self.high * factor, self.reviewed)
+
 
 def stratified_estimate(strata: Sequence[Stratum]) -> Estimate:
     """The estimated number of positives over all strata, with a 95% interval."""

@@ -200,3 +200,17 @@ def result_rows(results: Sequence[Any]) -> list[Row]:
             "acquired": r.acquired,
         }))
     return rows
+
+
+DETECTION_COLUMNS: dict[str, ColumnType] = {"id": "str", "probability": "float", "scene_id": "str", "level": "int",
+                                            "window": "str"}
+"""The columns of a classifier's detection (``classify -o``, the page's export)."""
+
+
+def detection_rows(detections: Sequence[Any]) -> list[Row]:
+    """Detections (:class:`~ftfsearch.commands.requests.Detection`) as rows: the tile footprint as geometry."""
+    from shapely.geometry import Polygon, box
+
+    return [Row(Polygon(d.footprint) if d.footprint else box(*d.bbox) if d.bbox else None,
+                {"id": d.id, "probability": d.probability, "scene_id": d.scene_id, "level": d.level,
+                 "window": json.dumps(d.window)}) for d in detections]

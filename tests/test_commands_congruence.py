@@ -28,6 +28,7 @@ from ftfsearch.commands import (
     InfoRequest,
     IngestRequest,
     PushRequest,
+    ReviewRequest,
     ScenesRequest,
     SearchRequest,
     open_commands,
@@ -160,7 +161,24 @@ def find_requests(here: LocalCommands) -> list[Any]:
         FindRequest(text="houses", min_score=-1.0, aoi={"type": "Polygon", "coordinates": [[
             [west, south], [east, south], [east, north], [west, north], [west, south]]]}, page=4),
         ClassifyRequest(labels=labels),
+        ReviewRequest(labels=labels, seed=4),
     ]
+
+
+def review_steps(commands: Commands, starts: list[ReviewRequest]) -> list[Any]:
+    """Each review started, then two answers (the tile proposed: a hit, then a miss), then the
+    classify --estimate of its file."""
+    out: list[Any] = []
+    for request in starts:
+        step = commands.review(request)
+        out.append(step)
+        for hit in (True, False):
+            assert step.item is not None
+            step = commands.review(ReviewRequest.model_validate(
+                {"labels": step.labels, "answers": [{"id": step.item.id, "hit": hit}]}))
+            out.append(step)
+        out.append(list(commands.classify(ClassifyRequest(labels=step.labels, estimate=True))))
+    return out
 
 
 REFUSED = [
@@ -174,7 +192,8 @@ def outcomes(commands: Commands, requests: list[SearchRequest], push_to: Path,
     return {
         "search": [commands.search(r) for r in requests],
         "streamed": [list(commands.find(r) if isinstance(r, FindRequest) else commands.classify(r))
-                     for r in streamed],
+                     for r in streamed if not isinstance(r, ReviewRequest)],
+        "review": review_steps(commands, [r for r in streamed if isinstance(r, ReviewRequest)]),
         "scenes": commands.scenes(ScenesRequest()),
         "info": commands.info(InfoRequest()),
         "push": commands.push(PushRequest(to=str(push_to), collection="copy")),
@@ -235,6 +254,8 @@ def test_every_command_answers_the_same_here_and_through_the_holder(
     assert local["search"][2].bands and not local["search"][0].bands
     same(local["search"], through["search"], "search")
     same(local["streamed"], through["streamed"], "find and classify", frozenset(TIMES | {"train_ms"}))
+    same(local["review"], through["review"], "review", frozenset(TIMES | {"train_ms"}))
+    assert local["review"][-1][0].estimate.reviewed >= 1
     assert len(local["streamed"][1]) > 2  # a plan and more than one page of an area's tiles
     same(local["scenes"], through["scenes"], "scenes")
     same(local["info"], through["info"], "info")

@@ -237,6 +237,8 @@ def _samples(live: Live) -> dict[tuple[str, str], tuple[str, bytes | None, dict[
         ("POST", "/api/find"): ("/api/find", json.dumps({"q": "a river", "min_score": 0.99}).encode(), as_json, 200),
         # one hit is too few to train on: refused after the key is let through
         ("POST", "/api/classify"): ("/api/classify", json.dumps({"labels": json.loads(labels)}).encode(), as_json, 400),
+        # the same for a review (it stores nothing, so a read key may start one)
+        ("POST", "/api/review"): ("/api/review", json.dumps({"labels": json.loads(labels)}).encode(), as_json, 400),
         # the demo scene has no acquisition time: no place is covered in both ranges
         ("GET", "/api/change"): ("/api/change?before=2000-01-01/2001-01-01&after=2001-01-01/..", None, {}, 400),
         # a scene that is not there: the key is let through, the store stays as it is (a real drop below)

@@ -400,3 +400,94 @@ def test_the_page_asks_for_a_key_once_per_tab_behind_a_prefix_proxy(keyed: Keyed
     # the browser's notes of the 401s that asked for the key, nothing else
     assert all("401" in p for p in problems), problems
     context.close()
+
+
+def _wait_area(page: object, condition: str) -> None:
+    """Wait for ``condition`` or an error line in the area panel; fail with that line."""
+    page.wait_for_function(f"({condition}) || document.getElementById('area-status').classList.contains('error')",  # type: ignore[attr-defined]
+                           timeout=120_000)
+    status = page.inner_text("#area-status")  # type: ignore[attr-defined]
+    assert page.evaluate(condition), status  # type: ignore[attr-defined]
+
+
+def test_area_classify_review_estimate_and_export_in_chromium(server: Server, browser: object,
+                                                              tmp_path: Path) -> None:
+    """Draw an area, find all in it, classify from marks (detections coloured by probability), answer
+    five review items with the keyboard, see the running estimate, export GeoJSON and GeoParquet."""
+    status, body = http_get(f"{server.url}/api/search?q={QUERY.replace(' ', '+')}&k=12")
+    ranked = json.loads(body)["results"]
+    marks = [{"id": r["id"], "label": "positive" if i < 4 else "negative", "region": None,
+              "chip_url": r["chip_url"].split("?")[0], "scene_id": r["scene_id"]}
+             for i, r in enumerate(ranked[:4] + ranked[-2:])]
+    page = browser.new_page(viewport={"width": 1400, "height": 860}, accept_downloads=True)  # type: ignore[attr-defined]
+    problems: list[str] = []
+    page.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
+    page.on("console", lambda msg: problems.append(f"console: {msg.text}") if msg.type == "error" else None)
+    page.goto(f"{server.url}/")
+    page.wait_for_selector("body[data-ready='1']", timeout=30_000)
+    page.evaluate(f"sessionStorage.clear(); sessionStorage.setItem('ftfsearch-marks', {json.dumps(json.dumps(marks))})")
+    page.reload()
+    page.wait_for_selector("body[data-ready='1']", timeout=30_000)
+    page.wait_for_function("document.querySelectorAll('.mark').length === 6", timeout=30_000)
+
+    # draw the area over the first hit's scene: four clicks on the map, then finish
+    scenes = json.loads(http_get(f"{server.url}/api/scenes")[1])["scenes"]
+    w, s_, e, n_ = next(sc["preview_bounds"] for sc in scenes if sc["scene_id"] == ranked[0]["scene_id"])
+    page.evaluate(f"ftfArea.map().fitBounds([[{s_}, {w}], [{n_}, {e}]], {{animate: false}})")
+    page.click("#area-draw")
+    box = page.locator("#map").bounding_box()
+    for fx, fy in ((0.2, 0.2), (0.8, 0.22), (0.78, 0.8), (0.22, 0.78)):
+        page.mouse.click(box["x"] + fx * box["width"], box["y"] + fy * box["height"])
+    page.click("#area-draw")
+    assert page.locator("path.area-outline").count() == 1
+    assert "Area set" in page.inner_text("#area-status")
+
+    page.fill("#q", QUERY)
+    page.click("#area-find")
+    _wait_area(page, "document.getElementById('area-hits').textContent.includes('tiles above')")
+
+    page.click("#area-classify")
+    _wait_area(page, "document.getElementById('area-model').textContent.includes('detections of')")
+    assert "precision" in page.inner_text("#area-model")
+
+    page.click("#area-review")
+    page.wait_for_selector("#review-card:not([hidden])", timeout=60_000)
+    seen = []
+    for n in range(5):
+        page.wait_for_function("document.getElementById('review-chip').complete && "
+                               "document.getElementById('review-chip').naturalWidth > 0", timeout=30_000)
+        tile = page.get_attribute("#review-card", "data-id")
+        assert tile and tile not in seen
+        seen.append(tile)
+        p = float(page.inner_text("#review-what").split("p ")[1].split(" ")[0])
+        page.keyboard.press("y" if p >= 0.5 else "n")
+        page.wait_for_function(f"document.getElementById('review-card').dataset.id !== {json.dumps(tile)} || "
+                               "document.getElementById('review-card').hidden", timeout=60_000)
+    estimate = page.inner_text("#area-estimate")
+    assert "95% CI" in estimate and "reviewed" in estimate, estimate
+    review = page.evaluate("JSON.parse(sessionStorage.getItem('ftfsearch-review'))")
+    assert len(review["features"]) == 6 + 5 and review["review"]["draws"]
+
+    # classify again: the answers train it, and the estimate comes with it
+    page.click("#area-classify")
+    _wait_area(page, "document.getElementById('area-estimate').textContent.startsWith('hit tiles ≈')")
+    page.wait_for_timeout(500)
+    _save_screenshot(page, tmp_path, "screenshot-area")
+
+    with page.expect_download() as download:
+        page.click("#area-geojson")
+    geo = tmp_path / "detections.geojson"
+    download.value.save_as(str(geo))
+    collection = json.loads(geo.read_text())
+    assert collection["type"] == "FeatureCollection"
+    assert all(0.5 <= f["properties"]["probability"] <= 1 for f in collection["features"])
+    with page.expect_download() as download:
+        page.click("#area-parquet")
+    parquet = tmp_path / "detections.parquet"
+    download.value.save_as(str(parquet))
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(parquet)
+    assert b"geo" in table.schema.metadata and table.num_rows == len(collection["features"])
+    assert not problems, problems
+    page.close()

@@ -24,6 +24,8 @@ from ftfsearch.commands.requests import (
     IngestOutcome,
     IngestRequest,
     PushRequest,
+    ReviewOutcome,
+    ReviewRequest,
     SceneRow,
     ScenesRequest,
     SearchOutcome,
@@ -51,5 +53,5 @@ def open_commands(settings: Settings, notify: Callable[[str], None] = lambda _: 
 
 __all__ = [
     "ChangeOutcome", "ChangeRequest", "ClassifyPage", "ClassifyPlan", "ClassifyRequest", "Commands", "DropOutcome", "DropRequest", "FindPage", "FindPlan", "FindRequest", "InfoRequest", "IngestObserver", "IngestOutcome", "IngestRequest",
-    "PushRequest", "SceneRow", "ScenesRequest", "SearchOutcome", "SearchRequest", "open_commands",
+    "PushRequest", "ReviewOutcome", "ReviewRequest", "SceneRow", "ScenesRequest", "SearchOutcome", "SearchRequest", "open_commands",
 ]

@@ -28,6 +28,8 @@ from ftfsearch.commands.requests import (
     IngestOutcome,
     IngestRequest,
     PushRequest,
+    ReviewOutcome,
+    ReviewRequest,
     SceneRow,
     ScenesRequest,
     SearchOutcome,
@@ -61,6 +63,11 @@ class Commands(Protocol):
     def classify(self, request: ClassifyRequest) -> Iterator[ClassifyPlan | ClassifyPage]:
         """The trained model's quality first (bad labels are refused before), then the detections page by page."""
         ...
+
+    def review(self, request: ReviewRequest) -> ReviewOutcome:
+        """Answers applied, the classifier retrained, the next tile proposed; the review file comes back."""
+        ...
+
     def change(self, request: ChangeRequest) -> ChangeOutcome: ...
 
     def ingest(self, request: IngestRequest, observer: IngestObserver | None = None) -> IngestOutcome: ...

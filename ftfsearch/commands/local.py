@@ -6,13 +6,14 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, ContextManager, Protocol
+from typing import Any, ContextManager, Protocol, TypeVar
 
 from ftfsearch.commands.base import IngestObserver
 from ftfsearch.commands.requests import (
     ClassifyPage,
     ClassifyPlan,
     ClassifyRequest,
+    CountEstimate,
     ChangeOutcome,
     ChangeRequest,
     DropOutcome,
@@ -24,15 +25,19 @@ from ftfsearch.commands.requests import (
     IngestOutcome,
     IngestRequest,
     PushRequest,
+    ReviewOutcome,
+    ReviewRequest,
     Scope,
     Detection,
+    ReviewItem,
+    StratumRow,
     SceneRow,
     ScenesRequest,
     SearchOutcome,
     SearchRequest,
 )
 from ftfsearch.config import Settings
-from ftfsearch.errors import SceneNotFound
+from ftfsearch.errors import BadInput, SceneNotFound
 from ftfsearch.find import Hit
 from ftfsearch.model.base import Encoder
 from ftfsearch.model.sources import encoder_device_label
@@ -135,6 +140,33 @@ def found_result(hit: Hit, rank: int, region: list[float]) -> Result:
                   payload={k: v for k, v in p.items() if k in ("acquired", "tile_size")})
 
 
+S = TypeVar("S", bound=Scope)
+SCOPE_FIELDS = {"bbox", "aoi", "scenes", "after", "before"}
+
+
+def review_in(labels: dict[str, Any], param: str) -> Any:
+    """The review of a labels file's content; BadInput naming ``param`` when it has none."""
+    from ftfsearch.review import review_of
+
+    review = review_of(labels)
+    if review is None:
+        raise BadInput(f"`{param}`: `labels` holds no review answers; run 'ftfsearch review' on the file first "
+                       "(it proposes tiles to check and records the answers there)")
+    return review
+
+
+def in_review_scope(request: S, scope: dict[str, Any], param: str) -> S:
+    """``request`` in a review's scope: a request that gives none takes the review's; one that gives
+    another is refused (an estimate holds for the scope its draws came from)."""
+    given = request.model_dump(mode="json", include=SCOPE_FIELDS)
+    if given == Scope().model_dump(mode="json", include=SCOPE_FIELDS):
+        return request.model_copy(update=Scope.model_validate(scope).model_dump(include=SCOPE_FIELDS))
+    if given != scope:
+        raise BadInput(f"`{param}`: the review in `labels` was drawn in another scope (aoi, bbox, scene, after, "
+                       "before); give the review's scope or none (it is recorded in the file)")
+    return request
+
+
 class LocalCommands:
     """:class:`~ftfsearch.commands.base.Commands` over a store reached through ``access``."""
 
@@ -188,6 +220,13 @@ class LocalCommands:
         from ftfsearch.labels import parse_labels
 
         labels = parse_labels(request.labels, "`labels`")
+        counted = None
+        if request.estimate:
+            from ftfsearch.review import estimate
+
+            review = review_in(request.labels, "estimate")
+            request = in_review_scope(request, review.scope, "estimate")
+            counted = CountEstimate.of(estimate(review, labels))
         with self.access.store(read_only=True) as db:
             area = request.area()
             flt = scope_filter(request, area, db)
@@ -195,13 +234,59 @@ class LocalCommands:
             q = model.quality
             yield ClassifyPlan(precision=q.precision, recall=q.recall, folds=q.folds, positives=q.positives,
                                negatives=q.negatives, background=q.background, train_ms=q.train_ms,
-                               scope=db.count_tiles(within=flt))
+                               scope=db.count_tiles(within=flt), estimate=counted)
             for page in score_pages(db, model, flt, area, request.min_probability):
                 yield ClassifyPage(detections=[
                     Detection(id=d.id, probability=d.probability, scene_id=d.payload.get("scene_id", ""),
                               level=int(d.payload.get("level", 1)), window=dict(d.payload.get("window") or {}),
                               bbox=d.payload.get("bbox"), footprint=d.payload.get("footprint"))
                     for d in page])
+    def review(self, request: ReviewRequest) -> ReviewOutcome:
+        import time
+
+        from ftfsearch.classify import fit
+        from ftfsearch.labels import labels_to_geojson, parse_labels
+        from ftfsearch.review import answer, estimate, propose, review_of, start, strata_counts
+
+        t0 = time.perf_counter()
+        labels = parse_labels(request.labels, "`labels`")
+        current = review_of(request.labels)
+        if current is None and request.answers:
+            raise BadInput("`answer`: `labels` holds no review yet; run the review once without answers to start it")
+        with self.access.store(read_only=True) as db:
+            meta = db.meta()
+            if labels.model_id is None and meta is not None:
+                labels.model_id = meta.model_id
+            if current is None:
+                area = request.area()
+                flt = scope_filter(request, area, db)
+                current, model = start(db, labels, flt, area, request.scope_json(), request.seed)
+            else:
+                scoped = in_review_scope(request, current.scope, "labels")
+                area = scoped.area()
+                flt = scope_filter(scoped, area, db)
+                labels = answer(labels, current, [(a.id, a.hit) for a in request.answers])
+                model = fit(db, labels, flt, area)
+            t1 = time.perf_counter()
+            item = propose(db, current, labels, model)
+            document = {**labels_to_geojson(labels, db), "review": current.to_json()}
+        q = model.quality
+        quality = ClassifyPlan(precision=q.precision, recall=q.recall, folds=q.folds, positives=q.positives,
+                               negatives=q.negatives, background=q.background, train_ms=q.train_ms,
+                               scope=sum(s.size for s in current.strata))
+        strata = [StratumRow(low=plan.low, high=plan.high, size=s.size, reviewed=s.reviewed, positive=s.positive)
+                  for plan, s in zip(current.strata, strata_counts(current, {m.tile_id: m.label == "positive"
+                                                                              for m in labels.labels}))]
+        return ReviewOutcome(
+            labels=document, estimate=CountEstimate.of(estimate(current, labels)), strata=strata, quality=quality,
+            item=None if item is None else ReviewItem(
+                id=item.id, kind=item.kind, stratum=item.stratum, probability=item.probability,
+                scene_id=item.payload.get("scene_id", ""), level=int(item.payload.get("level", 1)),
+                window=dict(item.payload.get("window") or {}), bbox=item.payload.get("bbox"),
+                footprint=item.payload.get("footprint")),
+            timings_ms={"train": q.train_ms, "retrain_and_score": (t1 - t0) * 1000,
+                        "total": (time.perf_counter() - t0) * 1000})
+
     def change(self, request: ChangeRequest) -> ChangeOutcome:
         from ftfsearch.change import change_search
 

@@ -31,6 +31,8 @@ from ftfsearch.commands.requests import (
     IngestRequest,
     PushRequest,
     QueryScope,
+    ReviewOutcome,
+    ReviewRequest,
     SceneRow,
     ScenesRequest,
     SearchOutcome,
@@ -91,6 +93,9 @@ class HolderCommands:
 
     def classify(self, request: ClassifyRequest) -> Iterator[ClassifyPlan | ClassifyPage]:
         return self._stream("/api/holder/classify", request, ClassifyPlan, ClassifyPage)
+
+    def review(self, request: ReviewRequest) -> ReviewOutcome:
+        return ReviewOutcome.model_validate(self._post("/api/holder/review", request))
 
     def _stream(self, path: str, request: Any, plan: type[P], page: type[G]) -> Iterator[P | G]:
         """A streamed command's plan, then its pages (:mod:`ftfsearch.web.find_stream`)."""

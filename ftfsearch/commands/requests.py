@@ -156,6 +156,9 @@ class ClassifyRequest(Scope):
     labels: dict[str, Any]
     min_probability: float = Field(0.5, gt=0.0, lt=1.0)
     """Detections: the tiles the model gives at least this probability."""
+    estimate: bool = False
+    """Also the estimated number of hits in the review's scope, from the review answers in ``labels``
+    (:mod:`ftfsearch.review`)."""
 
     @field_validator("labels")
     @classmethod
@@ -177,6 +180,94 @@ class ClassifyPlan(BaseModel):
     background: int
     train_ms: float
     scope: int
+    estimate: "CountEstimate | None" = None
+    """With ``estimate``: the number of hits in the scope, from the review answers."""
+
+
+class CountEstimate(BaseModel):
+    """An estimated count with its 95% interval (:class:`ftfsearch.estimate.Estimate`)."""
+
+    count: float
+    low: float
+    high: float
+    reviewed: int
+    text: str
+    """As printed: ``≈ 412 (95% CI 371–455) from 60 reviewed``."""
+
+    @classmethod
+    def of(cls, est: Any) -> "CountEstimate":
+        return cls(count=est.count, low=est.low, high=est.high, reviewed=est.reviewed, text=str(est))
+
+
+class ReviewAnswer(Request):
+    """A reviewer's answer for a tile: a hit (``true``), a miss (``false``), or skipped (``null``)."""
+
+    id: str
+    hit: bool | None
+
+    @field_validator("id")
+    @classmethod
+    def _id(cls, value: str) -> str:
+        from ftfsearch.examples import TILE_ID
+
+        if not TILE_ID.match(value.strip()):
+            raise BadInput(f"`answer` {value[:80]!r}: not a tile id (a review item's id)")
+        return value.strip().lower()
+
+
+class ReviewRequest(Scope):
+    """``review`` / ``POST /api/review``: apply ``answers`` to the review in ``labels`` (a labels
+    FeatureCollection; one without a ``review`` member starts one in the scope given), retrain,
+    and propose the next tile to check. The scope of a started review is its own."""
+
+    labels: dict[str, Any]
+    answers: tuple[ReviewAnswer, ...] = ()
+    seed: int | None = None
+    """The random draws' seed when a review starts (default: a random one, recorded in the file)."""
+
+    _labels = field_validator("labels")(ClassifyRequest._labels.__func__)  # type: ignore[attr-defined]
+
+    def scope_json(self) -> dict[str, Any]:
+        """The scope as the review records it."""
+        return self.model_dump(mode="json", include={"bbox", "aoi", "scenes", "after", "before"})
+
+
+class ReviewItem(BaseModel):
+    """A tile to check: ``estimate`` (a random draw of stratum ``stratum``) or ``learn`` (the tile
+    the classifier is least sure of), with the current classifier's probability."""
+
+    id: str
+    kind: str
+    stratum: int
+    probability: float
+    scene_id: str
+    level: int
+    window: dict[str, int]
+    bbox: list[float] | None
+    footprint: list[list[float]] | None
+
+
+class StratumRow(BaseModel):
+    low: float
+    high: float
+    size: int
+    reviewed: int
+    positive: int
+
+
+class ReviewOutcome(BaseModel):
+    """The review file as it is now (write it back), the next tile to check (None: nothing left),
+    the running estimate, each stratum's counts and the retrained classifier's quality."""
+
+    labels: dict[str, Any]
+    item: ReviewItem | None
+    estimate: CountEstimate
+    strata: list[StratumRow]
+    quality: ClassifyPlan
+    timings_ms: dict[str, float]
+
+
+ClassifyPlan.model_rebuild()
 
 
 class Detection(BaseModel):

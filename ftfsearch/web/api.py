@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from ftfsearch import __version__
-from ftfsearch.commands.requests import ClassifyRequest
+from ftfsearch.commands.requests import ClassifyRequest, ReviewOutcome, ReviewRequest
 from ftfsearch.chips import MAX_CHIP_SIDE, ChipSpec, recorded_bands, region_footprints
 from ftfsearch.commands.requests import DropRequest
 from ftfsearch.errors import BadInput, SceneNotFound, SourceUnavailable
@@ -221,9 +221,50 @@ async def find(request: Request, res: Res) -> Response:
 async def classify(request: Request, res: Res) -> Response:
     """Train a classifier on the marks of ``labels`` (a labels FeatureCollection) and score every tile
     of the scope (``aoi``, ``bbox``, ``scenes``, ``after``, ``before``); ``min_probability`` (0.5)
-    makes a detection. Unusable labels answer 400."""
-    classify_request = ClassifyRequest.model_validate(await json_body(request, MAX_JSON_BYTES))
-    return await run_in_threadpool(find_response, res.commands.classify(classify_request))
+    makes a detection. Unusable labels answer 400. With ``format`` (``geojson``, ``parquet`` or
+    ``csv``) the detections come as that file instead (the page's export)."""
+    body = await json_body(request, MAX_JSON_BYTES)
+    fmt = body.pop("format", None)
+    classify_request = ClassifyRequest.model_validate(body)
+    if fmt is None:
+        return await run_in_threadpool(find_response, res.commands.classify(classify_request))
+    return await run_in_threadpool(detections_file, res.commands.classify(classify_request), fmt)
+
+
+EXPORT_TYPES = {"geojson": "application/geo+json", "parquet": "application/vnd.apache.parquet", "csv": "text/csv"}
+
+
+def detections_file(items: Any, fmt: Any) -> Response:
+    """A classify's detections as one file (:mod:`ftfsearch.writers`), built in a temporary directory."""
+    import tempfile
+    from pathlib import Path
+
+    from ftfsearch.writers import DETECTION_COLUMNS, detection_rows, open_writer
+
+    if fmt not in EXPORT_TYPES:
+        raise BadInput(f"`format` {str(fmt)[:40]!r}: give geojson, parquet or csv")
+    with tempfile.TemporaryDirectory(prefix="ftf-export-") as tmp:
+        path = Path(tmp) / f"detections.{fmt}"
+        plan = next(items)
+        with open_writer(path, DETECTION_COLUMNS, param="format") as writer:
+            for page in items:
+                writer.write(detection_rows(page.detections))
+        data = path.read_bytes()
+    headers = {"Content-Disposition": f'attachment; filename="detections.{fmt}"',
+               "X-Detections": str(writer.count), "X-Scope": str(plan.scope)}
+    return Response(content=data, media_type=EXPORT_TYPES[fmt], headers=headers)
+
+
+@router.post("/review", response_model=ReviewOutcome)
+async def review(request: Request, res: Res) -> dict[str, Any]:
+    """One step of a review: the body is ``labels`` (the review file: a labels FeatureCollection,
+    its ``review`` member once started), ``answers`` (``[{"id": TILE, "hit": true|false|null}]``)
+    and, to start one, the scope (``aoi``, ``bbox``, ``scenes``, ``after``, ``before``) and an
+    optional ``seed``. The answer is the updated file (keep it: the server stores nothing), the next
+    tile to check, the running estimate, the strata and the retrained classifier's quality."""
+    review_request = ReviewRequest.model_validate(await json_body(request, MAX_JSON_BYTES))
+    out = await run_in_threadpool(res.commands.review, review_request)
+    return out.model_dump(mode="json")
 
 
 # -- labels --------------------------------------------------------------------------------------

@@ -37,6 +37,7 @@ from ftfsearch.commands.requests import (
     InfoRequest,
     IngestRequest,
     PushRequest,
+    ReviewRequest,
     ScenesRequest,
     SearchRequest,
 )
@@ -310,6 +311,12 @@ def find(holder: HolderDep, body: Body) -> StreamingResponse:
 def classify(holder: HolderDep, body: Body) -> StreamingResponse:
     """The classifier's quality, then a line per page of detections (NDJSON, as ``/find``)."""
     return find_response(holder.commands.classify(ClassifyRequest.model_validate(body)))
+
+
+@router.post("/review")
+async def review(holder: HolderDep, body: Body) -> dict[str, Any]:
+    out = await run_in_threadpool(holder.commands.review, ReviewRequest.model_validate(body))
+    return out.model_dump(mode="json")
 @router.post("/change")
 async def change(holder: HolderDep, body: Body) -> dict[str, Any]:
     request = ChangeRequest.model_validate(body)

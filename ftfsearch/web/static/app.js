@@ -294,6 +294,7 @@
   function marksChanged() {
     saveMarks();
     renderMarks();
+    if (window.ftfArea) window.ftfArea.marksChanged();
     const q = $("q").value.trim();
     if (q || state.marks.some((m) => m.label === "positive")) search(q);
     else { clearResults(); setStatus(state.marks.length ? "Mark a hit or type a query: misses alone find nothing." : "Type what you are looking for."); }
@@ -497,6 +498,10 @@
       setStatus(e.message, true);
     }
     initMap(info);
+    if (window.ftfArea) {  // area.js: draw an area, find all, classify, review, export
+      window.ftfArea.init({ map: state.map, getJSON, authFetch, showImage, colour, latlngs,
+        marks: () => state.marks, query: () => $("q").value.trim() });
+    }
     await refreshStore(info);
     const q = new URL(window.location.href).searchParams.get("q");
     if (q) $("q").value = q;
