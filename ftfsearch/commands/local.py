@@ -30,6 +30,15 @@ from ftfsearch.commands.requests import (
     ScenesRequest,
     SearchOutcome,
     SearchRequest,
+    WatchAddRequest,
+    WatchDeliverOutcome,
+    WatchDeliverRequest,
+    WatchHitsOutcome,
+    WatchHitsRequest,
+    WatchListRequest,
+    WatchRmOutcome,
+    WatchRmRequest,
+    WatchRow,
 )
 from ftfsearch.config import Settings
 from ftfsearch.errors import SceneNotFound
@@ -262,5 +271,69 @@ class LocalCommands:
             finally:
                 target.close()
 
+    def watch_add(self, request: WatchAddRequest) -> WatchRow:
+        from ftfsearch.area import store_filter
+        from ftfsearch.collection import collection_meta
+        from ftfsearch.errors import BadInput
+        from ftfsearch.find import plan, query_vector
+        from ftfsearch.watch import KIND_WATCH, Watch, add_watch
+
+        encoder = self.access.encoder()
+        with self.access.store(read_only=False) as db:
+            if db.list_records(KIND_WATCH, {"name": request.name}):
+                add_watch(db, Watch(request.name, "", [], 0.0, "", ""))  # refused: the name is taken
+            if request.min_score is None and (db.meta() is None or db.count_tiles() == 0):
+                raise BadInput("`min_score`: no tile is stored yet to choose the threshold from; give one "
+                               "(a coarse cosine, as 'ftfsearch find' prints), or add the watch after a first ingest")
+            query, _ = query_vector(encoder, db, request.text, request.examples)
+            area = request.area()
+            bbox, center_in = store_filter(area, None, db) if area is not None and db.meta() is not None else (None, ())
+            flt = QueryFilter(bbox=bbox, center_in=center_in) if bbox or center_in else None
+            if request.min_score is None:
+                chosen = plan(db, query, flt, area, None, max_hits=1 << 62)
+                threshold, source = chosen.threshold, chosen.threshold_source
+            else:
+                threshold, source = float(request.min_score), "given (--min-score)"
+            db.ensure_collection(collection_meta(encoder))  # a watch may come before the first scene
+            watch = Watch(name=request.name, query=request.described(), vector=[float(v) for v in query],
+                          min_score=threshold, threshold_source=source, model_id=encoder.id, aoi=request.aoi,
+                          webhook=request.webhook)
+            add_watch(db, watch)
+            return _watch_row(db, watch)
+
+    def watch_list(self, request: WatchListRequest) -> list[WatchRow]:
+        from ftfsearch.watch import list_watches
+
+        with self.access.store(read_only=True) as db:
+            return [_watch_row(db, w) for w in list_watches(db)]
+
+    def watch_rm(self, request: WatchRmRequest) -> WatchRmOutcome:
+        from ftfsearch.watch import remove_watch
+
+        with self.access.store(read_only=False) as db:
+            return WatchRmOutcome(name=request.name, hits_removed=remove_watch(db, request.name))
+
+    def watch_hits(self, request: WatchHitsRequest) -> WatchHitsOutcome:
+        from ftfsearch.watch import get_watch, watch_hits
+
+        with self.access.store(read_only=True) as db:
+            hits = watch_hits(db, request.name, request.since)
+            return WatchHitsOutcome(watch=_watch_row(db, get_watch(db, request.name)), hits=hits)
+
+    def watch_deliver(self, request: WatchDeliverRequest) -> WatchDeliverOutcome:
+        from ftfsearch.watch import deliver
+
+        with self.access.store(read_only=False) as db:
+            report = deliver(db, request.name, timeout=request.timeout, tries=request.tries)
+        return WatchDeliverOutcome(delivered=report.delivered, failed=report.failed, errors=report.errors)
+
     def close(self) -> None:
         """Nothing held between commands."""
+
+
+def _watch_row(db: Store, watch: Any) -> WatchRow:
+    """A watch with the count of its hits and of those its webhook is still owed."""
+    from ftfsearch.watch import KIND_HIT
+
+    hits = db.list_records(KIND_HIT, {"watch": watch.name})
+    return WatchRow(**watch.summary(), hits=len(hits), pending=sum(bool(h.get("pending")) for h in hits))
