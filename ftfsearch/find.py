@@ -66,11 +66,6 @@ def score_batch(batch: TileBatch, query: np.ndarray) -> np.ndarray:
     return unit(batch.coarse) @ query
 
 
-def best_regions(regions: np.ndarray, query: np.ndarray) -> np.ndarray:
-    """``[N]``: the index of each tile's region closest to the query (``regions [N, R, D]``)."""
-    return np.argmax(unit(np.asarray(regions, dtype=np.float32)) @ query, axis=-1)
-
-
 def in_area(batch: TileBatch, area: Area | None) -> np.ndarray:
     if area is None:
         return np.ones(len(batch), dtype=bool)
@@ -120,7 +115,8 @@ def find_pages(store: Store, query: np.ndarray, threshold: float, flt: QueryFilt
         keep = np.flatnonzero((scores >= threshold) & in_area(batch, area))
         if len(keep) == 0:
             continue
-        best = best_regions(batch.regions[keep], query)
+        regions = unit(np.asarray(batch.regions[keep], dtype=np.float32))
+        best = np.argmax(regions @ query, axis=-1)
         yield [Hit(batch.ids[i], float(scores[i]), int(best[j]), batch.payloads[i]) for j, i in enumerate(keep)]
 
 

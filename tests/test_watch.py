@@ -22,7 +22,8 @@ from _cli import InProcess, assert_one_line_error
 from _data import require_shared_data
 from _fork import fork_cli, wait
 from _scenes import NAIP_2009, NAIP_2020, pasted_naip
-from ftfsearch.find import best_regions, unit
+from ftfsearch.find import unit
+from ftfsearch.rerank import bti
 from ftfsearch.store.base import CollectionMeta, Store, TileBatch
 from ftfsearch.watch import KIND_HIT, Watch, WatchScorer, add_watch, list_watches, remove_watch, watch_hits
 
@@ -51,16 +52,20 @@ def test_watches_and_hits_are_records_in_the_store(store: Store) -> None:
     add_watch(store, Watch("west", "q", q.tolist(), 0.2, "given", "m", aoi=area, webhook="http://127.0.0.1:9/h"))
     assert [w.name for w in list_watches(store)] == ["everywhere", "west"]
     batch = _batch(rng, 40)
-    hits = WatchScorer(list_watches(store), [[0, 0, 1, 1], [0, 0, .5, .5], [.5, .5, 1, 1]]).score(batch)
-    # a watch fires exactly where find's score reaches its threshold, with find's matched region
-    scores = unit(batch.coarse) @ q
+    boxes = [[0, 0, 1, 1], [0, 0, .5, .5], [.5, .5, 1, 1]]
+    hits = WatchScorer(list_watches(store), boxes).score(batch)
+    # a watch fires exactly where the two-stage (BTI) score reaches its threshold; its region is
+    # the one the attention weighs most, as in a search's results
+    out = bti(q[None], batch.coarse, batch.regions.astype(np.float32), tau=0.05, alpha=0.5)
+    scores = out.scores[0]
     expected = {batch.ids[i] for i in np.flatnonzero(scores >= 0.2)}
     assert {h.tile_id for h in hits if h.watch == "everywhere"} == expected and expected
     west = {h.tile_id for h in hits if h.watch == "west"}
     assert west == {batch.ids[i] for i in np.flatnonzero(scores >= 0.2) if i <= 10}  # its area: bbox west of 10.5
     for h in hits:
         i = batch.ids.index(h.tile_id)
-        assert h.region_index == int(best_regions(batch.regions[i:i + 1], q)[0])
+        assert h.region_index == int(out.attention[0, i].argmax()) and h.region == boxes[h.region_index]
+        assert h.score == pytest.approx(float(scores[i]), abs=1e-4)
         assert h.pending == (h.watch == "west") and h.acquired == "2021-01-01T00:00:00Z"
     from ftfsearch.watch import record_hits
 
@@ -123,14 +128,15 @@ def receiver() -> Iterator[Receiver]:
 
 
 @pytest.fixture
-def naip(tmp_path: Path, tiny_clip_dir: Path) -> dict[str, Any]:
+def naip(tmp_path: Path) -> dict[str, Any]:
+    """The shipped model (a random tiny one scores every tile alike), NAIP 2009 and 2020 stored."""
     require_shared_data("geotiffs", "opengeos_data")
     pasted, example = pasted_naip(tmp_path)
-    env = {"FTF_MODEL": str(tiny_clip_dir), "FTF_CONFIG": str(tmp_path / "none.toml"),
-           "FTF_STORE": str(tmp_path / "store")}
+    env = {"FTF_CONFIG": str(tmp_path / "none.toml"), "FTF_STORE": str(tmp_path / "store")}
     cli = InProcess(env)
-    proc = cli("ingest", str(NAIP_2009), "--acquired", "2009-08-18", *TILING)
-    assert proc.returncode == 0, proc.stderr
+    for path, when in ((NAIP_2009, "2009-08-18"), (NAIP_2020, "2020-08-31")):
+        proc = cli("ingest", str(path), "--acquired", when, *TILING)
+        assert proc.returncode == 0, proc.stderr
     return {"cli": cli, "pasted": pasted, "example": example, "env": env, "tmp": tmp_path}
 
 
@@ -143,13 +149,11 @@ def _hits(cli: InProcess, name: str) -> list[dict[str, Any]]:
 @pytest.mark.usefixtures("shared_data")
 def test_a_watch_for_the_pasted_patch_fires_on_the_later_scene_only(naip: dict, receiver: Receiver) -> None:
     cli = naip["cli"]
-    # added after a first scene: its threshold comes from the stored tiles' scores (find's default)
+    # added once 2009 and 2020 are stored: it fires on what matches better than any of their tiles
     add = cli("watch", "add", "patch", "--like", str(naip["example"]), "--webhook", receiver.url, "--json")
     assert add.returncode == 0, add.stderr
-    assert "median + 4 robust SD" in json.loads(add.stdout)["threshold_source"]
-    proc = cli("ingest", str(NAIP_2020), "--acquired", "2020-08-31", *TILING)
-    assert proc.returncode == 0, proc.stderr
-    assert _hits(cli, "patch") == []  # the same place without the patch: nothing
+    assert "above the best score of every stored tile" in json.loads(add.stdout)["threshold_source"]
+    assert _hits(cli, "patch") == []
     t0 = time.perf_counter()
     proc = cli("ingest", str(naip["pasted"]), "--acquired", "2021-08-31", *TILING, "--json")
     took = time.perf_counter() - t0
@@ -185,7 +189,7 @@ def test_watch_refusals_are_one_line_and_change_nothing(naip: dict) -> None:
     cli = naip["cli"]
     assert cli("watch", "add", "roofs", "buildings", "--min-score", "0.5").returncode == 0
     before = cli("watch", "list", "--json").stdout
-    assert_one_line_error(cli("watch", "add", "roofs", "roads"), "--name", "exists")
+    assert_one_line_error(cli("watch", "add", "roofs", "roads"), "name 'roofs'", "exists")
     assert_one_line_error(cli("watch", "rm", "nope"), "watch 'nope'", "roofs")
     assert_one_line_error(cli("watch", "hits", "nope"), "watch 'nope'")
     assert_one_line_error(cli("watch", "add", "ftp", "roads", "--webhook", "ftp://example.org/x"),
@@ -193,7 +197,7 @@ def test_watch_refusals_are_one_line_and_change_nothing(naip: dict) -> None:
     point = naip["tmp"] / "point.geojson"
     point.write_text(json.dumps({"type": "Point", "coordinates": [-99.0, 47.0]}))
     assert_one_line_error(cli("watch", "add", "pt", "roads", "--aoi", str(point)), "--aoi")
-    assert_one_line_error(cli("watch", "add", "bad name!", "roads"), "--name")
+    assert_one_line_error(cli("watch", "add", "bad name!", "roads"), "name 'bad name!'")
     assert_one_line_error(cli("watch", "add", "empty", ""), "query")
     assert cli("watch", "list", "--json").stdout == before
 
@@ -209,7 +213,7 @@ def test_watch_routes_need_a_writer_key_to_change_state(naip: dict) -> None:
 
     keys = naip["tmp"] / "keys.json"
     reader, writer = add_key(keys, "reader", "read"), add_key(keys, "writer", "write")
-    settings = Settings(store_dir=Path(naip["env"]["FTF_STORE"]), model=naip["env"]["FTF_MODEL"], device="cpu")
+    settings = Settings(store_dir=Path(naip["env"]["FTF_STORE"]), device="cpu")
     options = ServeOptions(keys_file=keys)
     app = create_app(settings, options, Resources.open(settings, options, writable=True))  # as the holder
     with TestClient(app) as client:
@@ -240,27 +244,26 @@ def test_watch_routes_need_a_writer_key_to_change_state(naip: dict) -> None:
 
 @pytest.mark.server
 @pytest.mark.usefixtures("shared_data")
-def test_a_watch_fires_during_sharded_ingest_on_a_server(qdrant_server: str, tiny_clip_dir: Path,
-                                                         tmp_path: Path) -> None:
+def test_a_watch_fires_during_sharded_ingest_on_a_server(qdrant_server: str, tmp_path: Path) -> None:
     from ftfsearch.store.server import ServerStore
 
     require_shared_data("geotiffs", "opengeos_data")
     pasted, example = pasted_naip(tmp_path)
     name = f"watch_{uuid.uuid4().hex[:8]}"
-    env = {"QDRANT_URL": qdrant_server, "FTF_COLLECTION": name, "FTF_MODEL": str(tiny_clip_dir),
-           "FTF_CONFIG": str(tmp_path / "none.toml")}
+    env = {"QDRANT_URL": qdrant_server, "FTF_COLLECTION": name, "FTF_CONFIG": str(tmp_path / "none.toml")}
     cli = InProcess(env)
-    assert cli("ingest", str(NAIP_2009), "--acquired", "2009-08-18", *TILING).returncode == 0
+    for path in (NAIP_2009, NAIP_2020):
+        assert cli("ingest", str(path), *TILING).returncode == 0
     assert cli("watch", "add", "patch", "--like", str(example)).returncode == 0
+    other = Path(__file__).parent / "data" / "RGB.byte.tif"
     listing = tmp_path / "list.txt"
-    listing.write_text(f"{NAIP_2020}\n{pasted}\n")
-    workers = [fork_cli(["ingest", "--from", str(listing), "--shard", f"{k}/2", *TILING,
-                         "--acquired", "2021-08-31"], env, tmp_path / f"w{k}.log") for k in range(2)]
+    listing.write_text(f"{pasted}\n{other}\n")  # two shards: one source each (hash order, dealt round-robin)
+    workers = [fork_cli(["ingest", "--from", str(listing), "--shard", f"{k}/2", *TILING], env, tmp_path / f"w{k}.log") for k in range(2)]
     assert [wait(pid, timeout=300) for pid in workers] == [0, 0], [(tmp_path / f"w{k}.log").read_text()
                                                                    for k in range(2)]
     store = ServerStore(qdrant_server, collection=name)
     try:
-        assert {s.scene_id for s in store.list_scenes()} == {NAIP_2009.stem, NAIP_2020.stem, pasted.stem}
+        assert {s.scene_id for s in store.list_scenes()} == {NAIP_2009.stem, NAIP_2020.stem, pasted.stem, other.stem}
         hits = watch_hits(store, "patch")
         assert hits and {h.scene_id for h in hits} == {pasted.stem}
         best = max(hits, key=lambda h: h.score)

@@ -272,32 +272,35 @@ class LocalCommands:
                 target.close()
 
     def watch_add(self, request: WatchAddRequest) -> WatchRow:
+
         from ftfsearch.area import store_filter
         from ftfsearch.collection import collection_meta
         from ftfsearch.errors import BadInput
-        from ftfsearch.find import plan, query_vector
-        from ftfsearch.watch import KIND_WATCH, Watch, add_watch
+        from ftfsearch.find import query_vector
+        from ftfsearch.watch import KIND_WATCH, Watch, add_watch, default_threshold
 
         encoder = self.access.encoder()
         with self.access.store(read_only=False) as db:
             if db.list_records(KIND_WATCH, {"name": request.name}):
                 add_watch(db, Watch(request.name, "", [], 0.0, "", ""))  # refused: the name is taken
-            if request.min_score is None and (db.meta() is None or db.count_tiles() == 0):
+            stored = db.meta() is not None and db.count_tiles() > 0
+            if request.min_score is None and not stored:
                 raise BadInput("`min_score`: no tile is stored yet to choose the threshold from; give one "
-                               "(a coarse cosine, as 'ftfsearch find' prints), or add the watch after a first ingest")
+                               "(a two-stage score, as 'ftfsearch query' prints), or add the watch after a first ingest")
             query, _ = query_vector(encoder, db, request.text, request.examples)
-            area = request.area()
-            bbox, center_in = store_filter(area, None, db) if area is not None and db.meta() is not None else (None, ())
-            flt = QueryFilter(bbox=bbox, center_in=center_in) if bbox or center_in else None
+            params = encoder.rerank_params
+            rerank = {"tau": params.tau, "alpha": params.alpha, "balanced": params.balanced}
             if request.min_score is None:
-                chosen = plan(db, query, flt, area, None, max_hits=1 << 62)
-                threshold, source = chosen.threshold, chosen.threshold_source
+                area = request.area()
+                bbox, center_in = store_filter(area, None, db) if area is not None else (None, ())
+                flt = QueryFilter(bbox=bbox, center_in=center_in) if bbox or center_in else None
+                threshold, source = default_threshold(db, query, rerank, flt, area)
             else:
                 threshold, source = float(request.min_score), "given (--min-score)"
             db.ensure_collection(collection_meta(encoder))  # a watch may come before the first scene
             watch = Watch(name=request.name, query=request.described(), vector=[float(v) for v in query],
                           min_score=threshold, threshold_source=source, model_id=encoder.id, aoi=request.aoi,
-                          webhook=request.webhook)
+                          webhook=request.webhook, rerank=rerank)
             add_watch(db, watch)
             return _watch_row(db, watch)
 
