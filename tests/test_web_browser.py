@@ -158,9 +158,10 @@ def browser() -> Iterator[object]:
             b.close()
 
 
-def _save_screenshot(page: object, tmp_path: Path, name: str = "screenshot") -> Path:
+def _save_screenshot(page: object, tmp_path: Path, name: str = "screenshot",
+                     clip: dict[str, float] | None = None) -> Path:
     shot = tmp_path / f"ftfsearch-{name}.png"
-    page.screenshot(path=str(shot))  # type: ignore[attr-defined]
+    page.screenshot(path=str(shot), clip=clip)  # type: ignore[attr-defined]
     if os.environ.get("FTF_TEST_ARTIFACTS"):
         target = Path(os.environ["FTF_TEST_ARTIFACTS"])
         target.mkdir(parents=True, exist_ok=True)
@@ -457,6 +458,6 @@ def test_change_view_in_chromium(change_server: Server, browser: object, tmp_pat
     assert page.locator("#change").is_hidden() and page.locator("#results").count() == 1
     page.click("#change-toggle")
     page.wait_for_timeout(300)
-    shot = _save_screenshot(page, tmp_path, "screenshot-change")
+    shot = _save_screenshot(page, tmp_path, "screenshot-change", clip={"x": 0, "y": 0, "width": 1020, "height": 860})
     assert shot.stat().st_size > 20_000
     assert not problems, problems
