@@ -219,12 +219,12 @@ class Connection:
 
     def change(self, text: str | None = None, *, before: str, after: str, like: Refs | None = None,
                unlike: Refs | None = None, k: int = 10, bbox: str | Sequence[float] | None = None,
-               disappeared: bool = False) -> ChangeOutcome:
+               disappeared: bool = False, aoi: dict[str, Any] | None = None) -> ChangeOutcome:
         """``ftfsearch change``: places covered in both ISO 8601 ranges (``START/END``, ``..`` open),
         ranked by the rise (or fall) of a query's score, or by how far their vectors moved."""
         request = ChangeRequest.model_validate(dict(
             text=text, examples=tuple(_refs(like, "like") + _refs(unlike, "unlike")), before=before, after=after,
-            k=k, bbox=bbox, disappeared=disappeared))
+            k=k, bbox=bbox, disappeared=disappeared, aoi=aoi))
         outcome: ChangeOutcome = self._run("change", request)
         return outcome
 

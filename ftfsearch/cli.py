@@ -831,6 +831,7 @@ def change(
     disappeared: bool = typer.Option(False, "--disappeared", help="Rank by how much the score fell, not rose."),
     k: int = typer.Option(10, "--k", help="Number of places."),
     bbox: Optional[str] = typer.Option(None, "--bbox", help="minlon,minlat,maxlon,maxlat (WGS84)."),
+    aoi: Optional[Path] = AoiOpt,
     as_json: bool = typer.Option(False, "--json", help="Print a JSON array of places, both tiles each."),
     geojson: Optional[Path] = typer.Option(
         None, "--geojson", help="Write the later tile of each place as GeoJSON (its rank and score)."),
@@ -850,7 +851,7 @@ def change(
     refs = _example_refs(like, unlike, like_region, unlike_region)
     request = ChangeRequest.model_validate({  # checked here, before a model loads or the store opens
         "text": text, "examples": tuple(refs), "k": k, "bbox": bbox, "before": before, "after": after,
-        "disappeared": disappeared,
+        "disappeared": disappeared, "aoi": _read_aoi(aoi),
     })
     _single_thread_queries()
     response = _commands(settings).change(request)

@@ -111,6 +111,30 @@ def test_change_chips_are_before_after_pairs_with_regions_outlined(naip: dict, t
 
 
 @pytest.mark.usefixtures("shared_data")
+def test_change_in_an_area(naip: dict, tmp_path: Path) -> None:
+    cli = naip["cli"]
+    everywhere = json.loads(cli("change", "--before", "2020-01-01/2021-01-01", "--after", "2021-01-01/..", "--json",
+                                "--k", "1000").stdout)
+    top = everywhere[0]["after"]["bbox"]  # the pasted place: an area around its tile's centre
+    cx, cy = (top[0] + top[2]) / 2, (top[1] + top[3]) / 2
+    dx, dy = (top[2] - top[0]) / 4, (top[3] - top[1]) / 4
+    area = tmp_path / "area.geojson"
+    area.write_text(json.dumps({"type": "Polygon", "coordinates": [[[cx - dx, cy - dy], [cx + dx, cy - dy],
+                                                                    [cx + dx, cy + dy], [cx - dx, cy + dy],
+                                                                    [cx - dx, cy - dy]]]}))
+    proc = cli("change", "--before", "2020-01-01/2021-01-01", "--after", "2021-01-01/..", "--json", "--k", "1000",
+               "--aoi", str(area))
+    assert proc.returncode == 0, proc.stderr
+    inside = json.loads(proc.stdout)
+    assert inside[0]["after"]["window"] == everywhere[0]["after"]["window"]
+    assert 1 <= len(inside) < len(everywhere) / 4  # the tiles touching a quarter-tile square
+    point = tmp_path / "point.geojson"
+    point.write_text(json.dumps({"type": "Point", "coordinates": [cx, cy]}))
+    assert_one_line_error(cli("change", "--before", "2020-01-01/2021-01-01", "--after", "2021-01-01/..",
+                              "--aoi", str(point)), "--aoi")
+
+
+@pytest.mark.usefixtures("shared_data")
 def test_change_refusals_are_one_line(naip: dict) -> None:
     cli = naip["cli"]
     none = cli("change", "--before", "../2000-01-01", "--after", "2020-01-01/..")

@@ -217,7 +217,7 @@ class LocalCommands:
         before, after = request.ranges()
         with self.access.searcher() as (searcher, _):
             out = change_search(searcher, before, after, text=request.text, examples=request.examples, k=request.k,
-                                bbox=request.bbox, disappeared=request.disappeared)
+                                bbox=request.bbox, disappeared=request.disappeared, area=request.area())
         return ChangeOutcome(hits=out.hits, timings_ms=out.timings_ms, warnings=out.warnings)
 
     def ingest(self, request: IngestRequest, observer: IngestObserver | None = None) -> IngestOutcome:

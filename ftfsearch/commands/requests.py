@@ -236,8 +236,14 @@ class ChangeRequest(Request):
     bbox: tuple[float, float, float, float] | None = None
     disappeared: bool = False
     """Rank by how much the score fell (what disappeared) rather than rose."""
+    aoi: dict[str, Any] | None = None
+    """Only places whose tiles intersect this area (GeoJSON, checked as ``Scope.aoi``)."""
 
     _bbox = field_validator("bbox", mode="before")(SearchRequest._bbox.__func__)  # type: ignore[attr-defined]
+    _aoi = field_validator("aoi", mode="before")(Scope._aoi.__func__)  # type: ignore[attr-defined]
+
+    def area(self) -> Area | None:
+        return None if self.aoi is None else Area.from_geojson(self.aoi)
 
     @field_validator("before", "after", mode="before")
     @classmethod

@@ -91,11 +91,13 @@ class ChangeParams(BaseModel):
     k: int = Field(DEFAULT_K, ge=1, le=MAX_K, description="number of places")
     bbox: str | None = Field(None, description="minlon,minlat,maxlon,maxlat (WGS84)")
     disappeared: bool = Field(False, description="rank by how much the score fell, not rose")
+    aoi: str | None = Field(None, max_length=MAX_AOI_QUERY_CHARS,
+                            description="only places intersecting this area: GeoJSON text (WGS84)")
 
     def to_request(self, examples: list[ExampleRef]) -> ChangeRequest:
         return ChangeRequest.model_validate({
             "text": self.q or None, "examples": tuple(examples), "k": self.k, "bbox": self.bbox,
-            "before": self.before, "after": self.after, "disappeared": self.disappeared,
+            "before": self.before, "after": self.after, "disappeared": self.disappeared, "aoi": self.aoi,
         })
 
 
