@@ -1,4 +1,4 @@
-"""``python -m bench query|ingest|area|scene|remote|examples|generalise|workers|gpu|processes|text|report``: see BENCHMARKS.md for the commands and the results."""
+"""``python -m bench query|ingest|area|scene|remote|examples|generalise|workers|watch|change|gpu|processes|text|report``: see BENCHMARKS.md for the commands and the results."""
 
 from __future__ import annotations
 
@@ -67,6 +67,11 @@ def main(argv: list[str] | None = None) -> int:
     from bench.area import add_parser as add_area
 
     add_area(sub)
+    from bench.change import add_parser as add_change
+    from bench.watch import add_parser as add_watch
+
+    add_watch(sub)
+    add_change(sub)
     g = sub.add_parser("gpu", help="the GPU check: CPU vs CUDA vectors, rerank, training, eval, timings (bench/gpu.py)")
     g.add_argument("--dry-run", action="store_true", help="run on the CPU in place of CUDA (automatic without CUDA)")
     g.add_argument("--tiles", type=int, default=0, help="tiles for the encoder timing (default 1024, 64 in a dry run)")
@@ -101,10 +106,10 @@ def main(argv: list[str] | None = None) -> int:
                 model=args.model, threads=args.threads, json_path=args.json, device=args.device,
             )
         )
-    if args.cmd == "area":
-        from bench.area import main as area_main
+    if args.cmd in ("area", "watch", "change"):  # modules whose main takes the parsed arguments
+        import importlib
 
-        return area_main(args)
+        return int(importlib.import_module(f"bench.{args.cmd}").main(args))
     if args.cmd == "workers":
         from bench.workers import main as workers_main
 

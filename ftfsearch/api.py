@@ -20,6 +20,8 @@ from typing import Any, overload
 from ftfsearch.commands import (
     ClassifyPlan,
     ClassifyRequest,
+    ChangeOutcome,
+    ChangeRequest,
     Commands,
     FindPlan,
     FindRequest,
@@ -34,6 +36,15 @@ from ftfsearch.commands import (
     ScenesRequest,
     SearchOutcome,
     SearchRequest,
+    WatchAddRequest,
+    WatchDeliverOutcome,
+    WatchDeliverRequest,
+    WatchHitsOutcome,
+    WatchHitsRequest,
+    WatchListRequest,
+    WatchRmOutcome,
+    WatchRmRequest,
+    WatchRow,
     open_commands,
 )
 from ftfsearch.config import Settings, load_settings
@@ -269,6 +280,48 @@ class Connection:
         """``ftfsearch drop``: a scene and its tiles out of the collection."""
         dropped: DropOutcome = self._run("drop", DropRequest(scene_id=scene_id))
         return dropped
+
+    def change(self, text: str | None = None, *, before: str, after: str, like: Refs | None = None,
+               unlike: Refs | None = None, k: int = 10, bbox: str | Sequence[float] | None = None,
+               disappeared: bool = False, aoi: dict[str, Any] | None = None) -> ChangeOutcome:
+        """``ftfsearch change``: places covered in both ISO 8601 ranges (``START/END``, ``..`` open),
+        ranked by the rise (or fall) of a query's score, or by how far their vectors moved."""
+        request = ChangeRequest.model_validate(dict(
+            text=text, examples=tuple(_refs(like, "like") + _refs(unlike, "unlike")), before=before, after=after,
+            k=k, bbox=bbox, disappeared=disappeared, aoi=aoi))
+        outcome: ChangeOutcome = self._run("change", request)
+        return outcome
+
+    def watch_add(self, name: str, text: str | None = None, *, like: Refs | None = None, unlike: Refs | None = None,
+                  aoi: dict[str, Any] | None = None, min_score: float | None = None,
+                  webhook: str | None = None) -> WatchRow:
+        """``ftfsearch watch add``: a standing query every later ingest scores its tiles against."""
+        request = WatchAddRequest.model_validate(dict(
+            name=name, text=text, examples=tuple(_refs(like, "like") + _refs(unlike, "unlike")), aoi=aoi,
+            min_score=min_score, webhook=webhook))
+        row: WatchRow = self._run("watch_add", request)
+        return row
+
+    def watches(self) -> list[WatchRow]:
+        """``ftfsearch watch list``."""
+        rows: list[WatchRow] = self._run("watch_list", WatchListRequest())
+        return rows
+
+    def watch_rm(self, name: str) -> WatchRmOutcome:
+        """``ftfsearch watch rm``: the watch and its hits."""
+        out: WatchRmOutcome = self._run("watch_rm", WatchRmRequest(name=name))
+        return out
+
+    def watch_hits(self, name: str, since: str | datetime | None = None) -> WatchHitsOutcome:
+        """``ftfsearch watch hits``: newest first; ``.hits`` and, as GeoJSON,
+        :func:`ftfsearch.watch.hits_geojson`."""
+        out: WatchHitsOutcome = self._run("watch_hits", WatchHitsRequest.model_validate(dict(name=name, since=since)))
+        return out
+
+    def watch_deliver(self, name: str | None = None) -> WatchDeliverOutcome:
+        """``ftfsearch watch deliver``: POST the pending hits to their webhooks now."""
+        out: WatchDeliverOutcome = self._run("watch_deliver", WatchDeliverRequest.model_validate({"name": name}))
+        return out
 
     def close(self) -> None:
         self.commands.close()

@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from ftfsearch.area import Area
 from ftfsearch.errors import BadInput
 from ftfsearch.examples import ExampleRef
 from ftfsearch.search import Result, Searcher
@@ -130,7 +131,7 @@ class _Grid:
 
 
 def _load_side(store: Store, scenes: list[tuple[SceneRecord, float]], bbox: tuple[float, float, float, float] | None,
-               dim: int, num_regions: int) -> _Side:
+               dim: int, num_regions: int, area: Area | None = None) -> _Side:
     """Every tile of ``scenes`` in the area, then one per place: a tile is dropped where a later
     scene's tile of the same level covers the same place (the *latest* rule)."""
     ids: list[str] = []
@@ -142,7 +143,8 @@ def _load_side(store: Store, scenes: list[tuple[SceneRecord, float]], bbox: tupl
     times: list[float] = []
     for scene, when in scenes:
         for batch in store.scan_tiles(scene.scene_id):
-            keep = [i for i, p in enumerate(batch.payloads) if p.get("bbox") and _intersects(p["bbox"], bbox)]
+            keep = [i for i, p in enumerate(batch.payloads) if p.get("bbox") and _intersects(p["bbox"], bbox)
+                    and (area is None or area.keeps(p.get("footprint"), p["bbox"]))]
             if not keep:
                 continue
             ids += [batch.ids[i] for i in keep]
@@ -206,10 +208,16 @@ def _nothing_to_compare(before: TimeRange, after: TimeRange, dated: list[tuple[S
 
 def change_search(searcher: Searcher, before: TimeRange, after: TimeRange, text: str | None = None,
                   examples: Sequence[ExampleRef] = (), k: int = 10,
-                  bbox: tuple[float, float, float, float] | None = None, disappeared: bool = False) -> ChangeResponse:
-    """The ``k`` places covered in both ranges that changed most (see the module docstring).
+                  bbox: tuple[float, float, float, float] | None = None, disappeared: bool = False,
+                  area: Area | None = None) -> ChangeResponse:
+    """The ``k`` places covered in both ranges that changed most (see the module docstring), in
+    ``bbox`` and ``area`` (tiles whose footprint intersects it) when given.
     Raises :class:`BadInput` naming the dates the area has when no place is covered in both."""
     store = searcher.store
+    if area is not None:
+        west, south, east, north = area.bounds
+        bbox = (west, south, east, north) if bbox is None else (
+            max(west, bbox[0]), max(south, bbox[1]), min(east, bbox[2]), min(north, bbox[3]))
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     dated = [(s, t) for s in store.list_scenes() if s.state == "complete" and (t := _scene_time(s)) is not None
@@ -219,8 +227,8 @@ def change_search(searcher: Searcher, before: TimeRange, after: TimeRange, text:
         missing = "`before`" if not in_before else "`after`"
         raise _nothing_to_compare(before, after, dated, f"no scene of the area was acquired in {missing}")
     dim, num_regions = searcher.encoder.dim, searcher.encoder.num_regions
-    side_b = _load_side(store, in_before, bbox, dim, num_regions)
-    side_a = _load_side(store, in_after, bbox, dim, num_regions)
+    side_b = _load_side(store, in_before, bbox, dim, num_regions, area)
+    side_a = _load_side(store, in_after, bbox, dim, num_regions, area)
     timings["load"] = (time.perf_counter() - t0) * 1000
     t0 = time.perf_counter()
     pairs = match_places(side_b, side_a)

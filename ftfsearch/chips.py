@@ -487,6 +487,27 @@ def chip_filename(result: Result) -> str:
     return f"{result.rank:03d}_{scene}_{result.id[:8]}.png"
 
 
+def _chips_dir(out_dir: Path) -> None:
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise BadInput(
+            f"`chips` {out_dir}: cannot create the directory ({exc.strerror}); choose a writable path"
+        ) from exc
+
+
+def _write_png(out_dir: Path, name: str, png: bytes) -> Path:
+    """Write atomically (a reader never sees half a PNG)."""
+    target = out_dir / name
+    try:
+        tmp = target.with_name(target.name + ".tmp")
+        tmp.write_bytes(png)
+        tmp.replace(target)
+    except OSError as exc:
+        raise BadInput(f"`chips` {out_dir}: cannot write {target.name} ({exc.strerror})") from exc
+    return target
+
+
 def write_chips(
     results: Sequence[Result],
     out_dir: Path,
@@ -495,12 +516,7 @@ def write_chips(
     size: int | None = None,
 ) -> ChipsWritten:
     """Write one PNG per result into ``out_dir`` (the same chips the web page shows)."""
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise BadInput(
-            f"`chips` {out_dir}: cannot create the directory ({exc.strerror}); choose a writable path"
-        ) from exc
+    _chips_dir(out_dir)
     renderer = renderer or ChipRenderer()
     bands = bands or {}
     written = ChipsWritten(paths=[], skipped=[])
@@ -512,12 +528,40 @@ def write_chips(
             written.skipped.append(f"result {result.rank} ({result.id}): {exc}")
             log.warning("%s", exc)
             continue
-        target = out_dir / chip_filename(result)
+        written.paths.append(_write_png(out_dir, chip_filename(result), png))
+    return written
+
+
+PAIR_SIDE = 256
+"""Each half of a before/after pair, in pixels (both the same size, so they compare)."""
+PAIR_GAP = 6
+
+
+def write_pair_chips(
+    pairs: Sequence[tuple[int, Result, Result]],
+    out_dir: Path,
+    bands: Mapping[str, tuple[int, ...] | None] | None = None,
+) -> ChipsWritten:
+    """One PNG per ``(rank, before, after)``: the two tiles side by side, before on the left, each
+    with its matched region outlined (``change --chips``)."""
+    _chips_dir(out_dir)
+    bands = bands or {}
+    written = ChipsWritten(paths=[], skipped=[])
+    for rank, before, after in pairs:
+        halves = []
         try:
-            tmp = target.with_name(target.name + ".tmp")
-            tmp.write_bytes(png)
-            tmp.replace(target)
-        except OSError as exc:
-            raise BadInput(f"`chips` {out_dir}: cannot write {target.name} ({exc.strerror})") from exc
-        written.paths.append(target)
+            for r in (before, after):
+                spec = ChipSpec.from_result(r, bands=bands.get(r.scene_id), size=PAIR_SIDE)
+                with _open(spec.path) as ds:
+                    halves.append(render_chip_pixels(spec, ds, choose_style(ds, spec.bands)))
+        except SourceUnavailable as exc:
+            written.skipped.append(f"place {rank} ({after.id}): {exc}")
+            log.warning("%s", exc)
+            continue
+        h = max(p.shape[0] for p in halves)
+        canvas = np.full((h, halves[0].shape[1] + PAIR_GAP + halves[1].shape[1], 3), 255, dtype=np.uint8)
+        canvas[: halves[0].shape[0], : halves[0].shape[1]] = halves[0]
+        canvas[: halves[1].shape[0], halves[0].shape[1] + PAIR_GAP:] = halves[1]
+        scene = re.sub(r"[^A-Za-z0-9._-]+", "_", after.scene_id)[:60].strip("._") or "scene"
+        written.paths.append(_write_png(out_dir, f"{rank:03d}_{scene}_{after.id[:8]}_pair.png", _png(canvas)))
     return written

@@ -939,9 +939,12 @@ def change(
     disappeared: bool = typer.Option(False, "--disappeared", help="Rank by how much the score fell, not rose."),
     k: int = typer.Option(10, "--k", help="Number of places."),
     bbox: Optional[str] = typer.Option(None, "--bbox", help="minlon,minlat,maxlon,maxlat (WGS84)."),
+    aoi: Optional[Path] = AoiOpt,
     as_json: bool = typer.Option(False, "--json", help="Print a JSON array of places, both tiles each."),
     geojson: Optional[Path] = typer.Option(
         None, "--geojson", help="Write the later tile of each place as GeoJSON (its rank and score)."),
+    chips: Optional[Path] = typer.Option(
+        None, "--chips", help="Write a before/after PNG of each place, matched regions outlined, into this directory."),
     store: Optional[Path] = StoreOpt,
     qdrant_url: Optional[str] = UrlOpt,
     collection: Optional[str] = CollectionOpt,
@@ -956,7 +959,7 @@ def change(
     refs = _example_refs(like, unlike, like_region, unlike_region)
     request = ChangeRequest.model_validate({  # checked here, before a model loads or the store opens
         "text": text, "examples": tuple(refs), "k": k, "bbox": bbox, "before": before, "after": after,
-        "disappeared": disappeared,
+        "disappeared": disappeared, "aoi": _read_aoi(aoi),
     })
     _single_thread_queries()
     response = _commands(settings).change(request)
@@ -967,6 +970,13 @@ def change(
 
         n = write_geojson([h.after for h in response.hits], geojson, query=f"change {text or 'any'}")
         err.print(f"wrote {n} features to {geojson}", highlight=False)
+    if chips is not None:
+        from ftfsearch.chips import write_pair_chips
+
+        pairs = write_pair_chips([(h.rank, h.before, h.after) for h in response.hits], chips)
+        for message in pairs.skipped:
+            err.print(Text(f"warning: no chip for {message}"), highlight=False)
+        err.print(f"wrote {len(pairs.paths)} before/after chips to {chips}", highlight=False)
     if as_json:
         out.print_json(json.dumps([h.to_dict() for h in response.hits]))
         return
@@ -986,6 +996,161 @@ def change(
         )
     out.print(table)
     err.print(", ".join(f"{stage} {ms:.1f} ms" for stage, ms in response.timings_ms.items()), highlight=False)
+
+
+# watch -------------------------------------------------------------------------------------------
+watch_app = typer.Typer(help="Standing queries: every ingest scores the tiles it writes against them and "
+                        "records the hits (and POSTs them to a webhook).")
+app.add_typer(watch_app, name="watch")
+
+
+@watch_app.command("add")
+@handles_errors
+def watch_add(
+    name: str = typer.Argument(..., help="The watch's name (letters, digits, '.', '_', '-')."),
+    text: Optional[str] = typer.Argument(None, help="What to watch for, in plain words (optional with --like)."),
+    like: Optional[list[str]] = LikeOpt,
+    unlike: Optional[list[str]] = UnlikeOpt,
+    like_region: Optional[list[str]] = LikeRegionOpt,
+    unlike_region: Optional[list[str]] = UnlikeRegionOpt,
+    labels: Optional[Path] = typer.Option(None, "--labels", help="Use the marks of a labels file as examples."),
+    aoi: Optional[Path] = AoiOpt,
+    min_score: Optional[float] = typer.Option(
+        None, "--min-score", help="Fire at this coarse score or above (as find); default: median + 4 robust SD of "
+        "a sample of the stored tiles' scores."),
+    webhook: Optional[str] = typer.Option(None, "--webhook", help="POST new hits to this http(s) URL as GeoJSON."),
+    as_json: bool = typer.Option(False, "--json", help="Print the watch as JSON."),
+    store: Optional[Path] = StoreOpt,
+    qdrant_url: Optional[str] = UrlOpt,
+    collection: Optional[str] = CollectionOpt,
+    model: Optional[str] = ModelOpt,
+    device: Optional[str] = DeviceOpt,
+) -> None:
+    """Add a standing query: the tiles every later ingest writes are scored against it as they are written."""
+    from ftfsearch.commands import WatchAddRequest
+
+    settings = _settings(store_dir=store, qdrant_url=qdrant_url, collection=collection, model=model, device=device)
+    refs = _example_refs(like, unlike, like_region, unlike_region)
+    if labels is not None:
+        from ftfsearch.labels import read_labels
+
+        marks = read_labels(labels)
+        refs += marks.refs()
+        text = text if text is not None else marks.query
+    request = WatchAddRequest.model_validate({
+        "name": name, "text": text, "examples": tuple(refs), "aoi": _read_aoi(aoi), "min_score": min_score,
+        "webhook": webhook})
+    row = _commands(settings).watch_add(request)
+    if as_json:
+        out.print_json(row.model_dump_json())
+        return
+    err.print(f"watch {row.name!r} added: {row.query}, fires at score >= {row.min_score:.4f} "
+              f"({row.threshold_source})" + (f", POSTs hits to {row.webhook}" if row.webhook else ""), highlight=False)
+
+
+@watch_app.command("list")
+@handles_errors
+def watch_list(
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON array."),
+    store: Optional[Path] = StoreOpt,
+    qdrant_url: Optional[str] = UrlOpt,
+    collection: Optional[str] = CollectionOpt,
+) -> None:
+    """The watches, their thresholds and how many hits each has (and owes its webhook)."""
+    from ftfsearch.commands import WatchListRequest
+
+    rows = _commands(_settings(store_dir=store, qdrant_url=qdrant_url, collection=collection)).watch_list(
+        WatchListRequest())
+    if as_json:
+        out.print_json(json.dumps([r.model_dump(mode="json") for r in rows]))
+        return
+    table = Table("name", "query", "min score", "area", "webhook", "hits", "pending", "created")
+    for r in rows:
+        table.add_row(r.name, r.query, f"{r.min_score:.4f}", "yes" if r.aoi else "-", r.webhook or "-", str(r.hits),
+                      str(r.pending), r.created)
+    out.print(table)
+
+
+@watch_app.command("rm")
+@handles_errors
+def watch_rm(
+    name: str = typer.Argument(..., help="The watch to remove (with its hits)."),
+    store: Optional[Path] = StoreOpt,
+    qdrant_url: Optional[str] = UrlOpt,
+    collection: Optional[str] = CollectionOpt,
+) -> None:
+    """Remove a watch and its hits."""
+    from ftfsearch.commands import WatchRmRequest
+
+    request = WatchRmRequest(name=name)
+    done = _commands(_settings(store_dir=store, qdrant_url=qdrant_url, collection=collection)).watch_rm(request)
+    err.print(f"watch {done.name!r} removed with {done.hits_removed} hits", highlight=False)
+
+
+@watch_app.command("hits")
+@handles_errors
+def watch_hits(
+    name: str = typer.Argument(..., help="The watch."),
+    since: Optional[str] = typer.Option(None, "--since", help="Only hits found at or after this time (ISO 8601)."),
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON array of hits."),
+    out_file: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the hits as GeoJSON to this file."),
+    store: Optional[Path] = StoreOpt,
+    qdrant_url: Optional[str] = UrlOpt,
+    collection: Optional[str] = CollectionOpt,
+) -> None:
+    """A watch's hits, newest first: the tile, its scene and time, its score and matched region."""
+    from ftfsearch.commands import WatchHitsRequest
+    from ftfsearch.errors import BadInput
+    from ftfsearch.watch import hits_geojson
+
+    if out_file is not None and out_file.suffix.lower() not in (".geojson", ".json"):
+        raise BadInput(f"`out` {out_file}: watch hits are written as GeoJSON; name a .geojson file")
+    request = WatchHitsRequest.model_validate({"name": name, "since": since})
+    found = _commands(_settings(store_dir=store, qdrant_url=qdrant_url, collection=collection)).watch_hits(request)
+    if out_file is not None:
+        tmp = out_file.with_name(out_file.name + ".tmp")
+        try:
+            tmp.write_text(json.dumps(hits_geojson(found.hits)), encoding="utf-8")
+            tmp.replace(out_file)
+        except OSError as exc:
+            raise BadInput(f"`out` {out_file}: cannot write it ({exc.strerror})") from exc
+        err.print(f"wrote {len(found.hits)} hits to {out_file}", highlight=False)
+    if as_json:
+        out.print_json(json.dumps([h.to_payload() for h in found.hits]))
+        return
+    table = Table("found", "score", "scene", "acquired", "level", "window col,row,w,h", "bbox W,S,E,N", "delivery",
+                  title=f"watch {found.watch.name!r}: {found.watch.query}", title_justify="left")
+    for h in found.hits:
+        w = h.window
+        delivery = ("pending" + (f" ({h.last_error})" if h.last_error else "")) if h.pending else \
+            (h.delivered_at or "-")
+        table.add_row(h.found_at, f"{h.score:.4f}", h.scene_id, h.acquired or "-", str(h.level),
+                      f"{w.get('col')},{w.get('row')},{w.get('width')},{w.get('height')}",
+                      "no CRS" if h.bbox is None else ",".join(f"{v:.4f}" for v in h.bbox), delivery)
+    out.print(table)
+
+
+@watch_app.command("deliver")
+@handles_errors
+def watch_deliver(
+    name: Optional[str] = typer.Argument(None, help="Only this watch's hits (default: every watch's)."),
+    timeout: float = typer.Option(5.0, "--timeout", help="Seconds to wait for a webhook's answer."),
+    tries: int = typer.Option(3, "--tries", help="Tries per POST (waiting 1, 2, 4 ... s between)."),
+    store: Optional[Path] = StoreOpt,
+    qdrant_url: Optional[str] = UrlOpt,
+    collection: Optional[str] = CollectionOpt,
+) -> None:
+    """POST the hits their webhooks are still owed (ingest sends new ones itself; run this from cron too)."""
+    from ftfsearch.commands import WatchDeliverRequest
+
+    request = WatchDeliverRequest.model_validate({"name": name, "timeout": timeout, "tries": tries})
+    report = _commands(_settings(store_dir=store, qdrant_url=qdrant_url, collection=collection)).watch_deliver(
+        request)
+    err.print(f"delivered {report.delivered} hits, {report.failed} still pending", highlight=False)
+    for watch, why in report.errors.items():
+        err.print(Text(f"warning: watch {watch!r}: {why}"), highlight=False)
+    if report.failed:
+        raise typer.Exit(code=1)
 
 
 # labels ------------------------------------------------------------------------------------------

@@ -121,6 +121,12 @@ class PushVerificationFailed(FtfError):
     exit_code = 13
 
 
+class WatchNotFound(FtfError):
+    """No watch of that name in the collection (``ftfsearch watch list`` names them)."""
+
+    exit_code = 14
+
+
 class IngestCancelled(FtfError):
     """An ingest was cancelled on request; its unfinished scene stays resumable."""
 

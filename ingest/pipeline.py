@@ -33,6 +33,7 @@ from ftfsearch.times import iso_utc, parse_time
 from ingest.scenes import default_scene_id, fingerprint
 from ingest.stac import StacScene
 from ingest.tiling import SceneReader, Tile, TileWindow, TilingSpec
+from ingest.watching import WatchHook
 
 log = logging.getLogger(__name__)
 
@@ -255,8 +256,10 @@ def _read_tiles(
 class _Writer:
     """Upserts batches on its own thread so the next batch encodes meanwhile."""
 
-    def __init__(self, store: Store, depth: int = 2) -> None:
+    def __init__(self, store: Store, depth: int = 2, after: Callable[[TileBatch], None] | None = None) -> None:
         self.store = store
+        self.after = after
+        """Called with each batch once it is stored (the watches, :mod:`ingest.watching`)."""
         self.q: queue.Queue[TileBatch | None] = queue.Queue(maxsize=depth)
         self.error: BaseException | None = None
         self.written = 0
@@ -273,6 +276,8 @@ class _Writer:
             try:
                 self.store.upsert_tiles(batch)
                 self.written += len(batch)
+                if self.after is not None:
+                    self.after(batch)
             except BaseException as exc:
                 self.error = exc
 
@@ -422,7 +427,8 @@ def _write_tiles(
 ) -> tuple[int, int]:
     """Read, encode and write the ``pending`` windows: (tiles written, windows skipped as nodata)."""
     stop = threading.Event()
-    writer = _Writer(store)
+    hook = WatchHook.open(store, encoder)
+    writer = _Writer(store, after=None if hook is None else hook.written)
     skipped = 0
     batch: list[Tile] = []
 
@@ -458,7 +464,11 @@ def _write_tiles(
     finally:
         stop.set()
         with stages.timing("write"):  # the batches still queued reach the store
-            writer.close()
+            try:
+                writer.close()
+            finally:
+                if hook is not None:
+                    hook.close()
         if progress:
             progress.finish()
     return writer.written, skipped

@@ -61,3 +61,32 @@ def split_bands(src: Path, out: Path, coarse: dict[int, int] | None = None) -> l
                 dst.write(data, 1)
             paths.append(p)
     return paths
+
+
+NAIP = SHARED_DATA / "geotiffs" / "opengeos_data"
+NAIP_2009 = NAIP / "naip_m_4709963_se_14_1_20090818.tif"
+NAIP_2020 = NAIP / "naip_m_4709963_se_14_1_20200831.tif"
+PASTE = (270, 150, 100, 100)
+"""``(col, row, width, height)`` of the patch in the later copy: inside the tile at col 256, row 128
+of a 128 px grid."""
+
+
+def pasted_naip(root: Path) -> tuple[Path, Path]:
+    """A copy of the 2020 NAIP scene with a patch of :data:`ORTHO` pasted in at :data:`PASTE` (a
+    known change at a known place), and that patch as a PNG (an example of what appeared)."""
+    import numpy as np
+    from PIL import Image
+    from rasterio.windows import Window
+
+    col, row, width, height = PASTE
+    with rasterio.open(ORTHO) as src:
+        patch = src.read((1, 2, 3), window=Window(src.width // 2, src.height // 2, width, height))
+    pasted = root / "naip_2020_pasted.tif"
+    with rasterio.open(NAIP_2020) as src:
+        profile, data = src.profile, src.read()
+    data[:3, row:row + height, col:col + width] = patch
+    with rasterio.open(pasted, "w", **profile) as dst:
+        dst.write(data)
+    example = root / "patch.png"
+    Image.fromarray(np.moveaxis(patch, 0, -1)).save(example)
+    return pasted, example

@@ -12,7 +12,6 @@ import json
 import os
 import shutil
 import signal
-import sys
 import tempfile
 import time
 import uuid
@@ -29,6 +28,7 @@ from ftfsearch.store._common import VECTORS_FIELD
 from ftfsearch.store.server import ServerStore
 from ingest.batch import Shard, expand_list, partition
 from _cli import InProcess
+from _fork import fork_cli as _fork_cli, wait as _wait
 from _scenes import ORTHO, upsampling_vrt
 
 pytestmark = [pytest.mark.server, pytest.mark.slow, pytest.mark.usefixtures("shared_data")]
@@ -74,52 +74,6 @@ def model_dir(tiny_clip_dir, batch_dir) -> Path:
 def _env(url: str, collection: str, model_dir: Path, batch_dir: Path) -> dict[str, str]:
     return {"QDRANT_URL": url, "FTF_COLLECTION": collection, "FTF_MODEL": str(model_dir),
             "FTF_CONFIG": str(batch_dir / "none.toml")}
-
-
-def _fork_cli(args: list[str], env: dict[str, str], log: Path) -> int:
-    """Run ``ftfsearch ARGS`` in a forked child (stdout and stderr to ``log``); returns its pid."""
-    pid = os.fork()
-    if pid == 0:  # child: never returns into pytest
-        code = 70
-        try:
-            fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-            os.dup2(fd, 1)
-            os.dup2(fd, 2)
-            # pytest's capture replaced sys.stdout/err with its own files: write to the fds again
-            sys.stdout = open(1, "w", buffering=1, closefd=False)
-            sys.stderr = open(2, "w", buffering=1, closefd=False)
-            for k in [k for k in os.environ if k.startswith(("FTF_", "QDRANT_"))]:
-                del os.environ[k]
-            os.environ.update(env)
-            import torch
-
-            torch.set_num_threads(1)  # the parent's OpenMP pool does not survive fork
-            from ftfsearch.cli import app
-
-            try:
-                app(args=args, prog_name="ftfsearch")
-                code = 0
-            except SystemExit as exc:
-                code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-        except BaseException as exc:  # noqa: BLE001 - shows in the log
-            print(f"child failed: {type(exc).__name__}: {exc}", file=sys.stderr)
-        finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(code)
-    return pid
-
-
-def _wait(pid: int, timeout: float = 120.0) -> int:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            return os.waitstatus_to_exitcode(status)
-        time.sleep(0.05)
-    os.kill(pid, signal.SIGKILL)
-    os.waitpid(pid, 0)
-    raise AssertionError(f"worker {pid} did not finish in {timeout} s")
 
 
 def _workers(batch_dir: Path, env: dict[str, str], tag: str, extra: list[str] = ()) -> list[tuple[int, Path]]:

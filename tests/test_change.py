@@ -7,19 +7,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
-import rasterio
-from rasterio.windows import Window
 
 from _cli import InProcess, assert_one_line_error
 from _data import require_shared_data
-from _scenes import ORTHO
+from _scenes import NAIP_2009, NAIP_2020, pasted_naip
 from ftfsearch.errors import BadInput
 from ftfsearch.times import check_ranges, parse_range
-
-PASTE = Window(col_off=270, row_off=150, width=100, height=100)
-"""Where the patch goes in the later copy: inside the tile at col 256, row 128 of a 128 px grid."""
 
 
 def test_ranges_parse_and_refuse() -> None:
@@ -39,21 +33,10 @@ def test_ranges_parse_and_refuse() -> None:
 
 @pytest.fixture(scope="module")
 def naip(tmp_path_factory: pytest.TempPathFactory, tiny_clip_dir: Path) -> dict[str, object]:
-    base = require_shared_data("geotiffs", "opengeos_data")
+    require_shared_data("geotiffs", "opengeos_data")
     root = tmp_path_factory.mktemp("change")
-    y2009, y2020 = base / "naip_m_4709963_se_14_1_20090818.tif", base / "naip_m_4709963_se_14_1_20200831.tif"
-    with rasterio.open(ORTHO) as src:
-        patch = src.read((1, 2, 3), window=Window(src.width // 2, src.height // 2, PASTE.width, PASTE.height))
-    pasted = root / "naip_2020_pasted.tif"
-    with rasterio.open(y2020) as src:
-        profile, data = src.profile, src.read()
-    data[:3, PASTE.row_off:PASTE.row_off + PASTE.height, PASTE.col_off:PASTE.col_off + PASTE.width] = patch
-    with rasterio.open(pasted, "w", **profile) as dst:
-        dst.write(data)
-    from PIL import Image
-
-    example = root / "patch.png"
-    Image.fromarray(np.moveaxis(patch, 0, -1)).save(example)
+    y2009, y2020 = NAIP_2009, NAIP_2020
+    pasted, example = pasted_naip(root)
     env = {"FTF_MODEL": str(tiny_clip_dir), "FTF_CONFIG": str(root / "none.toml"), "FTF_STORE": str(root / "store")}
     cli = InProcess(env)
     for path, when in ((y2009, "2009-08-18"), (y2020, "2020-08-31"), (pasted, "2021-08-31")):
@@ -103,6 +86,52 @@ def test_change_by_example_ranks_the_pasted_place_first(naip: dict) -> None:
     gone = json.loads(cli("change", "--like", str(naip["example"]), "--before", "2020-01-01/2021-01-01",
                           "--after", "2021-01-01/..", "--json", "--k", "5", "--disappeared").stdout)
     assert top["after"]["window"] not in [g["after"]["window"] for g in gone]  # it rose: it is not what fell
+
+
+@pytest.mark.usefixtures("shared_data")
+def test_change_chips_are_before_after_pairs_with_regions_outlined(naip: dict, tmp_path: Path) -> None:
+    import numpy as np
+    from PIL import Image
+
+    from ftfsearch.chips import OUTLINE_RGB, PAIR_GAP, PAIR_SIDE
+
+    proc = naip["cli"]("change", "--like", str(naip["example"]), "--before", "2020-01-01/2021-01-01",
+                       "--after", "2021-01-01/..", "--k", "2", "--chips", str(tmp_path / "chips"))
+    assert proc.returncode == 0, proc.stderr
+    pngs = sorted((tmp_path / "chips").glob("*_pair.png"))
+    assert [p.name[:4] for p in pngs] == ["001_", "002_"] and "naip_2020_pasted" in pngs[0].name
+    pixels = np.asarray(Image.open(pngs[0]).convert("RGB"))
+    side = pixels.shape[0]  # the tiles' own 128 px (a chip is never larger than its scene pixels)
+    assert side == min(PAIR_SIDE, 128) and pixels.shape == (side, 2 * side + PAIR_GAP, 3)
+    before, after = pixels[:, :side], pixels[:, side + PAIR_GAP:]
+    for half in (before, after):  # each side has its matched region outlined
+        assert (half == np.asarray(OUTLINE_RGB, dtype=np.uint8)).all(axis=-1).sum() > 50
+    assert (pixels[:, side:side + PAIR_GAP] == 255).all()
+    assert np.abs(before.astype(int) - after.astype(int)).mean() > 5  # the pasted patch shows on the right
+
+
+@pytest.mark.usefixtures("shared_data")
+def test_change_in_an_area(naip: dict, tmp_path: Path) -> None:
+    cli = naip["cli"]
+    everywhere = json.loads(cli("change", "--before", "2020-01-01/2021-01-01", "--after", "2021-01-01/..", "--json",
+                                "--k", "1000").stdout)
+    top = everywhere[0]["after"]["bbox"]  # the pasted place: an area around its tile's centre
+    cx, cy = (top[0] + top[2]) / 2, (top[1] + top[3]) / 2
+    dx, dy = (top[2] - top[0]) / 4, (top[3] - top[1]) / 4
+    area = tmp_path / "area.geojson"
+    area.write_text(json.dumps({"type": "Polygon", "coordinates": [[[cx - dx, cy - dy], [cx + dx, cy - dy],
+                                                                    [cx + dx, cy + dy], [cx - dx, cy + dy],
+                                                                    [cx - dx, cy - dy]]]}))
+    proc = cli("change", "--before", "2020-01-01/2021-01-01", "--after", "2021-01-01/..", "--json", "--k", "1000",
+               "--aoi", str(area))
+    assert proc.returncode == 0, proc.stderr
+    inside = json.loads(proc.stdout)
+    assert inside[0]["after"]["window"] == everywhere[0]["after"]["window"]
+    assert 1 <= len(inside) < len(everywhere) / 4  # the tiles touching a quarter-tile square
+    point = tmp_path / "point.geojson"
+    point.write_text(json.dumps({"type": "Point", "coordinates": [cx, cy]}))
+    assert_one_line_error(cli("change", "--before", "2020-01-01/2021-01-01", "--after", "2021-01-01/..",
+                              "--aoi", str(point)), "--aoi")
 
 
 @pytest.mark.usefixtures("shared_data")

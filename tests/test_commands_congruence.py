@@ -31,6 +31,10 @@ from ftfsearch.commands import (
     ReviewRequest,
     ScenesRequest,
     SearchRequest,
+    WatchAddRequest,
+    WatchHitsRequest,
+    WatchListRequest,
+    WatchRmRequest,
     open_commands,
 )
 from ftfsearch.commands.local import LocalCommands
@@ -41,7 +45,7 @@ from ftfsearch.examples import parse_ref
 from ingest.tiling import TilingSpec
 
 SCENES = (GEOTIFFS / "rasterio" / "RGB.byte.tif", GEOTIFFS / "solaris_spacenet" / "sample_geotiff_custom_proj.tif")
-TIMES = {"seconds", "stages", "tiles_per_s", "timings_ms"}
+TIMES = {"seconds", "stages", "tiles_per_s", "timings_ms", "created"}
 """Wall times differ between two runs of anything; every other field must be equal."""
 
 
@@ -197,6 +201,11 @@ def outcomes(commands: Commands, requests: list[SearchRequest], push_to: Path,
         "scenes": commands.scenes(ScenesRequest()),
         "info": commands.info(InfoRequest()),
         "push": commands.push(PushRequest(to=str(push_to), collection="copy")),
+        "watches": commands.watch_list(WatchListRequest()),
+        "hits": commands.watch_hits(WatchHitsRequest(name="anything")),
+        # added with the default threshold (from the stored tiles), then removed
+        "watch round": (commands.watch_add(WatchAddRequest(name="river", text="a river")),
+                        commands.watch_rm(WatchRmRequest(name="river"))),
     }
 
 
@@ -208,6 +217,12 @@ def refusals(commands: Commands) -> list[tuple[str, str]]:
         out.append((type(raised.value).__name__, raised.value.message))
     with pytest.raises(FtfError) as raised:
         commands.drop(DropRequest(scene_id="no-such-scene"))
+    out.append((type(raised.value).__name__, raised.value.message))
+    with pytest.raises(FtfError) as raised:
+        commands.watch_rm(WatchRmRequest(name="nope"))
+    out.append((type(raised.value).__name__, raised.value.message))
+    with pytest.raises(FtfError) as raised:
+        commands.watch_add(WatchAddRequest(name="anything", text="roads", min_score=0.5))
     out.append((type(raised.value).__name__, raised.value.message))
     with pytest.raises(FtfError) as raised:  # no scene has a time: nothing to compare
         commands.change(ChangeRequest(before="../2000-01-01", after="2020-01-01/.."))
@@ -228,6 +243,7 @@ def test_every_command_answers_the_same_here_and_through_the_holder(
 
     # here: ingest, read, push, refuse; then drop a scene and ingest again (one scene anew, one resumed)
     here = LocalCommands.from_settings(settings_of(store, model_dir))
+    here.watch_add(WatchAddRequest(name="anything", text="a place", min_score=-1.0))  # fires on every tile
     first = here.ingest(ingest, Recorder())
     assert [s.state for s in first.scenes] == ["complete", "complete"] and len(first.failed) == 1
     requests = search_requests(here)
@@ -260,6 +276,13 @@ def test_every_command_answers_the_same_here_and_through_the_holder(
     same(local["scenes"], through["scenes"], "scenes")
     same(local["info"], through["info"], "info")
     same(local["push"], through["push"], "push", frozenset(TIMES | {"target"}))
+    same(local["watches"], through["watches"], "watch list")
+    # the dropped scene's tiles fired again when re-ingested (found anew): the same hits, by tile
+    by_tile = [sorted(o["hits"].hits, key=lambda h: h.tile_id) for o in (local, through)]
+    same(by_tile[0], by_tile[1], "watch hits", frozenset(TIMES | {"found_at"}))
+    same(local["hits"].watch, through["hits"].watch, "watch hits' watch")
+    same(local["watch round"], through["watch round"], "watch add and rm")
+    assert len(local["hits"].hits) == local["info"]["tiles"]  # it saw every tile written
     assert local["push"].target_tiles == local["info"]["tiles"] > 0
     same(dropped_here, dropped_there, "drop")
     same(again_here, again_there, "ingest")

@@ -158,9 +158,10 @@ def browser() -> Iterator[object]:
             b.close()
 
 
-def _save_screenshot(page: object, tmp_path: Path, name: str = "screenshot") -> Path:
+def _save_screenshot(page: object, tmp_path: Path, name: str = "screenshot",
+                     clip: dict[str, float] | None = None) -> Path:
     shot = tmp_path / f"ftfsearch-{name}.png"
-    page.screenshot(path=str(shot))  # type: ignore[attr-defined]
+    page.screenshot(path=str(shot), clip=clip)  # type: ignore[attr-defined]
     if os.environ.get("FTF_TEST_ARTIFACTS"):
         target = Path(os.environ["FTF_TEST_ARTIFACTS"])
         target.mkdir(parents=True, exist_ok=True)
@@ -491,3 +492,61 @@ def test_area_classify_review_estimate_and_export_in_chromium(server: Server, br
     assert b"geo" in table.schema.metadata and table.num_rows == len(collection["features"])
     assert not problems, problems
     page.close()
+# -- the change mode (issue 25): two dates side by side, and the watches' new hits ------------------
+
+
+@pytest.fixture(scope="module")
+def change_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """NAIP of 2009 and a 2021 copy with a pasted patch, a watch added between the two ingests."""
+    from _data import require_shared_data
+    from _scenes import NAIP_2009, pasted_naip
+
+    require_shared_data("geotiffs", "opengeos_data")
+    demo = demo_store(tmp_path_factory)
+    root = tmp_path_factory.mktemp("change-page")
+    pasted, _ = pasted_naip(root)
+    env = {**os.environ, "FTF_CONFIG": str(root / "none.toml")}
+    env.pop("FTF_BASEMAP_URL", None)
+    base = ["--store", str(root / "store"), "--model", str(demo.model_dir), "--device", "cpu"]
+    steps = [["ingest", str(NAIP_2009), "--acquired", "2009-08-18", "--tile-size", "128", "--levels", "1"],
+             ["watch", "add", "anything", "a place", "--min-score", "-1"],
+             ["ingest", str(pasted), "--acquired", "2021-08-31", "--tile-size", "128", "--levels", "1"]]
+    for step in steps:
+        proc = subprocess.run([ftfsearch_command(), *step, *base], capture_output=True, text=True, timeout=300,
+                              env=env)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    log = root / "serve.log"
+    with running_serve([ftfsearch_command(), "serve", *base], env, log, timeout=180) as (proc, url):
+        yield Server(url, int(url.rsplit(":", 1)[1]), proc, log, demo)
+
+
+def test_change_view_in_chromium(change_server: Server, browser: object, tmp_path: Path) -> None:
+    page = browser.new_page(viewport={"width": 1400, "height": 860})  # type: ignore[attr-defined]
+    problems: list[str] = []
+    page.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
+    page.on("console", lambda msg: problems.append(f"console: {msg.text}") if msg.type == "error" else None)
+    page.on("requestfailed", lambda req: problems.append(f"request failed: {req.url}"))
+    page.goto(change_server.url + "/?change=1&before=../2015-01-01&after=2015-01-01/..")
+    page.wait_for_selector("body[data-ready='1']", timeout=30_000)
+    assert page.locator("#change").is_visible() and page.locator("#results").is_hidden()
+    page.wait_for_selector(".change-place", timeout=60_000)
+    page.wait_for_function("[...document.querySelectorAll('.change-side img')].every(i => i.complete && i.naturalWidth > 0)")
+    api = json.loads(http_get(f"{change_server.url}/api/change?before=../2015-01-01&after=2015-01-01/..&k=10")[1])
+    places = page.locator(".change-place")
+    assert places.count() == len(api["places"]) == 10
+    first = places.nth(0).inner_text()
+    assert api["places"][0]["after"]["scene_id"] in first and f"{api['places'][0]['change']:.4f}" in first
+    assert "2009-08-18" in first and "2021-08-31" in first  # the two dates side by side
+    assert page.locator(".change-place").nth(0).locator("img").count() == 2
+    # the watch added between the ingests, with its newest hits (all from the later scene)
+    page.wait_for_selector(".watch-hit")
+    assert "anything" in page.inner_text("#watch-list")
+    assert all("naip_2020_pasted" in t for t in page.locator(".watch-hit").all_inner_texts())
+    # the toggle leaves the change mode for the search list
+    page.click("#change-toggle")
+    assert page.locator("#change").is_hidden() and page.locator("#results").count() == 1
+    page.click("#change-toggle")
+    page.wait_for_timeout(300)
+    shot = _save_screenshot(page, tmp_path, "screenshot-change", clip={"x": 0, "y": 0, "width": 1020, "height": 860})
+    assert shot.stat().st_size > 20_000
+    assert not problems, problems

@@ -30,6 +30,15 @@ from ftfsearch.commands.requests import (
     ScenesRequest,
     SearchOutcome,
     SearchRequest,
+    WatchAddRequest,
+    WatchDeliverOutcome,
+    WatchDeliverRequest,
+    WatchHitsOutcome,
+    WatchHitsRequest,
+    WatchListRequest,
+    WatchRmOutcome,
+    WatchRmRequest,
+    WatchRow,
 )
 from ftfsearch.config import Settings
 
@@ -54,4 +63,6 @@ def open_commands(settings: Settings, notify: Callable[[str], None] = lambda _: 
 __all__ = [
     "ChangeOutcome", "ChangeRequest", "ClassifyPage", "ClassifyPlan", "ClassifyRequest", "Commands", "DropOutcome", "DropRequest", "FindPage", "FindPlan", "FindRequest", "InfoRequest", "IngestObserver", "IngestOutcome", "IngestRequest",
     "PushRequest", "ReviewOutcome", "ReviewRequest", "SceneRow", "ScenesRequest", "SearchOutcome", "SearchRequest", "open_commands",
+    "WatchAddRequest", "WatchDeliverOutcome", "WatchDeliverRequest", "WatchHitsOutcome", "WatchHitsRequest",
+    "WatchListRequest", "WatchRmOutcome", "WatchRmRequest", "WatchRow",
 ]

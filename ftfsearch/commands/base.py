@@ -34,6 +34,15 @@ from ftfsearch.commands.requests import (
     ScenesRequest,
     SearchOutcome,
     SearchRequest,
+    WatchAddRequest,
+    WatchDeliverOutcome,
+    WatchDeliverRequest,
+    WatchHitsOutcome,
+    WatchHitsRequest,
+    WatchListRequest,
+    WatchRmOutcome,
+    WatchRmRequest,
+    WatchRow,
 )
 from ftfsearch.store.transfer import PushSummary
 from ingest.pipeline import IngestFailure, SceneSummary
@@ -79,5 +88,15 @@ class Commands(Protocol):
     def drop(self, request: DropRequest) -> DropOutcome: ...
 
     def push(self, request: PushRequest) -> PushSummary: ...
+
+    def watch_add(self, request: WatchAddRequest) -> WatchRow: ...
+
+    def watch_list(self, request: WatchListRequest) -> list[WatchRow]: ...
+
+    def watch_rm(self, request: WatchRmRequest) -> WatchRmOutcome: ...
+
+    def watch_hits(self, request: WatchHitsRequest) -> WatchHitsOutcome: ...
+
+    def watch_deliver(self, request: WatchDeliverRequest) -> WatchDeliverOutcome: ...
 
     def close(self) -> None: ...

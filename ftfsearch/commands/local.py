@@ -35,6 +35,15 @@ from ftfsearch.commands.requests import (
     ScenesRequest,
     SearchOutcome,
     SearchRequest,
+    WatchAddRequest,
+    WatchDeliverOutcome,
+    WatchDeliverRequest,
+    WatchHitsOutcome,
+    WatchHitsRequest,
+    WatchListRequest,
+    WatchRmOutcome,
+    WatchRmRequest,
+    WatchRow,
 )
 from ftfsearch.config import Settings
 from ftfsearch.errors import BadInput, SceneNotFound
@@ -293,7 +302,7 @@ class LocalCommands:
         before, after = request.ranges()
         with self.access.searcher() as (searcher, _):
             out = change_search(searcher, before, after, text=request.text, examples=request.examples, k=request.k,
-                                bbox=request.bbox, disappeared=request.disappeared)
+                                bbox=request.bbox, disappeared=request.disappeared, area=request.area())
         return ChangeOutcome(hits=out.hits, timings_ms=out.timings_ms, warnings=out.warnings)
 
     def ingest(self, request: IngestRequest, observer: IngestObserver | None = None) -> IngestOutcome:
@@ -347,5 +356,72 @@ class LocalCommands:
             finally:
                 target.close()
 
+    def watch_add(self, request: WatchAddRequest) -> WatchRow:
+
+        from ftfsearch.area import store_filter
+        from ftfsearch.collection import collection_meta
+        from ftfsearch.errors import BadInput
+        from ftfsearch.find import query_vector
+        from ftfsearch.watch import KIND_WATCH, Watch, add_watch, default_threshold
+
+        encoder = self.access.encoder()
+        with self.access.store(read_only=False) as db:
+            if db.list_records(KIND_WATCH, {"name": request.name}):
+                add_watch(db, Watch(request.name, "", [], 0.0, "", ""))  # refused: the name is taken
+            stored = db.meta() is not None and db.count_tiles() > 0
+            if request.min_score is None and not stored:
+                raise BadInput("`min_score`: no tile is stored yet to choose the threshold from; give one "
+                               "(a two-stage score, as 'ftfsearch query' prints), or add the watch after a first ingest")
+            query, _ = query_vector(encoder, db, request.text, request.examples)
+            params = encoder.rerank_params
+            rerank = {"tau": params.tau, "alpha": params.alpha, "balanced": params.balanced}
+            if request.min_score is None:
+                area = request.area()
+                bbox, center_in = store_filter(area, None, db) if area is not None else (None, ())
+                flt = QueryFilter(bbox=bbox, center_in=center_in) if bbox or center_in else None
+                threshold, source = default_threshold(db, query, rerank, flt, area)
+            else:
+                threshold, source = float(request.min_score), "given (--min-score)"
+            db.ensure_collection(collection_meta(encoder))  # a watch may come before the first scene
+            watch = Watch(name=request.name, query=request.described(), vector=[float(v) for v in query],
+                          min_score=threshold, threshold_source=source, model_id=encoder.id, aoi=request.aoi,
+                          webhook=request.webhook, rerank=rerank)
+            add_watch(db, watch)
+            return _watch_row(db, watch)
+
+    def watch_list(self, request: WatchListRequest) -> list[WatchRow]:
+        from ftfsearch.watch import list_watches
+
+        with self.access.store(read_only=True) as db:
+            return [_watch_row(db, w) for w in list_watches(db)]
+
+    def watch_rm(self, request: WatchRmRequest) -> WatchRmOutcome:
+        from ftfsearch.watch import remove_watch
+
+        with self.access.store(read_only=False) as db:
+            return WatchRmOutcome(name=request.name, hits_removed=remove_watch(db, request.name))
+
+    def watch_hits(self, request: WatchHitsRequest) -> WatchHitsOutcome:
+        from ftfsearch.watch import get_watch, watch_hits
+
+        with self.access.store(read_only=True) as db:
+            hits = watch_hits(db, request.name, request.since)
+            return WatchHitsOutcome(watch=_watch_row(db, get_watch(db, request.name)), hits=hits)
+
+    def watch_deliver(self, request: WatchDeliverRequest) -> WatchDeliverOutcome:
+        from ftfsearch.watch import deliver
+
+        with self.access.store(read_only=False) as db:
+            report = deliver(db, request.name, timeout=request.timeout, tries=request.tries)
+        return WatchDeliverOutcome(delivered=report.delivered, failed=report.failed, errors=report.errors)
+
     def close(self) -> None:
         """Nothing held between commands."""
+
+
+def _watch_row(db: Store, watch: Any) -> WatchRow:
+    """A watch with the count of its hits and of those its webhook is still owed."""
+    from ftfsearch.watch import KIND_HIT
+
+    hits = db.list_records(KIND_HIT, {"watch": watch.name})
+    return WatchRow(**watch.summary(), hits=len(hits), pending=sum(bool(h.get("pending")) for h in hits))

@@ -30,13 +30,21 @@ from ftfsearch.commands.requests import (
     IngestOutcome,
     IngestRequest,
     PushRequest,
-    QueryScope,
     ReviewOutcome,
     ReviewRequest,
     SceneRow,
     ScenesRequest,
     SearchOutcome,
     SearchRequest,
+    WatchAddRequest,
+    WatchDeliverOutcome,
+    WatchDeliverRequest,
+    WatchHitsOutcome,
+    WatchHitsRequest,
+    WatchListRequest,
+    WatchRmOutcome,
+    WatchRmRequest,
+    WatchRow,
 )
 from ftfsearch.config import Settings
 from ftfsearch.errors import StoreUnavailable
@@ -45,11 +53,12 @@ from ftfsearch.store.transfer import PushSummary
 from ingest.pipeline import IngestFailure, SceneSummary
 
 _ROWS = TypeAdapter(list[SceneRow])
-Q = TypeVar("Q", bound=QueryScope)
+Q = TypeVar("Q", SearchRequest, FindRequest, WatchAddRequest)
 P = TypeVar("P", bound=BaseModel)
 G = TypeVar("G", bound=BaseModel)
 _PUSH = TypeAdapter(PushSummary)
 _SUMMARY = TypeAdapter(SceneSummary)
+_WATCHES = TypeAdapter(list[WatchRow])
 
 
 def _absolute(path: Any) -> Any:
@@ -165,6 +174,21 @@ class HolderCommands:
         sent = request if request.api_key is not None else request.model_copy(
             update={"api_key": self.settings.qdrant_api_key})
         return _PUSH.validate_python(self._post("/api/holder/push", sent))
+
+    def watch_add(self, request: WatchAddRequest) -> WatchRow:
+        return WatchRow.model_validate(self._post("/api/holder/watch/add", _with_absolute_images(request)))
+
+    def watch_list(self, request: WatchListRequest) -> list[WatchRow]:
+        return _WATCHES.validate_python(self._post("/api/holder/watch/list", request))
+
+    def watch_rm(self, request: WatchRmRequest) -> WatchRmOutcome:
+        return WatchRmOutcome.model_validate(self._post("/api/holder/watch/rm", request))
+
+    def watch_hits(self, request: WatchHitsRequest) -> WatchHitsOutcome:
+        return WatchHitsOutcome.model_validate(self._post("/api/holder/watch/hits", request))
+
+    def watch_deliver(self, request: WatchDeliverRequest) -> WatchDeliverOutcome:
+        return WatchDeliverOutcome.model_validate(self._post("/api/holder/watch/deliver", request))
 
     def close(self) -> None:
         """The holder keeps the store; nothing to close here."""

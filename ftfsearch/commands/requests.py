@@ -29,6 +29,7 @@ from ftfsearch.raster import is_url
 from ftfsearch.search import MAX_K, MAX_RECALL_K, Result, parse_bbox
 from ftfsearch.store.base import check_bbox
 from ftfsearch.times import TimeRange, check_range, check_ranges, parse_range, parse_time
+from ftfsearch.watch import WatchHit
 from ingest.pipeline import IngestFailure, IngestOptions, SceneSummary
 from ingest.stac import StacScene
 from ingest.tiling import TilingSpec
@@ -326,8 +327,14 @@ class ChangeRequest(Request):
     bbox: tuple[float, float, float, float] | None = None
     disappeared: bool = False
     """Rank by how much the score fell (what disappeared) rather than rose."""
+    aoi: dict[str, Any] | None = None
+    """Only places whose tiles intersect this area (GeoJSON, checked as ``Scope.aoi``)."""
 
     _bbox = field_validator("bbox", mode="before")(SearchRequest._bbox.__func__)  # type: ignore[attr-defined]
+    _aoi = field_validator("aoi", mode="before")(Scope._aoi.__func__)  # type: ignore[attr-defined]
+
+    def area(self) -> Area | None:
+        return None if self.aoi is None else Area.from_geojson(self.aoi)
 
     @field_validator("before", "after", mode="before")
     @classmethod
@@ -446,3 +453,119 @@ class PushRequest(Request):
     timeout: float | None = None
     shards: int | None = None
     replication_factor: int | None = None
+
+
+# -- watches (standing queries, :mod:`ftfsearch.watch`) --------------------------------------------
+
+
+class WatchAddRequest(Request):
+    """``watch add`` / ``POST /api/watches``: a standing query scored on every tile an ingest writes."""
+
+    name: str
+    text: str | None = None
+    examples: tuple[ExampleRef, ...] = ()
+    aoi: dict[str, Any] | None = None
+    """Only tiles whose footprint intersects this area (GeoJSON, checked as ``Scope.aoi``)."""
+    min_score: float | None = Field(None, ge=-1.0, le=1.0)
+    """None: find's default threshold over a sample of the stored tiles (some must be stored)."""
+    webhook: str | None = None
+    """An http(s) URL that new hits are POSTed to as GeoJSON."""
+
+    _aoi = field_validator("aoi", mode="before")(Scope._aoi.__func__)  # type: ignore[attr-defined]
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        from ftfsearch.watch import check_name
+
+        return check_name(value)
+
+    @field_validator("webhook")
+    @classmethod
+    def _webhook(cls, value: str | None) -> str | None:
+        from ftfsearch.watch import check_webhook
+
+        return check_webhook(value)
+
+    @model_validator(mode="after")
+    def _check(self) -> "WatchAddRequest":
+        QueryScope.model_validate({"text": self.text, "examples": self.examples})  # the query's own checks
+        return self
+
+    def area(self) -> Area | None:
+        return None if self.aoi is None else Area.from_geojson(self.aoi)
+
+    def described(self) -> str:
+        """What the watch looks for, in a line."""
+        likes = [e.text for e in self.examples if e.positive]
+        unlikes = [e.text for e in self.examples if not e.positive]
+        return " ".join([repr(self.text)] * bool(self.text) + [f"like {', '.join(likes)}"] * bool(likes)
+                        + [f"unlike {', '.join(unlikes)}"] * bool(unlikes))
+
+
+class WatchRow(BaseModel):
+    """A watch as ``watch list`` shows it (its query vector stays in the store)."""
+
+    name: str
+    query: str
+    min_score: float
+    threshold_source: str
+    model_id: str
+    aoi: dict[str, Any] | None = None
+    webhook: str | None = None
+    created: str
+    hits: int = 0
+    pending: int = 0
+    """Hits its webhook is still owed."""
+
+
+class WatchListRequest(Request):
+    """``watch list`` / ``GET /api/watches``."""
+
+
+class WatchRmRequest(Request):
+    """``watch rm`` / ``DELETE /api/watches/{name}``: the watch and its hits."""
+
+    name: str
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        from ftfsearch.watch import check_name
+
+        return check_name(value)
+
+
+class WatchRmOutcome(BaseModel):
+    name: str
+    hits_removed: int
+
+
+class WatchHitsRequest(WatchRmRequest):
+    """``watch hits`` / ``GET /api/watches/{name}/hits``: hits found at or after ``since``, newest first."""
+
+    since: datetime | None = None
+
+    @field_validator("since", mode="before")
+    @classmethod
+    def _since(cls, value: Any) -> Any:
+        return parse_time(value or None, "since")
+
+
+class WatchHitsOutcome(BaseModel):
+    watch: WatchRow
+    hits: list[WatchHit]
+
+
+class WatchDeliverRequest(Request):
+    """``watch deliver``: POST the pending hits (of one watch, or all) to their webhooks now."""
+
+    name: str | None = None
+    timeout: float = Field(5.0, gt=0.0, le=120.0)
+    tries: int = Field(3, ge=1, le=20)
+
+
+class WatchDeliverOutcome(BaseModel):
+    delivered: int
+    failed: int
+    errors: dict[str, str]

@@ -318,6 +318,21 @@ class Store(Protocol):
         """Every recorded source failure, by source; empty when the collection does not exist."""
         ...
 
+    def put_records(self, kind: str, records: list[tuple[str, dict[str, Any]]]) -> None:
+        """Write (or replace) small records of one ``kind`` (watches and their hits) beside the scene
+        records, each ``(key, payload)``; the payload is stored with ``kind`` and ``key`` added.
+        The collection must exist. Kept in the store so every process using it sees the same ones."""
+        ...
+
+    def list_records(self, kind: str, match: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        """Payloads of every record of ``kind`` whose fields equal ``match``'s (keywords, integers,
+        booleans), in no particular order; empty when the collection does not exist."""
+        ...
+
+    def delete_records(self, kind: str, match: dict[str, Any] | None = None) -> None:
+        """Delete the records of ``kind`` whose fields equal ``match``'s (all of the kind without)."""
+        ...
+
     def optimize(self) -> bool:
         """Build indexes now (Edge builds HNSW only when asked; a server does it by itself)."""
         ...

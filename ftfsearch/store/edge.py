@@ -162,6 +162,11 @@ def _scene_filter(scene_id: str) -> qe.Filter:
     return qe.Filter(must=[qe.FieldCondition("scene_id", match=qe.MatchValue(scene_id))])
 
 
+def _kind_filter(kind: str, match: dict[str, Any] | None = None) -> qe.Filter:
+    return qe.Filter(must=[qe.FieldCondition(k, match=qe.MatchValue(v))
+                           for k, v in {"kind": kind, **(match or {})}.items()])
+
+
 class EdgeStore:
     """A tiles collection and its scenes registry in a local directory (Qdrant Edge)."""
 
@@ -609,12 +614,12 @@ class EdgeStore:
     def list_scenes(self) -> list[SceneRecord]:
         return sorted((SceneRecord.from_payload(p) for p in self._scroll_kind(KIND_SCENE)), key=lambda s: s.scene_id)
 
-    def _scroll_kind(self, kind: str) -> list[dict[str, Any]]:
-        """Payloads of every point of one ``kind`` in the scenes shard."""
+    def _scroll_kind(self, kind: str, match: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        """Payloads of every point of one ``kind`` in the scenes shard (whose fields equal ``match``'s)."""
         self._check_open()
         if self._scenes is None:
             return []
-        flt = qe.Filter(must=[qe.FieldCondition("kind", match=qe.MatchValue(kind))])
+        flt = _kind_filter(kind, match)
         out: list[dict[str, Any]] = []
         offset: Any = None
         while True:
@@ -640,3 +645,22 @@ class EdgeStore:
 
     def list_failures(self) -> list[SourceFailure]:
         return sorted((SourceFailure.from_payload(p) for p in self._scroll_kind(KIND_FAILURE)), key=lambda f: f.source)
+
+    # -- records (watches, their hits) ----------------------------------------------------
+
+    def put_records(self, kind: str, records: list[tuple[str, dict[str, Any]]]) -> None:
+        self._check_writable(f"record {kind}")
+        scenes = self._need_scenes()
+        for sl in chunks(len(records), _UPSERT_CHUNK):
+            part = records[sl]
+            points = [qe.Point(schema.record_point_id(kind, key), {}, {**payload, "kind": kind, "key": key})
+                      for key, payload in part]
+            scenes.update(qe.UpdateOperation.upsert_points(points))
+
+    def list_records(self, kind: str, match: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        return self._scroll_kind(kind, match)
+
+    def delete_records(self, kind: str, match: dict[str, Any] | None = None) -> None:
+        self._check_writable(f"delete {kind}")
+        if self._scenes is not None:
+            self._scenes.update(qe.UpdateOperation.delete_points_by_filter(_kind_filter(kind, match)))

@@ -48,6 +48,11 @@ def failure_point_id(source: str) -> str:
     return str(uuid.uuid5(FTF_NAMESPACE, f"failure/{source}"))
 
 
+def record_point_id(kind: str, key: str) -> str:
+    """The point of a small record of ``kind`` (a watch, a watch's hit) in the scenes collection."""
+    return str(uuid.uuid5(FTF_NAMESPACE, f"record/{kind}/{key}"))
+
+
 META_POINT_ID = str(uuid.uuid5(FTF_NAMESPACE, "collection-meta"))
 
 

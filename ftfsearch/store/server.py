@@ -155,6 +155,11 @@ def _scene_filter(scene_id: str) -> qm.Filter:
     return qm.Filter(must=[qm.FieldCondition(key="scene_id", match=qm.MatchValue(value=scene_id))])
 
 
+def _kind_filter(kind: str, match: dict[str, Any] | None = None) -> qm.Filter:
+    return qm.Filter(must=[qm.FieldCondition(key=k, match=qm.MatchValue(value=v))
+                           for k, v in {"kind": kind, **(match or {})}.items()])
+
+
 class ServerStore:
     """A tiles collection and its scenes registry on a Qdrant server."""
 
@@ -782,9 +787,10 @@ class ServerStore:
         return sorted((SceneRecord.from_payload(p) for p in self._scroll_kind(KIND_SCENE, "list scenes")),
                       key=lambda s: s.scene_id)
 
-    def _scroll_kind(self, kind: str, what: str) -> list[dict[str, Any]]:
-        """Payloads of every point of one ``kind`` in the scenes collection (none when it is missing)."""
-        flt = qm.Filter(must=[qm.FieldCondition(key="kind", match=qm.MatchValue(value=kind))])
+    def _scroll_kind(self, kind: str, what: str, match: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        """Payloads of every point of one ``kind`` in the scenes collection (whose fields equal
+        ``match``'s; none when it is missing)."""
+        flt = _kind_filter(kind, match)
         out: list[dict[str, Any]] = []
         offset: Any = None
         while True:
@@ -830,3 +836,31 @@ class ServerStore:
     def list_failures(self) -> list[SourceFailure]:
         return sorted((SourceFailure.from_payload(p) for p in self._scroll_kind(KIND_FAILURE, "list failures")),
                       key=lambda f: f.source)
+
+    # -- records (watches, their hits) ----------------------------------------------------
+
+    def put_records(self, kind: str, records: list[tuple[str, dict[str, Any]]]) -> None:
+        what = f"record {kind}"
+        self._check_writable(what)
+        for sl in chunks(len(records), 256):
+            part = records[sl]
+            points = [qm.PointStruct(id=schema.record_point_id(kind, key), vector={},
+                                     payload={**payload, "kind": kind, "key": key}) for key, payload in part]
+            try:
+                self._retried(what, lambda p=points: self._client.upsert(  # type: ignore[misc]
+                    self.scenes_collection, p, wait=True))
+            except _Missing:
+                raise self._missing_collection() from None
+
+    def list_records(self, kind: str, match: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        return self._scroll_kind(kind, f"list {kind}", match)
+
+    def delete_records(self, kind: str, match: dict[str, Any] | None = None) -> None:
+        what = f"delete {kind}"
+        self._check_writable(what)
+        flt = _kind_filter(kind, match)
+        try:
+            self._retried(what, lambda: self._client.delete(self.scenes_collection, qm.FilterSelector(filter=flt),
+                                                            wait=True))
+        except _Missing:
+            pass

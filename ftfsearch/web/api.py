@@ -38,6 +38,7 @@ from ftfsearch.web.schemas import (
     QueryParams,
     SearchHit,
     SearchParams,
+    WatchBody,
 )
 
 log = logging.getLogger(__name__)
@@ -88,7 +89,7 @@ def chip_url(request: Request, tile_id: str, region: int | None) -> str:
 # -- search --------------------------------------------------------------------------------------
 
 
-def example_refs(params: QueryParams | ChangeParams) -> list[ExampleRef]:
+def example_refs(params: QueryParams | ChangeParams | WatchBody) -> list[ExampleRef]:
     """Stored tiles and points only: the server reads no file a client names (POST an image)."""
     given = (("like", params.like), ("unlike", params.unlike), ("like_region", params.like_region),
              ("unlike_region", params.unlike_region))

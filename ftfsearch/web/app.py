@@ -27,7 +27,7 @@ from starlette.concurrency import run_in_threadpool
 
 from ftfsearch.config import Settings
 from ftfsearch.keys import KeyRing
-from ftfsearch.web import api
+from ftfsearch.web import api, watch_api
 from ftfsearch.web.auth import Guard, check_routes
 from ftfsearch.web.http_errors import install_error_handlers
 from ftfsearch.web.resources import Resources, ServeOptions
@@ -91,6 +91,7 @@ def create_app(
         )
     install_error_handlers(app)
     app.include_router(api.router)
+    app.include_router(watch_api.router)
     _add_page(app)
     check_routes(app.routes)
     return app

@@ -53,6 +53,10 @@ ROUTE_ACCESS: dict[tuple[str, str], Access] = {
     ("GET", "/api/tiles/{tile_id}/chip.png"): "read",
     ("GET", "/api/scenes/{scene_id}/preview.png"): "read",
     ("DELETE", "/api/scenes/{scene_id}"): "write",
+    ("GET", "/api/watches"): "read",
+    ("POST", "/api/watches"): "write",
+    ("DELETE", "/api/watches/{name}"): "write",
+    ("GET", "/api/watches/{name}/hits"): "read",
 }
 """(method, route path) -> who may call it: the one place a route's access is decided. The guard
 matches requests against these paths itself (Starlette's own path patterns), so the decision never

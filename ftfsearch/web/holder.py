@@ -40,6 +40,11 @@ from ftfsearch.commands.requests import (
     ReviewRequest,
     ScenesRequest,
     SearchRequest,
+    WatchAddRequest,
+    WatchDeliverRequest,
+    WatchHitsRequest,
+    WatchListRequest,
+    WatchRmRequest,
 )
 from ftfsearch.errors import BadInput, FtfError, IngestCancelled, PermissionDenied, StoreLocked
 from ftfsearch.net import LOOPBACK_HOSTS, LOOPBACK_IP
@@ -322,6 +327,22 @@ async def change(holder: HolderDep, body: Body) -> dict[str, Any]:
     request = ChangeRequest.model_validate(body)
     out = await run_in_threadpool(holder.commands.change, request)
     return out.model_dump(mode="json")
+
+
+@router.post("/watch/{op}")
+async def watch(holder: HolderDep, op: str, body: Body) -> Any:
+    """The watch commands (add, list, rm, hits, deliver), each with its request model."""
+    commands = holder.commands
+    calls: dict[str, tuple[Any, Any]] = {
+        "add": (WatchAddRequest, commands.watch_add), "list": (WatchListRequest, commands.watch_list),
+        "rm": (WatchRmRequest, commands.watch_rm), "hits": (WatchHitsRequest, commands.watch_hits),
+        "deliver": (WatchDeliverRequest, commands.watch_deliver),
+    }
+    if op not in calls:
+        raise BadInput(f"watch {op[:40]!r}: not a watch command (add, list, rm, hits, deliver)")
+    model, call = calls[op]
+    out = await run_in_threadpool(call, model.model_validate(body))
+    return [row.model_dump(mode="json") for row in out] if isinstance(out, list) else out.model_dump(mode="json")
 
 
 @router.post("/drop")

@@ -24,6 +24,7 @@ from ftfsearch.errors import (
     SourceUnavailable,
     StoreUnavailable,
     TileNotFound,
+    WatchNotFound,
 )
 
 log = logging.getLogger(__name__)
@@ -34,6 +35,7 @@ ERROR_STATUS: tuple[tuple[type[FtfError], int], ...] = (
     (PermissionDenied, 403),
     (SceneNotFound, 404),
     (TileNotFound, 404),
+    (WatchNotFound, 404),
     (CollectionNotFound, 404),
     (SourceUnavailable, 404),
     (ModelMismatch, 409),

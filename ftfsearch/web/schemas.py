@@ -9,6 +9,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, with_config
 
 from ftfsearch.commands.requests import DEFAULT_K, DEFAULT_RECALL_K, ChangeRequest, FindRequest, SearchRequest
+from ftfsearch.commands.requests import WatchAddRequest
 from ftfsearch.find import MAX_HITS
 from ftfsearch.examples import ExampleRef
 from ftfsearch.search import MAX_K, MAX_QUERY_CHARS, MAX_RECALL_K, ResultRecord
@@ -90,12 +91,36 @@ class ChangeParams(BaseModel):
     k: int = Field(DEFAULT_K, ge=1, le=MAX_K, description="number of places")
     bbox: str | None = Field(None, description="minlon,minlat,maxlon,maxlat (WGS84)")
     disappeared: bool = Field(False, description="rank by how much the score fell, not rose")
+    aoi: str | None = Field(None, max_length=MAX_AOI_QUERY_CHARS,
+                            description="only places intersecting this area: GeoJSON text (WGS84)")
 
     def to_request(self, examples: list[ExampleRef]) -> ChangeRequest:
         return ChangeRequest.model_validate({
             "text": self.q or None, "examples": tuple(examples), "k": self.k, "bbox": self.bbox,
-            "before": self.before, "after": self.after, "disappeared": self.disappeared,
+            "before": self.before, "after": self.after, "disappeared": self.disappeared, "aoi": self.aoi,
         })
+
+
+class WatchBody(BaseModel):
+    """``POST /api/watches``'s JSON body: :class:`~ftfsearch.commands.requests.WatchAddRequest` in
+    HTTP words (examples are stored tiles or points: the server reads no file a client names)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(..., max_length=64, description="the watch's name (letters, digits, '.', '_', '-')")
+    q: str | None = Field(None, max_length=4 * MAX_QUERY_CHARS, description="what to watch for, in plain words")
+    like: list[str] = Field([], description="an example: tile id or point lon,lat (repeatable)")
+    unlike: list[str] = Field([], description="an example of what not to find (repeatable)")
+    like_region: list[str] = Field([], description="REF:N: region N of a tile as the example")
+    unlike_region: list[str] = Field([], description="REF:N: a region not to find")
+    aoi: Any = Field(None, description="only tiles intersecting this area: a GeoJSON object (WGS84)")
+    min_score: float | None = Field(None, ge=-1.0, le=1.0, description=(
+        "the threshold; default: median + 4 robust SD of a sample of the stored tiles' scores"))
+    webhook: str | None = Field(None, max_length=2000, description="an http(s) URL new hits are POSTed to as GeoJSON")
+
+    def to_request(self, examples: list[ExampleRef]) -> WatchAddRequest:
+        return WatchAddRequest.model_validate({"name": self.name, "text": self.q or None, "examples": tuple(examples),
+                                               "aoi": self.aoi, "min_score": self.min_score, "webhook": self.webhook})
 
 
 class ErrorBody(BaseModel):

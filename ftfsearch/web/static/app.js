@@ -529,5 +529,6 @@
     }
   }
 
+  window.ftfsearch = { getJSON, showImage, setStatus };  // what change.js (the change mode) uses
   start();
 })();
