@@ -21,12 +21,15 @@ from ftfsearch.commands.requests import (
     ChangeRequest,
     DropOutcome,
     DropRequest,
+    ExportOutcome,
+    ExportRequest,
     FindPage,
     FindPlan,
     FindRequest,
     InfoRequest,
     IngestOutcome,
     IngestRequest,
+    MarksRequest,
     PushRequest,
     SceneRow,
     ScenesRequest,
@@ -72,5 +75,9 @@ class Commands(Protocol):
     def drop(self, request: DropRequest) -> DropOutcome: ...
 
     def push(self, request: PushRequest) -> PushSummary: ...
+
+    def labels(self, request: MarksRequest) -> dict[str, Any]: ...
+
+    def export_embeddings(self, request: ExportRequest) -> ExportOutcome: ...
 
     def close(self) -> None: ...

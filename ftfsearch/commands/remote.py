@@ -23,12 +23,15 @@ from ftfsearch.commands.requests import (
     ChangeRequest,
     DropOutcome,
     DropRequest,
+    ExportOutcome,
+    ExportRequest,
     FindPage,
     FindPlan,
     FindRequest,
     InfoRequest,
     IngestOutcome,
     IngestRequest,
+    MarksRequest,
     PushRequest,
     QueryScope,
     SceneRow,
@@ -48,11 +51,6 @@ P = TypeVar("P", bound=BaseModel)
 G = TypeVar("G", bound=BaseModel)
 _PUSH = TypeAdapter(PushSummary)
 _SUMMARY = TypeAdapter(SceneSummary)
-
-
-def _absolute(path: Any) -> Any:
-    """A local path as the holder (another working directory) finds it; URLs and STAC items as they are."""
-    return Path(path).absolute() if isinstance(path, Path) else path
 
 
 class HolderCommands:
@@ -115,7 +113,7 @@ class HolderCommands:
         model = request.model
         if model is not None and Path(model).exists():
             model = str(Path(model).absolute())
-        sent = request.model_copy(update={"sources": tuple(_absolute(s) for s in request.sources), "model": model})
+        sent = request.model_copy(update={"model": model})  # its sources' paths are absolute (ingest.sources)
         self._check_device()
         job = str(self._post("/api/holder/ingest", sent)["job"])
         pid = self.client.record.pid
@@ -160,6 +158,13 @@ class HolderCommands:
         sent = request if request.api_key is not None else request.model_copy(
             update={"api_key": self.settings.qdrant_api_key})
         return _PUSH.validate_python(self._post("/api/holder/push", sent))
+
+    def labels(self, request: MarksRequest) -> dict[str, Any]:
+        return dict(self._post("/api/holder/labels", request))
+
+    def export_embeddings(self, request: ExportRequest) -> ExportOutcome:
+        sent = request.model_copy(update={"out": request.out.absolute()})  # the holder's working directory is not ours
+        return ExportOutcome.model_validate(self._post("/api/holder/export-embeddings", sent))
 
     def close(self) -> None:
         """The holder keeps the store; nothing to close here."""

@@ -32,10 +32,12 @@ from ftfsearch.commands.requests import (
     ChangeRequest,
     DropOutcome,
     DropRequest,
+    ExportRequest,
     ClassifyRequest,
     FindRequest,
     InfoRequest,
     IngestRequest,
+    MarksRequest,
     PushRequest,
     ScenesRequest,
     SearchRequest,
@@ -327,6 +329,17 @@ async def drop(holder: HolderDep, body: Body) -> dict[str, Any]:
 async def push(holder: HolderDep, body: Body) -> dict[str, Any]:
     summary = await run_in_threadpool(holder.commands.push, PushRequest.model_validate(body))
     return _PUSH.dump_python(summary, mode="json")
+
+
+@router.post("/labels")
+async def labels(holder: HolderDep, body: Body) -> dict[str, Any]:
+    return await run_in_threadpool(holder.commands.labels, MarksRequest.model_validate(body))
+
+
+@router.post("/export-embeddings")
+async def export_embeddings(holder: HolderDep, body: Body) -> dict[str, Any]:
+    out = await run_in_threadpool(holder.commands.export_embeddings, ExportRequest.model_validate(body))
+    return out.model_dump(mode="json")
 
 
 @router.post("/ingest")
