@@ -1126,7 +1126,7 @@ def serve(
                                   help="The path prefix a reverse proxy serves this under, e.g. /ftfsearch."),
 ) -> None:
     """Serve the HTTP API (/api/search, /api/scenes, /api/info, chips) and the map page at /."""
-    from ftfsearch.errors import BadInput, CollectionNotFound
+    from ftfsearch.errors import BadInput
     from ftfsearch.keys import parse_rate_limit, read_keys
 
     for option, value in (("--chip-cache-mb", chip_cache_mb), ("--vector-cache-mb", vector_cache_mb)):
@@ -1152,7 +1152,8 @@ def serve(
 
     import uvicorn
 
-    from ftfsearch.web import Resources, ServeOptions, create_app
+    from ftfsearch.web import ServeOptions, create_app
+    from ftfsearch.web.holder import open_served
 
     options = ServeOptions(
         cors_origins=tuple(cors_origin or ()),
@@ -1165,26 +1166,9 @@ def serve(
         rate_limit=rate_limit,
     )
     logging.getLogger("ftfsearch.audit").setLevel(logging.INFO)  # every write, in the server log
-    # a Qdrant server's store is opened writable only where keys decide who writes
-    resources = Resources.open(settings, options, writable=not settings.qdrant_url or keys is not None)
-    if not settings.qdrant_url:
-        # The embedded store is ours alone: the other commands of this user work through us.
-        from ftfsearch.web.holder import Holder
-
-        holder = Holder(resources, settings, settings.resolved_store_dir, settings.collection)
-        try:
-            holder.start()
-        except BaseException:
-            resources.close()
-            raise
-        resources.before_close.append(holder.stop)
-    try:
-        resources.searcher()
-    except CollectionNotFound as exc:
-        err.print(Text(f"warning: {_as_flags(exc.message)}"), highlight=False)
-    except BaseException:
-        resources.close()
-        raise
+    resources, empty = open_served(settings, options)
+    if empty is not None:
+        err.print(Text(f"warning: {_as_flags(empty)}"), highlight=False)
     shown = f"[{host}]" if ":" in host else host
     err.print(f"serving on http://{shown}:{port}/ (Ctrl+C stops)", highlight=False)
     verbose = logging.getLogger().getEffectiveLevel() <= logging.INFO

@@ -377,3 +377,29 @@ def create_holder_app(holder: Holder) -> FastAPI:
     app.add_exception_handler(StarletteHTTPException, _not_an_endpoint)
     app.include_router(router)
     return app
+
+
+def open_served(settings: Any, options: Any) -> tuple[Any, str | None]:
+    """What ``ftfsearch serve`` holds (:class:`~ftfsearch.web.resources.Resources`): the store, writable
+    where someone may write (an embedded store, whose holder ingests and drops for this user's other
+    commands; a Qdrant server's only where keys decide who writes), the model, and on an embedded
+    store the running :class:`Holder`. With it, why there is nothing to search yet (a message, its
+    parameters marked), or None."""
+    from ftfsearch.errors import CollectionNotFound
+    from ftfsearch.web.resources import Resources
+
+    resources = Resources.open(settings, options, writable=not settings.qdrant_url or options.keys_file is not None)
+    try:
+        if not settings.qdrant_url:  # the embedded store is ours alone: the other commands work through us
+            holder = Holder(resources, settings, settings.resolved_store_dir, settings.collection)
+            holder.start()
+            resources.before_close.append(holder.stop)
+        try:
+            resources.searcher()
+        except CollectionNotFound as exc:
+            return resources, exc.message
+    except BaseException:
+        resources.close()
+        raise
+    return resources, None
+
