@@ -204,13 +204,13 @@ class Connection:
                progress: bool = True) -> IngestOutcome:
         """``ftfsearch ingest``: rasters, directories, globs, URLs or STAC JSON, each scene tiled,
         encoded and stored (an interrupted scene resumes)."""
-        from ingest.sources import resolve_sources
+        from ftfsearch.commands.sources import IngestInput
         from ingest.tiling import TilingSpec
 
         spec = TilingSpec(tile_size=tile_size, overlap=overlap, levels=tuple(levels),
                           bands=None if bands is None else tuple(bands))
-        files = resolve_sources([str(p) for p in paths], list(stack), self.settings.resolved_stack_dir, assets,
-                                limit)
+        files = IngestInput(paths=tuple(str(p) for p in paths), stack=tuple(stack), assets=assets,
+                            limit=limit).sources(self.settings.resolved_stack_dir)
         request = IngestRequest(sources=tuple(files), tiling=spec, batch_size=batch_size, readers=readers,
                                 scene_id=scene_id, acquired=acquired, model=self.settings.model)
         outcome: IngestOutcome = self._run("ingest", request, _TqdmObserver() if progress else None)

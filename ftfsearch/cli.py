@@ -322,38 +322,32 @@ def ingest(
     device: Optional[str] = DeviceOpt,
 ) -> None:
     """Cut rasters into tiles, encode them and store them (resumes an interrupted scene)."""
+    from ftfsearch.commands.sources import IngestInput, stac_api_search
     from ingest.tiling import TilingSpec
 
     settings = _settings(store_dir=store, qdrant_url=qdrant_url, collection=collection, model=model, device=device)
-    if from_list is not None:
-        from ftfsearch.commands.batch import list_sources
-
-        _check_list_flags(paths, stack, scene_id, assets, limit, stac_api)
-        sources, part = list_sources(from_list, shard, settings.resolved_stack_dir)
-    elif shard is not None and stac_api is None:
-        from ftfsearch.errors import BadInput
-
-        raise BadInput("--shard splits a --from list or a --stac-api search: give one with it")
-    api = _stac_api_search(stac_api, collections, stac_bbox, stac_datetime, stac_query, limit, max_pages,
-                           settings.timeout)
+    api = stac_api_search(stac_api, collections, stac_bbox, stac_datetime, tuple(stac_query or ()), limit, max_pages,
+                          settings.timeout)
+    named = IngestInput(paths=tuple(paths or ()), stack=tuple(stack or ()), list_path=from_list, shard=shard,
+                        assets=assets, limit=limit, stac_api=api, scene_id=scene_id)
+    if named.list_path is not None:
+        entries, part = named.entries(settings.resolved_stack_dir)
     spec = TilingSpec(
         tile_size=tile_size,
         overlap=overlap,
         levels=_parse_int_list(levels, "--levels") or (1,),
         bands=_parse_int_list(bands, "--bands"),
     )
-    if from_list is not None:
+    if named.list_path is not None:
         from ingest.pipeline import IngestOptions
 
         options = IngestOptions(spec=spec, batch_size=batch_size, readers=readers, shards=shards,
                                 replication_factor=replication_factor, acquired=acquired)
-        _ingest_batch(sources, part, from_list, options, settings, as_json)
+        _ingest_batch(entries, part, named.list_path, options, settings, as_json)
         return
     from ftfsearch.commands import IngestRequest
-    from ingest.sources import resolve_sources
 
-    files = resolve_sources(paths or [], stack or [], settings.resolved_stack_dir, assets,
-                            None if api is not None else limit, api=api, shard=shard, warn=_print_stopped)
+    files = named.sources(settings.resolved_stack_dir, warn=_print_stopped)
     request = IngestRequest(sources=tuple(files), tiling=spec, batch_size=batch_size, readers=readers,
                             scene_id=scene_id, acquired=acquired, shards=shards,
                             replication_factor=replication_factor, model=model)
@@ -372,40 +366,6 @@ _STOPPED: ContextVar[bool] = ContextVar("ftfsearch_stac_search_stopped", default
 def _print_stopped(message: str) -> None:
     _STOPPED.set(True)
     err.print(Text(f"warning: {_as_flags(message)}"), highlight=False)
-
-
-def _stac_api_search(url: Optional[str], collections: Optional[str], bbox: Optional[str], when: Optional[str],
-                     query: Optional[list[str]], limit: Optional[int], max_pages: int, timeout: float) -> Any:
-    """The --stac-api search the flags ask for (None without --stac-api; its flags alone are refused)."""
-    from ftfsearch.errors import BadInput
-
-    if url is None:
-        given = [f for f, v in (("--collections", collections), ("--bbox", bbox), ("--datetime", when),
-                                ("--query", query)) if v]
-        if given:
-            raise BadInput(f"{given[0]} filters a STAC API search: give --stac-api URL with it")
-        return None
-    from ftfsearch.search import parse_bbox
-    from ingest.stac_api import ApiSearch
-
-    return ApiSearch(url=url, collections=tuple(c.strip() for c in (collections or "").split(",") if c.strip()),
-                     bbox=parse_bbox(bbox), datetime=when or None, query=tuple(query or ()), limit=limit,
-                     max_pages=max_pages, timeout=timeout)
-
-
-def _check_list_flags(paths: Optional[list[str]], stack: Optional[list[str]], scene_id: Optional[str],
-                      assets: Optional[str], limit: Optional[int], stac_api: Optional[str]) -> None:
-    from ftfsearch.errors import BadInput
-
-    if stac_api is not None:
-        raise BadInput("give --from LIST or --stac-api URL, not both")
-
-    if paths or stack:
-        raise BadInput("give raster paths and --stack, or --from LIST, not both")
-    if scene_id is not None:
-        raise BadInput("--scene-id names one raster: a --from list names its scenes after their files")
-    if assets is not None or limit is not None:
-        raise BadInput("--assets and --limit apply to STAC items given as PATHS, not to a --from list")
 
 
 def _print_failure(message: str) -> None:
@@ -540,6 +500,17 @@ LikeRegionOpt = typer.Option(
     None, "--like-region", help="REF:N: region N of a tile (a result's region_index) as the example (repeatable)."
 )
 UnlikeRegionOpt = typer.Option(None, "--unlike-region", help="REF:N: a region you do not want (repeatable).")
+LabelsOpt = typer.Option(
+    None, "--labels", help="Add the marks of a labels file (labels export, or the map page) as examples."
+)
+BboxOpt = typer.Option(None, "--bbox", help="minlon,minlat,maxlon,maxlat (WGS84).")
+SceneOpt = typer.Option(None, "--scene", help="Only these scene ids (repeatable).")
+AfterOpt = typer.Option(
+    None, "--after", help="Only scenes acquired at or after this time (ISO 8601, e.g. 2024-05-01; UTC if no zone)."
+)
+BeforeOpt = typer.Option(
+    None, "--before", help="Only scenes acquired before this time. A time range leaves out scenes without a time."
+)
 
 
 OutOpt = typer.Option(
@@ -572,6 +543,20 @@ def _example_refs(
     return [parse_ref(v, param) for param, values in given for v in values or ()]
 
 
+def _query_refs(
+    like: Optional[list[str]], unlike: Optional[list[str]], like_region: Optional[list[str]],
+    unlike_region: Optional[list[str]], labels: Optional[Path], text: Optional[str],
+) -> tuple[list[Any], Optional[str]]:
+    """The examples of the flags and of ``--labels``, and the text (the labels' query when none is given)."""
+    refs = _example_refs(like, unlike, like_region, unlike_region)
+    if labels is None:
+        return refs, text
+    from ftfsearch.labels import read_labels
+
+    marks = read_labels(labels)
+    return refs + marks.refs(), text if text is not None else marks.query
+
+
 @app.command()
 @handles_errors
 def query(
@@ -580,21 +565,15 @@ def query(
     unlike: Optional[list[str]] = UnlikeOpt,
     like_region: Optional[list[str]] = LikeRegionOpt,
     unlike_region: Optional[list[str]] = UnlikeRegionOpt,
-    labels: Optional[Path] = typer.Option(
-        None, "--labels", help="Add the marks of a labels file (labels export, or the map page) as examples."
-    ),
+    labels: Optional[Path] = LabelsOpt,
     k: int = typer.Option(10, "--k", help="Number of results."),
     recall_k: int = typer.Option(100, "--recall-k", help="Candidates recalled for the rerank."),
     no_rerank: bool = typer.Option(False, "--no-rerank", help="Return the coarse recall order."),
-    bbox: Optional[str] = typer.Option(None, "--bbox", help="minlon,minlat,maxlon,maxlat (WGS84)."),
+    bbox: Optional[str] = BboxOpt,
     aoi: Optional[Path] = AoiOpt,
-    scene: Optional[list[str]] = typer.Option(None, "--scene", help="Only these scene ids (repeatable)."),
-    after: Optional[str] = typer.Option(
-        None, "--after", help="Only scenes acquired at or after this time (ISO 8601, e.g. 2024-05-01; UTC if no zone)."
-    ),
-    before: Optional[str] = typer.Option(
-        None, "--before", help="Only scenes acquired before this time. A time range leaves out scenes without a time."
-    ),
+    scene: Optional[list[str]] = SceneOpt,
+    after: Optional[str] = AfterOpt,
+    before: Optional[str] = BeforeOpt,
     as_json: bool = typer.Option(False, "--json", help="Print a JSON array of results."),
     geojson: Optional[Path] = typer.Option(None, "--geojson", help="Write result footprints as GeoJSON."),
     out_file: Optional[Path] = OutOpt,
@@ -612,13 +591,7 @@ def query(
     from ftfsearch.export import results_to_json, write_geojson
 
     settings = _settings(store_dir=store, qdrant_url=qdrant_url, collection=collection, model=model, device=device)
-    refs = _example_refs(like, unlike, like_region, unlike_region)
-    if labels is not None:
-        from ftfsearch.labels import read_labels
-
-        marks = read_labels(labels)
-        refs += marks.refs()
-        text = text if text is not None else marks.query
+    refs, text = _query_refs(like, unlike, like_region, unlike_region, labels, text)
     if out_file is not None:
         from ftfsearch.writers import output_format
 
@@ -689,14 +662,12 @@ def find(
     unlike: Optional[list[str]] = UnlikeOpt,
     like_region: Optional[list[str]] = LikeRegionOpt,
     unlike_region: Optional[list[str]] = UnlikeRegionOpt,
-    labels: Optional[Path] = typer.Option(
-        None, "--labels", help="Add the marks of a labels file (labels export, or the map page) as examples."
-    ),
-    bbox: Optional[str] = typer.Option(None, "--bbox", help="minlon,minlat,maxlon,maxlat (WGS84)."),
+    labels: Optional[Path] = LabelsOpt,
+    bbox: Optional[str] = BboxOpt,
     aoi: Optional[Path] = AoiOpt,
-    scene: Optional[list[str]] = typer.Option(None, "--scene", help="Only these scene ids (repeatable)."),
-    after: Optional[str] = typer.Option(None, "--after", help="Only scenes acquired at or after this time (ISO 8601)."),
-    before: Optional[str] = typer.Option(None, "--before", help="Only scenes acquired before this time."),
+    scene: Optional[list[str]] = SceneOpt,
+    after: Optional[str] = AfterOpt,
+    before: Optional[str] = BeforeOpt,
     min_score: Optional[float] = typer.Option(
         None, "--min-score", help="Keep tiles whose coarse score (cosine, -1..1) is at least this. Default: the "
         "median plus 4 robust standard deviations (1.4826 x MAD) of the scores of a sample of up to 4096 tiles "
@@ -718,13 +689,7 @@ def find(
 
     output_format(out_file)
     settings = _settings(store_dir=store, qdrant_url=qdrant_url, collection=collection, model=model, device=device)
-    refs = _example_refs(like, unlike, like_region, unlike_region)
-    if labels is not None:
-        from ftfsearch.labels import read_labels
-
-        marks = read_labels(labels)
-        refs += marks.refs()
-        text = text if text is not None else marks.query
+    refs, text = _query_refs(like, unlike, like_region, unlike_region, labels, text)
     request = FindRequest.model_validate({
         "text": text, "examples": tuple(refs), "bbox": bbox, "aoi": _read_aoi(aoi), "scenes": tuple(scene or ()),
         "after": after, "before": before, "min_score": min_score, "max_hits": max_hits,
@@ -749,11 +714,11 @@ def find(
 def classify(
     labels: Path = typer.Option(..., "--labels", help="The marks to learn from: a labels GeoJSON file (labels "
                                 "export, or the map page); at least 3 hits, misses optional."),
-    bbox: Optional[str] = typer.Option(None, "--bbox", help="minlon,minlat,maxlon,maxlat (WGS84)."),
+    bbox: Optional[str] = BboxOpt,
     aoi: Optional[Path] = AoiOpt,
-    scene: Optional[list[str]] = typer.Option(None, "--scene", help="Only these scene ids (repeatable)."),
-    after: Optional[str] = typer.Option(None, "--after", help="Only scenes acquired at or after this time (ISO 8601)."),
-    before: Optional[str] = typer.Option(None, "--before", help="Only scenes acquired before this time."),
+    scene: Optional[list[str]] = SceneOpt,
+    after: Optional[str] = AfterOpt,
+    before: Optional[str] = BeforeOpt,
     min_probability: float = typer.Option(0.5, "--min-probability", help="A detection: a tile the model gives "
                                           "at least this probability."),
     out_file: Path = typer.Option(..., "--out", "-o", help="Write the detections to this file: .parquet "
@@ -938,7 +903,7 @@ def change(
     unlike_region: Optional[list[str]] = UnlikeRegionOpt,
     disappeared: bool = typer.Option(False, "--disappeared", help="Rank by how much the score fell, not rose."),
     k: int = typer.Option(10, "--k", help="Number of places."),
-    bbox: Optional[str] = typer.Option(None, "--bbox", help="minlon,minlat,maxlon,maxlat (WGS84)."),
+    bbox: Optional[str] = BboxOpt,
     aoi: Optional[Path] = AoiOpt,
     as_json: bool = typer.Option(False, "--json", help="Print a JSON array of places, both tiles each."),
     geojson: Optional[Path] = typer.Option(
@@ -1172,24 +1137,14 @@ def labels_export(
     collection: Optional[str] = CollectionOpt,
 ) -> None:
     """Write marked tiles as a GeoJSON FeatureCollection with label positive|negative."""
-    from dataclasses import replace
-
-    from ftfsearch.examples import tile_at
-    from ftfsearch.labels import LabelSet, labels_from_refs, labels_to_geojson, write_labels
+    from ftfsearch.commands import MarksRequest
+    from ftfsearch.labels import write_labels
 
     settings = _settings(store_dir=store, qdrant_url=qdrant_url, collection=collection)
     refs = _example_refs(like, unlike, like_region, unlike_region)
     if not refs:
         _fail("give the marked tiles with --like and --unlike", 2)
-    db = settings.open_store(read_only=True)
-    try:
-        meta = db.meta()
-        refs = [replace(r, tile_id=tile_at(db, r), point=None) if r.point is not None else r for r in refs]
-        collection_json = labels_to_geojson(
-            LabelSet(labels_from_refs(refs), query=text, model_id=None if meta is None else meta.model_id), db
-        )
-    finally:
-        db.close()
+    collection_json = _commands(settings).labels(MarksRequest(examples=tuple(refs), query=text))
     write_labels(output, collection_json)
     err.print(f"wrote {len(collection_json['features'])} labels to {output}", highlight=False)
 
@@ -1204,15 +1159,12 @@ def labels_import(
     collection: Optional[str] = CollectionOpt,
 ) -> None:
     """Check a labels file against the store and list its marks; 'query --labels FILE' searches with them."""
-    from ftfsearch.labels import labels_to_geojson, read_labels
+    from ftfsearch.commands import MarksRequest
+    from ftfsearch.labels import read_labels
 
     marks = read_labels(path)
     settings = _settings(store_dir=store, qdrant_url=qdrant_url, collection=collection)
-    db = settings.open_store(read_only=True)
-    try:
-        checked = labels_to_geojson(marks, db)  # TileNotFound for a tile this store does not hold
-    finally:
-        db.close()
+    checked = _commands(settings).labels(MarksRequest(examples=tuple(marks.refs()), query=marks.query))
     rows = [f["properties"] for f in checked["features"]]
     if as_json:
         out.print_json(json.dumps({"query": marks.query, "model_id": marks.model_id, "labels": rows}))
@@ -1333,14 +1285,10 @@ def export_embeddings(
     collection: Optional[str] = CollectionOpt,
 ) -> None:
     """Write every tile's vector and footprint as GeoParquet with STAC embeddings-extension metadata."""
-    from ftfsearch.embeddings_export import export_embeddings as write
+    from ftfsearch.commands import ExportRequest
 
     settings = _settings(store_dir=store, qdrant_url=qdrant_url, collection=collection)
-    db = settings.open_store(read_only=True)
-    try:
-        n = write(db, out_path)
-    finally:
-        db.close()
+    n = _commands(settings).export_embeddings(ExportRequest(out=out_path)).tiles
     err.print(f"{out_path}: {n} tiles", highlight=False)
 
 
@@ -1451,7 +1399,7 @@ def serve(
                                   help="The path prefix a reverse proxy serves this under, e.g. /ftfsearch."),
 ) -> None:
     """Serve the HTTP API (/api/search, /api/scenes, /api/info, chips) and the map page at /."""
-    from ftfsearch.errors import BadInput, CollectionNotFound
+    from ftfsearch.errors import BadInput
     from ftfsearch.keys import parse_rate_limit, read_keys
 
     for option, value in (("--chip-cache-mb", chip_cache_mb), ("--vector-cache-mb", vector_cache_mb)):
@@ -1477,7 +1425,8 @@ def serve(
 
     import uvicorn
 
-    from ftfsearch.web import Resources, ServeOptions, create_app
+    from ftfsearch.web import ServeOptions, create_app
+    from ftfsearch.web.holder import open_served
 
     options = ServeOptions(
         cors_origins=tuple(cors_origin or ()),
@@ -1490,26 +1439,9 @@ def serve(
         rate_limit=rate_limit,
     )
     logging.getLogger("ftfsearch.audit").setLevel(logging.INFO)  # every write, in the server log
-    # a Qdrant server's store is opened writable only where keys decide who writes
-    resources = Resources.open(settings, options, writable=not settings.qdrant_url or keys is not None)
-    if not settings.qdrant_url:
-        # The embedded store is ours alone: the other commands of this user work through us.
-        from ftfsearch.web.holder import Holder
-
-        holder = Holder(resources, settings, settings.resolved_store_dir, settings.collection)
-        try:
-            holder.start()
-        except BaseException:
-            resources.close()
-            raise
-        resources.before_close.append(holder.stop)
-    try:
-        resources.searcher()
-    except CollectionNotFound as exc:
-        err.print(Text(f"warning: {_as_flags(exc.message)}"), highlight=False)
-    except BaseException:
-        resources.close()
-        raise
+    resources, empty = open_served(settings, options)
+    if empty is not None:
+        err.print(Text(f"warning: {_as_flags(empty)}"), highlight=False)
     shown = f"[{host}]" if ":" in host else host
     err.print(f"serving on http://{shown}:{port}/ (Ctrl+C stops)", highlight=False)
     verbose = logging.getLogger().getEffectiveLevel() <= logging.INFO

@@ -39,12 +39,12 @@ from ftfsearch.errors import (
     in_api_words,
 )
 from ftfsearch.model.base import Encoder
-from ftfsearch.store.base import SceneRecord, SourceFailure, Store
+from ftfsearch.store.base import SourceFailure, Store
 from ftfsearch.raster import is_url
 from ftfsearch.collection import collection_meta
-from ingest.pipeline import IngestOptions, Progress, SceneSummary, ingest_one, scene_error
-from ingest.scenes import default_scene_id, expand_paths, fingerprint, is_stac
-from ingest.stac import StacScene
+from ingest.pipeline import Ingest, IngestOptions, Progress, SceneSummary, scene_error
+from ingest.scenes import is_stac
+from ingest.sources import Source, resolve_entry
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -86,26 +86,24 @@ class Shard:
 
 
 @dataclass(frozen=True)
-class Source:
-    """One unit of work of a batch: a raster file, or an entry that names none."""
+class ListEntry:
+    """One unit of work of a batch: a source of the list, or an entry that names none."""
 
     key: str
-    """How the store records it: the absolute path of a file, else the entry as resolved (an
-    absolute path or glob, or a URL)."""
+    """How the store records it: the source's key (:attr:`ingest.sources.Source.key`), else the
+    entry as resolved (an absolute path or glob, or a URL)."""
     name: str
     """What the partition hashes: ``key`` relative to the list's directory when under it."""
     line: int
     """Line of the list it came from (1-based)."""
-    path: Path | str | StacScene | None = None
-    """The raster file (a path, or an http(s) URL as a string) or the STAC item, when the entry named one."""
+    source: Source | None = None
+    """The scene to ingest, when the entry named one."""
     problem: str | None = None
     """Why the entry cannot be ingested, found while expanding it (matches nothing, a URL)."""
 
     @property
     def scene_id(self) -> str | None:
-        if isinstance(self.path, StacScene):
-            return self.path.scene_id
-        return default_scene_id(self.path) if self.path is not None else None
+        return self.source.scene_id if self.source is not None else None
 
 
 def read_list(list_path: str | Path) -> list[tuple[int, str]]:
@@ -138,66 +136,50 @@ def _name(path: Path, base: Path) -> str:
         return path.as_posix()
 
 
-def expand_list(list_path: str | Path, stack_dir: Path | None = None) -> list[Source]:
-    """The sources of a list file, in list order, each raster once (first mention wins).
+def expand_list(list_path: str | Path, stack_dir: Path | None = None) -> list[ListEntry]:
+    """The sources of a list file, in list order, each once (first mention wins), resolved entry by
+    entry as the command line's paths are (:func:`ingest.sources.resolve_entry`), relative ones
+    against the list's directory.
 
-    An entry that names nothing usable becomes one :class:`Source` carrying the problem, so the
+    An entry that names nothing usable becomes one :class:`ListEntry` carrying the problem, so the
     worker that owns it records the failure and ``batch_status`` reports it. A STAC item, catalog,
-    collection or ItemCollection (``.json``) is one source per item (band stacks under ``stack_dir``).
+    collection or ItemCollection (``.json``) is one source per item (band stacks under ``stack_dir``,
+    default the list's directory); an item that cannot be ingested carries its problem too.
     """
     p = Path(list_path).expanduser()
     entries = read_list(p)
     base = p.resolve().parent
-    out: dict[str, Source] = {}
+    out: dict[str, ListEntry] = {}
     for number, entry in entries:
-        if is_stac(entry):
-            _add_stac(out, entry if is_url(entry) else str(_absolute(entry, base)), number, base, stack_dir)
-            continue
-        if is_url(entry):  # read in place through /vsicurl/
-            out.setdefault(entry, Source(key=entry, name=entry, line=number, path=entry))
-            continue
-        if _URL.match(entry):
-            out.setdefault(entry, Source(
-                key=entry, name=entry, line=number,
-                problem=f"{entry}: only http(s) URLs are read in place (local files, globs and http(s) "
-                "URLs): use the store's https address, or mount its storage and list the path",
-            ))
-            continue
-        target = Path(entry).expanduser()
-        if not target.is_absolute():
-            target = base / target
         try:
-            files = expand_paths([str(target)])
+            sources = resolve_entry(entry, stack_dir or base, base=base)
         except BadInput as exc:
-            key = os.path.normpath(str(target))
-            out.setdefault(key, Source(key=key, name=_name(Path(key), base), line=number,
-                                       problem=f"line {number}: {exc}"))
+            out.setdefault(*_unusable(entry, number, base, exc))
             continue
-        for f in files:
-            out.setdefault(str(f), Source(key=str(f), name=_name(Path(f), base), line=number, path=f))
+        for source in sources:
+            out.setdefault(source.key, ListEntry(key=source.key, name=_source_name(source.key, base), line=number,
+                                                 source=source, problem=getattr(source, "error", None)))
     return list(out.values())
 
 
-def _absolute(entry: str, base: Path) -> Path:
+def _unusable(entry: str, number: int, base: Path, exc: BadInput) -> tuple[str, ListEntry]:
+    """The failed entry of a line that names nothing readable, keyed as written (a STAC file, a
+    URL) or by its absolute path."""
+    if is_stac(entry) or _URL.match(entry):
+        message = exc.message if not is_stac(entry) else f"line {number}: {exc.message}"
+        return entry, ListEntry(key=entry, name=entry, line=number, problem=message)
     target = Path(entry).expanduser()
-    return target if target.is_absolute() else base / target
+    key = os.path.normpath(str(target if target.is_absolute() else base / target))
+    return key, ListEntry(key=key, name=_name(Path(key), base), line=number, problem=f"line {number}: {exc}")
 
 
-def _add_stac(out: dict[str, Source], entry: str, number: int, base: Path, stack_dir: Path | None) -> None:
-    """The items of a STAC entry, each a source keyed by its href; a STAC file that cannot be read
-    is one failed source."""
-    from ingest.stac import read_stac
-
-    try:
-        scenes = read_stac(entry, stack_dir or base)
-    except BadInput as exc:
-        out.setdefault(entry, Source(key=entry, name=entry, line=number, problem=f"line {number}: {exc.message}"))
-        return
-    for scene in scenes:
-        name = scene.href if is_url(scene.href) else _name(Path(scene.href.partition("#")[0]), base) + (
-            "#" + scene.href.partition("#")[2] if "#" in scene.href else "")
-        out.setdefault(scene.href, Source(key=scene.href, name=name, line=number, path=scene,
-                                          problem=scene.error))
+def _source_name(key: str, base: Path) -> str:
+    """A source's name in the partition: a URL as it is, a file (or a STAC item's ``file#id``)
+    relative to the list's directory when under it."""
+    if is_url(key):
+        return key
+    file, sep, fragment = key.partition("#")
+    return _name(Path(file), base) + sep + fragment
 
 
 def _rank(name: str) -> tuple[str, str]:
@@ -219,7 +201,7 @@ def partition(sources: Sequence[T], shard: Shard, name: Callable[[T], str] = att
 class SourceOutcome:
     """What became of one source in this run."""
 
-    source: Source
+    source: ListEntry
     summary: SceneSummary | None = None
     error: str | None = None
 
@@ -245,7 +227,7 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def _record_failure(store: Store, encoder: Encoder, options: IngestOptions, source: Source, message: str) -> None:
+def _record_failure(store: Store, encoder: Encoder, options: IngestOptions, source: ListEntry, message: str) -> None:
     """Put the error where ``batch_status`` finds it: on the source's scene record when this
     source has one that is not complete (a scene that failed part-way), else on a failure point
     keyed by the source. A store that fails now is not this source's fault: logged, not raised."""
@@ -263,7 +245,7 @@ def _record_failure(store: Store, encoder: Encoder, options: IngestOptions, sour
 
 
 def ingest_sources(
-    sources: list[Source],
+    sources: list[ListEntry],
     encoder: Encoder,
     store: Store,
     options: IngestOptions,
@@ -275,36 +257,35 @@ def ingest_sources(
     ``ingesting`` and the next run resumes it."""
     if options.scene_id:
         raise BadInput("`scene_id` names one scene: a batch names its scenes after their files")
-    if store.meta() is not None:  # refuse another model before reading anything
-        store.ensure_collection(collection_meta(encoder))
+    run = Ingest(encoder, store, options, progress)
+    run.check_model()
     recorded = {f.source for f in store.list_failures()}
     result = BatchResult()
-    for source in sources:
-        outcome = SourceOutcome(source)
+    for entry in sources:
+        outcome = SourceOutcome(entry)
         try:
-            if source.problem is not None:
-                raise BadInput(source.problem)
-            assert source.path is not None
-            outcome.summary = ingest_one(source.path, encoder, store, options, progress)
+            if entry.problem is not None:
+                raise BadInput(entry.problem)
+            assert entry.source is not None
+            outcome.summary = run.scene(entry.source)
             if outcome.summary.state != "complete":
-                outcome.error = f"{source.key}: {outcome.summary.tiles_in_store} tiles stored, fewer than expected"
+                outcome.error = f"{entry.key}: {outcome.summary.tiles_in_store} tiles stored, fewer than expected"
         except FATAL:
             raise
         except Exception as exc:  # noqa: BLE001 - one source's failure, whatever it is, is recorded
-            known = scene_error(source.path or Path(source.key), exc)
+            known = scene_error(entry.key, exc)
             outcome.error = known.message if known is not None else (
-                f"{source.key}: internal error: {type(exc).__name__}: {exc}"
+                f"{entry.key}: internal error: {type(exc).__name__}: {exc}"
             )
-            log.info("failed %s: %s", source.key, outcome.error)
-            _record_failure(store, encoder, options, source, outcome.error)
+            log.info("failed %s: %s", entry.key, outcome.error)
+            _record_failure(store, encoder, options, entry, outcome.error)
         else:
-            if outcome.ok and source.key in recorded:
-                store.delete_failure(source.key)
+            if outcome.ok and entry.key in recorded:
+                store.delete_failure(entry.key)
         result.outcomes.append(outcome)
         if on_source:
             on_source(outcome)
-    if any(s.written for s in result.done):
-        store.optimize()
+    run.optimize(result.done)
     return result
 
 
@@ -345,20 +326,7 @@ class BatchStatus:
                 "sources": [s.to_dict() for s in self.sources]}
 
 
-def _same_scene(record: SceneRecord, source: Source) -> bool:
-    """Whether ``record`` is this source's scene: same path (a STAC item: same item href), or (a
-    copy) the same content."""
-    if isinstance(source.path, StacScene):
-        return (record.extra.get("stac") or {}).get("href") == source.key
-    if record.path == source.key:
-        return True
-    try:
-        return source.path is not None and fingerprint(source.path) == record.fingerprint
-    except BadInput:
-        return False
-
-
-def batch_status(sources: list[Source], store: Store) -> BatchStatus:
+def batch_status(sources: list[ListEntry], store: Store) -> BatchStatus:
     """The state of each source as the store records it, with two reads of the scenes registry.
 
     ``complete``: its scene is complete. ``ingesting``: its scene is being written, or its writer
@@ -375,7 +343,7 @@ def batch_status(sources: list[Source], store: Store) -> BatchStatus:
         record = scenes.get(sid) if sid else None
         failure = failures.get(src.key)
         state = SourceState(source=src.key, state="not_started", scene_id=sid, line=src.line)
-        if record is not None and _same_scene(record, src):
+        if record is not None and src.source is not None and src.source.is_scene(record):
             if record.state == "complete":
                 state.state, state.tiles = "complete", record.expected_tiles
             elif record.last_error:

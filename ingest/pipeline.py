@@ -30,8 +30,8 @@ from ftfsearch.model.sources import device_label
 from ftfsearch.store.base import SceneRecord, Store, TileBatch
 from ftfsearch.store.schema import tile_point_id
 from ftfsearch.times import iso_utc, parse_time
-from ingest.scenes import default_scene_id, fingerprint
-from ingest.stac import StacScene
+from ingest.scenes import fingerprint
+from ingest.sources import Source, as_source
 from ingest.tiling import SceneReader, Tile, TileWindow, TilingSpec
 from ingest.watching import WatchHook
 
@@ -376,26 +376,27 @@ def _check_previous(
         )
 
 
-def _plan_scene(
-    path: Path | str, reader: SceneReader, encoder: Encoder, store: Store, options: IngestOptions, sid: str,
-    acquired: str | None, stac: dict[str, Any] | None, fp: str | None,
-) -> _Scene:
+def _plan_scene(source: Source, path: Path | str, reader: SceneReader, encoder_id: str, store: Store,
+                options: IngestOptions, fp: str | None) -> _Scene:
     """Check the raster against the store and make its scene record; reads no tile, writes nothing.
-    ``acquired`` and ``stac`` come from a STAC item; ``--acquired`` wins over both it and the file.
-    ``fp``: the raster's fingerprint when the caller has taken it already (a remote one costs requests)."""
+    The source's own time (a STAC item's) wins over the file's tags, ``--acquired`` over both.
+    ``path``: the raster the source opened; ``fp`` its fingerprint when opening took it already (a
+    remote one costs requests)."""
+    sid = options.scene_id or source.scene_id
     fp = fp or fingerprint(path)
     _check_size(path, reader, options.spec)
     windows = reader.windows()
     previous = store.get_scene(sid)
     spec = json.loads(json.dumps(options.spec.to_dict()))  # as stored: tuples become lists
-    acquired = options.acquired or acquired or reader.acquired
+    acquired = options.acquired or source.acquired or reader.acquired
     _check_previous(path, sid, fp, spec, acquired, previous)
+    stac = source.properties
     record = SceneRecord(
         scene_id=sid,
         path=str(reader.path),
         fingerprint=fp,
         state="ingesting",
-        model_id=encoder.id,
+        model_id=encoder_id,
         tiling=spec,
         expected_tiles=previous.expected_tiles if previous else 0,
         footprint=reader.footprint,
@@ -414,152 +415,6 @@ def _stored_ids(store: Store, ids: list[str]) -> set[str]:
     return stored
 
 
-def _write_tiles(
-    scene: _Scene,
-    reader: SceneReader,
-    pending: list[TileWindow],
-    ids: dict[TileWindow, str],
-    encoder: Encoder,
-    store: Store,
-    options: IngestOptions,
-    progress: Progress | None,
-    stages: StageTimes,
-) -> tuple[int, int]:
-    """Read, encode and write the ``pending`` windows: (tiles written, windows skipped as nodata)."""
-    stop = threading.Event()
-    hook = WatchHook.open(store, encoder)
-    writer = _Writer(store, after=None if hook is None else hook.written)
-    skipped = 0
-    batch: list[Tile] = []
-
-    def flush() -> None:
-        with stages.timing("encode"):
-            coarse, regions = encode_tiles(encoder, batch)
-        with stages.timing("write"):
-            writer.put(
-                TileBatch(
-                    ids=[ids[t.window] for t in batch],
-                    coarse=coarse,
-                    regions=regions,
-                    payloads=[tile_payload(scene.sid, reader, scene.fp, t, encoder, scene.acquired) for t in batch],
-                )
-            )
-        if progress:
-            progress.advance(len(batch))
-        batch.clear()
-
-    try:
-        capacity = max(4, 2 * options.batch_size)
-        for tile in _timed_reads(_read_tiles(reader, pending, options.readers, capacity, stop), stages):
-            if tile is None:
-                skipped += 1
-                if progress:
-                    progress.advance(1)
-                continue
-            batch.append(tile)
-            if len(batch) >= options.batch_size:
-                flush()
-        if batch:
-            flush()
-    finally:
-        stop.set()
-        with stages.timing("write"):  # the batches still queued reach the store
-            try:
-                writer.close()
-            finally:
-                if hook is not None:
-                    hook.close()
-        if progress:
-            progress.finish()
-    return writer.written, skipped
-
-
-def ingest_scene(
-    path: Path | str,
-    encoder: Encoder,
-    store: Store,
-    options: IngestOptions,
-    progress: Progress | None = None,
-    scene_id: str | None = None,
-    acquired: str | None = None,
-    stac: dict[str, Any] | None = None,
-    stages: StageTimes | None = None,
-    fp: str | None = None,
-) -> SceneSummary:
-    """Ingest one raster as one scene; resumable and idempotent. ``acquired`` and ``stac`` are
-    what a STAC item says of it (its time, its id and properties, kept in the scene's extra);
-    ``fp`` its fingerprint when the caller took it already.
-
-    The summary carries the loop's :class:`StageTimes`. Pass ``stages`` to watch them accrue: a
-    caller whose progress callback stops the ingest part-way (a benchmark measuring the first N
-    tiles) still reads the times up to the stop.
-    """
-    t_start = time.perf_counter()
-    stages = stages if stages is not None else StageTimes()
-    with SceneReader(path, options.spec) as reader:
-        sid = scene_id or options.scene_id or default_scene_id(path)
-        scene = _plan_scene(path, reader, encoder, store, options, sid, acquired, stac, fp)
-        windows, previous = scene.windows, scene.previous
-        if previous is not None and previous.state == "complete":
-            stored = store.count_tiles(sid)
-            if stored == previous.expected_tiles:
-                return SceneSummary(
-                    sid, str(reader.path), len(windows), 0, stored, 0, stored, "complete",
-                    time.perf_counter() - t_start, list(reader.warnings), stages, device_label(encoder.device),
-                )
-        ids = {w: window_id(scene.fp, w) for w in windows}
-        stored_ids = _stored_ids(store, list(ids.values()))
-        pending = [w for w in windows if ids[w] not in stored_ids]
-        # Created only now, when a readable scene is about to be written: bad input leaves no trace.
-        store.ensure_collection(collection_meta(encoder), options.shards, options.replication_factor)
-        store.put_scene(scene.record)
-        if progress:
-            progress.start(sid, len(windows), len(windows) - len(pending))
-        written, skipped = _write_tiles(scene, reader, pending, ids, encoder, store, options, progress, stages)
-
-        in_store = store.count_tiles(sid)
-        if in_store == 0:
-            store.delete_scene(sid)
-            raise BadInput(
-                f"{path}: no tile has enough valid pixels (all nodata or masked); nothing was ingested"
-            )
-        state = "complete" if in_store >= len(stored_ids) + written else "ingesting"
-        scene.record.state = state
-        scene.record.expected_tiles = in_store
-        store.put_scene(scene.record)
-        return SceneSummary(
-            scene_id=sid,
-            path=str(reader.path),
-            windows=len(windows),
-            written=written,
-            already_stored=len(stored_ids),
-            skipped_nodata=skipped,
-            tiles_in_store=in_store,
-            state=state,
-            seconds=time.perf_counter() - t_start,
-            warnings=list(reader.warnings),
-            stages=stages,
-            device=device_label(encoder.device),
-        )
-
-
-def scene_error(path: Path | str | StacScene, exc: BaseException) -> BadInput | None:
-    """``exc`` as the bad input of this one file, or None when it is not about the file."""
-    if isinstance(exc, BadInput):
-        return exc
-    if isinstance(exc, RasterioError):  # GDAL failed on this file
-        return BadInput(f"{path}: cannot be read as a raster scene ({exc}); check the file")
-    return None
-
-
-def stac_options(options: IngestOptions, scene: StacScene) -> IngestOptions:
-    """The options for a STAC item: the red, green and blue bands its asset's band list names,
-    unless ``bands`` chose others."""
-    if scene.bands is None or options.spec.bands is not None:
-        return options
-    return dataclasses.replace(options, spec=dataclasses.replace(options.spec, bands=scene.bands))
-
-
 @dataclass
 class IngestFailure:
     path: str
@@ -567,46 +422,194 @@ class IngestFailure:
     """Why, its parameters marked as in :mod:`ftfsearch.errors` (the CLI names them as flags)."""
 
 
-def ingest_one(path: Path | str | StacScene, encoder: Encoder, store: Store, options: IngestOptions,
-               progress: Progress | None = None) -> SceneSummary:
-    """One source as one scene: a raster file or URL, or a STAC item (its raster, id, time and properties)."""
-    if isinstance(path, StacScene):
-        raster, fp = path.source()
-        return ingest_scene(raster, encoder, store, stac_options(options, path), progress,
-                            scene_id=options.scene_id or path.scene_id,
-                            acquired=path.acquired, stac=path.properties, fp=fp)
-    return ingest_scene(path, encoder, store, options, progress)
+def scene_error(name: object, exc: BaseException) -> BadInput | None:
+    """``exc`` as the bad input of the source ``name``, or None when it is not about the source."""
+    if isinstance(exc, BadInput):
+        return exc
+    if isinstance(exc, RasterioError):  # GDAL failed on this file
+        return BadInput(f"{name}: cannot be read as a raster scene ({exc}); check the file")
+    return None
+
+
+def _source_options(options: IngestOptions, source: Source) -> IngestOptions:
+    """The options for a source: the red, green and blue bands it names (a STAC asset's band
+    list), unless ``bands`` chose others."""
+    if source.bands is None or options.spec.bands is not None:
+        return options
+    return dataclasses.replace(options, spec=dataclasses.replace(options.spec, bands=source.bands))
+
+
+@dataclass
+class Ingest:
+    """One ingest: the model, the store, the options and who watches it. Each source becomes one
+    scene (:meth:`scene`); :meth:`run` ingests many, a bad one reported and the others going on."""
+
+    encoder: Encoder
+    store: Store
+    options: IngestOptions
+    progress: Progress | None = None
+
+    def check_model(self) -> None:
+        """Refuse a collection made with another model before reading anything."""
+        if self.store.meta() is not None:
+            self.store.ensure_collection(collection_meta(self.encoder))
+
+    def run(self, sources: Sequence[Source],
+            on_scene: Callable[[SceneSummary | IngestFailure], None] | None = None,
+            ) -> tuple[list[SceneSummary], list[IngestFailure]]:
+        """Ingest every source: one that cannot be read is reported and skipped, the others go on."""
+        if self.options.scene_id and len(sources) > 1:
+            raise BadInput("`scene_id` names one scene: give exactly one raster with it")
+        self.check_model()
+        done: list[SceneSummary] = []
+        failed: list[IngestFailure] = []
+        for source in sources:
+            try:
+                summary = self.scene(source)
+            except (BadInput, RasterioError) as raised:
+                exc = scene_error(source, raised) or BadInput(str(raised))
+                failure = IngestFailure(str(source), exc.message)
+                failed.append(failure)
+                log.info("skipped %s: %s", source, exc)
+                if on_scene:
+                    on_scene(failure)
+                continue
+            done.append(summary)
+            if on_scene:
+                on_scene(summary)
+        self.optimize(done)
+        return done, failed
+
+    def optimize(self, done: list[SceneSummary]) -> None:
+        if any(s.written for s in done):
+            self.store.optimize()  # Edge builds its HNSW index only when asked; the server does it itself
+
+    def scene(self, source: Source, stages: StageTimes | None = None) -> SceneSummary:
+        """Ingest one source as one scene; resumable and idempotent.
+
+        The summary carries the loop's :class:`StageTimes`. Pass ``stages`` to watch them accrue: a
+        caller whose progress callback stops the ingest part-way (a benchmark measuring the first N
+        tiles) still reads the times up to the stop.
+        """
+        t_start = time.perf_counter()
+        stages = stages if stages is not None else StageTimes()
+        path, fp = source.open()
+        options = _source_options(self.options, source)
+        store, encoder, progress = self.store, self.encoder, self.progress
+        with SceneReader(path, options.spec) as reader:
+            scene = _plan_scene(source, path, reader, encoder.id, store, options, fp)
+            sid, windows, previous = scene.sid, scene.windows, scene.previous
+            if previous is not None and previous.state == "complete":
+                stored = store.count_tiles(sid)
+                if stored == previous.expected_tiles:
+                    return SceneSummary(
+                        sid, str(reader.path), len(windows), 0, stored, 0, stored, "complete",
+                        time.perf_counter() - t_start, list(reader.warnings), stages, device_label(encoder.device),
+                    )
+            ids = {w: window_id(scene.fp, w) for w in windows}
+            stored_ids = _stored_ids(store, list(ids.values()))
+            pending = [w for w in windows if ids[w] not in stored_ids]
+            # Created only now, when a readable scene is about to be written: bad input leaves no trace.
+            store.ensure_collection(collection_meta(encoder), options.shards, options.replication_factor)
+            store.put_scene(scene.record)
+            if progress:
+                progress.start(sid, len(windows), len(windows) - len(pending))
+            written, skipped = self._write_tiles(scene, reader, [(w, ids[w]) for w in pending], options, stages)
+
+            in_store = store.count_tiles(sid)
+            if in_store == 0:
+                store.delete_scene(sid)
+                raise BadInput(
+                    f"{path}: no tile has enough valid pixels (all nodata or masked); nothing was ingested"
+                )
+            state = "complete" if in_store >= len(stored_ids) + written else "ingesting"
+            scene.record.state = state
+            scene.record.expected_tiles = in_store
+            store.put_scene(scene.record)
+            return SceneSummary(
+                scene_id=sid,
+                path=str(reader.path),
+                windows=len(windows),
+                written=written,
+                already_stored=len(stored_ids),
+                skipped_nodata=skipped,
+                tiles_in_store=in_store,
+                state=state,
+                seconds=time.perf_counter() - t_start,
+                warnings=list(reader.warnings),
+                stages=stages,
+                device=device_label(encoder.device),
+            )
+
+    def _write_tiles(self, scene: _Scene, reader: SceneReader, pending: list[tuple[TileWindow, str]],
+                     options: IngestOptions, stages: StageTimes) -> tuple[int, int]:
+        """Read, encode and write the ``pending`` windows (with their point ids): (tiles written,
+        windows skipped as nodata)."""
+        encoder, progress = self.encoder, self.progress
+        ids = dict(pending)
+        stop = threading.Event()
+        hook = WatchHook.open(self.store, encoder)
+        writer = _Writer(self.store, after=None if hook is None else hook.written)
+        skipped = 0
+        batch: list[Tile] = []
+
+        def flush() -> None:
+            with stages.timing("encode"):
+                coarse, regions = encode_tiles(encoder, batch)
+            with stages.timing("write"):
+                writer.put(
+                    TileBatch(
+                        ids=[ids[t.window] for t in batch],
+                        coarse=coarse,
+                        regions=regions,
+                        payloads=[tile_payload(scene.sid, reader, scene.fp, t, encoder, scene.acquired)
+                                  for t in batch],
+                    )
+                )
+            if progress:
+                progress.advance(len(batch))
+            batch.clear()
+
+        try:
+            capacity = max(4, 2 * options.batch_size)
+            windows = list(ids)
+            for tile in _timed_reads(_read_tiles(reader, windows, options.readers, capacity, stop), stages):
+                if tile is None:
+                    skipped += 1
+                    if progress:
+                        progress.advance(1)
+                    continue
+                batch.append(tile)
+                if len(batch) >= options.batch_size:
+                    flush()
+            if batch:
+                flush()
+        finally:
+            stop.set()
+            with stages.timing("write"):  # the batches still queued reach the store
+                try:
+                    writer.close()
+                finally:
+                    if hook is not None:
+                        hook.close()
+            if progress:
+                progress.finish()
+        return writer.written, skipped
+
+
+def ingest_scene(source: Source | Path | str, encoder: Encoder, store: Store, options: IngestOptions,
+                 progress: Progress | None = None, stages: StageTimes | None = None) -> SceneSummary:
+    """One source (or raster path) as one scene: :meth:`Ingest.scene`."""
+    return Ingest(encoder, store, options, progress).scene(as_source(source), stages)
 
 
 def ingest_paths(
-    paths: Sequence[Path | str | StacScene],
+    paths: Sequence[Source | Path | str],
     encoder: Encoder,
     store: Store,
     options: IngestOptions,
     progress: Progress | None = None,
     on_scene: Callable[[SceneSummary | IngestFailure], None] | None = None,
 ) -> tuple[list[SceneSummary], list[IngestFailure]]:
-    """Ingest many rasters (and STAC items): one bad file is reported and skipped, the others go on."""
-    if options.scene_id and len(paths) > 1:
-        raise BadInput("`scene_id` names one scene: give exactly one raster with it")
-    if store.meta() is not None:  # refuse another model before reading anything
-        store.ensure_collection(collection_meta(encoder))
-    done: list[SceneSummary] = []
-    failed: list[IngestFailure] = []
-    for path in paths:
-        try:
-            summary = ingest_one(path, encoder, store, options, progress)
-        except (BadInput, RasterioError) as raised:
-            exc = scene_error(path, raised) or BadInput(str(raised))
-            failure = IngestFailure(str(path), exc.message)
-            failed.append(failure)
-            log.info("skipped %s: %s", path, exc)
-            if on_scene:
-                on_scene(failure)
-            continue
-        done.append(summary)
-        if on_scene:
-            on_scene(summary)
-    if any(s.written for s in done):
-        store.optimize()  # Edge builds its HNSW index only when asked; the server does it itself
-    return done, failed
+    """Ingest many sources (or raster paths): :meth:`Ingest.run`."""
+    return Ingest(encoder, store, options, progress).run([as_source(p) for p in paths], on_scene)

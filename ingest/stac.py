@@ -37,6 +37,7 @@ from pystac.utils import str_to_datetime
 
 from ftfsearch.errors import BadInput
 from ftfsearch.raster import is_url
+from ftfsearch.store.base import SceneRecord
 from ftfsearch.times import iso_utc
 from ingest.remote import fetch_text
 from ingest.scenes import default_scene_id, fingerprint, safe_id
@@ -67,7 +68,8 @@ class StacReader(DefaultStacIO):
 
 @dataclass(frozen=True)
 class StacScene:
-    """One STAC item to ingest: where its RGB pixels are, its scene id, time and properties.
+    """One STAC item to ingest: where its RGB pixels are, its scene id, time and properties (an
+    :class:`ingest.sources.Source`).
 
     Plain data (it travels to the ``serve`` holding the store as a dict); ``error`` is why the
     item cannot be ingested, raised when the pipeline reaches it.
@@ -89,12 +91,23 @@ class StacScene:
     def __str__(self) -> str:
         return self.href
 
+    @property
+    def key(self) -> str:
+        return self.href
+
     def raster(self) -> Path | str:
         """The raster the scene is tiled from: the one asset, or the VRT of the three (written
         once per distinct stack). Raises :class:`BadInput` naming the item and the asset."""
-        return self.source()[0]
+        return self.open()[0]
 
-    def source(self) -> tuple[Path | str, str | None]:
+    def is_scene(self, record: SceneRecord) -> bool:
+        """The record of this item: its stored STAC href is this one."""
+        return (record.extra.get("stac") or {}).get("href") == self.href
+
+    def to_json(self) -> dict[str, Any]:
+        return self.to_dict()
+
+    def open(self) -> tuple[Path | str, str | None]:
         """:meth:`raster` and, for one asset, its fingerprint, taken here so that a missing asset
         is this item's one-line error before any write (and the pipeline need not take it again)."""
         if self.error is not None:

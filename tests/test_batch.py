@@ -12,7 +12,7 @@ import rasterio
 from _data import SHARED_DATA
 from ftfsearch.errors import BadInput
 from ftfsearch.store.base import CollectionMeta, SourceFailure
-from ingest.batch import Shard, Source, expand_list, partition, read_list
+from ingest.batch import ListEntry, Shard, expand_list, partition, read_list
 from _cli import InProcess, assert_one_line_error
 
 DATA = SHARED_DATA / "geotiffs"
@@ -21,8 +21,8 @@ OTHER = DATA / "rasterio" / "rgb1.tif"
 SMALL = DATA / "rio-tiler" / "cog_rgb.tif"
 
 
-def _sources(n: int) -> list[Source]:
-    return [Source(key=f"/data/scene_{i:04d}.tif", name=f"scene_{i:04d}.tif", line=i + 1) for i in range(n)]
+def _sources(n: int) -> list[ListEntry]:
+    return [ListEntry(key=f"/data/scene_{i:04d}.tif", name=f"scene_{i:04d}.tif", line=i + 1) for i in range(n)]
 
 
 # -- shard -----------------------------------------------------------------------------------------
@@ -121,8 +121,8 @@ def test_list_skips_comments_and_blanks_resolves_against_its_directory_and_expan
     assert [s.problem is None for s in sources] == [True, True, True, False, False, True, False]
     assert "line 7" in sources[3].problem and "no such file" in sources[3].problem
     assert "matches no raster" in sources[4].problem
-    assert sources[5].path == "https://example.com/scene.tif" and sources[5].scene_id == "scene"
-    assert "only http(s) URLs are read in place" in sources[6].problem and sources[6].path is None
+    assert sources[5].source.key == "https://example.com/scene.tif" and sources[5].scene_id == "scene"
+    assert "only http(s) URLs are read in place" in sources[6].problem and sources[6].source is None
 
 
 @pytest.mark.parametrize("content,why", [

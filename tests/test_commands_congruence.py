@@ -25,8 +25,10 @@ from ftfsearch.commands import (
     Commands,
     FindRequest,
     DropRequest,
+    ExportRequest,
     InfoRequest,
     IngestRequest,
+    MarksRequest,
     PushRequest,
     ReviewRequest,
     ScenesRequest,
@@ -191,9 +193,20 @@ REFUSED = [
 ]
 
 
+def marks_requests(here: LocalCommands) -> list[MarksRequest]:
+    """Labels of a hit, a miss, a region and a point on the hit (resolved to the finest tile under it), with their query."""
+    first = here.search(SearchRequest(text="a river", k=3)).results
+    west, south, east, north = first[0].bbox or (0.0, 0.0, 0.0, 0.0)  # a point on the hit: marked like it
+    return [MarksRequest(examples=(parse_ref(first[0].id), parse_ref(first[1].id, "unlike"),
+                                   parse_ref(f"{first[0].id}:2", "like_region"),
+                                   parse_ref(f"{(west + east) / 2},{(south + north) / 2}")), query="a river")]
+
+
 def outcomes(commands: Commands, requests: list[SearchRequest], push_to: Path,
-             streamed: list[Any] = ()) -> dict[str, Any]:  # type: ignore[assignment]
+             streamed: list[Any] = (), marks: list[MarksRequest] = ()) -> dict[str, Any]:  # type: ignore[assignment]
     return {
+        "labels": [commands.labels(m) for m in marks],
+        "export": commands.export_embeddings(ExportRequest(out=push_to.with_suffix(".parquet"))),
         "search": [commands.search(r) for r in requests],
         "streamed": [list(commands.find(r) if isinstance(r, FindRequest) else commands.classify(r))
                      for r in streamed if not isinstance(r, ReviewRequest)],
@@ -224,6 +237,9 @@ def refusals(commands: Commands) -> list[tuple[str, str]]:
     with pytest.raises(FtfError) as raised:
         commands.watch_add(WatchAddRequest(name="anything", text="roads", min_score=0.5))
     out.append((type(raised.value).__name__, raised.value.message))
+    with pytest.raises(FtfError) as raised:  # a tile this store does not hold
+        commands.labels(MarksRequest(examples=(parse_ref("00000000-0000-0000-0000-000000000000"),)))
+    out.append((type(raised.value).__name__, raised.value.message))
     with pytest.raises(FtfError) as raised:  # no scene has a time: nothing to compare
         commands.change(ChangeRequest(before="../2000-01-01", after="2020-01-01/.."))
     out.append((type(raised.value).__name__, raised.value.message))
@@ -248,7 +264,8 @@ def test_every_command_answers_the_same_here_and_through_the_holder(
     assert [s.state for s in first.scenes] == ["complete", "complete"] and len(first.failed) == 1
     requests = search_requests(here)
     streamed = find_requests(here)
-    local = outcomes(here, requests, tmp_path / "pushed-here", streamed)
+    marks = marks_requests(here)
+    local = outcomes(here, requests, tmp_path / "pushed-here", streamed, marks)
     refused_here = refusals(here)
     dropped_here = here.drop(dropped)
     told_here = Recorder()
@@ -258,7 +275,7 @@ def test_every_command_answers_the_same_here_and_through_the_holder(
 
     # through the holder of the same store (as it is again after the re-ingest): the same answers
     serve, there = held(procs, store, model_dir, tmp_path)
-    through = outcomes(there, requests, tmp_path / "pushed-there", streamed)
+    through = outcomes(there, requests, tmp_path / "pushed-there", streamed, marks)
     same(refusals(there), refused_here, "refusals")
     dropped_there = there.drop(dropped)
     told_there = Recorder()
@@ -274,6 +291,10 @@ def test_every_command_answers_the_same_here_and_through_the_holder(
     assert local["review"][-1][0].estimate.reviewed >= 1
     assert len(local["streamed"][1]) > 2  # a plan and more than one page of an area's tiles
     same(local["scenes"], through["scenes"], "scenes")
+    assert len(local["labels"][0]["features"]) >= 3 and local["labels"][0]["model_id"]
+    same(local["labels"], through["labels"], "labels")
+    assert local["export"].tiles == local["info"]["tiles"] and through["export"].out.is_file()
+    same(local["export"], through["export"], "export-embeddings", frozenset(TIMES | {"out"}))
     same(local["info"], through["info"], "info")
     same(local["push"], through["push"], "push", frozenset(TIMES | {"target"}))
     same(local["watches"], through["watches"], "watch list")

@@ -1,5 +1,5 @@
 """The model families table (ftfsearch/model/families.py): every entry loads its shipped model,
-names a real training task, and is what loading, training and the CLI read."""
+has a real training task (training/train.py's registry), and is what loading, training and the CLI read."""
 
 from __future__ import annotations
 
@@ -35,12 +35,13 @@ def test_each_family_loads_its_model_and_names_its_training_task(name: str) -> N
     vec = encoder.encode_text(["a river next to farmland"])
     assert vec.shape == (1, encoder.dim) and torch.isfinite(vec).all()
     assert load_encoder(str(root), device="cpu").id == encoder.id  # load_encoder goes through the table
-    task = getattr(train, entry.train_task)
+    assert set(train.TRAIN_TASKS) == set(FAMILIES)  # one training task per family, registered under its name
+    task = train.TRAIN_TASKS[name]
     assert isinstance(task, type)
     # a structural check: the training loop calls these on every task (the protocol has data members,
     # so issubclass cannot check it)
     for method in ("prepare", "param_groups", "batch", "encoder", "extra_state", "save"):
-        assert callable(getattr(task, method, None)), f"{entry.train_task} lacks {method}"
+        assert callable(getattr(task, method, None)), f"{task.__name__} lacks {method}"
     assert entry.lr > 0 and entry.summary
 
 

@@ -236,6 +236,10 @@ LAYER_RULES: list[tuple[str, tuple[str, ...], tuple[str, ...], tuple[str, ...]]]
     ("model, store and rerank know nothing of each other", ("ftfsearch.store",), (), ("ftfsearch.model", "ftfsearch.rerank")),
     ("model, store and rerank know nothing of each other", ("ftfsearch.rerank",), (), ("ftfsearch.model", "ftfsearch.store")),
     ("the read and write paths never reach up to the commands", ("ingest", *READ_PATH), (), ("ftfsearch.commands",)),
+    ("the surfaces resolve no sources: the command layer does (ftfsearch.commands.sources)",
+     ("ftfsearch.cli", "ftfsearch.api", "ftfsearch.web"), (), ("ingest.sources", "ingest.stac", "ingest.stac_api")),
+    ("the pipeline and batches read sources through the Source protocol, never one kind of source",
+     ("ingest.pipeline", "ingest.batch"), (), ("ingest.stac", "ingest.stac_api", "ingest.stack")),
 ]
 
 

@@ -133,7 +133,7 @@ def test_scene_id_taken_by_another_file_and_changed_tiling_are_refused(store, en
     ingest_paths([SCENE], encoder, store, IngestOptions(spec=TilingSpec(levels=(2,))))
     other = DATA / "rasterio" / "rgb1.tif"
     with pytest.raises(BadInput, match="already holds another file"):
-        ingest_scene(other, encoder, store, IngestOptions(spec=TilingSpec(levels=(2,))), scene_id="RGB.byte")
+        ingest_scene(other, encoder, store, IngestOptions(spec=TilingSpec(levels=(2,)), scene_id="RGB.byte"))
     with pytest.raises(BadInput, match="other tiling options"):
         ingest_scene(SCENE, encoder, store, IngestOptions(spec=TilingSpec(levels=(1,))))
 

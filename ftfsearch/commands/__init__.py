@@ -9,37 +9,8 @@ from __future__ import annotations
 from typing import Callable
 
 from ftfsearch.commands.base import Commands, IngestObserver
-from ftfsearch.commands.requests import (
-    ClassifyPage,
-    ClassifyPlan,
-    ClassifyRequest,
-    ChangeOutcome,
-    ChangeRequest,
-    DropOutcome,
-    DropRequest,
-    FindPage,
-    FindPlan,
-    FindRequest,
-    InfoRequest,
-    IngestOutcome,
-    IngestRequest,
-    PushRequest,
-    ReviewOutcome,
-    ReviewRequest,
-    SceneRow,
-    ScenesRequest,
-    SearchOutcome,
-    SearchRequest,
-    WatchAddRequest,
-    WatchDeliverOutcome,
-    WatchDeliverRequest,
-    WatchHitsOutcome,
-    WatchHitsRequest,
-    WatchListRequest,
-    WatchRmOutcome,
-    WatchRmRequest,
-    WatchRow,
-)
+from ftfsearch.commands import requests
+from ftfsearch.commands.requests import *  # noqa: F403 - the request and result models, as requests.__all__ names them
 from ftfsearch.config import Settings
 
 
@@ -60,9 +31,4 @@ def open_commands(settings: Settings, notify: Callable[[str], None] = lambda _: 
     return LocalCommands.from_settings(settings)
 
 
-__all__ = [
-    "ChangeOutcome", "ChangeRequest", "ClassifyPage", "ClassifyPlan", "ClassifyRequest", "Commands", "DropOutcome", "DropRequest", "FindPage", "FindPlan", "FindRequest", "InfoRequest", "IngestObserver", "IngestOutcome", "IngestRequest",
-    "PushRequest", "ReviewOutcome", "ReviewRequest", "SceneRow", "ScenesRequest", "SearchOutcome", "SearchRequest", "open_commands",
-    "WatchAddRequest", "WatchDeliverOutcome", "WatchDeliverRequest", "WatchHitsOutcome", "WatchHitsRequest",
-    "WatchListRequest", "WatchRmOutcome", "WatchRmRequest", "WatchRow",
-]
+__all__ = ["Commands", "IngestObserver", "open_commands", *requests.__all__]

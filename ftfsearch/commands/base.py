@@ -21,12 +21,15 @@ from ftfsearch.commands.requests import (
     ChangeRequest,
     DropOutcome,
     DropRequest,
+    ExportOutcome,
+    ExportRequest,
     FindPage,
     FindPlan,
     FindRequest,
     InfoRequest,
     IngestOutcome,
     IngestRequest,
+    MarksRequest,
     PushRequest,
     ReviewOutcome,
     ReviewRequest,
@@ -98,5 +101,9 @@ class Commands(Protocol):
     def watch_hits(self, request: WatchHitsRequest) -> WatchHitsOutcome: ...
 
     def watch_deliver(self, request: WatchDeliverRequest) -> WatchDeliverOutcome: ...
+
+    def labels(self, request: MarksRequest) -> dict[str, Any]: ...
+
+    def export_embeddings(self, request: ExportRequest) -> ExportOutcome: ...
 
     def close(self) -> None: ...

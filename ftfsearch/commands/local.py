@@ -18,12 +18,15 @@ from ftfsearch.commands.requests import (
     ChangeRequest,
     DropOutcome,
     DropRequest,
+    ExportOutcome,
+    ExportRequest,
     FindPage,
     FindPlan,
     FindRequest,
     InfoRequest,
     IngestOutcome,
     IngestRequest,
+    MarksRequest,
     PushRequest,
     ReviewOutcome,
     ReviewRequest,
@@ -414,6 +417,26 @@ class LocalCommands:
         with self.access.store(read_only=False) as db:
             report = deliver(db, request.name, timeout=request.timeout, tries=request.tries)
         return WatchDeliverOutcome(delivered=report.delivered, failed=report.failed, errors=report.errors)
+
+    def labels(self, request: MarksRequest) -> dict[str, Any]:
+        from dataclasses import replace
+
+        from ftfsearch.examples import tile_at
+        from ftfsearch.labels import LabelSet, labels_from_refs, labels_to_geojson
+
+        with self.access.store(read_only=True) as db:
+            meta = db.meta()
+            refs = [replace(r, tile_id=tile_at(db, r), point=None) if r.point is not None else r
+                    for r in request.examples]
+            marks = LabelSet(labels_from_refs(refs), query=request.query,
+                             model_id=None if meta is None else meta.model_id)
+            return labels_to_geojson(marks, db)  # TileNotFound for a tile this store does not hold
+
+    def export_embeddings(self, request: ExportRequest) -> ExportOutcome:
+        from ftfsearch.embeddings_export import export_embeddings
+
+        with self.access.store(read_only=True) as db:
+            return ExportOutcome(out=request.out, tiles=export_embeddings(db, request.out))
 
     def close(self) -> None:
         """Nothing held between commands."""

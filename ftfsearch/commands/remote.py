@@ -23,12 +23,15 @@ from ftfsearch.commands.requests import (
     ChangeRequest,
     DropOutcome,
     DropRequest,
+    ExportOutcome,
+    ExportRequest,
     FindPage,
     FindPlan,
     FindRequest,
     InfoRequest,
     IngestOutcome,
     IngestRequest,
+    MarksRequest,
     PushRequest,
     ReviewOutcome,
     ReviewRequest,
@@ -59,11 +62,6 @@ G = TypeVar("G", bound=BaseModel)
 _PUSH = TypeAdapter(PushSummary)
 _SUMMARY = TypeAdapter(SceneSummary)
 _WATCHES = TypeAdapter(list[WatchRow])
-
-
-def _absolute(path: Any) -> Any:
-    """A local path as the holder (another working directory) finds it; URLs and STAC items as they are."""
-    return Path(path).absolute() if isinstance(path, Path) else path
 
 
 class HolderCommands:
@@ -129,7 +127,7 @@ class HolderCommands:
         model = request.model
         if model is not None and Path(model).exists():
             model = str(Path(model).absolute())
-        sent = request.model_copy(update={"sources": tuple(_absolute(s) for s in request.sources), "model": model})
+        sent = request.model_copy(update={"model": model})  # its sources' paths are absolute (ingest.sources)
         self._check_device()
         job = str(self._post("/api/holder/ingest", sent)["job"])
         pid = self.client.record.pid
@@ -189,6 +187,13 @@ class HolderCommands:
 
     def watch_deliver(self, request: WatchDeliverRequest) -> WatchDeliverOutcome:
         return WatchDeliverOutcome.model_validate(self._post("/api/holder/watch/deliver", request))
+
+    def labels(self, request: MarksRequest) -> dict[str, Any]:
+        return dict(self._post("/api/holder/labels", request))
+
+    def export_embeddings(self, request: ExportRequest) -> ExportOutcome:
+        sent = request.model_copy(update={"out": request.out.absolute()})  # the holder's working directory is not ours
+        return ExportOutcome.model_validate(self._post("/api/holder/export-embeddings", sent))
 
     def close(self) -> None:
         """The holder keeps the store; nothing to close here."""

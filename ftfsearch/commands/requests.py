@@ -15,9 +15,9 @@ from __future__ import annotations
 import unicodedata
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, PlainValidator, field_validator, model_validator
 
 from ftfsearch.area import Area
 from ftfsearch.change import ChangeHit
@@ -25,20 +25,29 @@ from ftfsearch.errors import BadInput
 from ftfsearch.examples import ExampleRef
 from ftfsearch.find import MAX_HITS
 from ftfsearch.find import PAGE as FIND_PAGE
-from ftfsearch.raster import is_url
 from ftfsearch.search import MAX_K, MAX_RECALL_K, Result, parse_bbox
 from ftfsearch.store.base import check_bbox
 from ftfsearch.times import TimeRange, check_range, check_ranges, parse_range, parse_time
 from ftfsearch.watch import WatchHit
 from ingest.pipeline import IngestFailure, IngestOptions, SceneSummary
-from ingest.stac import StacScene
+from ingest.sources import Source, as_source
 from ingest.tiling import TilingSpec
+
+__all__ = [  # what ftfsearch.commands re-exports: a new command's request and result are named here, once
+    "ChangeOutcome", "ChangeRequest", "ClassifyPage", "ClassifyPlan", "ClassifyRequest", "Detection", "DropOutcome",
+    "DropRequest", "ExportOutcome", "ExportRequest", "FindPage", "FindPlan", "FindRequest", "InfoRequest",
+    "IngestOutcome", "IngestRequest", "MarksRequest",
+    "PushRequest", "QueryScope", "Request", "SceneRow", "ScenesRequest", "Scope", "SearchOutcome", "SearchRequest",
+    "CountEstimate", "ReviewAnswer", "ReviewItem", "ReviewOutcome", "ReviewRequest", "StratumRow",
+    "WatchAddRequest", "WatchDeliverOutcome", "WatchDeliverRequest", "WatchHitsOutcome", "WatchHitsRequest",
+    "WatchListRequest", "WatchRmOutcome", "WatchRmRequest", "WatchRow",
+]
 
 DEFAULT_K = 10
 DEFAULT_RECALL_K = 100
 
-IngestSource = Path | str | StacScene
-"""What one ingest reads: a raster file, an http(s) URL (a string), or a STAC item."""
+IngestSource = Annotated[Source, PlainValidator(as_source), PlainSerializer(lambda s: s.to_json())]
+"""What one ingest reads (:class:`ingest.sources.Source`), as JSON its :meth:`~ingest.sources.Source.to_json`."""
 
 
 def checked_aoi(value: Any) -> dict[str, Any] | None:
@@ -385,13 +394,6 @@ class IngestRequest(Request):
     def _tiling(cls, value: Any) -> Any:
         return TilingSpec.from_dict({**TilingSpec().to_dict(), **value}) if isinstance(value, dict) else value
 
-    @field_validator("sources", mode="before")
-    @classmethod
-    def _sources(cls, value: Any) -> Any:
-        # As JSON a file is a string: only an http(s) URL stays one.
-        return tuple(StacScene.from_dict(v) if isinstance(v, dict) else Path(v) if isinstance(v, str) and not is_url(v)
-                     else v for v in value)
-
     @model_validator(mode="after")
     def _check(self) -> "IngestRequest":
         self.options()  # batch size, readers, acquired: the pipeline's own checks, before any load
@@ -569,3 +571,23 @@ class WatchDeliverOutcome(BaseModel):
     delivered: int
     failed: int
     errors: dict[str, str]
+
+class MarksRequest(Request):
+    """``labels export`` / ``labels import`` / ``POST /api/labels/*``: marks (stored tiles, their
+    regions or points, as like / unlike examples), checked against the store and answered as the
+    labels FeatureCollection (:func:`ftfsearch.labels.labels_to_geojson`) with the collection's model id."""
+
+    examples: tuple[ExampleRef, ...]
+    query: str | None = None
+
+
+class ExportRequest(Request):
+    """``export-embeddings``: every complete scene's tiles, vectors and footprints to a GeoParquet
+    file (:mod:`ftfsearch.embeddings_export`), written by whoever holds the store."""
+
+    out: Path
+
+
+class ExportOutcome(BaseModel):
+    out: Path
+    tiles: int

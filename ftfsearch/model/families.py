@@ -1,9 +1,8 @@
 """One table from a model family to everything it needs: how its saved directory loads, which
 training task trains it, and its defaults (as open_clip's factory and torchgeo's model API keep
 theirs). ``model/loading.py``, ``training/train.py`` and the CLI read it; a new family is one
-entry here, its loader and its training task.
-
-The training task is named, not imported: the model layer never imports training.
+entry here with its loader, and its training task registered under the same name in
+``training/train.py`` (``@trains(name)``): the model layer never imports training.
 """
 
 from __future__ import annotations
@@ -27,8 +26,6 @@ class Family:
     """What it is, for ``--arch``'s help."""
     load: Callable[[Path, dict[str, Any], "torch.device"], "Encoder"]
     """Load a saved model directory of this family (its ``ftf_config.json`` already read)."""
-    train_task: str
-    """The class of :mod:`ftfsearch.training.train` that trains it."""
     lr: float
     """Default peak learning rate of the heads."""
 
@@ -46,9 +43,8 @@ def _load_scratch(root: Path, raw: dict[str, Any], device: torch.device) -> Enco
 
 
 FAMILIES: dict[str, Family] = {f.name: f for f in (
-    Family("pretrained", "FTF on the pinned EfficientNet-Lite0 and MiniLM towers", _load_pretrained,
-           "_PretrainedTask", 1e-3),
-    Family("scratch", "the small FTF from nothing", _load_scratch, "_FtfTask", 2e-3),
+    Family("pretrained", "FTF on the pinned EfficientNet-Lite0 and MiniLM towers", _load_pretrained, 1e-3),
+    Family("scratch", "the small FTF from nothing", _load_scratch, 2e-3),
 )}
 SAVED_WITHOUT_FAMILY = "scratch"
 """The family of a model directory whose config names none (those saved before families)."""

@@ -31,7 +31,7 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Iterator, Protocol
+from typing import Any, Callable, Iterator, Protocol, TypeVar
 
 import numpy as np
 import torch
@@ -368,6 +368,24 @@ class _PixelTask:
         raise NotImplementedError
 
 
+T = TypeVar("T", bound=Callable[..., Any])
+TRAIN_TASKS: dict[str, Callable[..., _Task]] = {}
+"""Model family name (:data:`ftfsearch.model.families.FAMILIES`) -> the task that trains it; each
+task registers itself with :func:`trains`. The family table names no task: the model layer never
+imports training, and tests/test_families.py checks that the two tables cover the same families."""
+
+
+def trains(family_name: str) -> Callable[[T], T]:
+    """Register the decorated task class as the trainer of ``family_name``."""
+
+    def register(task: T) -> T:
+        TRAIN_TASKS[family_name] = task
+        return task
+
+    return register
+
+
+@trains("pretrained")
 class _PretrainedTask:
     """Training adapter of FTF on the pinned pretrained towers.
 
@@ -377,12 +395,12 @@ class _PretrainedTask:
     the branch and the heads. That is what makes fine-tuning pay on a 2-core CPU.
     """
 
-    def __init__(self, config: TrainConfig, captions: list[str], ckpt: dict[str, Any] | None, device: torch.device) -> None:
+    def __init__(self, config: TrainConfig, texts: list[str], ckpt: dict[str, Any] | None, device: torch.device) -> None:
         from ftfsearch.model.pretrained import PretrainedConfig, TextTokenizer, build_model
 
         self.cfg = PretrainedConfig.from_dict(ckpt["model_config"]) if ckpt is not None else config.pretrained
         self.config = config
-        self.captions = captions
+        self.texts = texts
         self.device = device
         torch.manual_seed(config.seed)
         self.model = build_model(self.cfg).to(device)
@@ -435,7 +453,7 @@ class _PretrainedTask:
             i, m = ids[start:start + 256].to(self.device), mask[start:start + 256].to(self.device)
             hs = bert(input_ids=i, attention_mask=m, output_hidden_states=True).hidden_states[self.first_layer]
             states[start:start + len(i)] = hs.to(torch.float16).cpu().numpy()
-            report(TrainProgress("features", 0, self.config.epochs, done + start + len(i), len(self.captions),
+            report(TrainProgress("features", 0, self.config.epochs, done + start + len(i), len(self.texts),
                                  message="caching frozen text features"))
         return states
 
@@ -457,12 +475,12 @@ class _PretrainedTask:
                           partial(self._image_view, pixels, v, report))
             for v in range(self.config.feature_views)
         ])
-        ids, mask = self.tokenizer(self.captions)
-        text_key = cache_key(texts=cache_key(texts=self.captions), layers=self.first_layer, tokens=self.cfg.max_text_tokens,
+        ids, mask = self.tokenizer(self.texts)
+        text_key = cache_key(texts=cache_key(texts=self.texts), layers=self.first_layer, tokens=self.cfg.max_text_tokens,
                              width=int(ids.shape[1]), bases=bases)
         width = int(self._bert().config.hidden_size)
         chunks = []
-        for c, start in enumerate(range(0, len(self.captions), TEXT_CHUNK)):
+        for c, start in enumerate(range(0, len(self.texts), TEXT_CHUNK)):
             part_ids, part_mask = ids[start:start + TEXT_CHUNK], mask[start:start + TEXT_CHUNK]
             chunks.append(load_or_build(self._cache_file(f"text-{text_key}-c{c}"), (len(part_ids), ids.shape[1], width),
                                         partial(self._text_chunk, part_ids, part_mask, report, start)))
@@ -520,13 +538,14 @@ class _PretrainedTask:
         save_pretrained_model(self.model.cpu(), out)
 
 
-def _make_task(config: TrainConfig, captions: list[str], ckpt: dict[str, Any] | None, device: torch.device) -> _Task:
+def _make_task(config: TrainConfig, texts: list[str], ckpt: dict[str, Any] | None, device: torch.device) -> _Task:
     if config.base is not None:
-        return _ClipTask(config, captions, ckpt, device)
-    task: type[_Task] = globals()[family(config.arch).train_task]  # the families table names it
-    return task(config, captions, ckpt, device)  # type: ignore[call-arg]
+        return _ClipTask(config, texts, ckpt, device)
+    task = TRAIN_TASKS[family(config.arch).name]
+    return task(config, texts, ckpt, device)
 
 
+@trains("scratch")
 class _FtfTask(_PixelTask):
     """Training adapter of the project's own dual encoder (tokenizer learned from the captions)."""
 

@@ -17,10 +17,10 @@ from starlette.concurrency import run_in_threadpool
 from ftfsearch import __version__
 from ftfsearch.commands.requests import ClassifyRequest, ReviewOutcome, ReviewRequest
 from ftfsearch.chips import MAX_CHIP_SIDE, ChipSpec, recorded_bands, region_footprints
-from ftfsearch.commands.requests import DropRequest
+from ftfsearch.commands.requests import DropRequest, MarksRequest
 from ftfsearch.errors import BadInput, SceneNotFound, SourceUnavailable
 from ftfsearch.examples import ExampleRef, image_ref, parse_ref
-from ftfsearch.labels import MAX_LABELS, LabelSet, labels_to_geojson, parse_labels
+from ftfsearch.labels import MAX_LABELS, LabelSet, parse_labels
 from ftfsearch.model.sources import encoder_device_label
 from ftfsearch.search import MAX_K, MAX_QUERY_CHARS, MAX_RECALL_K
 from ftfsearch.web.auth import record_change
@@ -290,10 +290,7 @@ def labels_export(res: Res, body: LabelsRequest) -> JSONResponse:
     labels = parse_labels({"type": "FeatureCollection", "features": [
         {"properties": m.model_dump()} for m in body.marks
     ]}, "marks")
-    with res.lock:
-        meta = res.store.meta()
-        labels.query, labels.model_id = body.query, None if meta is None else meta.model_id
-        collection = labels_to_geojson(labels, res.store)
+    collection = res.commands.labels(MarksRequest(examples=tuple(labels.refs()), query=body.query))
     return JSONResponse(collection, headers={"Content-Disposition": 'attachment; filename="labels.geojson"'})
 
 
@@ -308,8 +305,7 @@ async def labels_import(request: Request, res: Res) -> dict[str, Any]:
     labels = parse_labels(data, "labels")
 
     def check() -> dict[str, Any]:
-        with res.lock:
-            collection = labels_to_geojson(labels, res.store)
+        collection = res.commands.labels(MarksRequest(examples=tuple(labels.refs()), query=labels.query))
         return marks_body(request, labels, collection)
 
     return await run_in_threadpool(check)

@@ -32,10 +32,12 @@ from ftfsearch.commands.requests import (
     ChangeRequest,
     DropOutcome,
     DropRequest,
+    ExportRequest,
     ClassifyRequest,
     FindRequest,
     InfoRequest,
     IngestRequest,
+    MarksRequest,
     PushRequest,
     ReviewRequest,
     ScenesRequest,
@@ -357,6 +359,17 @@ async def push(holder: HolderDep, body: Body) -> dict[str, Any]:
     return _PUSH.dump_python(summary, mode="json")
 
 
+@router.post("/labels")
+async def labels(holder: HolderDep, body: Body) -> dict[str, Any]:
+    return await run_in_threadpool(holder.commands.labels, MarksRequest.model_validate(body))
+
+
+@router.post("/export-embeddings")
+async def export_embeddings(holder: HolderDep, body: Body) -> dict[str, Any]:
+    out = await run_in_threadpool(holder.commands.export_embeddings, ExportRequest.model_validate(body))
+    return out.model_dump(mode="json")
+
+
 @router.post("/ingest")
 async def ingest(holder: HolderDep, body: Body) -> dict[str, Any]:
     job = holder.start_ingest(IngestRequest.model_validate(body))
@@ -392,3 +405,29 @@ def create_holder_app(holder: Holder) -> FastAPI:
     app.add_exception_handler(StarletteHTTPException, _not_an_endpoint)
     app.include_router(router)
     return app
+
+
+def open_served(settings: Any, options: Any) -> tuple[Any, str | None]:
+    """What ``ftfsearch serve`` holds (:class:`~ftfsearch.web.resources.Resources`): the store, writable
+    where someone may write (an embedded store, whose holder ingests and drops for this user's other
+    commands; a Qdrant server's only where keys decide who writes), the model, and on an embedded
+    store the running :class:`Holder`. With it, why there is nothing to search yet (a message, its
+    parameters marked), or None."""
+    from ftfsearch.errors import CollectionNotFound
+    from ftfsearch.web.resources import Resources
+
+    resources = Resources.open(settings, options, writable=not settings.qdrant_url or options.keys_file is not None)
+    try:
+        if not settings.qdrant_url:  # the embedded store is ours alone: the other commands work through us
+            holder = Holder(resources, settings, settings.resolved_store_dir, settings.collection)
+            holder.start()
+            resources.before_close.append(holder.stop)
+        try:
+            resources.searcher()
+        except CollectionNotFound as exc:
+            return resources, exc.message
+    except BaseException:
+        resources.close()
+        raise
+    return resources, None
+
