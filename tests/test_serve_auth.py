@@ -246,7 +246,7 @@ def _samples(live: Live) -> dict[tuple[str, str], tuple[str, bytes | None, dict[
         # watches: a webhook that is not http(s) is refused before anything is stored, so every key
         # that is let through meets the same 400; the other routes name a watch that is not there
         ("GET", "/api/watches"): ("/api/watches", None, {}, 200),
-        ("POST", "/api/watches"): ("/api/watches", json.dumps({"name": "w", "text": "a river", "min_score": 0.5,
+        ("POST", "/api/watches"): ("/api/watches", json.dumps({"name": "w", "q": "a river", "min_score": 0.5,
                                                                "webhook": "ftp://example.org/x"}).encode(), as_json, 400),
         ("DELETE", "/api/watches/{name}"): ("/api/watches/no-such-watch", None, {}, 404),
         ("GET", "/api/watches/{name}/hits"): ("/api/watches/no-such-watch/hits", None, {}, 404),
