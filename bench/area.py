@@ -55,11 +55,10 @@ def speed(points: int, repeats: int, model: str | None) -> dict[str, Any]:
     from qdrant_client import models as qm
 
     from bench.query import Place, base_vectors, build, collection_name
-    from ftfsearch.classify import Model, Quality, fit
+    from ftfsearch.classify import Model, Quality
     from ftfsearch.find import find_pages, score_batch, unit
-    from ftfsearch.labels import Label, LabelSet
+    from ftfsearch.labels import Label
     from ftfsearch.model.loading import load_encoder
-    from ftfsearch.review import answer, propose, retrain, start
 
     encoder = load_encoder(model, device="cpu")
     base = base_vectors(encoder)
@@ -142,28 +141,7 @@ def speed(points: int, repeats: int, model: str | None) -> dict[str, Any]:
         order = np.argsort(-scores)
         ids = [i for batch in store.scan(None, page=1024) for i in batch.ids]
         marks = [Label(ids[i], "positive") for i in order[:100]] + [Label(ids[i], "negative") for i in order[-100:]]
-        fits, train_ms, refits, refit_ms = [], [], [], []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            model_ = fit(store, LabelSet(marks), None, None)
-            fits.append(time.perf_counter() - t0)
-            train_ms.append(model_.quality.train_ms)
-            t0 = time.perf_counter()
-            refit_ms.append(fit(store, LabelSet(marks), None, None, cross_validate=False).quality.train_ms)
-            refits.append(time.perf_counter() - t0)
-        # a review's answers: 200 marks, then each answer refits (no cross-validation) and proposes the next tile
-        labels = LabelSet(list(marks))
-        review, model_r = start(store, labels, None, None, {}, seed=0)
-        per_answer: list[float] = []
-        item = propose(store, review, labels, model_r)
-        for k in range(2 * repeats):
-            if item is None:
-                break
-            t0 = time.perf_counter()
-            labels = answer(labels, review, [(item.id, bool(k % 2))])
-            model_r = retrain(store, review, labels, None, None)
-            item = propose(store, review, labels, model_r)
-            per_answer.append(time.perf_counter() - t0)
+        training = train_200(store, marks, repeats)
         store.close()
         _ = linear
     finally:
@@ -177,14 +155,43 @@ def speed(points: int, repeats: int, model: str | None) -> dict[str, Any]:
         "qdrant_hnsw_over_scroll_classifier": p50["qdrant_hnsw"] / p50["classifier_scroll"],
         "classifier_hits": len(truth), "qdrant_exact_same": exact == truth,
         "qdrant_hnsw_recall": len(hnsw & truth) / max(len(truth), 1),
-        "memory": mem, "train_200_marks": {"fit_ms_p50": statistics.median(train_ms),
-                                            "with_cv_and_fetch_s_p50": statistics.median(fits),
-                                            "refit_ms_p50": statistics.median(refit_ms),
-                                            "refit_and_fetch_s_p50": statistics.median(refits),
-                                            "review_answer_s": per_answer,
-                                            "review_answer_s_p50": statistics.median(per_answer),
-                                            "background": model_.quality.background},
+        "memory": mem, "train_200_marks": training,
     }
+
+
+def train_200(store: Any, marks: list[Any], repeats: int) -> dict[str, Any]:
+    """Training on 200 marks: a fit with its cross-validation, a refit alone, and a review's
+    answers (each refits, without cross-validation, and proposes the next tile)."""
+    from ftfsearch.classify import fit
+    from ftfsearch.labels import LabelSet
+    from ftfsearch.review import answer, propose, retrain, start
+
+    fits, train_ms, refits, refit_ms = [], [], [], []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        model_ = fit(store, LabelSet(marks), None, None)
+        fits.append(time.perf_counter() - t0)
+        train_ms.append(model_.quality.train_ms)
+        t0 = time.perf_counter()
+        refit_ms.append(fit(store, LabelSet(marks), None, None, cross_validate=False).quality.train_ms)
+        refits.append(time.perf_counter() - t0)
+    # a review's answers: 200 marks, then each answer refits (no cross-validation) and proposes the next tile
+    labels = LabelSet(list(marks))
+    review, model_r = start(store, labels, None, None, {}, seed=0)
+    per_answer: list[float] = []
+    item = propose(store, review, labels, model_r)
+    for k in range(2 * repeats):
+        if item is None:
+            break
+        t0 = time.perf_counter()
+        labels = answer(labels, review, [(item.id, bool(k % 2))])
+        model_r = retrain(store, review, labels, None, None)
+        item = propose(store, review, labels, model_r)
+        per_answer.append(time.perf_counter() - t0)
+    return {"fit_ms_p50": statistics.median(train_ms), "with_cv_and_fetch_s_p50": statistics.median(fits),
+            "refit_ms_p50": statistics.median(refit_ms), "refit_and_fetch_s_p50": statistics.median(refits),
+            "review_answer_s": per_answer, "review_answer_s_p50": statistics.median(per_answer),
+            "background": model_.quality.background}
 
 
 # -- quality -------------------------------------------------------------------------------------------
