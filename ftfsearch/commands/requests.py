@@ -302,7 +302,7 @@ class FindPlan(BaseModel):
 
 
 class FindPage(BaseModel):
-    """One page of a find's hits (in scan order; ``rank`` counts them)."""
+    """One page of a find's hits (best first within each page of 16,384 hit ids; ``rank`` counts them)."""
 
     results: list[Result]
 
