@@ -3,12 +3,17 @@
 Speed (``--part speed``), on a Qdrant server this run starts (or ``QDRANT_URL``), with the query
 benchmark's synthetic collection (real encoder vectors of real tiles, perturbed; ``--points``):
 - ``find`` of about 1% of the tiles (the threshold set at the 99th percentile of the text's
-  scores) against a full scroll-and-score pass that keeps nothing (the baseline: reading every
-  tile once); its Python peak memory (tracemalloc) at 1% and at 10% hits: flat in the hits;
+  scores: Qdrant's exact threshold search, then the hits' vectors) against a full scroll that
+  keeps nothing (reading every tile once) and against find as it was (scroll every tile and score
+  it here), same set checked; its Python peak memory (tracemalloc) at 1% and at 10% hits: flat in
+  the hits;
 - a linear classifier on unit coarse vectors as a query (``w.x + b >= 0`` <=> ``cos(x, w) >= -b/|w|``):
   Qdrant's search with that score threshold (exact, and HNSW) against scroll-and-score of the same
   model, same answer checked;
-- training on 200 marks (100 hits, 100 misses, plus the background tiles ``classify`` adds).
+- training on 200 marks (100 hits, 100 misses, plus the background tiles ``classify`` adds): one
+  fit, the fit with its cross-validation, and a review's answer (the refit ``review`` runs on every
+  answer: fetching the marks and the background, one fit, no cross-validation; then the next
+  proposal), on a review started over the whole collection.
 
 Quality (``--part quality``), on real pixels: the UCM and RSICD val+test images as tiles (the
 examples benchmark's stores), one class at a time: 5, 10 and 20 marked hits and as many misses,
@@ -50,9 +55,9 @@ def speed(points: int, repeats: int, model: str | None) -> dict[str, Any]:
     from qdrant_client import models as qm
 
     from bench.query import Place, base_vectors, build, collection_name
-    from ftfsearch.classify import Model, Quality, fit
-    from ftfsearch.find import find_pages, unit
-    from ftfsearch.labels import Label, LabelSet
+    from ftfsearch.classify import Model, Quality
+    from ftfsearch.find import find_pages, score_batch, unit
+    from ftfsearch.labels import Label
     from ftfsearch.model.loading import load_encoder
 
     encoder = load_encoder(model, device="cpu")
@@ -74,6 +79,16 @@ def speed(points: int, repeats: int, model: str | None) -> dict[str, Any]:
         def find_all(threshold: float) -> int:
             return sum(len(page) for page in find_pages(store, text, threshold, None, None))
 
+        def find_scroll(threshold: float) -> set[str]:
+            """find as it was before the threshold search: every tile read and scored here."""
+            found: set[str] = set()
+            for batch in store.scan(None, page=1024):
+                keep = np.flatnonzero(score_batch(batch, text) >= threshold)
+                if len(keep):
+                    np.argmax(unit(np.asarray(batch.regions[keep], dtype=np.float32)) @ text, axis=-1)
+                    found.update(batch.ids[i] for i in keep)
+            return found
+
         def peak(fn: Any) -> float:
             tracemalloc.start()
             fn()
@@ -81,8 +96,8 @@ def speed(points: int, repeats: int, model: str | None) -> dict[str, Any]:
             tracemalloc.stop()
             return top / 2**20
 
-        timings: dict[str, list[float]] = {"scroll": [], "find_1pct": [], "qdrant_exact": [], "qdrant_hnsw": [],
-                                           "classifier_scroll": []}
+        timings: dict[str, list[float]] = {"scroll": [], "find_1pct": [], "find_scroll_1pct": [],
+                                           "qdrant_exact": [], "qdrant_hnsw": [], "classifier_scroll": []}
         hits = find_all(t1)
         # a coarse-only linear classifier: hits are the 1% above t1, misses drawn from the rest
         x = unit(np.concatenate([b.coarse for b in store.scan(None, page=1024)]))[:20000]
@@ -110,6 +125,7 @@ def speed(points: int, repeats: int, model: str | None) -> dict[str, Any]:
 
         for _ in range(repeats):
             for name, fn in (("scroll", scroll_all), ("find_1pct", lambda: find_all(t1)),
+                             ("find_scroll_1pct", lambda: find_scroll(t1)),
                              ("classifier_scroll", classifier_scroll),
                              ("qdrant_exact", lambda: classifier_qdrant(True)),
                              ("qdrant_hnsw", lambda: classifier_qdrant(False))):
@@ -117,6 +133,7 @@ def speed(points: int, repeats: int, model: str | None) -> dict[str, Any]:
                 fn()
                 timings[name].append(time.perf_counter() - t0)
         truth, exact, hnsw = classifier_scroll(), classifier_qdrant(True), classifier_qdrant(False)
+        find_same = {h.id for page in find_pages(store, text, t1, None, None) for h in page} == find_scroll(t1)
         mem = {"find_1pct_mb": peak(lambda: find_all(t1)), "find_10pct_mb": peak(lambda: find_all(t10)),
                "hits_10pct": find_all(t10)}
 
@@ -124,12 +141,7 @@ def speed(points: int, repeats: int, model: str | None) -> dict[str, Any]:
         order = np.argsort(-scores)
         ids = [i for batch in store.scan(None, page=1024) for i in batch.ids]
         marks = [Label(ids[i], "positive") for i in order[:100]] + [Label(ids[i], "negative") for i in order[-100:]]
-        fits, train_ms = [], []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            model_ = fit(store, LabelSet(marks), None, None)
-            fits.append(time.perf_counter() - t0)
-            train_ms.append(model_.quality.train_ms)
+        training = train_200(store, marks, repeats)
         store.close()
         _ = linear
     finally:
@@ -138,14 +150,48 @@ def speed(points: int, repeats: int, model: str | None) -> dict[str, Any]:
     return {
         "points": points, "build_seconds": built, "repeats": repeats, "hits_1pct": hits, "p50_s": p50,
         "find_over_scroll": p50["find_1pct"] / p50["scroll"],
+        "find_over_find_scroll": p50["find_1pct"] / p50["find_scroll_1pct"], "find_same": find_same,
         "qdrant_exact_over_scroll_classifier": p50["qdrant_exact"] / p50["classifier_scroll"],
         "qdrant_hnsw_over_scroll_classifier": p50["qdrant_hnsw"] / p50["classifier_scroll"],
         "classifier_hits": len(truth), "qdrant_exact_same": exact == truth,
         "qdrant_hnsw_recall": len(hnsw & truth) / max(len(truth), 1),
-        "memory": mem, "train_200_marks": {"fit_ms_p50": statistics.median(train_ms),
-                                            "with_cv_and_fetch_s_p50": statistics.median(fits),
-                                            "background": model_.quality.background},
+        "memory": mem, "train_200_marks": training,
     }
+
+
+def train_200(store: Any, marks: list[Any], repeats: int) -> dict[str, Any]:
+    """Training on 200 marks: a fit with its cross-validation, a refit alone, and a review's
+    answers (each refits, without cross-validation, and proposes the next tile)."""
+    from ftfsearch.classify import fit
+    from ftfsearch.labels import LabelSet
+    from ftfsearch.review import answer, propose, retrain, start
+
+    fits, train_ms, refits, refit_ms = [], [], [], []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        model_ = fit(store, LabelSet(marks), None, None)
+        fits.append(time.perf_counter() - t0)
+        train_ms.append(model_.quality.train_ms)
+        t0 = time.perf_counter()
+        refit_ms.append(fit(store, LabelSet(marks), None, None, cross_validate=False).quality.train_ms)
+        refits.append(time.perf_counter() - t0)
+    # a review's answers: 200 marks, then each answer refits (no cross-validation) and proposes the next tile
+    labels = LabelSet(list(marks))
+    review, model_r = start(store, labels, None, None, {}, seed=0)
+    per_answer: list[float] = []
+    item = propose(store, review, labels, model_r)
+    for k in range(2 * repeats):
+        if item is None:
+            break
+        t0 = time.perf_counter()
+        labels = answer(labels, review, [(item.id, bool(k % 2))])
+        model_r = retrain(store, review, labels, None, None)
+        item = propose(store, review, labels, model_r)
+        per_answer.append(time.perf_counter() - t0)
+    return {"fit_ms_p50": statistics.median(train_ms), "with_cv_and_fetch_s_p50": statistics.median(fits),
+            "refit_ms_p50": statistics.median(refit_ms), "refit_and_fetch_s_p50": statistics.median(refits),
+            "review_answer_s": per_answer, "review_answer_s_p50": statistics.median(per_answer),
+            "background": model_.quality.background}
 
 
 # -- quality -------------------------------------------------------------------------------------------
@@ -247,7 +293,8 @@ def report(res: dict[str, Any]) -> str:
             f"find and classify on a Qdrant server, {s['points']:,} tiles (p50 of {s['repeats']})",
             ["pass", "p50 s", "vs baseline"],
             [["baseline: scroll every tile", p["scroll"], 1.0],
-             [f"find, {s['hits_1pct']:,} hits (1%)", p["find_1pct"], s["find_over_scroll"]],
+             [f"find, {s['hits_1pct']:,} hits (1%): threshold search", p["find_1pct"], s["find_over_scroll"]],
+             ["find as it was: scroll and score", p["find_scroll_1pct"], p["find_scroll_1pct"] / p["scroll"]],
              [f"classifier: scroll and score ({s['classifier_hits']:,} hits)", p["classifier_scroll"], 1.0],
              ["classifier: Qdrant score threshold, exact", p["qdrant_exact"], s["qdrant_exact_over_scroll_classifier"]],
              ["classifier: Qdrant score threshold, HNSW", p["qdrant_hnsw"], s["qdrant_hnsw_over_scroll_classifier"]]]))
@@ -256,6 +303,12 @@ def report(res: dict[str, Any]) -> str:
                      f"{s['memory']['find_10pct_mb']:.1f} MB at 10% ({s['memory']['hits_10pct']:,} hits); "
                      f"training on 200 marks: fit {s['train_200_marks']['fit_ms_p50']:.0f} ms, with "
                      f"cross-validation and fetching {s['train_200_marks']['with_cv_and_fetch_s_p50']:.2f} s")
+        t = s["train_200_marks"]
+        if "find_same" in s:
+            lines.append(f"find: same set as scroll and score {s['find_same']}, "
+                         f"{s['find_over_find_scroll']:.3f} of its time; a review's answer on 200 marks (refit "
+                         f"{t['refit_ms_p50']:.0f} ms, with fetching {t['refit_and_fetch_s_p50']:.2f} s; with the next "
+                         f"proposal) {t['review_answer_s_p50']:.2f} s p50 of {len(t['review_answer_s'])}")
     for name, row in (res.get("quality") or {}).items():
         rows = []
         for n, by in row["by_marks"].items():

@@ -112,26 +112,38 @@ def marked_features(store: Store, ids: list[str]) -> np.ndarray:
 
 
 def train(x: np.ndarray, y: np.ndarray, positives: int, negatives: int, n_background: int,
-          seed: int = 0) -> Model:
-    """Fit the logistic regression (classes balanced) and cross-validate it."""
+          seed: int = 0, cross_validate: bool = True) -> Model:
+    """Fit the logistic regression (classes balanced) and, when asked, cross-validate it (five
+    more fits: a review refits on every answer but cross-validates less often).
+
+    One BLAS thread: the rows are few (hundreds to a few thousand), and OpenBLAS's threads spin
+    waiting for each other on a busy machine: 1.2-2.2 s per fit with two threads, 0.06-0.2 s with one
+    (1,200 rows of 512 features, a loaded 2-core machine; BENCHMARKS.md, issue 24)."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import precision_score, recall_score
     from sklearn.model_selection import StratifiedKFold, cross_val_predict
+    from threadpoolctl import threadpool_limits
 
-    t0 = time.perf_counter()
     make = lambda: LogisticRegression(C=1.0, class_weight="balanced", max_iter=1000)  # noqa: E731
-    model = make().fit(x, y)
-    train_ms = (time.perf_counter() - t0) * 1000
-    folds = int(min(5, y.sum(), len(y) - y.sum()))
-    predicted = cross_val_predict(make(), x, y, cv=StratifiedKFold(folds, shuffle=True, random_state=seed))
-    quality = Quality(precision=float(precision_score(y, predicted, zero_division=0)),
-                      recall=float(recall_score(y, predicted, zero_division=0)), folds=folds,
-                      positives=positives, negatives=negatives, background=n_background, train_ms=train_ms)
+    with threadpool_limits(1, user_api="blas"):
+        t0 = time.perf_counter()
+        model = make().fit(x, y)
+        train_ms = (time.perf_counter() - t0) * 1000
+        folds = int(min(5, y.sum(), len(y) - y.sum())) if cross_validate else 0
+        precision = recall = float("nan")
+        if folds:
+            predicted = cross_val_predict(make(), x, y, cv=StratifiedKFold(folds, shuffle=True, random_state=seed))
+            precision = float(precision_score(y, predicted, zero_division=0))
+            recall = float(recall_score(y, predicted, zero_division=0))
+    quality = Quality(precision=precision, recall=recall, folds=folds, positives=positives, negatives=negatives,
+                      background=n_background, train_ms=train_ms)
     return Model(weights=model.coef_[0].astype(np.float32), bias=float(model.intercept_[0]), quality=quality)
 
 
-def fit(store: Store, labels: LabelSet, flt: QueryFilter | None, area: Area | None) -> Model:
-    """The model of ``labels`` over the store's vectors, with background negatives from the scope."""
+def fit(store: Store, labels: LabelSet, flt: QueryFilter | None, area: Area | None,
+        cross_validate: bool = True) -> Model:
+    """The model of ``labels`` over the store's vectors, with background negatives from the scope
+    (cross-validated unless ``cross_validate`` is False: then ``quality`` has no precision/recall)."""
     hits, misses = check_labels(labels, store)
     x_pos, x_neg = marked_features(store, hits), marked_features(store, misses) if misses else None
     n_bg = max(MIN_BACKGROUND, BACKGROUND_PER_POSITIVE * len(hits))
@@ -143,7 +155,7 @@ def fit(store: Store, labels: LabelSet, flt: QueryFilter | None, area: Area | No
     if len(x) - len(hits) < MIN_POSITIVES:
         raise BadInput(f"`labels`: {len(x) - len(hits)} negatives (marked misses and background tiles); the "
                        f"collection has too few tiles in scope to train on; mark at least {MIN_POSITIVES} misses")
-    return train(x, y, len(hits), len(misses), len(x_bg))
+    return train(x, y, len(hits), len(misses), len(x_bg), cross_validate=cross_validate)
 
 
 @dataclass(frozen=True)

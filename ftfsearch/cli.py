@@ -837,6 +837,8 @@ def review(
     after: Optional[str] = typer.Option(None, "--after", help="Only scenes acquired at or after this time (ISO 8601)."),
     before: Optional[str] = typer.Option(None, "--before", help="Only scenes acquired before this time."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the random draws when starting (recorded)."),
+    cross_validate: bool = typer.Option(False, "--cross-validate", help="Cross-validate the classifier now "
+                                        "(otherwise every 10 marks; each answer refits it)."),
     as_json: bool = typer.Option(False, "--json", help="Print the next tile, the estimate and the strata as JSON "
                                  "(never asks)."),
     store: Optional[Path] = StoreOpt,
@@ -858,7 +860,8 @@ def review(
         _fail(f"{what} {str(source)!r}: cannot be read as GeoJSON ({getattr(exc, 'strerror', None) or exc}){hint}", 2)
     answers = [_parse_answer(a) for a in answer or ()]
     scope = {"bbox": bbox, "aoi": _read_aoi(aoi), "scenes": tuple(scene or ()), "after": after, "before": before}
-    request = ReviewRequest.model_validate({"labels": content, "answers": answers, "seed": seed, **scope})
+    request = ReviewRequest.model_validate({"labels": content, "answers": answers, "seed": seed,
+                                            "cross_validate": cross_validate, **scope})
     commands = _commands(_settings(store_dir=store, qdrant_url=qdrant_url, collection=collection))
     interactive = not answer and not as_json and sys.stdin.isatty()
     while True:
@@ -868,8 +871,10 @@ def review(
             out.print_json(json.dumps(outcome.model_dump(mode="json", exclude={"labels"})))
             return
         q = outcome.quality
+        marks = q.positives + q.negatives
+        fresh = "now" if q.validated_marks in (None, marks) else f"at {q.validated_marks} marks, now {marks}"
         err.print(f"retrained on {q.positives} hits, {q.negatives} misses in {q.train_ms:.0f} ms; cross-validated "
-                  f"precision {q.precision:.2f}, recall {q.recall:.2f}", highlight=False)
+                  f"({fresh}) precision {q.precision:.2f}, recall {q.recall:.2f}", highlight=False)
         out.print(f"hit tiles {outcome.estimate.text} of {q.scope:,} in scope", highlight=False)
         if outcome.item is None:
             out.print("nothing left to check", highlight=False)

@@ -1,5 +1,8 @@
-"""Every tile above a threshold (``ftfsearch find``): a scan of the tiles in scope, scored page by
-page, so memory holds one page whatever the number of hits, and no ``k`` caps the answer.
+"""Every tile above a threshold (``ftfsearch find``): Qdrant's own exact search with a score
+threshold names the hits (ids only, a page of ids at a time), then only the hits' vectors are read
+and scored here, page by page, so memory holds one page whatever the number of hits, no ``k`` caps
+the answer, and the tiles below the threshold are never read (a scroll of every tile's regions was
+43x slower for the same set: BENCHMARKS.md, issue 24).
 
 A tile's score is the cosine of its coarse vector with the query vector (the text's, or the
 examples' ``2 avg(like) - avg(unlike)``, as recall uses); its matched region is the region whose
@@ -24,6 +27,13 @@ SAMPLE = 4096
 """Tiles scored to choose the default threshold and to estimate the number of hits."""
 ROBUST_Z = 4.0
 """The default threshold: this many robust standard deviations above the sample's median."""
+ID_PAGE = 16384
+"""Hit ids named per threshold search (ids and scores only: about 2 MB); each further page is one
+more exact pass over the scope (Qdrant pages a search by offset)."""
+MARGIN = 1e-3
+"""The search asks for ``threshold - MARGIN`` and every hit is scored again here from its stored
+vectors, so Qdrant's rounding (it scores its own normalised copy) can neither add nor drop a tile at
+the threshold: the set is exactly what scoring every tile here would keep."""
 MAX_HITS = 1_000_000
 """A find estimated to return more tiles than this is refused: narrow it or raise the threshold."""
 
@@ -63,7 +73,9 @@ def unit(x: np.ndarray) -> np.ndarray:
 
 
 def score_batch(batch: TileBatch, query: np.ndarray) -> np.ndarray:
-    return unit(batch.coarse) @ query
+    """Cosines, row by row (einsum, not a BLAS product whose rounding can depend on how many tiles a
+    page holds), so a tile's score is the same whichever page reads it."""
+    return np.einsum("ij,j->i", unit(batch.coarse), np.asarray(query, dtype=np.float32))
 
 
 def in_area(batch: TileBatch, area: Area | None) -> np.ndarray:
@@ -107,17 +119,33 @@ def plan(store: Store, query: np.ndarray, flt: QueryFilter | None, area: Area | 
                 estimated=estimated)
 
 
+def above_ids(store: Store, query: np.ndarray, threshold: float, flt: QueryFilter | None,
+              id_page: int = ID_PAGE) -> Iterator[list[str]]:
+    """The ids of the tiles scoring at least ``threshold - MARGIN``, best first, ``id_page`` at a time."""
+    offset = 0
+    while True:
+        got = store.above(query, threshold - MARGIN, flt, limit=id_page, offset=offset)
+        if len(got):
+            yield got.ids
+        if len(got) < id_page:
+            return
+        offset += len(got)
+
+
 def find_pages(store: Store, query: np.ndarray, threshold: float, flt: QueryFilter | None,
-               area: Area | None, page: int = PAGE) -> Iterator[list[Hit]]:
-    """The hits of each scanned page (an empty page is skipped), best region found per hit."""
-    for batch in store.scan(flt, page=page):
-        scores = score_batch(batch, query)
-        keep = np.flatnonzero((scores >= threshold) & in_area(batch, area))
-        if len(keep) == 0:
-            continue
-        regions = unit(np.asarray(batch.regions[keep], dtype=np.float32))
-        best = np.argmax(regions @ query, axis=-1)
-        yield [Hit(batch.ids[i], float(scores[i]), int(best[j]), batch.payloads[i]) for j, i in enumerate(keep)]
+               area: Area | None, page: int = PAGE, id_page: int = ID_PAGE) -> Iterator[list[Hit]]:
+    """The hits, ``page`` tiles read at a time (a page left empty is skipped), best region found
+    per hit; best first within each ``id_page``."""
+    for ids in above_ids(store, query, threshold, flt, id_page):
+        for at in range(0, len(ids), page):
+            got, coarse, regions, payloads = store.get_vectors(ids[at:at + page], with_payload=True)
+            batch = TileBatch(got, np.asarray(coarse, dtype=np.float32), regions, payloads)
+            scores = score_batch(batch, query)
+            keep = np.flatnonzero((scores >= threshold) & in_area(batch, area))
+            if len(keep) == 0:
+                continue
+            best = np.argmax(unit(np.asarray(batch.regions[keep], dtype=np.float32)) @ query, axis=-1)
+            yield [Hit(batch.ids[i], float(scores[i]), int(best[j]), batch.payloads[i]) for j, i in enumerate(keep)]
 
 
 def query_vector(encoder: Any, store: Store, text: str | None, examples: Any) -> tuple[np.ndarray, list[str]]:

@@ -12,7 +12,7 @@ from shapely.geometry import Polygon, box, mapping
 
 from ftfsearch.area import Area, store_filter
 from ftfsearch.errors import BadInput
-from ftfsearch.find import default_threshold, find_pages, plan, unit
+from ftfsearch.find import default_threshold, find_pages, plan, score_batch, unit
 from ftfsearch.model.loading import load_encoder
 from ftfsearch.search import Searcher
 from ftfsearch.store.base import QueryFilter, Store
@@ -95,6 +95,45 @@ def test_find_scans_every_tile_above_the_threshold(filled: Store, encoder) -> No
     for h in found.values():
         assert h.score == pytest.approx(scores[h.id], abs=1e-4)
         assert 0 <= h.region_index < encoder.num_regions
+
+
+def scroll_and_score(store: Store, query: np.ndarray, threshold: float, flt: QueryFilter | None,
+                     area: Area | None) -> dict[str, float]:
+    """What find did before it searched: every tile in scope read and scored here."""
+    out: dict[str, float] = {}
+    for batch in store.scan(flt, page=50):
+        scores = score_batch(batch, query)
+        for i, p, s in zip(batch.ids, batch.payloads, scores):
+            if s >= threshold and (area is None or area.keeps(p.get("footprint"), p.get("bbox"))):
+                out[i] = float(s)
+    return out
+
+
+@pytest.mark.parametrize("scoped", [False, True])
+def test_find_by_threshold_search_returns_the_scroll_and_score_set(filled: Store, encoder, scoped: bool) -> None:
+    """Qdrant's threshold search, paged by offset, names exactly the tiles a scroll-and-score pass keeps,
+    with the filters applied inside the search, and a tile scoring exactly the threshold kept."""
+    query = unit(encoder.encode_text(["a river"])[0].float().numpy())
+    ids, coarse, payloads = all_tiles(filled)
+    scene = filled.list_scenes()[0].scene_id
+    area = a_triangle(filled) if scoped else None
+    flt = None
+    if scoped:
+        bbox, center_in = store_filter(area, None, filled)
+        flt = QueryFilter(bbox=bbox, center_in=center_in, scene_ids=(scene,), exclude_ids=(ids[0], ids[1]))
+    everything = scroll_and_score(filled, query, -1.0, None, None)
+    scores = np.sort(np.array(list(everything.values())))
+    for threshold in (float(scores[len(scores) // 4]), float(scores[len(scores) // 2])):
+        truth = scroll_and_score(filled, query, threshold, flt, area)
+        assert 7 < len(truth) < len(ids)  # some pass, some do not, several id pages
+        if not scoped:  # the tile scoring exactly the threshold is kept
+            assert threshold in truth.values()
+        pages = list(find_pages(filled, query, threshold, flt, area, page=2, id_page=3))
+        found = {h.id: h.score for page in pages for h in page}
+        assert sum(len(p) for p in pages) == len(found) and len(pages) > 2
+        assert found == truth
+        assert not scoped or (ids[0] not in found and ids[1] not in found)
+    assert filled.above(query, float(scores[-1]) + 0.01, flt).ids == []
 
 
 def test_a_find_past_its_limit_is_refused_with_a_way_out(filled: Store, encoder) -> None:

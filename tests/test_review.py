@@ -16,7 +16,7 @@ from ftfsearch.classify import fit, marked_features
 from ftfsearch.errors import BadInput
 from ftfsearch.labels import Label, LabelSet, labels_to_geojson, parse_labels
 from ftfsearch.model.loading import load_encoder
-from ftfsearch.review import Review, answer, estimate, marks_of, propose, review_of, start
+from ftfsearch.review import VALIDATE_EVERY, Review, answer, estimate, marks_of, propose, retrain, review_of, start
 from ftfsearch.store.base import QueryFilter, Store
 from ingest.pipeline import IngestOptions, ingest_paths
 from ingest.tiling import TilingSpec
@@ -108,6 +108,37 @@ def test_a_partial_review_estimates_with_an_interval(filled: Store, encoder) -> 
     after = propose(filled, review, labels, model)
     assert after is not None and after.id != item.id
     assert estimate(review, labels).reviewed == est.reviewed
+
+
+def test_every_answer_refits_and_cross_validation_runs_every_few_marks(filled: Store, encoder) -> None:
+    truth = oracle(filled, encoder)
+    labels = first_marks(truth)
+    review, model = start(filled, labels, None, None, {}, seed=7)
+    assert review.validated is not None and review.validated.marks == 6 and review.validated.folds >= 2
+    first = review.validated
+    for n in range(1, VALIDATE_EVERY + 1):
+        item = propose(filled, review, labels, model)
+        assert item is not None
+        labels = answer(labels, review, [(item.id, truth[item.id])])
+        before = model.weights
+        model = retrain(filled, review, labels, None, None)
+        assert not np.array_equal(model.weights, before)  # refitted on this answer
+        # the refit is the model a cross-validated fit of the same marks makes
+        assert np.allclose(model.weights, fit(filled, labels, None, None).weights, atol=1e-6)
+        if n < VALIDATE_EVERY:
+            assert review.validated is first and model.quality.folds == 0  # not cross-validated
+        else:
+            assert review.validated.marks == 6 + VALIDATE_EVERY and model.quality.folds >= 2
+    asked = retrain(filled, review, labels, None, None, validate=True)
+    assert asked.quality.folds >= 2 and review.validated.precision == asked.quality.precision
+    again = review_of({"review": review.to_json()})
+    assert again is not None and again.validated == review.validated
+    older = review.to_json()
+    del older["validated"]  # a file written before reviews kept it: validated at the next answer
+    old = Review.from_json(older)
+    assert old.validated is None
+    retrain(filled, old, labels, None, None)
+    assert old.validated is not None and old.validated.marks == len(marks_of(labels))
 
 
 def test_bad_review_files_are_refused_in_one_line(filled: Store) -> None:

@@ -59,11 +59,16 @@ def test_review_answers_and_the_estimate(cli: InProcess, tmp_path: Path) -> None
     drawn = sum(s["reviewed"] for s in step["strata"])
     assert step["estimate"]["reviewed"] == drawn >= kinds.count("estimate")  # a drawn marked tile counts unasked
     assert step["timings_ms"]["train"] > 0
+    assert step["quality"]["validated_marks"] == 6  # refitted on every answer, cross-validated at the start only
+    checked = cli("review", str(review), "--cross-validate", "--json")
+    assert checked.returncode == 0, checked.stderr
+    assert json.loads(checked.stdout)["quality"]["validated_marks"] == 12
 
     # the plain form: the estimate, the tile to check and how to answer it
     plain = cli("review", str(review))
     assert plain.returncode == 0 and "95% CI" in plain.stdout and "check tile" in plain.stdout
     assert f"ftfsearch review {review} --answer" in plain.stderr
+    assert "cross-validated (now)" in plain.stderr
 
     detections = tmp_path / "detections.parquet"
     counted = cli("classify", "--labels", str(review), "--estimate", "--json", "-o", str(detections))

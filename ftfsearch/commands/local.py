@@ -256,9 +256,8 @@ class LocalCommands:
     def review(self, request: ReviewRequest) -> ReviewOutcome:
         import time
 
-        from ftfsearch.classify import fit
         from ftfsearch.labels import labels_to_geojson, parse_labels
-        from ftfsearch.review import answer, estimate, propose, review_of, start, strata_counts
+        from ftfsearch.review import answer, estimate, propose, retrain, review_of, start, strata_counts
 
         t0 = time.perf_counter()
         labels = parse_labels(request.labels, "`labels`")
@@ -278,14 +277,15 @@ class LocalCommands:
                 area = scoped.area()
                 flt = scope_filter(scoped, area, db)
                 labels = answer(labels, current, [(a.id, a.hit) for a in request.answers])
-                model = fit(db, labels, flt, area)
+                model = retrain(db, current, labels, flt, area, request.cross_validate)
             t1 = time.perf_counter()
             item = propose(db, current, labels, model)
             document = {**labels_to_geojson(labels, db), "review": current.to_json()}
-        q = model.quality
-        quality = ClassifyPlan(precision=q.precision, recall=q.recall, folds=q.folds, positives=q.positives,
+        q, v = model.quality, current.validated
+        assert v is not None  # start and retrain keep one
+        quality = ClassifyPlan(precision=v.precision, recall=v.recall, folds=v.folds, positives=q.positives,
                                negatives=q.negatives, background=q.background, train_ms=q.train_ms,
-                               scope=sum(s.size for s in current.strata))
+                               scope=sum(s.size for s in current.strata), validated_marks=v.marks)
         strata = [StratumRow(low=plan.low, high=plan.high, size=s.size, reviewed=s.reviewed, positive=s.positive)
                   for plan, s in zip(current.strata, strata_counts(current, {m.tile_id: m.label == "positive"
                                                                               for m in labels.labels}))]

@@ -192,6 +192,10 @@ class ClassifyPlan(BaseModel):
     scope: int
     estimate: "CountEstimate | None" = None
     """With ``estimate``: the number of hits in the scope, from the review answers."""
+    validated_marks: int | None = None
+    """In a review: how many tiles were marked when ``precision`` and ``recall`` were cross-validated
+    (a review refits on every answer but cross-validates every few marks; now there are
+    ``positives + negatives``)."""
 
 
 class CountEstimate(BaseModel):
@@ -234,6 +238,8 @@ class ReviewRequest(Scope):
     answers: tuple[ReviewAnswer, ...] = ()
     seed: int | None = None
     """The random draws' seed when a review starts (default: a random one, recorded in the file)."""
+    cross_validate: bool = False
+    """Cross-validate the retrained classifier now (otherwise every few marks: ``validated_marks``)."""
 
     _labels = field_validator("labels")(ClassifyRequest._labels.__func__)  # type: ignore[attr-defined]
 
@@ -306,7 +312,7 @@ class FindPlan(BaseModel):
 
 
 class FindPage(BaseModel):
-    """One page of a find's hits (in scan order; ``rank`` counts them)."""
+    """One page of a find's hits (best first within each page of 16,384 hit ids; ``rank`` counts them)."""
 
     results: list[Result]
 

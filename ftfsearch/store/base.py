@@ -264,6 +264,14 @@ class Store(Protocol):
         ``RECOMMEND_STRATEGIES``); otherwise as ``recall``."""
         ...
 
+    def above(self, query: np.ndarray, threshold: float, flt: QueryFilter | None = None, limit: int = 16384,
+              offset: int = 0) -> Candidates:
+        """Tiles whose coarse cosine with ``query`` is at least ``threshold``, best first, ranks
+        ``offset`` to ``offset + limit``: ids and scores only (empty payloads, no vectors). Qdrant's
+        own search with a score threshold, exact (every tile ``flt`` admits is compared, no HNSW
+        approximation), so ``find`` reads the vectors of the hits only, not of every tile."""
+        ...
+
     def find_tiles(self, flt: QueryFilter, limit: int = 256) -> list[tuple[str, dict[str, Any]]]:
         """``(id, payload)`` of up to ``limit`` tiles matching ``flt``, in id order, without
         vectors (the tiles under a point, say: a zero-size ``bbox``)."""

@@ -565,6 +565,19 @@ class EdgeStore:
             query = kind(qe.RecommendQuery(_dense(pos), _dense(neg)), using=schema.COARSE)
         return self._query(query, k, flt, with_vectors, with_payload)
 
+    def above(self, query: np.ndarray, threshold: float, flt: QueryFilter | None = None, limit: int = 16384,
+              offset: int = 0) -> Candidates:
+        tiles = self._need_tiles()
+        vec = check_text(query, self.meta())
+        points = tiles.query(qe.QueryRequest(
+            limit=check_k(limit, "limit"), offset=max(int(offset), 0),
+            query=qe.Query.Nearest(vec.tolist(), using=schema.COARSE), filter=_edge_filter(filter_conditions(flt)),
+            score_threshold=float(threshold), params=qe.SearchParams(exact=True), with_payload=False,
+            with_vector=False,
+        ))
+        return Candidates(ids=[str(p.id) for p in points], scores=np.array([p.score for p in points], dtype=np.float32),
+                          payloads=[{} for _ in points])
+
     def find_tiles(self, flt: QueryFilter, limit: int = 256) -> list[tuple[str, dict[str, Any]]]:
         self._check_open()
         if self._tiles is None:

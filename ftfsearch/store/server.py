@@ -704,6 +704,21 @@ class ServerStore:
         )
         return self._candidates(points, with_vectors)
 
+    def above(self, query: np.ndarray, threshold: float, flt: QueryFilter | None = None, limit: int = 16384,
+              offset: int = 0) -> Candidates:
+        vec = check_text(query, self.meta()).tolist()
+        body: dict[str, Any] = {
+            "query": vec, "using": schema.COARSE, "limit": check_k(limit, "limit"), "offset": max(int(offset), 0),
+            "score_threshold": float(threshold), "params": {"exact": True}, "with_payload": False,
+            "with_vector": False,
+        }
+        query_filter = _client_filter(filter_conditions(flt))
+        if query_filter is not None:
+            body["filter"] = query_filter.model_dump(mode="json", exclude_none=True)
+        points = self._raw_points("find tiles above a score", body)
+        return Candidates(ids=[str(p.id) for p in points], scores=np.array([p.score for p in points], dtype=np.float32),
+                          payloads=[{} for _ in points])
+
     def find_tiles(self, flt: QueryFilter, limit: int = 256) -> list[tuple[str, dict[str, Any]]]:
         try:
             points, _ = self._run(
