@@ -30,8 +30,6 @@ from ftfsearch.commands import (
     DropOutcome,
     DropRequest,
     InfoRequest,
-    IngestOutcome,
-    IngestRequest,
     SceneRow,
     ScenesRequest,
     SearchOutcome,
@@ -47,6 +45,7 @@ from ftfsearch.commands import (
     WatchRow,
     open_commands,
 )
+from ftfsearch.commands.ingest_requests import IngestOutcome, IngestRequest
 from ftfsearch.config import Settings, load_settings
 from ftfsearch.errors import BadInput
 from ftfsearch.commands.requests import Detection

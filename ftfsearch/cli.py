@@ -345,7 +345,7 @@ def ingest(
                                 replication_factor=replication_factor, acquired=acquired)
         _ingest_batch(entries, part, named.list_path, options, settings, as_json)
         return
-    from ftfsearch.commands import IngestRequest
+    from ftfsearch.commands.ingest_requests import IngestRequest
 
     files = named.sources(settings.resolved_stack_dir, warn=_print_stopped)
     request = IngestRequest(sources=tuple(files), tiling=spec, batch_size=batch_size, readers=readers,

@@ -27,7 +27,6 @@ from ftfsearch.commands import (
     DropRequest,
     ExportRequest,
     InfoRequest,
-    IngestRequest,
     MarksRequest,
     PushRequest,
     ReviewRequest,
@@ -39,6 +38,7 @@ from ftfsearch.commands import (
     WatchRmRequest,
     open_commands,
 )
+from ftfsearch.commands.ingest_requests import IngestRequest
 from ftfsearch.commands.local import LocalCommands
 from ftfsearch.commands.remote import HolderCommands
 from ftfsearch.config import Settings

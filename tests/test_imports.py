@@ -239,7 +239,8 @@ LAYER_RULES: list[tuple[str, tuple[str, ...], tuple[str, ...], tuple[str, ...]]]
     ("the surfaces resolve no sources: the command layer does (ftfsearch.commands.sources)",
      ("ftfsearch.cli", "ftfsearch.api", "ftfsearch.web"), (), ("ingest.sources", "ingest.stac", "ingest.stac_api")),
     ("the pipeline and batches read sources through the Source protocol, never one kind of source",
-     ("ingest.pipeline", "ingest.batch"), (), ("ingest.stac", "ingest.stac_api", "ingest.stack")),
+     ("ingest.pipeline", "ingest.batch"), (), ("ingest.stac", "ingest.stac_api", "ingest.stack")),    ("the request models a query imports use nothing of the write path (ingest's are in commands.ingest_requests)",
+     ("ftfsearch.commands.requests",), (), ("ingest",)),
 ]
 
 

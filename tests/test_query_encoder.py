@@ -110,7 +110,7 @@ def test_a_text_query_process_imports_neither_torch_nor_transformers(
     assert timed.returncode == 0, timed.stderr[-2000:]
     assert len(json.loads(timed.stdout)) == 2
     imported = {line.rsplit("|", 1)[-1].strip() for line in timed.stderr.splitlines() if line.startswith("import time:")}
-    assert not imported & {"torch", "transformers"}
+    assert not imported & {"torch", "transformers", "rasterio"}
 
     # the CLI as a user runs it, its cache on a "full" disk: the query works and says so once
     cli = subprocess.run(

@@ -11,7 +11,7 @@ and one holder route.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ftfsearch.commands.requests import (
     ClassifyPage,
@@ -27,8 +27,6 @@ from ftfsearch.commands.requests import (
     FindPlan,
     FindRequest,
     InfoRequest,
-    IngestOutcome,
-    IngestRequest,
     MarksRequest,
     PushRequest,
     ReviewOutcome,
@@ -48,7 +46,9 @@ from ftfsearch.commands.requests import (
     WatchRow,
 )
 from ftfsearch.store.transfer import PushSummary
-from ingest.pipeline import IngestFailure, SceneSummary
+if TYPE_CHECKING:  # the write path's types: a query process does not import the pipeline
+    from ftfsearch.commands.ingest_requests import IngestOutcome, IngestRequest
+    from ingest.pipeline import IngestFailure, SceneSummary
 
 
 class IngestObserver(Protocol):

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, ContextManager, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, ContextManager, Protocol, TypeVar
 
 from ftfsearch.commands.base import IngestObserver
 from ftfsearch.commands.requests import (
@@ -24,8 +24,6 @@ from ftfsearch.commands.requests import (
     FindPlan,
     FindRequest,
     InfoRequest,
-    IngestOutcome,
-    IngestRequest,
     MarksRequest,
     PushRequest,
     ReviewOutcome,
@@ -57,6 +55,9 @@ from ftfsearch.search import Result
 from ftfsearch.area import Area
 from ftfsearch.store.base import QueryFilter, Store
 from ftfsearch.store.transfer import PushSummary
+
+if TYPE_CHECKING:  # the write path's types: a query process does not import the pipeline
+    from ftfsearch.commands.ingest_requests import IngestOutcome, IngestRequest
 
 
 class StoreAccess(Protocol):
@@ -315,6 +316,8 @@ class LocalCommands:
         with self.access.store(read_only=False) as db:
             done, failed = ingest_paths(list(request.sources), encoder, db, request.options(), progress=observer,
                                         on_scene=None if observer is None else observer.scene)
+        from ftfsearch.commands.ingest_requests import IngestOutcome
+
         return IngestOutcome(scenes=done, failed=failed)
 
     def scenes(self, request: ScenesRequest) -> list[SceneRow]:

@@ -29,8 +29,6 @@ from ftfsearch.commands.requests import (
     FindPlan,
     FindRequest,
     InfoRequest,
-    IngestOutcome,
-    IngestRequest,
     MarksRequest,
     PushRequest,
     ReviewOutcome,
@@ -49,6 +47,7 @@ from ftfsearch.commands.requests import (
     WatchRmRequest,
     WatchRow,
 )
+from ftfsearch.commands.ingest_requests import IngestOutcome, IngestRequest
 from ftfsearch.config import Settings
 from ftfsearch.errors import StoreUnavailable
 from ftfsearch.store.holder_client import HolderClient, remote_error

@@ -15,9 +15,9 @@ from __future__ import annotations
 import unicodedata
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, PlainValidator, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ftfsearch.area import Area
 from ftfsearch.change import ChangeHit
@@ -29,14 +29,11 @@ from ftfsearch.search import MAX_K, MAX_RECALL_K, Result, parse_bbox
 from ftfsearch.store.base import check_bbox
 from ftfsearch.times import TimeRange, check_range, check_ranges, parse_range, parse_time
 from ftfsearch.watch import WatchHit
-from ingest.pipeline import IngestFailure, IngestOptions, SceneSummary
-from ingest.sources import Source, as_source
-from ingest.tiling import TilingSpec
 
 __all__ = [  # what ftfsearch.commands re-exports: a new command's request and result are named here, once
     "ChangeOutcome", "ChangeRequest", "ClassifyPage", "ClassifyPlan", "ClassifyRequest", "Detection", "DropOutcome",
     "DropRequest", "ExportOutcome", "ExportRequest", "FindPage", "FindPlan", "FindRequest", "InfoRequest",
-    "IngestOutcome", "IngestRequest", "MarksRequest",
+    "MarksRequest",
     "PushRequest", "QueryScope", "Request", "SceneRow", "ScenesRequest", "Scope", "SearchOutcome", "SearchRequest",
     "CountEstimate", "ReviewAnswer", "ReviewItem", "ReviewOutcome", "ReviewRequest", "StratumRow",
     "WatchAddRequest", "WatchDeliverOutcome", "WatchDeliverRequest", "WatchHitsOutcome", "WatchHitsRequest",
@@ -45,10 +42,6 @@ __all__ = [  # what ftfsearch.commands re-exports: a new command's request and r
 
 DEFAULT_K = 10
 DEFAULT_RECALL_K = 100
-
-IngestSource = Annotated[Source, PlainValidator(as_source), PlainSerializer(lambda s: s.to_json())]
-"""What one ingest reads (:class:`ingest.sources.Source`), as JSON its :meth:`~ingest.sources.Source.to_json`."""
-
 
 def checked_aoi(value: Any) -> dict[str, Any] | None:
     """An ``aoi`` as given (GeoJSON, as an object or as JSON text) -> the checked MultiPolygon."""
@@ -379,45 +372,6 @@ class ChangeOutcome(BaseModel):
     hits: list[ChangeHit]
     timings_ms: dict[str, float]
     warnings: list[str]
-
-
-class IngestRequest(Request):
-    """``ingest``: the sources (resolved by :mod:`ingest.sources`) and how to tile and encode them."""
-
-    sources: tuple[IngestSource, ...]
-    tiling: TilingSpec = Field(default_factory=TilingSpec)
-    batch_size: int = 32
-    readers: int = 2
-    scene_id: str | None = None
-    acquired: str | None = None
-    shards: int | None = None
-    replication_factor: int | None = None
-    model: str | None = None
-    """The model the caller named (None: the configured one); the holder refuses another than its own."""
-
-    @field_validator("tiling", mode="before")
-    @classmethod
-    def _tiling(cls, value: Any) -> Any:
-        return TilingSpec.from_dict({**TilingSpec().to_dict(), **value}) if isinstance(value, dict) else value
-
-    @model_validator(mode="after")
-    def _check(self) -> "IngestRequest":
-        self.options()  # batch size, readers, acquired: the pipeline's own checks, before any load
-        if self.scene_id and len(self.sources) > 1:
-            raise BadInput("`scene_id` names one scene: give exactly one raster with it")
-        return self
-
-    def options(self) -> IngestOptions:
-        return IngestOptions(spec=self.tiling, batch_size=self.batch_size, readers=self.readers,
-                             scene_id=self.scene_id, shards=self.shards,
-                             replication_factor=self.replication_factor, acquired=self.acquired)
-
-
-class IngestOutcome(BaseModel):
-    scenes: list[SceneSummary]
-    failed: list[IngestFailure]
-    detached: bool = False
-    """The caller left and the ingest goes on in the holder (Ctrl+C answered "no")."""
 
 
 class ScenesRequest(Request):

@@ -36,7 +36,6 @@ from ftfsearch.commands.requests import (
     ClassifyRequest,
     FindRequest,
     InfoRequest,
-    IngestRequest,
     MarksRequest,
     PushRequest,
     ReviewRequest,
@@ -48,6 +47,7 @@ from ftfsearch.commands.requests import (
     WatchListRequest,
     WatchRmRequest,
 )
+from ftfsearch.commands.ingest_requests import IngestRequest
 from ftfsearch.errors import BadInput, FtfError, IngestCancelled, PermissionDenied, StoreLocked
 from ftfsearch.net import LOOPBACK_HOSTS, LOOPBACK_IP
 from ftfsearch.store.transfer import PushSummary
