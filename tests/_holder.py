@@ -4,6 +4,7 @@ talk to the holder (test_holder, test_stac)."""
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import time
 import urllib.error
@@ -15,6 +16,13 @@ import pytest
 from _web_fixtures import free_port, ftfsearch_command
 
 
+def _terminal_sigint() -> None:
+    """Give the child SIGINT as a terminal would: a shell starts background jobs with SIGINT ignored,
+    and a child inherits that (Python then installs no KeyboardInterrupt), so a test run from such a
+    job would see a Ctrl+C do nothing."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class Procs:
     """Processes a test started; all killed at the end."""
 
@@ -22,6 +30,7 @@ class Procs:
         self.procs: list[subprocess.Popen[str]] = []
 
     def start(self, args: list[str], env: dict[str, str], log: Path | None = None, **kw: object) -> subprocess.Popen[str]:
+        kw.setdefault("preexec_fn", _terminal_sigint)
         if log is None:
             proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
                                     **kw)  # type: ignore[call-overload]
