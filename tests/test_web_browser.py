@@ -442,6 +442,8 @@ def test_area_classify_review_estimate_and_export_in_chromium(server: Server, br
     page.click("#area-draw")
     assert page.locator("path.area-outline").count() == 1
     assert "Area set" in page.inner_text("#area-status")
+    # the saved marks' results lie under the corners: drawing placed corners, it picked no result
+    assert page.locator("path.result-footprint").count() > 0 and page.locator("#detail").is_hidden()
 
     page.fill("#q", QUERY)
     page.click("#area-find")

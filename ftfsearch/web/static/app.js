@@ -146,7 +146,8 @@
     }
     if (all.isValid()) {
       state.sceneBounds = all;
-      state.map.fitBounds(all, { padding: [20, 20], maxZoom: MAX_ZOOM });
+      // not animated: a zoom animation still running would undo any view set before it ends
+      state.map.fitBounds(all, { padding: [20, 20], maxZoom: MAX_ZOOM, animate: false });
     }
   }
 
@@ -161,7 +162,7 @@
     $("legend").hidden = true;
   }
 
-  function renderResults(body) {
+  function renderResults(body, animate = true) {
     clearResults();
     const results = body.results;
     state.results = results;
@@ -189,7 +190,8 @@
         color: c, weight: 2, fillColor: c, fillOpacity: 0.35, className: "result-footprint",
       });
       poly.bindTooltip(`#${r.rank}  ${r.score.toFixed(3)}  ${r.scene_id}`, { sticky: true });
-      poly.on("click", () => select(r.rank));
+      // while an area is being drawn a click on a result is a corner (it bubbles to the map), not a pick
+      poly.on("click", () => { if (!(window.ftfArea && window.ftfArea.drawing())) select(r.rank); });
       poly.addTo(state.resultGroup);
       state.layers.set(r.rank, poly);
     }
@@ -230,7 +232,7 @@
       list.append(li);
     }
     if (state.map && state.resultGroup.getLayers().length) {
-      state.map.fitBounds(state.resultGroup.getBounds(), { padding: [30, 30], maxZoom: MAX_ZOOM });
+      state.map.fitBounds(state.resultGroup.getBounds(), { padding: [30, 30], maxZoom: MAX_ZOOM, animate });
     }
   }
 
@@ -449,7 +451,7 @@
     return d.toISOString().slice(0, 10);
   }
 
-  async function search(q) {
+  async function search(q, animate = true) {
     const params = new URLSearchParams({ k: $("k").value || "20", rerank: $("rerank").checked ? "true" : "false" });
     if (q) params.set("q", q);
     // a day range, both ends included: after = the first day's start, before = the day after the last
@@ -467,7 +469,7 @@
     const seq = (state.seq = (state.seq || 0) + 1);  // marks clicked in a row: the last search wins
     try {
       const body = await getJSON(`api/search?${params}`);
-      if (seq === state.seq) renderResults(body);
+      if (seq === state.seq) renderResults(body, animate);
     } catch (e) {
       if (seq === state.seq) { clearResults(); setStatus(e.message, true); }
     } finally {
@@ -505,7 +507,9 @@
     await refreshStore(info);
     const q = new URL(window.location.href).searchParams.get("q");
     if (q) $("q").value = q;
-    if (q || state.marks.some((m) => m.label === "positive")) search(q || "");
+    // ready means settled: the first search (from the address or the saved marks) has drawn its
+    // results and moved the map without an animation, so nothing the page does by itself follows
+    if (q || state.marks.some((m) => m.label === "positive")) await search(q || "", false);
     document.body.dataset.ready = "1";
   }
 

@@ -238,5 +238,6 @@ window.ftfArea = (function () {
     refreshButtons();
   }
 
-  return { init, marksChanged: () => s.api && refreshButtons(), setArea, map: () => s.api && s.api.map };
+  return { init, marksChanged: () => s.api && refreshButtons(), setArea, map: () => s.api && s.api.map,
+    drawing: () => s.drawing };
 })();
