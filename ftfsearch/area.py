@@ -206,3 +206,43 @@ def store_filter(area: Area, bbox: tuple[float, float, float, float] | None,
         if west > east or south > north:
             raise BadInput("`aoi` and `bbox` do not overlap: drop one, or give a box that crosses the area")
     return (west, south, east, north), area.prefilter(tile_margin(scenes))
+
+
+def check_bbox(
+    bbox: tuple[float, float, float, float], shown: str | None = None
+) -> tuple[float, float, float, float]:
+    """A WGS84 (west, south, east, north) box, finite, ordered and in range; a point or a line
+    (west == east, south == north) is a box too. ``shown``: the box as the user wrote it."""
+    where = f"`bbox` {shown[:200]!r}" if shown is not None else f"`bbox` {bbox!r}"
+    if len(bbox) != 4:
+        raise BadInput(f"{where}: give four numbers west,south,east,north")
+    west, south, east, north = (float(v) for v in bbox)
+    if not all(math.isfinite(v) for v in (west, south, east, north)):
+        raise BadInput(f"{where}: all four values must be finite numbers")
+    if not (-180.0 <= west <= 180.0 and -180.0 <= east <= 180.0):
+        raise BadInput(f"{where}: longitudes must lie in [-180, 180]")
+    if not (-90.0 <= south <= 90.0 and -90.0 <= north <= 90.0):
+        raise BadInput(f"{where}: latitudes must lie in [-90, 90]")
+    if south > north:
+        raise BadInput(f"{where}: minlat must not be above maxlat (is the box inverted?)")
+    if west > east:
+        raise BadInput(
+            f"{where}: minlon must not be above maxlon (inverted, or crossing the antimeridian: split it "
+            "into two queries)"
+        )
+    return west, south, east, north
+
+
+def parse_bbox(value: str | None) -> tuple[float, float, float, float] | None:
+    """Parse ``minlon,minlat,maxlon,maxlat`` (WGS84); the checks are the store's
+    (:func:`~ftfsearch.store.base.check_bbox`: a point or a line is a box too)."""
+    if value is None:
+        return None
+    parts = [p.strip() for p in str(value).split(",")]
+    try:
+        if len(parts) != 4:
+            raise ValueError(value)
+        numbers = (float(parts[0]), float(parts[1]), float(parts[2]), float(parts[3]))
+    except ValueError as exc:
+        raise BadInput(f"`bbox` {str(value)[:200]!r}: expected four numbers minlon,minlat,maxlon,maxlat") from exc
+    return check_bbox(numbers, shown=str(value))

@@ -32,37 +32,13 @@ import numpy as np
 from ftfsearch.area import Area
 from ftfsearch.errors import BadInput
 from ftfsearch.examples import ExampleRef
-from ftfsearch.search import Result, Searcher
+from ftfsearch.records import ChangeHit, Result
+from ftfsearch.search import Searcher
 from ftfsearch.store.base import Candidates, SceneRecord, Store
 from ftfsearch.times import TimeRange, iso_utc, read_time
 
 MIN_OVERLAP = 0.5
 """Two tiles show the same place when their boxes' intersection over union is at least this."""
-
-
-@dataclass
-class ChangeHit:
-    """One place: its tile in each range, and how much it changed."""
-
-    rank: int
-    change: float
-    """The rise of the query's score (``after - before``; the fall with ``disappeared``), or the
-    vectors' movement without a query."""
-    before: Result
-    after: Result
-    scored: bool = True
-    """False without a query: the tiles' ``score`` fields are then not a query's score."""
-
-    def to_dict(self) -> dict[str, Any]:
-        def side(r: Result) -> dict[str, Any]:
-            d: dict[str, Any] = dict(r.to_dict())
-            d.pop("rank")
-            if not self.scored:
-                d.update(score=None, coarse_score=None, fine_score=None)
-            return d
-
-        return {"rank": self.rank, "change": round(self.change, 4), "before": side(self.before),
-                "after": side(self.after)}
 
 
 @dataclass

@@ -537,7 +537,7 @@ def _example_refs(
     like: Optional[list[str]], unlike: Optional[list[str]],
     like_region: Optional[list[str]], unlike_region: Optional[list[str]],
 ) -> list[Any]:
-    from ftfsearch.examples import parse_ref
+    from ftfsearch.records import parse_ref
 
     given = (("like", like), ("unlike", unlike), ("like_region", like_region), ("unlike_region", unlike_region))
     return [parse_ref(v, param) for param, values in given for v in values or ()]
@@ -588,7 +588,6 @@ def query(
 ) -> None:
     """Search the ingested tiles by text, by example, or both: recall on coarse vectors, then rerank with the regions."""
     from ftfsearch.commands import SearchRequest
-    from ftfsearch.export import results_to_json, write_geojson
 
     settings = _settings(store_dir=store, qdrant_url=qdrant_url, collection=collection, model=model, device=device)
     refs, text = _query_refs(like, unlike, like_region, unlike_region, labels, text)
@@ -610,6 +609,8 @@ def query(
     for warning in response.warnings:
         err.print(Text(f"warning: {warning}"), highlight=False)
     if geojson is not None:
+        from ftfsearch.export import write_geojson
+
         n = write_geojson(response.results, geojson, query=title)
         err.print(f"wrote {n} features to {geojson}", highlight=False)
     if out_file is not None:
@@ -626,6 +627,8 @@ def query(
             err.print(Text(f"warning: no chip for {message}"), highlight=False)
         err.print(f"wrote {len(written.paths)} chips to {chips}", highlight=False)
     if as_json:
+        from ftfsearch.export import results_to_json
+
         out.print_json(json.dumps(results_to_json(response.results)))
         return
     if not response.results:

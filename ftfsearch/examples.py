@@ -14,26 +14,20 @@ matches candidates' regions against one small thing instead of whole tiles.
 
 from __future__ import annotations
 
-import math
-import re
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ftfsearch.errors import BadInput, TileNotFound
+from ftfsearch.records import TILE_ID, ExampleRef, image_ref, parse_ref  # noqa: F401 - re-exported
 from ftfsearch.model.base import Encoder
 from ftfsearch.store.base import QueryFilter, Store
 
 if TYPE_CHECKING:  # rasterio and torch only for an image example: a text query imports neither
     import rasterio
-
-TILE_ID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
-_NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
-_POINT = re.compile(rf"^\s*({_NUMBER})\s*,\s*({_NUMBER})\s*$")
 
 MIN_IMAGE_SIDE = 32
 """Smaller chips hold too little for the model (it sees tiles of a few hundred pixels)."""
@@ -49,28 +43,6 @@ POINT_CANDIDATES = 512
 """Tiles read under a point to pick the finest (a point lies under a few per level)."""
 
 
-@dataclass(frozen=True)
-class ExampleRef:
-    """One parsed reference; exactly one of ``tile_id``, ``point``, ``image``, ``data`` is set."""
-
-    param: str
-    """The parameter it came from (``like``, ``unlike``, ``like_region``, ``unlike_region``)."""
-    text: str
-    """As the user gave it (for messages)."""
-    tile_id: str | None = None
-    point: tuple[float, float] | None = None
-    image: Path | None = None
-    data: bytes | None = None
-    region: int | None = None
-
-    @property
-    def positive(self) -> bool:
-        return not self.param.startswith("unlike")
-
-    def where(self) -> str:
-        return f"`{self.param}` {self.text[:200]!r}"
-
-
 @dataclass
 class Example:
     """A resolved reference: the vector a search compares tiles with."""
@@ -80,40 +52,6 @@ class Example:
     """``[D]`` float32, unit: the tile's (or image's) coarse vector, or one region vector."""
     tile_id: str | None
     """The stored tile it came from (never returned as a result); None for an image."""
-
-
-def parse_ref(value: str, param: str = "like") -> ExampleRef:
-    """Parse a REF (``*_region`` parameters: ``REF:N``). Raises BadInput naming ``param``."""
-    text = str(value).strip()
-    region: int | None = None
-    where = f"`{param}` {text[:200]!r}"
-    if param.endswith("_region"):
-        head, sep, tail = text.rpartition(":")
-        if not sep or not tail.strip().isdigit():
-            raise BadInput(f"{where}: give REF:N, a tile id, point lon,lat or image file and a region index N")
-        text, region = head.strip(), int(tail)
-    if not text:
-        raise BadInput(f"{where}: is empty; give a tile id, a point lon,lat or an image file")
-    if TILE_ID.match(text):
-        return ExampleRef(param, str(value), tile_id=text.lower(), region=region)
-    m = _POINT.match(text)
-    if m:
-        lon, lat = float(m.group(1)), float(m.group(2))
-        if not (math.isfinite(lon) and math.isfinite(lat) and -180 <= lon <= 180 and -90 <= lat <= 90):
-            raise BadInput(f"{where}: a point is lon,lat in WGS84 degrees (lon in [-180, 180], lat in [-90, 90])")
-        return ExampleRef(param, str(value), point=(lon, lat), region=region)
-    path = Path(text).expanduser()
-    if not path.is_file():
-        raise BadInput(
-            f"{where}: not a tile id, a point lon,lat or an image file that exists; tile ids are the "
-            "'id' of search results"
-        )
-    return ExampleRef(param, str(value), image=path, region=region)
-
-
-def image_ref(data: bytes, param: str = "like", name: str = "uploaded image", region: int | None = None) -> ExampleRef:
-    """A reference to image bytes (the API's POSTed image)."""
-    return ExampleRef(param, name, data=bytes(data), region=region)
 
 
 def read_image(ref: ExampleRef) -> np.ndarray:

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from ftfsearch.errors import BadInput
-from ftfsearch.search import Result, ResultRecord
+from ftfsearch.records import Result, ResultRecord
 
 
 def results_to_json(results: Iterable[Result]) -> list[ResultRecord]:

@@ -20,9 +20,10 @@ import numpy as np
 
 from ftfsearch.area import Area
 from ftfsearch.errors import BadInput
+from ftfsearch.records import FIND_PAGE as PAGE
+from ftfsearch.records import MAX_HITS
 from ftfsearch.store.base import QueryFilter, Store, TileBatch
 
-PAGE = 1024
 SAMPLE = 4096
 """Tiles scored to choose the default threshold and to estimate the number of hits."""
 ROBUST_Z = 4.0
@@ -34,8 +35,6 @@ MARGIN = 1e-3
 """The search asks for ``threshold - MARGIN`` and every hit is scored again here from its stored
 vectors, so Qdrant's rounding (it scores its own normalised copy) can neither add nor drop a tile at
 the threshold: the set is exactly what scoring every tile here would keep."""
-MAX_HITS = 1_000_000
-"""A find estimated to return more tiles than this is refused: narrow it or raise the threshold."""
 
 
 @dataclass(frozen=True)

@@ -6,20 +6,21 @@ import logging
 import time
 import unicodedata
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from typing_extensions import TypedDict
 
 from ftfsearch.area import Area
 from ftfsearch.errors import BadInput, CollectionNotFound
 from ftfsearch.model.base import Encoder
-from ftfsearch.model.regions import region_in_window
 from ftfsearch.rerank import bti_fused
 from ftfsearch.collection import collection_meta
-from ftfsearch.store.base import Candidates, QueryFilter, Store, average_vector, check_bbox, check_meta
+from ftfsearch.store.base import Candidates, QueryFilter, Store, average_vector, check_meta
+from ftfsearch.records import (  # noqa: F401 - re-exported: search is where callers look for them
+    MAX_K, MAX_QUERY_CHARS, MAX_RECALL_K, SCORE_DECIMALS, Result, ResultRecord, WindowRecord, window_record)
+from ftfsearch.area import check_bbox, parse_bbox  # noqa: F401 - parse_bbox re-exported
 from ftfsearch.vector_cache import VectorCache
 from ftfsearch.times import check_range, parse_time
 
@@ -28,60 +29,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-MAX_K = 1000
-MAX_RECALL_K = 10000
-MAX_QUERY_CHARS = 2000
-SCORE_DECIMALS = 4
-"""Scores and tile fractions in JSON: what they mean (a float32's 1/3 is 0.3333333432674408)."""
 DEFAULT_VECTOR_CACHE_BYTES = 256 << 20
 """Tile vectors a long-lived Searcher keeps (about 32k tiles at D=256, R=14)."""
-
-
-class WindowRecord(TypedDict):
-    """A pixel window of a scene."""
-
-    col: int
-    row: int
-    width: int
-    height: int
-
-
-class ResultRecord(TypedDict):
-    """A result as ``query --json`` prints it, GeoJSON properties hold it and the API's hits
-    extend it: the one description of a result outside Python. (typing_extensions' TypedDict:
-    pydantic wants it on Python 3.11, for the API's schema.)"""
-
-    rank: int
-    score: float
-    coarse_score: float
-    fine_score: float | None
-    """the rerank score; null without rerank"""
-    id: str
-    """tile id"""
-    scene_id: str
-    path: str
-    """the scene's source raster"""
-    level: int
-    """scene pixels per tile pixel"""
-    window: WindowRecord
-    """the tile in scene pixels"""
-    bbox: list[float] | None
-    """[minlon, minlat, maxlon, maxlat] WGS84; null without CRS"""
-    acquired: str | None
-    """acquisition time of the scene, ISO 8601 UTC; null when unknown"""
-    region: list[float] | None
-    """matched region [x0, y0, x1, y1] as fractions of the tile; null without rerank"""
-    region_window: WindowRecord | None
-    """matched region in scene pixels"""
-    region_index: int | None
-    """the matched region's index (REF:N of like_region); null without rerank"""
-    footprint: list[list[float]] | None
-    """WGS84 ring [[lon, lat], ...] of the tile; null without CRS"""
-
-
-# The attribute docstrings above become the API schema's descriptions (pydantic's hook; a class
-# attribute set after the body, since in it mypy would take it for a key).
-ResultRecord.__pydantic_config__ = {"use_attribute_docstrings": True}  # type: ignore[attr-defined]
 
 
 def _kept(payload: dict[str, Any] | None) -> dict[str, Any]:
@@ -89,71 +38,6 @@ def _kept(payload: dict[str, Any] | None) -> dict[str, Any]:
     the lists stay aligned with the ids and vectors."""
     assert payload is not None
     return payload
-
-
-def window_record(window: dict[str, int]) -> WindowRecord:
-    return WindowRecord(col=int(window["col"]), row=int(window["row"]),
-                        width=int(window["width"]), height=int(window["height"]))
-
-
-@dataclass
-class Result:
-    """One ranked tile: where it is in its scene and on Earth, and which region matched."""
-
-    rank: int
-    score: float
-    coarse_score: float
-    id: str
-    scene_id: str
-    path: str
-    level: int
-    window: dict[str, int]
-    """``{col, row, width, height}`` in scene pixels."""
-    bbox: list[float] | None
-    """``[minlon, minlat, maxlon, maxlat]`` WGS84; None for rasters without CRS."""
-    footprint: list[list[float]] | None
-    region: list[float] | None
-    """Best-matching region ``[x0, y0, x1, y1]`` as fractions of the tile; None without rerank."""
-    region_index: int | None = None
-    fine_score: float | None = None
-    payload: dict[str, Any] = field(default_factory=dict, repr=False)
-
-    @property
-    def acquired(self) -> str | None:
-        """The scene's acquisition time, ISO 8601 UTC; None when unknown."""
-        return self.payload.get("acquired")
-
-    def to_dict(self) -> ResultRecord:
-        """Stable field names for ``--json``, GeoJSON and the HTTP API."""
-        return ResultRecord(
-            rank=self.rank,
-            score=round(self.score, SCORE_DECIMALS),
-            coarse_score=round(self.coarse_score, SCORE_DECIMALS),
-            fine_score=None if self.fine_score is None else round(self.fine_score, SCORE_DECIMALS),
-            id=self.id,
-            scene_id=self.scene_id,
-            path=self.path,
-            level=self.level,
-            window=window_record(self.window),
-            bbox=self.bbox,
-            acquired=self.acquired,
-            region=None if self.region is None else [round(v, SCORE_DECIMALS) for v in self.region],
-            region_window=self.region_window(),
-            region_index=self.region_index,
-            footprint=self.footprint,
-        )
-
-    def region_window(self) -> WindowRecord | None:
-        """The matched region in scene pixels."""
-        if self.region is None:
-            return None
-        w, h = self.window["width"], self.window["height"]
-        x0, y0, x1, y1 = region_in_window(self.region, w, h, self.payload.get("tile_size"), self.level)
-        c0, r0 = self.window["col"], self.window["row"]
-        col, row = c0 + min(int(round(x0)), w - 1), r0 + min(int(round(y0)), h - 1)
-        return WindowRecord(
-            col=col, row=row, width=max(1, c0 + int(round(x1)) - col), height=max(1, r0 + int(round(y1)) - row)
-        )
 
 
 @dataclass
@@ -182,21 +66,6 @@ def clean_query(text: str, encoder: Encoder) -> tuple[str, list[str]]:
             "the text was truncated to fit"
         )
     return cleaned, warnings
-
-
-def parse_bbox(value: str | None) -> tuple[float, float, float, float] | None:
-    """Parse ``minlon,minlat,maxlon,maxlat`` (WGS84); the checks are the store's
-    (:func:`~ftfsearch.store.base.check_bbox`: a point or a line is a box too)."""
-    if value is None:
-        return None
-    parts = [p.strip() for p in str(value).split(",")]
-    try:
-        if len(parts) != 4:
-            raise ValueError(value)
-        numbers = (float(parts[0]), float(parts[1]), float(parts[2]), float(parts[3]))
-    except ValueError as exc:
-        raise BadInput(f"`bbox` {str(value)[:200]!r}: expected four numbers minlon,minlat,maxlon,maxlat") from exc
-    return check_bbox(numbers, shown=str(value))
 
 
 def check_model(store: Store, encoder: Encoder) -> None:

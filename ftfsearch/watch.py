@@ -43,6 +43,7 @@ from ftfsearch.find import unit
 from ftfsearch.net import LOOPBACK_HOSTS
 from ftfsearch.rerank import bti
 from ftfsearch.store.base import QueryFilter, Store, TileBatch
+from ftfsearch.records import WatchHit
 from ftfsearch.times import iso_utc, parse_time
 
 KIND_WATCH = "watch"
@@ -116,53 +117,6 @@ class Watch:
         d.pop("vector")
         d.pop("rerank")
         return d
-
-
-@dataclass
-class WatchHit:
-    """A tile a watch fired on, with its scene and time, and the state of its delivery."""
-
-    watch: str
-    tile_id: str
-    score: float
-    scene_id: str
-    path: str
-    level: int
-    window: dict[str, int]
-    bbox: list[float] | None
-    footprint: list[list[float]] | None
-    region: list[float] | None
-    """The matched region ``[x0, y0, x1, y1]`` as fractions of the tile."""
-    region_index: int
-    acquired: str | None
-    found_at: str
-    pending: bool = False
-    """A webhook is owed this hit (the outbox)."""
-    tries: int = 0
-    last_error: str | None = None
-    delivered_at: str | None = None
-
-    @property
-    def key(self) -> str:
-        return f"{self.watch}/{self.tile_id}"
-
-    def to_payload(self) -> dict[str, Any]:
-        """The record; ``delivery`` (a keyword: stores match booleans unevenly) is what the outbox is read by."""
-        return {**asdict(self), "delivery": "pending" if self.pending else "done" if self.delivered_at else "none"}
-
-    @classmethod
-    def from_payload(cls, p: dict[str, Any]) -> "WatchHit":
-        names = cls.__dataclass_fields__
-        return cls(**{k: v for k, v in p.items() if k in names})
-
-    def feature(self) -> dict[str, Any]:
-        """The hit as a GeoJSON Feature (what a webhook receives, and ``watch hits -o``)."""
-        ring = self.footprint or (None if self.bbox is None else [
-            [self.bbox[0], self.bbox[1]], [self.bbox[2], self.bbox[1]], [self.bbox[2], self.bbox[3]],
-            [self.bbox[0], self.bbox[3]], [self.bbox[0], self.bbox[1]]])
-        props = {k: v for k, v in asdict(self).items() if k != "footprint"}
-        return {"type": "Feature", "id": self.key, "geometry": None if ring is None else {
-            "type": "Polygon", "coordinates": [ring]}, "properties": {"hit_id": self.key, **props}}
 
 
 def hits_geojson(hits: Sequence[WatchHit]) -> dict[str, Any]:

@@ -131,3 +131,16 @@ signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit fail with
 resource.setrlimit(resource.RLIMIT_FSIZE, (4 << 20, 4 << 20))
 os.execv(sys.argv[1], sys.argv[1:])
 """
+
+
+@pytest.mark.parametrize("args", [["query", ""], ["query", "ships", "--k", "0"], ["query", "ships", "--bbox", "1,2,3"]])
+def test_a_refused_query_is_refused_before_numpy_the_model_or_the_store_load(args: list[str], tmp_path: Path) -> None:
+    """The request is checked first, in a process that has imported nothing heavy: the refusal
+    costs the interpreter, the CLI and pydantic (issue 23: a refused argument in under 0.5 s)."""
+    run = f"import sys\nfrom ftfsearch.cli import app\nsys.argv = ['ftfsearch', *{args!r}, '--store', {str(tmp_path)!r}]\napp()\n"
+    proc = subprocess.run([sys.executable, "-X", "importtime", "-c", run], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "FTF_CONFIG": os.devnull})
+    assert proc.returncode == 2 and proc.stderr.rstrip().splitlines()[-1].startswith("error: "), proc.stderr[-2000:]
+    imported = {line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
+    assert not imported & {"numpy", "onnxruntime", "qdrant_edge", "tokenizers", "torch", "ftfsearch.search"}
+    assert not any(tmp_path.iterdir())  # no store was created or opened

@@ -45,8 +45,8 @@ from ftfsearch.commands.requests import (
     WatchRmRequest,
     WatchRow,
 )
-from ftfsearch.store.transfer import PushSummary
-if TYPE_CHECKING:  # the write path's types: a query process does not import the pipeline
+if TYPE_CHECKING:  # the write path's types: a query process does not import the pipeline (nor numpy)
+    from ftfsearch.store.transfer import PushSummary
     from ftfsearch.commands.ingest_requests import IngestOutcome, IngestRequest
     from ingest.pipeline import IngestFailure, SceneSummary
 

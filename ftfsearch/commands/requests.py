@@ -19,19 +19,13 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from ftfsearch.area import Area
-from ftfsearch.change import ChangeHit
+from ftfsearch.area import Area, check_bbox, parse_bbox
 from ftfsearch.errors import BadInput
-from ftfsearch.examples import ExampleRef
-from ftfsearch.find import MAX_HITS
-from ftfsearch.find import PAGE as FIND_PAGE
-from ftfsearch.search import MAX_K, MAX_RECALL_K, Result, parse_bbox
-from ftfsearch.store.base import check_bbox
+from ftfsearch.records import FIND_PAGE, MAX_HITS, MAX_K, MAX_RECALL_K, ChangeHit, ExampleRef, Result, WatchHit
 from ftfsearch.times import TimeRange, check_range, check_ranges, parse_range, parse_time
-from ftfsearch.watch import WatchHit
 
 __all__ = [  # what ftfsearch.commands re-exports: a new command's request and result are named here, once
-    "ChangeOutcome", "ChangeRequest", "ClassifyPage", "ClassifyPlan", "ClassifyRequest", "Detection", "DropOutcome",
+    "Answer", "ChangeOutcome", "ChangeRequest", "ClassifyPage", "ClassifyPlan", "ClassifyRequest", "Detection", "DropOutcome",
     "DropRequest", "ExportOutcome", "ExportRequest", "FindPage", "FindPlan", "FindRequest", "InfoRequest",
     "MarksRequest",
     "PushRequest", "QueryScope", "Request", "SceneRow", "ScenesRequest", "Scope", "SearchOutcome", "SearchRequest",
@@ -57,10 +51,18 @@ def checked_aoi(value: Any) -> dict[str, Any] | None:
     return Area.from_geojson(value).to_geojson()
 
 
+class Answer(BaseModel):
+    """What a command answers with. Its validator is built on first use (``defer_build``): a
+    process builds the few models it uses, not all of them (about 0.1 s of every CLI call)."""
+
+    model_config = ConfigDict(defer_build=True)
+
+
 class Request(BaseModel):
     """A command's arguments: checked once, when built; plain data that crosses the holder."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid", ser_json_bytes="base64", val_json_bytes="base64")
+    model_config = ConfigDict(frozen=True, extra="forbid", ser_json_bytes="base64", val_json_bytes="base64",
+                              defer_build=True)
 
 
 class Scope(Request):
@@ -172,7 +174,7 @@ class ClassifyRequest(Scope):
         return value
 
 
-class ClassifyPlan(BaseModel):
+class ClassifyPlan(Answer):
     """The trained model's cross-validated quality on the marks, and the scope scored."""
 
     precision: float
@@ -191,7 +193,7 @@ class ClassifyPlan(BaseModel):
     ``positives + negatives``)."""
 
 
-class CountEstimate(BaseModel):
+class CountEstimate(Answer):
     """An estimated count with its 95% interval (:class:`ftfsearch.estimate.Estimate`)."""
 
     count: float
@@ -241,7 +243,7 @@ class ReviewRequest(Scope):
         return self.model_dump(mode="json", include={"bbox", "aoi", "scenes", "after", "before"})
 
 
-class ReviewItem(BaseModel):
+class ReviewItem(Answer):
     """A tile to check: ``estimate`` (a random draw of stratum ``stratum``) or ``learn`` (the tile
     the classifier is least sure of), with the current classifier's probability."""
 
@@ -256,7 +258,7 @@ class ReviewItem(BaseModel):
     footprint: list[list[float]] | None
 
 
-class StratumRow(BaseModel):
+class StratumRow(Answer):
     low: float
     high: float
     size: int
@@ -264,7 +266,7 @@ class StratumRow(BaseModel):
     positive: int
 
 
-class ReviewOutcome(BaseModel):
+class ReviewOutcome(Answer):
     """The review file as it is now (write it back), the next tile to check (None: nothing left),
     the running estimate, each stratum's counts and the retrained classifier's quality."""
 
@@ -279,7 +281,7 @@ class ReviewOutcome(BaseModel):
 ClassifyPlan.model_rebuild()
 
 
-class Detection(BaseModel):
+class Detection(Answer):
     id: str
     probability: float
     scene_id: str
@@ -289,11 +291,11 @@ class Detection(BaseModel):
     footprint: list[list[float]] | None
 
 
-class ClassifyPage(BaseModel):
+class ClassifyPage(Answer):
     detections: list[Detection]
 
 
-class FindPlan(BaseModel):
+class FindPlan(Answer):
     """A find's threshold, how it was chosen, its scope and the hits it expects."""
 
     threshold: float
@@ -304,13 +306,13 @@ class FindPlan(BaseModel):
     warnings: list[str] = Field(default_factory=list)
 
 
-class FindPage(BaseModel):
+class FindPage(Answer):
     """One page of a find's hits (best first within each page of 16,384 hit ids; ``rank`` counts them)."""
 
     results: list[Result]
 
 
-class SearchOutcome(BaseModel):
+class SearchOutcome(Answer):
     """The ranked results (whole, payload too: chips and GeoJSON are drawn from them), the
     stage timings and warnings, and the result scenes' bands when asked."""
 
@@ -365,7 +367,7 @@ class ChangeRequest(Request):
         return parse_range(self.before, "before"), parse_range(self.after, "after")
 
 
-class ChangeOutcome(BaseModel):
+class ChangeOutcome(Answer):
     """The ranked places (both tiles each, whole: chips and GeoJSON are drawn from them), timings
     and warnings."""
 
@@ -378,7 +380,7 @@ class ScenesRequest(Request):
     """``scenes``: every scene of the collection."""
 
 
-class SceneRow(BaseModel):
+class SceneRow(Answer):
     """A row of ``ftfsearch scenes``; ``acquired`` and ``stac`` only where the scene has them."""
 
     scene_id: str
@@ -400,7 +402,7 @@ class DropRequest(Request):
     scene_id: str = Field(min_length=1)
 
 
-class DropOutcome(BaseModel):
+class DropOutcome(Answer):
     scene_id: str
     removed: int
 
@@ -465,7 +467,7 @@ class WatchAddRequest(Request):
                         + [f"unlike {', '.join(unlikes)}"] * bool(unlikes))
 
 
-class WatchRow(BaseModel):
+class WatchRow(Answer):
     """A watch as ``watch list`` shows it (its query vector stays in the store)."""
 
     name: str
@@ -498,7 +500,7 @@ class WatchRmRequest(Request):
         return check_name(value)
 
 
-class WatchRmOutcome(BaseModel):
+class WatchRmOutcome(Answer):
     name: str
     hits_removed: int
 
@@ -514,7 +516,7 @@ class WatchHitsRequest(WatchRmRequest):
         return parse_time(value or None, "since")
 
 
-class WatchHitsOutcome(BaseModel):
+class WatchHitsOutcome(Answer):
     watch: WatchRow
     hits: list[WatchHit]
 
@@ -527,7 +529,7 @@ class WatchDeliverRequest(Request):
     tries: int = Field(3, ge=1, le=20)
 
 
-class WatchDeliverOutcome(BaseModel):
+class WatchDeliverOutcome(Answer):
     delivered: int
     failed: int
     errors: dict[str, str]
@@ -548,6 +550,6 @@ class ExportRequest(Request):
     out: Path
 
 
-class ExportOutcome(BaseModel):
+class ExportOutcome(Answer):
     out: Path
     tiles: int

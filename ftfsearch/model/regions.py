@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ftfsearch.errors import BadInput
+from ftfsearch.records import region_in_window  # noqa: F401 - re-exported: the regions' geometry
 
 if TYPE_CHECKING:  # layouts and boxes are read by the query path, which does not import torch
     import torch
@@ -61,15 +62,3 @@ def box_pooling_matrix(boxes: np.ndarray, h: int, w: int) -> torch.Tensor:
     return torch.tensor(weights / weights.sum(axis=1, keepdims=True), dtype=torch.float32)
 
 
-def region_in_window(
-    region: tuple[float, float, float, float] | list[float], width: int, height: int, tile_size: int | None, level: int
-) -> tuple[float, float, float, float]:
-    """A region (fractions of the tile) as ``(x0, y0, x1, y1)`` scene pixels from the window's
-    origin, clipped to the window. Fractions are of the square the model saw, ``tile_size`` pixels
-    a side, each ``level`` scene pixels: a window clipped at a scene's edge was padded to it, so
-    it is that square, not the window, that they scale. Without a recorded tile size (stores from
-    before it was), the window is taken as the square."""
-    span_x = tile_size * level if tile_size else width
-    span_y = tile_size * level if tile_size else height
-    x0, y0, x1, y1 = (float(v) for v in region[:4])
-    return (min(x0 * span_x, width), min(y0 * span_y, height), min(x1 * span_x, width), min(y1 * span_y, height))

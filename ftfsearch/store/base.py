@@ -7,7 +7,6 @@ building Python lists.
 
 from __future__ import annotations
 
-import math
 from datetime import datetime
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -15,7 +14,8 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from ftfsearch.errors import REINGEST_HINT, BadInput, ModelMismatch
+from ftfsearch.area import check_bbox  # noqa: F401 - re-exported: the stores check boxes with it
+from ftfsearch.errors import REINGEST_HINT, ModelMismatch
 
 SCHEMA_VERSION = 1
 
@@ -353,31 +353,6 @@ class Store(Protocol):
 
 
 # The rules of the protocol's inputs, public: the query side checks them too before it asks.
-def check_bbox(
-    bbox: tuple[float, float, float, float], shown: str | None = None
-) -> tuple[float, float, float, float]:
-    """A WGS84 (west, south, east, north) box, finite, ordered and in range; a point or a line
-    (west == east, south == north) is a box too. ``shown``: the box as the user wrote it."""
-    where = f"`bbox` {shown[:200]!r}" if shown is not None else f"`bbox` {bbox!r}"
-    if len(bbox) != 4:
-        raise BadInput(f"{where}: give four numbers west,south,east,north")
-    west, south, east, north = (float(v) for v in bbox)
-    if not all(math.isfinite(v) for v in (west, south, east, north)):
-        raise BadInput(f"{where}: all four values must be finite numbers")
-    if not (-180.0 <= west <= 180.0 and -180.0 <= east <= 180.0):
-        raise BadInput(f"{where}: longitudes must lie in [-180, 180]")
-    if not (-90.0 <= south <= 90.0 and -90.0 <= north <= 90.0):
-        raise BadInput(f"{where}: latitudes must lie in [-90, 90]")
-    if south > north:
-        raise BadInput(f"{where}: minlat must not be above maxlat (is the box inverted?)")
-    if west > east:
-        raise BadInput(
-            f"{where}: minlon must not be above maxlon (inverted, or crossing the antimeridian: split it "
-            "into two queries)"
-        )
-    return west, south, east, north
-
-
 def check_meta(recorded: CollectionMeta, wanted: CollectionMeta, collection: str, location: str) -> None:
     """Refuse to mix models in one collection (ModelMismatch naming both)."""
     if recorded == wanted:
