@@ -245,6 +245,10 @@ def quality(datasets: list[str], sizes: tuple[int, ...], trials: int, review_tri
                         threshold = default_threshold(unit(coarse_all) @ q)
                         found = {h.id for page in find_pages(store, q, threshold, None, None) for h in page}
                         scores["like_unlike"].append(prf(found - set(pos) - set(neg), truth))
+                if not scores["classify"]:  # no class has n + 5 tiles: nothing measured, no NaN row
+                    by_marks[n] = {"trials": 0, "why": f"no class has {n + 5} tiles ({n} marked and 5 to find)"}
+                    log.info("%s n=%d: %s", lab.name, n, by_marks[n]["why"])
+                    continue
                 by_marks[n] = {k: {"precision": float(np.mean([s[0] for s in v])),
                                           "recall": float(np.mean([s[1] for s in v])),
                                           "f1": float(np.mean([s[2] for s in v])), "trials": len(v)}
@@ -312,6 +316,9 @@ def report(res: dict[str, Any]) -> str:
     for name, row in (res.get("quality") or {}).items():
         rows = []
         for n, by in row["by_marks"].items():
+            if not by.get("trials", 1):
+                lines.append(f"{name}, {n} + {n} marks: not measured ({by['why']})")
+                continue
             for k, v in by.items():
                 rows.append([f"{n} + {n}", k, v["precision"], v["recall"], v["f1"], v["trials"]])
         lines.append(table(f"{name}: found set from marks ({row['classes']} classes, {row['tiles']} tiles)",

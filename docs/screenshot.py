@@ -4,10 +4,14 @@ Run ``make demo`` first (it builds ``.demo/store``), then::
 
     python docs/screenshot.py ["a road through green farmland"] [--store .demo/store]
     python docs/screenshot.py "houses with red roofs" --up 0 --down 2 --out docs/screenshot-marks.png
+    python docs/screenshot.py "farm buildings" --store .cache/shots/store --up 0 --up 1 --up 2 \
+        --down 5 --down 6 --area 5 --out docs/screenshot-area.png
 
 Starts ``ftfsearch serve`` on loopback, searches QUERY on the page in Debian's Chromium (Playwright,
 no browser download), marks the results given by ``--up``/``--down`` (each mark searches again),
-selects a result, saves the page, and stops the server.
+selects a result, saves the page, and stops the server. With ``--area N`` it then draws an area over
+the first result's scene, finds all, classifies from the marks, answers N review items as the
+classifier leans (y when p >= 0.5) and classifies again, so the estimate shows.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -34,6 +39,8 @@ def main() -> int:
     ap.add_argument("--k", type=int, default=6, help="results to list")
     ap.add_argument("--up", type=int, action="append", default=[], help="mark this result (0 = best) a hit")
     ap.add_argument("--down", type=int, action="append", default=[], help="mark this result a miss")
+    ap.add_argument("--area", type=int, default=None, metavar="N",
+                    help="the area panel: draw, find all, classify, answer N review items, classify again")
     args = ap.parse_args()
     if not args.store.is_dir():
         raise SystemExit(f"{args.store}: no store; run make demo first")
@@ -73,10 +80,13 @@ def main() -> int:
                 page.wait_for_function(f"document.querySelectorAll('.mark').length === {n} && "
                                        "!document.getElementById('go').disabled", timeout=60_000)
                 page.wait_for_function(loaded, timeout=180_000)
-            page.locator(".result").nth(args.select).click()
-            page.wait_for_selector("#detail:not([hidden])")
-            page.wait_for_function("document.getElementById('detail-chip').complete", timeout=180_000)
-            page.wait_for_timeout(1500)  # the map's fly-to animation
+            if args.area is not None:
+                area_panel(page, url, args.area)
+            else:
+                page.locator(".result").nth(args.select).click()
+                page.wait_for_selector("#detail:not([hidden])")
+                page.wait_for_function("document.getElementById('detail-chip').complete", timeout=180_000)
+                page.wait_for_timeout(1500)  # the map's fly-to animation
             raw = args.out.with_suffix(".raw.png")
             page.screenshot(path=str(raw))
             browser.close()
@@ -91,6 +101,46 @@ def main() -> int:
         server.terminate()
         server.wait(timeout=30)
     return 0
+
+
+def _wait_area(page: Any, condition: str) -> None:
+    page.wait_for_function(f"({condition}) || document.getElementById('area-status').classList.contains('error')",
+                           timeout=600_000)
+    if not page.evaluate(condition):
+        raise SystemExit(f"area panel: {page.inner_text('#area-status')}")
+
+
+def area_panel(page: Any, url: str, answers: int) -> None:
+    """Draw an area over the best result's scene, find all, classify, review, classify again."""
+    import json
+
+    best = page.locator(".result").first.get_attribute("data-id")
+    scenes = json.loads(urllib.request.urlopen(url + "/api/scenes", timeout=30).read())["scenes"]
+    scene_id = page.evaluate(f"(document.querySelector('.result[data-id=\"{best}\"] .scene') || {{}}).textContent")
+    bounds = next((sc["preview_bounds"] for sc in scenes if sc["scene_id"] == scene_id), scenes[0]["preview_bounds"])
+    w, s_, e, n_ = bounds
+    page.evaluate(f"ftfArea.map().fitBounds([[{s_}, {w}], [{n_}, {e}]], {{animate: false}})")
+    page.click("#area-draw")
+    box = page.locator("#map").bounding_box()
+    for fx, fy in ((0.25, 0.12), (0.75, 0.15), (0.72, 0.85), (0.28, 0.82)):
+        page.mouse.click(box["x"] + fx * box["width"], box["y"] + fy * box["height"])
+    page.click("#area-draw")
+    page.click("#area-find")
+    _wait_area(page, "document.getElementById('area-hits').textContent.includes(' above ')")
+    page.click("#area-classify")
+    _wait_area(page, "document.getElementById('area-model').textContent.includes('detections of')")
+    page.click("#area-review")
+    for _ in range(answers):
+        page.wait_for_selector("#review-card:not([hidden])", timeout=120_000)
+        page.wait_for_function("document.getElementById('review-chip').complete", timeout=120_000)
+        tile = page.get_attribute("#review-card", "data-id")
+        p = float(page.inner_text("#review-what").split("p ")[1].split(" ")[0])
+        page.keyboard.press("y" if p >= 0.5 else "n")
+        page.wait_for_function(f"document.getElementById('review-card').dataset.id !== {json.dumps(tile)} || "
+                               "document.getElementById('review-card').hidden", timeout=120_000)
+    page.click("#area-classify")
+    _wait_area(page, "document.getElementById('area-estimate').textContent.startsWith('hit tiles ≈')")
+    page.wait_for_timeout(1500)
 
 
 if __name__ == "__main__":

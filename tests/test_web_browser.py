@@ -447,7 +447,7 @@ def test_area_classify_review_estimate_and_export_in_chromium(server: Server, br
 
     page.fill("#q", QUERY)
     page.click("#area-find")
-    _wait_area(page, "document.getElementById('area-hits').textContent.includes('tiles above')")
+    _wait_area(page, "document.getElementById('area-hits').textContent.includes(' above ')")
 
     page.click("#area-classify")
     _wait_area(page, "document.getElementById('area-model').textContent.includes('detections of')")

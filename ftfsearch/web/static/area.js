@@ -105,7 +105,7 @@ window.ftfArea = (function () {
       if (s.hits) s.hits.remove();
       const lo = plan.threshold, hi = Math.max(lo + 1e-6, ...hits.map((h) => h.score));
       s.hits = layerOf(hits, (h) => (h.score - lo) / (hi - lo), "find-hit");
-      $("area-hits").textContent = `${hits.length} tiles above ${plan.threshold.toFixed(3)} (${plan.threshold_source})`;
+      $("area-hits").textContent = `${hits.length} tile${hits.length === 1 ? "" : "s"} above ${plan.threshold.toFixed(3)} (${plan.threshold_source})`;
     });
   }
 
@@ -154,7 +154,8 @@ window.ftfArea = (function () {
     if (item.footprint) {
       s.itemLayer = L.polygon(s.api.latlngs(item.footprint), { color: "#ff00ff", weight: 3, fill: false,
         className: "review-footprint" }).addTo(s.api.map);
-      s.api.map.fitBounds(s.itemLayer.getBounds(), { maxZoom: 15, animate: false });
+      // the tile with its surroundings, however small the tile (a drone tile is tens of metres)
+      s.api.map.fitBounds(s.itemLayer.getBounds().pad(1.5), { maxZoom: s.api.map.getMaxZoom(), animate: false });
     }
     say("Is this a hit? y yes · n no · s skip");
     $("review-card").focus();
