@@ -393,7 +393,7 @@ def coarse_batch(
     payloads = [dict(r.payload or {}) for r in recs]
     blobs = [p.pop(VECTORS_FIELD, None) for p in payloads]
     if use_packed and all(isinstance(b, str) for b in blobs):
-        coarse = unpack_coarse(blobs, meta.dim)  # type: ignore[arg-type]
+        coarse = unpack_coarse(blobs, meta.dim)
     else:
         coarse = tile_vectors(ids, None, meta, read_named)[0]
     return CoarseBatch(ids=ids, coarse=np.asarray(coarse, dtype=np.float32), payloads=payloads)
