@@ -167,3 +167,38 @@ def test_api_change_answers_what_the_cli_prints_and_4xx_for_bad_ranges(naip: dic
         assert bad.status_code in (400, 422) and "overlap" in bad.json()["error"]
         none = client.get("/api/change", params={"before": "../2000-01-01", "after": "2020-01-01/.."})
         assert 400 <= none.status_code < 500 and "2009-08-18" in none.json()["error"]
+
+
+@pytest.mark.usefixtures("shared_data")
+def test_fast_change_agrees_with_scoring_every_pair(naip: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The shortlist (the places most changed by their coarse vectors) holds the top places that
+    the second stage over every pair finds, with words and without; the shortlist is cut to
+    ``OVERFETCH k`` places here so that it is far smaller than the scene's places. The copy's other
+    places did not change (nothing disappeared): their changes are numerical noise (< 1e-3) in any order."""
+    import numpy as np
+
+    from ftfsearch import change
+    from ftfsearch.commands.local import LocalCommands
+    from ftfsearch.config import Settings
+    from ftfsearch.examples import ExampleRef
+
+    env = naip["env"]
+    settings = Settings(store_dir=Path(env["FTF_STORE"]), model=env["FTF_MODEL"], device="cpu")
+    before, after = parse_range("2009-01-01/2021-01-01", "before"), parse_range("2021-01-01/..", "after")
+    like = (ExampleRef(param="like", text=str(naip["example"]), image=Path(naip["example"])),)
+    monkeypatch.setattr(change, "MIN_SHORTLIST", 0)
+    with LocalCommands.from_settings(settings).access.searcher() as (searcher, _):
+        places = len(change.change_search(searcher, before, after, k=1000, exhaustive=True).hits)
+        k = 3
+        assert places > 2 * change.OVERFETCH * k  # the shortlist leaves most places out
+        for examples, disappeared in (((), False), (like, False), (like, True)):
+            fast = change.change_search(searcher, before, after, examples=examples, k=k, disappeared=disappeared)
+            full = change.change_search(searcher, before, after, examples=examples, k=k, disappeared=disappeared,
+                                        exhaustive=True)
+            if not disappeared:  # the pasted place, whole; below it the same changes, rank by rank, up to noise
+                assert fast.hits[0].to_dict() == full.hits[0].to_dict()
+                assert fast.hits[0].change > 10 * max(abs(h.change) for h in full.hits[1:])
+            np.testing.assert_allclose([h.change for h in fast.hits], [h.change for h in full.hits], atol=1e-3)
+            assert len(fast.hits) == k and set(fast.timings_ms) >= {"load", "match", "coarse", "fetch", "score"}
+        top = change.change_search(searcher, before, after, examples=like, k=k).hits[0]
+        assert top.after.scene_id == "naip_2020_pasted" and (top.after.window["col"], top.after.window["row"]) == (256, 128)

@@ -346,6 +346,22 @@ def test_scan_tiles_reads_every_tile_of_a_scene(store: Store) -> None:
     assert list(store.scan_tiles("scene-zz")) == []
 
 
+def test_scan_coarse_reads_coarse_vectors_and_the_fields_asked_for(store: Store) -> None:
+    filled(store)
+    scene = DATA.scenes[0].scene_id
+    batches = list(store.scan_coarse(QueryFilter(scene_ids=(scene,)), ["scene_id", "bbox"], page=5))
+    assert batches and all(1 <= len(b) <= 5 for b in batches)
+    ids = [i for b in batches for i in b.ids]
+    want = [i for i, p in zip(DATA.batch.ids, DATA.batch.payloads) if p["scene_id"] == scene]
+    assert sorted(ids) == sorted(want) and len(set(ids)) == len(ids)
+    idx = DATA.index(ids)
+    coarse = np.concatenate([b.coarse for b in batches])
+    assert coarse.dtype == np.float32 and coarse.shape == (len(ids), D)
+    np.testing.assert_allclose(coarse, DATA.coarse[idx], atol=1e-6)
+    assert [p for b in batches for p in b.payloads] == [
+        {f: DATA.batch.payloads[i][f] for f in ("scene_id", "bbox") if f in DATA.batch.payloads[i]} for i in idx]
+
+
 # --- counts, deletion, scenes registry ------------------------------------------------------
 
 

@@ -540,6 +540,15 @@ def test_change_view_in_chromium(change_server: Server, browser: object, tmp_pat
     assert api["places"][0]["after"]["scene_id"] in first and f"{api['places'][0]['change']:.4f}" in first
     assert "2009-08-18" in first and "2021-08-31" in first  # the two dates side by side
     assert page.locator(".change-place").nth(0).locator("img").count() == 2
+    # each place's footprint on the map; a click on one selects its place in the list
+    page.wait_for_function("document.querySelectorAll('path.change-footprint').length === 10")
+    page.evaluate("""() => { const m = document.querySelector('#map').getBoundingClientRect();
+        for (const p of document.querySelectorAll('path.change-footprint')) { const b = p.getBoundingClientRect();
+          if (b.width < 2 || b.height < 2 || b.right < m.left || b.left > m.right || b.bottom < m.top || b.top > m.bottom)
+            throw new Error('a change footprint is not in the map view'); } }""")
+    page.locator("path.change-footprint").last.click()  # drawn last: the most changed place
+    page.wait_for_selector(".change-place.selected")
+    assert page.locator(".change-place.selected").get_attribute("data-rank") == "1"
     # the watch added between the ingests, with its newest hits (all from the later scene)
     page.wait_for_selector(".watch-hit")
     assert "anything" in page.inner_text("#watch-list")
@@ -547,6 +556,7 @@ def test_change_view_in_chromium(change_server: Server, browser: object, tmp_pat
     # the toggle leaves the change mode for the search list
     page.click("#change-toggle")
     assert page.locator("#change").is_hidden() and page.locator("#results").count() == 1
+    assert page.locator("path.change-footprint").count() == 0  # the places leave the map with the mode
     page.click("#change-toggle")
     page.wait_for_timeout(300)
     shot = _save_screenshot(page, tmp_path, "screenshot-change", clip={"x": 0, "y": 0, "width": 1020, "height": 860})

@@ -21,7 +21,15 @@ from ftfsearch.errors import BadInput, ModelMismatch
 from ftfsearch.store import schema
 from ftfsearch.store.schema import VECTORS_FIELD
 from ftfsearch.times import check_range, iso_utc, parse_time
-from ftfsearch.store.base import RECOMMEND_STRATEGIES, Candidates, CollectionMeta, QueryFilter, TileBatch, check_bbox
+from ftfsearch.store.base import (
+    RECOMMEND_STRATEGIES,
+    Candidates,
+    CoarseBatch,
+    CollectionMeta,
+    QueryFilter,
+    TileBatch,
+    check_bbox,
+)
 
 # Qdrant collection names become directory names in the embedded store: keep them plain.
 _COLLECTION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
@@ -257,6 +265,17 @@ def unpack_vectors(blobs: Sequence[str], dim: int, num_regions: int) -> tuple[np
     return coarse, regions
 
 
+def unpack_coarse(blobs: Sequence[str], dim: int) -> np.ndarray:
+    """``coarse [K, D]`` float32 from ``pack_vectors`` strings, decoding only each string's head:
+    the coarse vector comes first, so its bytes are the first ``ceil(4 D / 3)`` base64 groups."""
+    chars = -(-dim * 4 // 3) * 4
+    per = chars // 4 * 3
+    raw = base64.b64decode("".join(b[:chars] for b in blobs))
+    if len(raw) != len(blobs) * per:
+        raise ValueError(f"{VECTORS_FIELD}: {len(raw)} bytes of heads for {len(blobs)} tiles of D={dim}")
+    return np.frombuffer(raw, dtype=np.uint8).reshape(len(blobs), per)[:, : dim * 4].copy().view(np.float32)
+
+
 def with_packed_vectors(
     payloads: Sequence[dict[str, Any]], coarse: np.ndarray, regions: np.ndarray
 ) -> list[dict[str, Any]]:
@@ -362,6 +381,22 @@ def scanned_batch(recs: Sequence[Any], meta: CollectionMeta, use_packed: bool, r
     ids = [str(r.id) for r in recs]
     payloads, coarse, regions = stored_vectors(ids, [r.payload for r in recs], meta, use_packed, read_named)
     return TileBatch(ids=ids, coarse=coarse.astype(np.float32), regions=regions, payloads=payloads)
+
+
+def coarse_batch(
+    recs: Sequence[Any], meta: CollectionMeta, use_packed: bool, read_named: ReadNamed
+) -> CoarseBatch:
+    """A page of scrolled points (``.id``, ``.payload`` with the asked fields and, when
+    ``use_packed``, the packed vectors) as ids, coarse vectors and payloads, for ``scan_coarse``
+    of both backends. Tiles without a packed copy read Qdrant's named vectors."""
+    ids = [str(r.id) for r in recs]
+    payloads = [dict(r.payload or {}) for r in recs]
+    blobs = [p.pop(VECTORS_FIELD, None) for p in payloads]
+    if use_packed and all(isinstance(b, str) for b in blobs):
+        coarse = unpack_coarse(blobs, meta.dim)
+    else:
+        coarse = tile_vectors(ids, None, meta, read_named)[0]
+    return CoarseBatch(ids=ids, coarse=np.asarray(coarse, dtype=np.float32), payloads=payloads)
 
 
 def _version(point: Any) -> int:

@@ -8,7 +8,7 @@ building Python lists.
 from __future__ import annotations
 
 from datetime import datetime
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -59,6 +59,20 @@ class TileBatch:
     """``[B, D]`` float32."""
     regions: np.ndarray
     """``[B, R, D]`` float32 or float16."""
+    payloads: list[dict[str, Any]]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+@dataclass
+class CoarseBatch:
+    """Tiles read for a coarse pass over many (change search's first stage): ids, unit coarse
+    vectors and only the payload fields asked for, no region vectors."""
+
+    ids: list[str]
+    coarse: np.ndarray
+    """``[B, D]`` float32."""
     payloads: list[dict[str, Any]]
 
     def __len__(self) -> int:
@@ -298,6 +312,12 @@ class Store(Protocol):
     def scan(self, flt: QueryFilter | None, page: int = 1024) -> Iterator[TileBatch]:
         """Every tile ``flt`` admits, with vectors and payloads, a page at a time, in id order
         (ids are hashes: any prefix of the scan is a fair sample of the tiles)."""
+        ...
+
+    def scan_coarse(self, flt: QueryFilter | None, fields: Sequence[str], page: int = 1024) -> Iterator[CoarseBatch]:
+        """Every tile ``flt`` admits with its coarse vector and the payload ``fields`` only, a page
+        at a time: what a pass over every tile of an area needs, without decoding (or holding) the
+        region vectors, which are 14 times the bytes (fetch the few that need them by id)."""
         ...
 
     def count_tiles(self, scene_id: str | None = None, within: QueryFilter | None = None) -> int:

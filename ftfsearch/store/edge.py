@@ -62,6 +62,7 @@ from ftfsearch.store._common import (
     check_k,
     check_text,
     chunks,
+    coarse_batch,
     filter_conditions,
     payload_selector,
     scanned_batch,
@@ -71,6 +72,7 @@ from ftfsearch.store._common import (
 )
 from ftfsearch.store.base import (
     Candidates,
+    CoarseBatch,
     CollectionMeta,
     QueryFilter,
     SceneRecord,
@@ -481,6 +483,25 @@ class EdgeStore:
             )
             if recs:
                 yield scanned_batch(recs, meta, self.payload_vectors, self._read_named)
+            if offset is None:
+                return
+
+    def scan_coarse(self, flt: QueryFilter | None, fields: Sequence[str], page: int = PAGE) -> Iterator[CoarseBatch]:
+        meta = self.meta()
+        tiles = self._need_tiles()
+        assert meta is not None
+        selector = qe.PayloadSelector.Include(list(fields) + ([VECTORS_FIELD] if self.payload_vectors else []))
+        scroll_filter = _edge_filter(filter_conditions(flt))
+        offset: Any = None
+        while True:
+            recs, offset = tiles.scroll(
+                qe.ScrollRequest(
+                    offset=offset, limit=check_k(page, "page"), filter=scroll_filter,
+                    with_payload=selector, with_vector=False,
+                )
+            )
+            if recs:
+                yield coarse_batch(recs, meta, self.payload_vectors, self._read_named)
             if offset is None:
                 return
 

@@ -12,7 +12,7 @@ import logging
 import math
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
 from types import SimpleNamespace
 from typing import Any, TypeVar
@@ -53,6 +53,7 @@ from ftfsearch.store._common import (
     check_k,
     check_text,
     chunks,
+    coarse_batch,
     filter_conditions,
     payload_selector,
     public_url,
@@ -63,6 +64,7 @@ from ftfsearch.store._common import (
 )
 from ftfsearch.store.base import (
     Candidates,
+    CoarseBatch,
     CollectionMeta,
     QueryFilter,
     SceneRecord,
@@ -602,6 +604,30 @@ class ServerStore:
                 raise self._missing_collection() from None
             if recs:
                 yield scanned_batch(recs, meta, self.payload_vectors, self._read_named)
+            if offset is None:
+                return
+
+    def scan_coarse(self, flt: QueryFilter | None, fields: Sequence[str], page: int = PAGE) -> Iterator[CoarseBatch]:
+        meta = self.meta()
+        if meta is None:
+            raise self._missing_collection()
+        limit = check_k(page, "page")
+        selector = qm.PayloadSelectorInclude(include=list(fields) + ([VECTORS_FIELD] if self.payload_vectors else []))
+        scroll_filter = _client_filter(filter_conditions(flt))
+        offset: Any = None
+        while True:
+            try:
+                recs, offset = self._retried(
+                    "read the tiles",
+                    lambda o=offset: self._client.scroll(  # type: ignore[misc]
+                        self.collection, scroll_filter=scroll_filter, limit=limit, offset=o,
+                        with_payload=selector, with_vectors=False,
+                    ),
+                )
+            except _Missing:
+                raise self._missing_collection() from None
+            if recs:
+                yield coarse_batch(recs, meta, self.payload_vectors, self._read_named)
             if offset is None:
                 return
 

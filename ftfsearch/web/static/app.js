@@ -533,6 +533,7 @@
     }
   }
 
-  window.ftfsearch = { getJSON, showImage, setStatus };  // what change.js (the change mode) uses
+  // what change.js (the change mode) uses
+  window.ftfsearch = { getJSON, showImage, setStatus, map: () => state.map };
   start();
 })();

@@ -1,6 +1,7 @@
 // The page's change mode (issue 25): two date ranges, the places that changed most between them
 // (GET api/change) with the two dates side by side, each chip with its matched region outlined,
-// and the standing queries with their newest hits (GET api/watches). Its own file: app.js only
+// each place's footprint on the map (a click selects it in the list, and a click in the list flies
+// the map to it), and the standing queries with their newest hits (GET api/watches). Its own file: app.js only
 // hands over its key-aware fetch (window.ftfsearch) and loads this. Server text goes through
 // textContent, never innerHTML.
 "use strict";
@@ -35,8 +36,58 @@
     el("ol", { id: "change-places" }), el("h2", {}, "Watches"), el("ul", { id: "watch-list" }));
   $("side").prepend(panel);
 
+  // The places on the map: their own layer, shown only in the change mode.
+  const places = { group: null, layers: new Map() };
+  const latlngs = (ring) => ring.map(([lon, lat]) => [lat, lon]);
+  const ringOf = (side) => side.footprint ||
+    (side.bbox && [[side.bbox[0], side.bbox[1]], [side.bbox[2], side.bbox[1]], [side.bbox[2], side.bbox[3]], [side.bbox[0], side.bbox[3]]]);
+
+  function mapGroup() {
+    const map = api.map();
+    if (!map) return null;
+    if (!places.group) places.group = L.featureGroup();
+    if (!map.hasLayer(places.group)) places.group.addTo(map);
+    return places.group;
+  }
+
+  function selectPlace(rank, fly) {
+    for (const li of document.querySelectorAll(".change-place")) {
+      const on = Number(li.dataset.rank) === rank;
+      li.classList.toggle("selected", on);
+      if (on && !fly) li.scrollIntoView({ block: "nearest" });
+    }
+    for (const [k, layer] of places.layers) {
+      layer.setStyle({ weight: k === rank ? 4 : 2, fillOpacity: k === rank ? 0.1 : 0.3 });
+      if (k === rank) layer.bringToFront();
+    }
+    const layer = places.layers.get(rank);
+    if (fly && layer) api.map().flyToBounds(layer.getBounds().pad(0.6), { maxZoom: 19, duration: 0.5 });
+  }
+
+  function drawPlaces(list) {
+    places.layers.clear();
+    const group = mapGroup();
+    if (!group) return;
+    group.clearLayers();
+    for (const place of [...list].reverse()) {  // the most changed last: on top where they overlap
+      const ring = ringOf(place.after);
+      if (!ring) continue;
+      const poly = L.polygon(latlngs(ring), { color: "#e65100", weight: 2, fillColor: "#e65100", fillOpacity: 0.3,
+        className: "change-footprint" });
+      poly.bindTooltip(`#${place.rank} · ${place.change.toFixed(4)}`);
+      poly.on("click", () => selectPlace(place.rank, false));
+      poly.addTo(group);
+      places.layers.set(place.rank, poly);
+    }
+    if (places.layers.size) api.map().fitBounds(group.getBounds(), { padding: [30, 30], maxZoom: 19, animate: false });
+  }
+
   function show(on) {
     panel.hidden = !on;
+    if (places.group && api.map()) {
+      if (on) places.group.addTo(api.map());
+      else places.group.remove();
+    }
     document.body.classList.toggle("change-mode", on);
     toggle.setAttribute("aria-pressed", String(on));
     if (on) loadWatches();
@@ -64,16 +115,19 @@
     status.classList.remove("error");
     status.textContent = "Comparing…";
     $("change-places").replaceChildren();
+    drawPlaces([]);
     try {
       const out = await api.getJSON(`api/change?${params}`);
       for (const place of out.places) {
-        const li = el("li", { class: "change-place" });
+        const li = el("li", { class: "change-place", "data-rank": place.rank, tabindex: 0 });
+        li.addEventListener("click", () => selectPlace(place.rank, true));
         const what = q ? (place.change >= 0 ? "rise" : "fall") : "moved";
         li.append(el("div", { class: "change-head" }, `#${place.rank} ${what} ${place.change.toFixed(4)} · ${place.after.scene_id}`),
           el("div", { class: "change-pair" }));
         li.lastChild.append(figure(place.before, "before"), figure(place.after, "after"));
         $("change-places").append(li);
       }
+      drawPlaces(out.places);
       status.textContent = `${out.places.length} places changed most between ${params.get("before")} and ${params.get("after")}`;
     } catch (e) {
       status.textContent = e.message;
