@@ -32,7 +32,7 @@ from ftfsearch.watch import WatchHit
 
 __all__ = [  # what ftfsearch.commands re-exports: a new command's request and result are named here, once
     "ChangeOutcome", "ChangeRequest", "ClassifyPage", "ClassifyPlan", "ClassifyRequest", "Detection", "DropOutcome",
-    "DropRequest", "ExportOutcome", "ExportRequest", "FindPage", "FindPlan", "FindRequest", "InfoRequest",
+    "DropRequest", "ExportOutcome", "ExportRequest", "FindPage", "FindPlan", "FindRequest", "INFO_COUNTS", "InfoRequest",
     "MarksRequest",
     "PushRequest", "QueryScope", "Request", "SceneRow", "ScenesRequest", "Scope", "SearchOutcome", "SearchRequest",
     "CountEstimate", "ReviewAnswer", "ReviewItem", "ReviewOutcome", "ReviewRequest", "StratumRow",
@@ -387,13 +387,22 @@ class SceneRow(BaseModel):
     state: str
     acquired: str | None = None
     stac: dict[str, Any] | None = None
+    crs: str | None = None
+    bbox: list[float] | None = None
+    footprint: list[list[float]] | None = None
+    """Where the scene lies (WGS84 ring; None without a CRS): the page's map draws it, the table does not."""
 
     def to_dict(self) -> dict[str, Any]:
-        return self.model_dump(exclude_none=True)
+        """As ``scenes --json`` prints it: without the geometry (``crs``, ``bbox``, ``footprint``)."""
+        return self.model_dump(exclude_none=True, exclude={"crs", "bbox", "footprint"})
 
 
 class InfoRequest(Request):
     """``info``: the store, the collection, its model and counts."""
+
+
+INFO_COUNTS = ("tiles", "scenes", "scenes_complete", "device")
+"""What ``info`` answers beside the store's own description (:meth:`~ftfsearch.store.base.Store.describe`)."""
 
 
 class DropRequest(Request):
