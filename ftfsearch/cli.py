@@ -983,11 +983,13 @@ def watch_add(
     unlike: Optional[list[str]] = UnlikeOpt,
     like_region: Optional[list[str]] = LikeRegionOpt,
     unlike_region: Optional[list[str]] = UnlikeRegionOpt,
-    labels: Optional[Path] = typer.Option(None, "--labels", help="Use the marks of a labels file as examples."),
+    labels: Optional[Path] = LabelsOpt,
     aoi: Optional[Path] = AoiOpt,
     min_score: Optional[float] = typer.Option(
-        None, "--min-score", help="Fire at this coarse score or above (as find); default: median + 4 robust SD of "
-        "a sample of the stored tiles' scores."),
+        None, "--min-score", help="Fire at this two-stage score or above (the score 'query' ranks by and prints, "
+        "not find's coarse one). Default: just above the best score of the stored tiles in the watch's area (a "
+        "sample of up to 4096), so it fires on a new tile that matches better than any stored one; the chosen "
+        "value is printed.", show_default=False),
     webhook: Optional[str] = typer.Option(None, "--webhook", help="POST new hits to this http(s) URL as GeoJSON."),
     as_json: bool = typer.Option(False, "--json", help="Print the watch as JSON."),
     store: Optional[Path] = StoreOpt,
@@ -1000,13 +1002,7 @@ def watch_add(
     from ftfsearch.commands import WatchAddRequest
 
     settings = _settings(store_dir=store, qdrant_url=qdrant_url, collection=collection, model=model, device=device)
-    refs = _example_refs(like, unlike, like_region, unlike_region)
-    if labels is not None:
-        from ftfsearch.labels import read_labels
-
-        marks = read_labels(labels)
-        refs += marks.refs()
-        text = text if text is not None else marks.query
+    refs, text = _query_refs(like, unlike, like_region, unlike_region, labels, text)
     request = WatchAddRequest.model_validate({
         "name": name, "text": text, "examples": tuple(refs), "aoi": _read_aoi(aoi), "min_score": min_score,
         "webhook": webhook})

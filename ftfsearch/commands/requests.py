@@ -438,7 +438,9 @@ class WatchAddRequest(Request):
     aoi: dict[str, Any] | None = None
     """Only tiles whose footprint intersects this area (GeoJSON, checked as ``Scope.aoi``)."""
     min_score: float | None = Field(None, ge=-1.0, le=1.0)
-    """None: find's default threshold over a sample of the stored tiles (some must be stored)."""
+    """The two-stage score (BTI, as a search ranks) a tile must reach to be a hit. None: just above
+    the best score of a sample of the stored tiles in ``aoi`` (:func:`ftfsearch.watch.default_threshold`;
+    some must be stored), so the watch fires on what matches better than anything stored."""
     webhook: str | None = None
     """An http(s) URL that new hits are POSTed to as GeoJSON."""
 
