@@ -70,7 +70,8 @@ def test_train_defaults_come_from_the_family_table() -> None:
     for name, entry in FAMILIES.items():
         own = {k: v for k, v in dataclasses.asdict(entry.train).items() if v is not None}
         assert set(own) <= fields and own["lr"] == entry.lr
-        config = TrainConfig.for_family(name, data=[], out=Path("m"), lr=None, prompt_rate=None)
+        config = TrainConfig.for_family(name, data=[], out=Path("m"), lr=None, prompt_rate=None, feature_views=None,
+                                        base_lr_scale=None)  # as the CLI passes flags not given
         assert config.arch == name and {k: getattr(config, k) for k in own} == own
         bare = TrainConfig(data=[], out=Path("m"))  # what the table leaves out stays TrainConfig's
         for k in {f.name for f in dataclasses.fields(TrainDefaults)} - set(own):

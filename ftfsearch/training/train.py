@@ -143,8 +143,10 @@ class TrainConfig:
     def for_family(cls, arch: str, **given: Any) -> "TrainConfig":
         """A run of family ``arch`` as ``ftfsearch train`` builds it: the family's
         :class:`~ftfsearch.model.families.TrainDefaults` where ``given`` leaves them out or None."""
-        own = {k: v for k, v in dataclasses.asdict(family(arch).train).items() if v is not None}
-        return cls(arch=arch, **{**given, **{k: v for k, v in own.items() if given.get(k) is None}})
+        table = dataclasses.asdict(family(arch).train)  # None there: not the family's, TrainConfig's default
+        own = {k: v for k, v in table.items() if v is not None}
+        left = {k: v for k, v in given.items() if not (k in table and v is None)}
+        return cls(arch=arch, **{**own, **left})
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
