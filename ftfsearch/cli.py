@@ -32,7 +32,7 @@ from ftfsearch.cli_usage import OneLineErrors
 from ftfsearch.config import Settings, load_settings
 from ftfsearch.errors import FtfError, in_api_words, render
 from ftfsearch.keys import DEFAULT_RATE_LIMIT, KEYS_ENV
-from ftfsearch.model.families import FAMILIES
+from ftfsearch.model.families import DEFAULT_FAMILY, FAMILIES
 from ftfsearch.net import LOOPBACK_HOSTS, LOOPBACK_IP
 
 app = typer.Typer(
@@ -986,11 +986,13 @@ def watch_add(
     unlike: Optional[list[str]] = UnlikeOpt,
     like_region: Optional[list[str]] = LikeRegionOpt,
     unlike_region: Optional[list[str]] = UnlikeRegionOpt,
-    labels: Optional[Path] = typer.Option(None, "--labels", help="Use the marks of a labels file as examples."),
+    labels: Optional[Path] = LabelsOpt,
     aoi: Optional[Path] = AoiOpt,
     min_score: Optional[float] = typer.Option(
-        None, "--min-score", help="Fire at this coarse score or above (as find); default: median + 4 robust SD of "
-        "a sample of the stored tiles' scores."),
+        None, "--min-score", help="Fire at this two-stage score or above (the score 'query' ranks by and prints, "
+        "not find's coarse one). Default: just above the best score of the stored tiles in the watch's area (a "
+        "sample of up to 4096), so it fires on a new tile that matches better than any stored one; the chosen "
+        "value is printed.", show_default=False),
     webhook: Optional[str] = typer.Option(None, "--webhook", help="POST new hits to this http(s) URL as GeoJSON."),
     as_json: bool = typer.Option(False, "--json", help="Print the watch as JSON."),
     store: Optional[Path] = StoreOpt,
@@ -1003,13 +1005,7 @@ def watch_add(
     from ftfsearch.commands import WatchAddRequest
 
     settings = _settings(store_dir=store, qdrant_url=qdrant_url, collection=collection, model=model, device=device)
-    refs = _example_refs(like, unlike, like_region, unlike_region)
-    if labels is not None:
-        from ftfsearch.labels import read_labels
-
-        marks = read_labels(labels)
-        refs += marks.refs()
-        text = text if text is not None else marks.query
+    refs, text = _query_refs(like, unlike, like_region, unlike_region, labels, text)
     request = WatchAddRequest.model_validate({
         "name": name, "text": text, "examples": tuple(refs), "aoi": _read_aoi(aoi), "min_score": min_score,
         "webhook": webhook})
@@ -1324,12 +1320,9 @@ def push(
     ),
 ) -> None:
     """Copy a store's collection into another store: a Qdrant server or an embedded store (resumable; counts verified)."""
-    from dataclasses import replace
-
     from ftfsearch.commands import PushRequest
 
-    # The source is the embedded store unless --qdrant-url names a server (QDRANT_URL names push targets).
-    settings = replace(_settings(store_dir=store, collection=source_collection), qdrant_url=qdrant_url or None)
+    settings = _settings(store_dir=store, collection=source_collection).push_source(qdrant_url)
     request = PushRequest(to=to, collection=collection, shards=shards, replication_factor=replication_factor)
     _print_push(_commands(settings).push(request), as_json)
 
@@ -1508,6 +1501,12 @@ def keys_rm(name: str = typer.Argument(..., help="The key to revoke."), keys: Pa
 
 
 # train, eval -------------------------------------------------------------------------------------
+def _by_family(field: str) -> str:
+    """`` (default: 0.001 pretrained, 0.002 scratch).``: a ``train`` flag's defaults, from the families' table."""
+    given = [(f.name, getattr(f.train, field)) for f in FAMILIES.values() if getattr(f.train, field) is not None]
+    return " (default: " + ", ".join(f"{value:g} {name}" for name, value in given) + ")."
+
+
 @app.command()
 @handles_errors
 def train(
@@ -1517,24 +1516,25 @@ def train(
         None, "--images", help="Image folder per --data, in the same order (default: images/ beside the json)."
     ),
     base: Optional[str] = typer.Option(None, "--base", help="Fine-tune this CLIP model instead of training FTF."),
-    arch: str = typer.Option("pretrained", "--arch", help="; ".join(f"{f.name}: {f.summary}" for f in FAMILIES.values())),
+    arch: str = typer.Option(DEFAULT_FAMILY, "--arch", help="; ".join(f"{f.name}: {f.summary}" for f in FAMILIES.values())),
     epochs: int = typer.Option(20, "--epochs", help="Training epochs."),
-    lr: Optional[float] = typer.Option(
-        None, "--lr", help="Peak learning rate of the heads (default: "
-        + ", ".join(f"{f.lr:g} {f.name}" for f in FAMILIES.values()) + ")."
-    ),
+    lr: Optional[float] = typer.Option(None, "--lr", help="Peak learning rate of the heads" + _by_family("lr")),
     batch_size: int = typer.Option(96, "--batch-size", help="Images per batch (in-batch negatives)."),
     device: Optional[str] = DeviceOpt,
     resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint in --out."),
     cache_dir: Path = typer.Option(Path(".cache/pixels"), "--cache-dir", help="Decoded-image cache."),
     seed: int = typer.Option(0, "--seed", help="Random seed."),
     threads: int = typer.Option(2, "--threads", help="Torch CPU threads (1 is faster on a busy machine)."),
-    views: int = typer.Option(8, "--views", help="Pretrained arch: augmented views per image cached from the frozen trunk."),
+    views: Optional[int] = typer.Option(
+        None, "--views", help="Augmented views per image cached from the frozen trunk" + _by_family("feature_views")),
     probe_epochs: int = typer.Option(0, "--probe-epochs", help="First epochs train only the heads and region branch on the frozen towers."),
     finetune_lr: Optional[float] = typer.Option(None, "--finetune-lr", help="Peak learning rate of the heads while fine-tuning (default: --lr)."),
-    base_lr_scale: float = typer.Option(0.05, "--base-lr-scale", help="Learning rate of the unfrozen base blocks relative to the heads."),
+    base_lr_scale: Optional[float] = typer.Option(
+        None, "--base-lr-scale", help="Learning rate of the unfrozen base blocks relative to the heads"
+        + _by_family("base_lr_scale")),
     patience: Optional[int] = typer.Option(None, "--patience", help="Stop after this many fine-tuning epochs without a better validation FTF mR."),
-    prompt_rate: float = typer.Option(0.25, "--prompt-rate", help="Share of images whose second text is a class prompt (0: none)."),
+    prompt_rate: Optional[float] = typer.Option(
+        None, "--prompt-rate", help="Share of images whose second text is a class prompt, 0: none" + _by_family("prompt_rate")),
     hard_negatives: int = typer.Option(0, "--hard-negatives", help="Images from each anchor's mined coarse top-K added to its batch."),
     ema: float = typer.Option(0.0, "--ema", help="Decay of the weight average that is validated and saved (0: off)."),
     head_norm: bool = typer.Option(False, "--head-norm", help="Pretrained arch: LayerNorm on the heads' inputs."),
@@ -1543,21 +1543,19 @@ def train(
     """Train the FTF dual encoder (or fine-tune a CLIP) on caption datasets; the result loads with --model."""
     import time
 
-    from ftfsearch.model.families import family
     from ftfsearch.training.train import TrainConfig, TrainProgress
     from ftfsearch.training.train import train as run_training
 
     for option, value in (("--epochs", epochs), ("--batch-size", batch_size), ("--threads", threads), ("--views", views)):
-        if value < 1:
+        if value is not None and value < 1:
             from ftfsearch.errors import BadInput
 
             raise BadInput(f"{option} {value}: must be at least 1")
     from ftfsearch.model.sources import device_label, resolve_device
 
     where = resolve_device(_settings(device=device).device)  # the flag, FTF_DEVICE or the config file
-    config = TrainConfig(
-        data=list(data), out=out_dir, images=list(images) if images else None, base=base, arch=arch, epochs=epochs,
-        lr=lr if lr is not None else family(arch).lr,
+    config = TrainConfig.for_family(
+        arch, data=list(data), out=out_dir, images=list(images) if images else None, base=base, epochs=epochs, lr=lr,
         batch_size=batch_size, device=str(where), resume=resume, cache_dir=cache_dir, seed=seed,
         num_threads=threads, feature_views=views, probe_epochs=probe_epochs, base_lr_scale=base_lr_scale, finetune_lr=finetune_lr,
         patience=patience, prompt_rate=prompt_rate, hard_negatives=hard_negatives, ema_decay=ema,

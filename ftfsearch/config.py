@@ -76,6 +76,12 @@ class Settings:
             read_only=read_only,
         )
 
+    def push_source(self, qdrant_url: str | None) -> "Settings":
+        """The settings of a push's source: the server ``qdrant_url`` names, else the embedded store.
+        ``QDRANT_URL`` and the config file's ``qdrant_url`` are not read for it: a push's server is
+        usually its target (``PushRequest.to``, keyed by ``QDRANT_API_KEY``)."""
+        return replace(self, qdrant_url=qdrant_url or None)
+
     def redacted(self) -> dict[str, Any]:
         """Settings safe to show or log: the API key is never included."""
         return {

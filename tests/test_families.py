@@ -52,3 +52,35 @@ def test_an_unknown_family_is_named_with_the_known_ones(tmp_path: Path) -> None:
     (tmp_path / "ftf_config.json").write_text(json.dumps({"family": "resnet"}))
     with pytest.raises(ModelNotFound, match="known: " + ", ".join(FAMILIES)):
         load_encoder(str(tmp_path), device="cpu")
+
+
+def test_train_defaults_come_from_the_family_table() -> None:
+    """`ftfsearch train` builds its config with the family's defaults (TrainConfig.for_family); a flag
+    given wins, and `train --help` shows the table's values."""
+    import dataclasses
+
+    from typer.testing import CliRunner
+
+    from ftfsearch.cli import app
+    from ftfsearch.model.families import DEFAULT_FAMILY, TrainDefaults
+    from ftfsearch.training.train import TrainConfig
+
+    assert DEFAULT_FAMILY in FAMILIES
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    for name, entry in FAMILIES.items():
+        own = {k: v for k, v in dataclasses.asdict(entry.train).items() if v is not None}
+        assert set(own) <= fields and own["lr"] == entry.lr
+        config = TrainConfig.for_family(name, data=[], out=Path("m"), lr=None, prompt_rate=None, feature_views=None,
+                                        base_lr_scale=None)  # as the CLI passes flags not given
+        assert config.arch == name and {k: getattr(config, k) for k in own} == own
+        bare = TrainConfig(data=[], out=Path("m"))  # what the table leaves out stays TrainConfig's
+        for k in {f.name for f in dataclasses.fields(TrainDefaults)} - set(own):
+            assert getattr(config, k) == getattr(bare, k)
+        assert TrainConfig.for_family(name, data=[], out=Path("m"), lr=0.5, prompt_rate=0.0).lr == 0.5
+    helped = CliRunner(env={"COLUMNS": "400"}).invoke(app, ["train", "--help"]).stdout
+    shown = " ".join(helped.replace("│", " ").split())
+    for flag, field in (("--lr", "lr"), ("--views", "feature_views"), ("--base-lr-scale", "base_lr_scale"),
+                        ("--prompt-rate", "prompt_rate")):
+        given = [f"{getattr(f.train, field):g} {f.name}" for f in FAMILIES.values() if getattr(f.train, field) is not None]
+        assert "(default: " + ", ".join(given) + ")" in shown, (flag, shown)
+    assert f"[default: {DEFAULT_FAMILY}]" in shown

@@ -203,6 +203,23 @@ def test_watch_refusals_are_one_line_and_change_nothing(naip: dict) -> None:
 
 
 @pytest.mark.usefixtures("shared_data")
+def test_watch_add_takes_a_labels_files_marks_and_query(naip: dict) -> None:
+    """``watch add --labels`` reads the file as query and find do: its marks are the examples, its query
+    the text when none is given."""
+    cli = naip["cli"]
+    found = json.loads(cli("query", "buildings", "--k", "2", "--json").stdout)
+    labels = naip["tmp"] / "marks.geojson"
+    exported = cli("labels", "export", "roofs", "--like", found[0]["id"], "--unlike", found[1]["id"], "-o", str(labels))
+    assert exported.returncode == 0, exported.stderr
+    add = cli("watch", "add", "marked", "--labels", str(labels), "--json")
+    assert add.returncode == 0, add.stderr
+    query = json.loads(add.stdout)["query"]
+    assert query.startswith("'roofs' like ") and found[0]["id"] in query and f"unlike {found[1]['id']}" in query
+    again = json.loads(cli("watch", "add", "given", "buildings", "--labels", str(labels), "--json").stdout)
+    assert again["query"].startswith("'buildings' like ")  # a text given wins over the file's
+
+
+@pytest.mark.usefixtures("shared_data")
 def test_watch_routes_need_a_writer_key_to_change_state(naip: dict) -> None:
     from fastapi.testclient import TestClient
 

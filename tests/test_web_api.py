@@ -17,6 +17,7 @@ from rasterio.warp import transform_bounds
 
 from _web_fixtures import GEOTIFFS, DemoStore, demo_store
 from ftfsearch.chips import OUTLINE_RGB
+from ftfsearch.commands import INFO_COUNTS, InfoRequest, SceneRow, ScenesRequest
 from ftfsearch.config import Settings
 from ftfsearch.search import MAX_K
 from ftfsearch.web import ServeOptions, create_app
@@ -325,6 +326,30 @@ def test_info_describes_store_model_and_limits(client: TestClient, demo: DemoSto
     assert info["scenes"] == 2 and info["store"]["backend"] == "edge"
     assert info["limits"]["max_k"] == MAX_K and info["basemap"] is None
     assert "api_key" not in str(info).lower().replace("'api_key': none", "")
+
+
+def test_scenes_and_info_are_the_commands_answers(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    """/api/scenes and /api/info run the scenes and info commands (what the CLI and the holder run) and
+    answer their fields, each scene with its preview, the store's description under ``store``."""
+    res = client.app.state.resources  # type: ignore[attr-defined]
+    real, asked = res.commands, []
+
+    class Recorded:  # the app's own commands, each call noted
+        def __getattr__(self, name: str) -> object:
+            asked.append(name)
+            return getattr(real, name)
+
+    monkeypatch.setattr(res, "commands", Recorded())
+    listed = client.get("/api/scenes").json()["scenes"]
+    info = client.get("/api/info").json()
+    assert asked == ["scenes", "info"]
+    rows = [row.model_dump(mode="json") for row in real.scenes(ScenesRequest())]
+    assert [{k: s[k] for k in SceneRow.model_fields} for s in listed] == rows and len(rows) == 2
+    assert all(row["footprint"] and row["bbox"] and row["crs"] for row in rows)
+    answered = real.info(InfoRequest())
+    assert info["store"] == {k: v for k, v in answered.items() if k not in INFO_COUNTS}
+    assert {k: info[k] for k in ("tiles", "scenes", "device")} == {k: answered[k] for k in ("tiles", "scenes", "device")}
+    assert info["model"] == answered["meta"] and info["collection"] == answered["collection"]
 
 
 def test_openapi_documents_every_endpoint(client: TestClient) -> None:

@@ -23,6 +23,7 @@ from ftfsearch.commands.requests import (
     FindPage,
     FindPlan,
     FindRequest,
+    INFO_COUNTS,
     InfoRequest,
     MarksRequest,
     PushRequest,
@@ -324,7 +325,8 @@ class LocalCommands:
         with self.access.store(read_only=True) as db:
             return [
                 SceneRow(scene_id=s.scene_id, path=s.path, tiles=db.count_tiles(s.scene_id), state=s.state,
-                         acquired=s.extra.get("acquired") or None, stac=s.extra.get("stac") or None)
+                         acquired=s.extra.get("acquired") or None, stac=s.extra.get("stac") or None,
+                         crs=s.crs, bbox=s.bbox, footprint=s.footprint)
                 for s in db.list_scenes()
             ]
 
@@ -333,13 +335,9 @@ class LocalCommands:
             described = db.describe()
             meta = db.meta()
             scene_list = db.list_scenes() if meta is not None else []
-            return {
-                **described,
-                "tiles": db.count_tiles() if meta is not None else 0,
-                "scenes": len(scene_list),
-                "scenes_complete": sum(s.state == "complete" for s in scene_list),
-                "device": self.access.device(),
-            }
+            counts = dict(zip(INFO_COUNTS, (db.count_tiles() if meta is not None else 0, len(scene_list),
+                                            sum(s.state == "complete" for s in scene_list), self.access.device())))
+            return {**described, **counts}
 
     def drop(self, request: DropRequest) -> DropOutcome:
         with self.access.store(read_only=False) as db:

@@ -25,8 +25,9 @@ from ftfsearch.records import FIND_PAGE, MAX_HITS, MAX_K, MAX_RECALL_K, ChangeHi
 from ftfsearch.times import TimeRange, check_range, check_ranges, parse_range, parse_time
 
 __all__ = [  # what ftfsearch.commands re-exports: a new command's request and result are named here, once
-    "Answer", "ChangeOutcome", "ChangeRequest", "ClassifyPage", "ClassifyPlan", "ClassifyRequest", "Detection", "DropOutcome",
-    "DropRequest", "ExportOutcome", "ExportRequest", "FindPage", "FindPlan", "FindRequest", "InfoRequest",
+    "Answer", "ChangeOutcome", "ChangeRequest", "ClassifyPage", "ClassifyPlan", "ClassifyRequest", "Detection",
+    "DropOutcome", "DropRequest", "ExportOutcome", "ExportRequest", "FindPage", "FindPlan", "FindRequest", "INFO_COUNTS",
+    "InfoRequest",
     "MarksRequest",
     "PushRequest", "QueryScope", "Request", "SceneRow", "ScenesRequest", "Scope", "SearchOutcome", "SearchRequest",
     "CountEstimate", "ReviewAnswer", "ReviewItem", "ReviewOutcome", "ReviewRequest", "StratumRow",
@@ -389,13 +390,22 @@ class SceneRow(Answer):
     state: str
     acquired: str | None = None
     stac: dict[str, Any] | None = None
+    crs: str | None = None
+    bbox: list[float] | None = None
+    footprint: list[list[float]] | None = None
+    """Where the scene lies (WGS84 ring; None without a CRS): the page's map draws it, the table does not."""
 
     def to_dict(self) -> dict[str, Any]:
-        return self.model_dump(exclude_none=True)
+        """As ``scenes --json`` prints it: without the geometry (``crs``, ``bbox``, ``footprint``)."""
+        return self.model_dump(exclude_none=True, exclude={"crs", "bbox", "footprint"})
 
 
 class InfoRequest(Request):
     """``info``: the store, the collection, its model and counts."""
+
+
+INFO_COUNTS = ("tiles", "scenes", "scenes_complete", "device")
+"""What ``info`` answers beside the store's own description (:meth:`~ftfsearch.store.base.Store.describe`)."""
 
 
 class DropRequest(Request):
@@ -431,7 +441,9 @@ class WatchAddRequest(Request):
     aoi: dict[str, Any] | None = None
     """Only tiles whose footprint intersects this area (GeoJSON, checked as ``Scope.aoi``)."""
     min_score: float | None = Field(None, ge=-1.0, le=1.0)
-    """None: find's default threshold over a sample of the stored tiles (some must be stored)."""
+    """The two-stage score (BTI, as a search ranks) a tile must reach to be a hit. None: just above
+    the best score of a sample of the stored tiles in ``aoi`` (:func:`ftfsearch.watch.default_threshold`;
+    some must be stored), so the watch fires on what matches better than anything stored."""
     webhook: str | None = None
     """An http(s) URL that new hits are POSTed to as GeoJSON."""
 

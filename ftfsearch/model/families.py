@@ -20,14 +20,35 @@ if TYPE_CHECKING:  # the CLI reads the table for its help: no torch at its start
 
 
 @dataclass(frozen=True)
+class TrainDefaults:
+    """What ``ftfsearch train --arch NAME`` trains this family with where no flag says otherwise
+    (:meth:`ftfsearch.training.train.TrainConfig.for_family` applies them; a bare ``TrainConfig``,
+    as the tests and experiments build it, keeps its own field defaults). None: not this family's
+    concern, ``TrainConfig``'s default stands."""
+
+    lr: float
+    """Peak learning rate of the heads."""
+    prompt_rate: float
+    """Share of images whose second text is a class prompt."""
+    feature_views: int | None = None
+    """Frozen-trunk views cached per image (the pretrained towers)."""
+    base_lr_scale: float | None = None
+    """Learning rate of the fine-tuned base blocks relative to the heads (the pretrained towers)."""
+
+
+@dataclass(frozen=True)
 class Family:
     name: str
     summary: str
     """What it is, for ``--arch``'s help."""
     load: Callable[[Path, dict[str, Any], "torch.device"], "Encoder"]
     """Load a saved model directory of this family (its ``ftf_config.json`` already read)."""
-    lr: float
-    """Default peak learning rate of the heads."""
+    train: TrainDefaults
+
+    @property
+    def lr(self) -> float:
+        """Default peak learning rate of the heads."""
+        return self.train.lr
 
 
 def _load_pretrained(root: Path, raw: dict[str, Any], device: torch.device) -> Encoder:
@@ -43,9 +64,12 @@ def _load_scratch(root: Path, raw: dict[str, Any], device: torch.device) -> Enco
 
 
 FAMILIES: dict[str, Family] = {f.name: f for f in (
-    Family("pretrained", "FTF on the pinned EfficientNet-Lite0 and MiniLM towers", _load_pretrained, 1e-3),
-    Family("scratch", "the small FTF from nothing", _load_scratch, 2e-3),
+    Family("pretrained", "FTF on the pinned EfficientNet-Lite0 and MiniLM towers", _load_pretrained,
+           TrainDefaults(lr=1e-3, prompt_rate=0.25, feature_views=8, base_lr_scale=0.05)),
+    Family("scratch", "the small FTF from nothing", _load_scratch, TrainDefaults(lr=2e-3, prompt_rate=0.25)),
 )}
+DEFAULT_FAMILY = "pretrained"
+"""What ``ftfsearch train`` trains without ``--arch``."""
 SAVED_WITHOUT_FAMILY = "scratch"
 """The family of a model directory whose config names none (those saved before families)."""
 

@@ -73,7 +73,11 @@ class LossWeights:
 
 @dataclass
 class TrainConfig:
-    """Everything a training run depends on (recorded in the checkpoint)."""
+    """Everything a training run depends on (recorded in the checkpoint).
+
+    The field defaults are a bare config's (the tests' and experiments' runs); ``ftfsearch train``
+    builds it with :meth:`for_family`, whose family's table (:data:`ftfsearch.model.families.FAMILIES`)
+    sets ``lr``, ``prompt_rate``, ``feature_views`` and ``base_lr_scale``."""
 
     data: list[Path]
     out: Path
@@ -134,6 +138,15 @@ class TrainConfig:
     """Candidate counts tried on validation with the chosen tau/alpha (the rerank's K)."""
     keep_checkpoint: bool = False
     num_threads: int | None = 2
+
+    @classmethod
+    def for_family(cls, arch: str, **given: Any) -> "TrainConfig":
+        """A run of family ``arch`` as ``ftfsearch train`` builds it: the family's
+        :class:`~ftfsearch.model.families.TrainDefaults` where ``given`` leaves them out or None."""
+        table = dataclasses.asdict(family(arch).train)  # None there: not the family's, TrainConfig's default
+        own = {k: v for k, v in table.items() if v is not None}
+        left = {k: v for k, v in given.items() if not (k in table and v is None)}
+        return cls(arch=arch, **{**own, **left})
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

@@ -17,11 +17,10 @@ from starlette.concurrency import run_in_threadpool
 from ftfsearch import __version__
 from ftfsearch.commands.requests import ClassifyRequest, ReviewOutcome, ReviewRequest
 from ftfsearch.chips import MAX_CHIP_SIDE, ChipSpec, recorded_bands, region_footprints
-from ftfsearch.commands.requests import DropRequest, MarksRequest
+from ftfsearch.commands.requests import INFO_COUNTS, DropRequest, InfoRequest, MarksRequest, ScenesRequest
 from ftfsearch.errors import BadInput, SceneNotFound, SourceUnavailable
 from ftfsearch.examples import ExampleRef, image_ref, parse_ref
 from ftfsearch.labels import MAX_LABELS, LabelSet, parse_labels
-from ftfsearch.model.sources import encoder_device_label
 from ftfsearch.search import MAX_K, MAX_QUERY_CHARS, MAX_RECALL_K
 from ftfsearch.web.auth import record_change
 from ftfsearch.web.find_stream import find_response
@@ -325,16 +324,13 @@ def _preview_bounds(res: Resources, path: str, max_side: int) -> tuple[float, fl
 
 @router.get("/scenes", response_model=ScenesBody)
 def scenes(request: Request, res: Res, options: Options) -> dict[str, Any]:
-    """Ingested scenes with footprints, tile counts and where their map previews go."""
-    with res.lock:
-        records = res.store.list_scenes() if res.store.meta() is not None else []
-        counts = {s.scene_id: res.store.count_tiles(s.scene_id) for s in records}
+    """Ingested scenes with footprints, tile counts and where their map previews go: the scenes
+    command's rows, each with its preview."""
     rows = []
-    for s in records:
+    for s in res.commands.scenes(ScenesRequest()):
         bounds = _preview_bounds(res, s.path, options.preview_max_side)
         rows.append(SceneBody(
-            scene_id=s.scene_id, path=s.path, state=s.state, tiles=counts[s.scene_id], crs=s.crs, bbox=s.bbox,
-            footprint=s.footprint, acquired=s.extra.get("acquired"), stac=s.extra.get("stac"),
+            **s.model_dump(),
             preview_url=None if bounds is None else path_for(request, "scene_preview", scene_id=s.scene_id),
             preview_bounds=None if bounds is None else list(bounds),
         ))
@@ -343,22 +339,19 @@ def scenes(request: Request, res: Res, options: Options) -> dict[str, Any]:
 
 @router.get("/info")
 def info(res: Res, options: Options) -> dict[str, Any]:
-    """The store, the collection's model, counts, limits and the page's map settings."""
-    with res.lock:
-        described = res.store.describe()
-        meta = res.store.meta()
-        tiles = res.store.count_tiles() if meta is not None else 0
-        scene_count = len(res.store.list_scenes()) if meta is not None else 0
+    """The store, the collection's model, counts (the info command's), limits and the page's map settings."""
+    answered = res.commands.info(InfoRequest())
+    described = {k: v for k, v in answered.items() if k not in INFO_COUNTS}
     enc = res.encoder
     return {
         "version": package_version(),
         "store": described,
-        "collection": res.store.collection,
-        "model": None if meta is None else meta.to_payload(),
+        "collection": described["collection"],
+        "model": described["meta"],
         "encoder": {"id": enc.id, "dim": enc.dim, "num_regions": enc.num_regions, "layout": enc.region_layout},
-        "device": encoder_device_label(enc),
-        "tiles": tiles,
-        "scenes": scene_count,
+        "device": answered["device"],
+        "tiles": answered["tiles"],
+        "scenes": answered["scenes"],
         "limits": {"max_k": MAX_K, "max_recall_k": MAX_RECALL_K, "max_query_chars": MAX_QUERY_CHARS,
                    "max_chip_size": MAX_CHIP_SIDE},
         "basemap": None if not options.basemap_url else {
