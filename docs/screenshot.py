@@ -6,12 +6,15 @@ Run ``make demo`` first (it builds ``.demo/store``), then::
     python docs/screenshot.py "houses with red roofs" --up 0 --down 2 --out docs/screenshot-marks.png
     python docs/screenshot.py "farm buildings" --store .cache/shots/store --up 0 --up 1 --up 2 \
         --down 5 --down 6 --area 5 --out docs/screenshot-area.png
+    python docs/screenshot.py "a pond" --store .cache/shots/change/store \
+        --change ../2010-01-01 2020-01-01/2021-01-01 --out docs/screenshot-change.png
 
 Starts ``ftfsearch serve`` on loopback, searches QUERY on the page in Debian's Chromium (Playwright,
 no browser download), marks the results given by ``--up``/``--down`` (each mark searches again),
 selects a result, saves the page, and stops the server. With ``--area N`` it then draws an area over
 the first result's scene, finds all, classifies from the marks, answers N review items as the
-classifier leans (y when p >= 0.5) and classifies again, so the estimate shows.
+classifier leans (y when p >= 0.5) and classifies again, so the estimate shows. With ``--change
+BEFORE AFTER`` it opens the change mode instead: what QUERY shows more of in AFTER than in BEFORE.
 """
 
 from __future__ import annotations
@@ -39,6 +42,8 @@ def main() -> int:
     ap.add_argument("--k", type=int, default=6, help="results to list")
     ap.add_argument("--up", type=int, action="append", default=[], help="mark this result (0 = best) a hit")
     ap.add_argument("--down", type=int, action="append", default=[], help="mark this result a miss")
+    ap.add_argument("--change", nargs=2, metavar=("BEFORE", "AFTER"), default=None,
+                    help="the change mode between two ISO 8601 ranges, QUERY as what appeared")
     ap.add_argument("--area", type=int, default=None, metavar="N",
                     help="the area panel: draw, find all, classify, answer N review items, classify again")
     args = ap.parse_args()
@@ -65,28 +70,10 @@ def main() -> int:
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_FLAGS)
             page = browser.new_page(viewport={"width": 1400, "height": 860})
-            page.goto(url + "/")
-            page.wait_for_selector("body[data-ready='1']", timeout=60_000)
-            page.fill("#k", str(args.k))  # the list's chips load lazily: keep them all in view
-            page.fill("#q", args.query)
-            page.press("#q", "Enter")
-            page.wait_for_selector(".result", timeout=60_000)
-            page.evaluate("sessionStorage.clear()")
-            loaded = "[...document.querySelectorAll('.result img, .mark img')].every(i => i.complete && i.naturalWidth > 0)"
-            page.wait_for_function(loaded, timeout=180_000)
-            marks = [("up", i) for i in args.up] + [("down", i) for i in args.down]
-            for n, (button, i) in enumerate(marks, start=1):
-                page.locator(".result").nth(i).locator(f"button.{button}").click()
-                page.wait_for_function(f"document.querySelectorAll('.mark').length === {n} && "
-                                       "!document.getElementById('go').disabled", timeout=60_000)
-                page.wait_for_function(loaded, timeout=180_000)
-            if args.area is not None:
-                area_panel(page, url, args.area)
+            if args.change:
+                change_mode(page, url, args.query, *args.change)
             else:
-                page.locator(".result").nth(args.select).click()
-                page.wait_for_selector("#detail:not([hidden])")
-                page.wait_for_function("document.getElementById('detail-chip').complete", timeout=180_000)
-                page.wait_for_timeout(1500)  # the map's fly-to animation
+                search_page(page, url, args)
             raw = args.out.with_suffix(".raw.png")
             page.screenshot(path=str(raw))
             browser.close()
@@ -101,6 +88,45 @@ def main() -> int:
         server.terminate()
         server.wait(timeout=30)
     return 0
+
+
+def search_page(page: Any, url: str, args: argparse.Namespace) -> None:
+    """Search, mark, then open a result or drive the area panel."""
+    page.goto(url + "/")
+    page.wait_for_selector("body[data-ready='1']", timeout=60_000)
+    page.fill("#k", str(args.k))  # the list's chips load lazily: keep them all in view
+    page.fill("#q", args.query)
+    page.press("#q", "Enter")
+    page.wait_for_selector(".result", timeout=60_000)
+    page.evaluate("sessionStorage.clear()")
+    loaded = "[...document.querySelectorAll('.result img, .mark img')].every(i => i.complete && i.naturalWidth > 0)"
+    page.wait_for_function(loaded, timeout=180_000)
+    marks = [("up", i) for i in args.up] + [("down", i) for i in args.down]
+    for n, (button, i) in enumerate(marks, start=1):
+        page.locator(".result").nth(i).locator(f"button.{button}").click()
+        page.wait_for_function(f"document.querySelectorAll('.mark').length === {n} && "
+                               "!document.getElementById('go').disabled", timeout=60_000)
+        page.wait_for_function(loaded, timeout=180_000)
+    if args.area is not None:
+        area_panel(page, url, args.area)
+        return
+    page.locator(".result").nth(args.select).click()
+    page.wait_for_selector("#detail:not([hidden])")
+    page.wait_for_function("document.getElementById('detail-chip').complete", timeout=180_000)
+    page.wait_for_timeout(1500)  # the map's fly-to animation
+
+
+def change_mode(page: Any, url: str, query: str, before: str, after: str) -> None:
+    """The change mode opened by its link: the places where ``query`` rose most, both dates side by side."""
+    from urllib.parse import urlencode
+
+    page.goto(url + "/?" + urlencode({"change": "1", "before": before, "after": after, "cq": query}))
+    page.wait_for_selector("body[data-ready='1']", timeout=60_000)
+    page.wait_for_selector(".change-place", timeout=120_000)
+    page.wait_for_function("[...document.querySelectorAll('.change-side img')].every(i => i.complete && i.naturalWidth > 0)",
+                           timeout=180_000)
+    page.locator(".change-place").first.click()
+    page.wait_for_timeout(1500)  # the map's fly-to animation
 
 
 def _wait_area(page: Any, condition: str) -> None:

@@ -546,9 +546,18 @@ def test_change_view_in_chromium(change_server: Server, browser: object, tmp_pat
         for (const p of document.querySelectorAll('path.change-footprint')) { const b = p.getBoundingClientRect();
           if (b.width < 2 || b.height < 2 || b.right < m.left || b.left > m.right || b.bottom < m.top || b.top > m.bottom)
             throw new Error('a change footprint is not in the map view'); } }""")
-    page.locator("path.change-footprint").last.click()  # drawn last: the most changed place
-    page.wait_for_selector(".change-place.selected")
-    assert page.locator(".change-place.selected").get_attribute("data-rank") == "1"
+    front = "[...document.querySelectorAll('img.scene-preview')].pop().alt"  # the preview drawn on top
+    # the most changed place is selected at first, its after scene on top of the dates' overlapping previews
+    page.wait_for_selector(".change-place.selected[data-rank='1'] .change-side.on-map[data-side='after']")
+    page.wait_for_function(f"{front} === {json.dumps(api['places'][0]['after']['scene_id'])}")
+    # a footprint selects its place (drawn from the least changed: the ninth is rank 2; dispatched, as
+    # footprints overlap); a place's before chip selects it and puts its before scene on top
+    page.locator("path.change-footprint").nth(8).dispatch_event("click")
+    page.wait_for_selector(".change-place.selected[data-rank='2']")
+    assert page.locator(".change-place.selected").count() == 1
+    page.locator(".change-place").nth(2).locator(".change-side[data-side='before'] img").click()
+    page.wait_for_selector(".change-place.selected[data-rank='3'] .change-side.on-map[data-side='before']")
+    page.wait_for_function(f"{front} === {json.dumps(api['places'][2]['before']['scene_id'])}")
     # the watch added between the ingests, with its newest hits (all from the later scene)
     page.wait_for_selector(".watch-hit")
     assert "anything" in page.inner_text("#watch-list")

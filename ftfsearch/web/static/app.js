@@ -8,7 +8,7 @@
 (function () {
   const $ = (id) => document.getElementById(id);
   const VIRIDIS = [[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98], [253, 231, 37]];
-  const state = { map: null, results: [], layers: new Map(), resultGroup: null, selected: null, sceneBounds: null,
+  const state = { map: null, results: [], layers: new Map(), previews: new Map(), frontScene: null, resultGroup: null, selected: null, sceneBounds: null,
     marks: [], memoryKey: null, asking: null };
   const MARKS_KEY = "ftfsearch-marks";
   // Deepest zoom the map goes to (fitting results, a selected tile): about 3 cm a pixel, so a
@@ -132,8 +132,12 @@
       if (s.preview_url && s.preview_bounds) {
         const [w, so, e, n] = s.preview_bounds;
         const b = L.latLngBounds([so, w], [n, e]);
-        imageURL(s.preview_url).then((u) => L.imageOverlay(u, b, { opacity: 0.95, className: "scene-preview",
-          alt: s.scene_id }).addTo(state.previewGroup));
+        imageURL(s.preview_url).then((u) => {
+          const overlay = L.imageOverlay(u, b, { opacity: 0.95, className: "scene-preview", alt: s.scene_id });
+          state.previews.set(s.scene_id, overlay.addTo(state.previewGroup));
+          const front = state.previews.get(state.frontScene);  // a preview loaded later is drawn on top
+          if (front) front.bringToFront();
+        });
         all.extend(b);
       }
       if (s.footprint) {
@@ -534,6 +538,13 @@
   }
 
   // what change.js (the change mode) uses
-  window.ftfsearch = { getJSON, showImage, setStatus, map: () => state.map };
+  // Scenes of one place at several dates overlap on the map: this one's preview goes on top.
+  function showScene(sceneId) {
+    state.frontScene = sceneId;
+    const overlay = state.previews.get(sceneId);
+    if (overlay) overlay.bringToFront();
+  }
+
+  window.ftfsearch = { getJSON, showImage, setStatus, map: () => state.map, showScene };
   start();
 })();

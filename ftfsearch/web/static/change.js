@@ -50,11 +50,18 @@
     return places.group;
   }
 
-  function selectPlace(rank, fly) {
+  // The map shows one date of the selected place under its outline: the after scene, or the side
+  // whose chip was clicked (that chip is marked), since the dates' previews overlap.
+  function selectPlace(rank, fly, side = "after") {
     for (const li of document.querySelectorAll(".change-place")) {
       const on = Number(li.dataset.rank) === rank;
       li.classList.toggle("selected", on);
       if (on && !fly) li.scrollIntoView({ block: "nearest" });
+      for (const fig of li.querySelectorAll(".change-side")) fig.classList.toggle("on-map", on && fig.dataset.side === side);
+      if (on) {
+        const fig = li.querySelector(`.change-side[data-side="${side}"]`);
+        if (fig) api.showScene(fig.dataset.scene);
+      }
     }
     for (const [k, layer] of places.layers) {
       layer.setStyle({ weight: k === rank ? 4 : 2, fillOpacity: k === rank ? 0.1 : 0.3 });
@@ -98,7 +105,8 @@
     (side.region_index == null ? "" : `?region=${side.region_index}`);
 
   function figure(side, label) {
-    const fig = el("figure", { class: "change-side" });
+    const fig = el("figure", { class: "change-side", "data-side": label, "data-scene": side.scene_id,
+      title: `show the ${label} scene on the map` });
     const img = el("img", { alt: `${label}: ${side.scene_id}` });
     api.showImage(img, chip(side));
     const caption = `${label} · ${(side.acquired || "no date").slice(0, 10)}` + (side.score == null ? "" : ` · ${side.score.toFixed(4)}`);
@@ -120,7 +128,10 @@
       const out = await api.getJSON(`api/change?${params}`);
       for (const place of out.places) {
         const li = el("li", { class: "change-place", "data-rank": place.rank, tabindex: 0 });
-        li.addEventListener("click", () => selectPlace(place.rank, true));
+        li.addEventListener("click", (ev) => {
+          const fig = ev.target.closest(".change-side");
+          selectPlace(place.rank, true, fig ? fig.dataset.side : "after");
+        });
         const what = q ? (place.change >= 0 ? "rise" : "fall") : "moved";
         li.append(el("div", { class: "change-head" }, `#${place.rank} ${what} ${place.change.toFixed(4)} · ${place.after.scene_id}`),
           el("div", { class: "change-pair" }));
@@ -128,6 +139,7 @@
         $("change-places").append(li);
       }
       drawPlaces(out.places);
+      if (out.places.length) selectPlace(out.places[0].rank, false);
       status.textContent = `${out.places.length} places changed most between ${params.get("before")} and ${params.get("after")}`;
     } catch (e) {
       status.textContent = e.message;
