@@ -30,6 +30,7 @@ TILE_ID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]
 _NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
 _POINT = re.compile(rf"^\s*({_NUMBER})\s*,\s*({_NUMBER})\s*$")
 
+
 @dataclass(frozen=True)
 class ExampleRef:
     """One parsed reference; exactly one of ``tile_id``, ``point``, ``image``, ``data`` is set."""
