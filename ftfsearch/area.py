@@ -234,8 +234,8 @@ def check_bbox(
 
 
 def parse_bbox(value: str | None) -> tuple[float, float, float, float] | None:
-    """Parse ``minlon,minlat,maxlon,maxlat`` (WGS84); the checks are the store's
-    (:func:`~ftfsearch.store.base.check_bbox`: a point or a line is a box too)."""
+    """Parse ``minlon,minlat,maxlon,maxlat`` (WGS84); the checks are :func:`check_bbox`'s, the
+    stores' own (a point or a line is a box too)."""
     if value is None:
         return None
     parts = [p.strip() for p in str(value).split(",")]
