@@ -557,6 +557,17 @@ def _query_refs(
     return refs + marks.refs(), text if text is not None else marks.query
 
 
+def _print_whole(table: Table, *shrinkable: str) -> None:
+    """Print ``table``; in a narrow terminal only the ``shrinkable`` columns (names, times) are cut,
+    never a rank, a score or a coordinate (rich shortens every column otherwise)."""
+    from rich.cells import cell_len
+
+    for column in table.columns:
+        if column.header not in shrinkable:
+            column.min_width = max([cell_len(str(column.header))] + [cell_len(str(c)) for c in column.cells])
+    out.print(table)
+
+
 @app.command()
 @handles_errors
 def query(
@@ -652,7 +663,7 @@ def query(
             "-" if r.region is None else ",".join(f"{v:.2f}" for v in r.region),
             *([r.acquired or "-"] * timed),
         )
-    out.print(table)
+    _print_whole(table, "scene", "acquired")
     t = response.timings_ms
     err.print(", ".join(f"{stage} {ms:.1f} ms" for stage, ms in t.items()) + f" on {response.device}", highlight=False)
 
@@ -967,7 +978,7 @@ def change(
             "no CRS" if a.bbox is None else ",".join(f"{v:.4f}" for v in a.bbox),
             "-" if a.region is None else ",".join(f"{v:.2f}" for v in a.region),
         )
-    out.print(table)
+    _print_whole(table, "before scene", "after scene", "acquired")
     err.print(", ".join(f"{stage} {ms:.1f} ms" for stage, ms in response.timings_ms.items()), highlight=False)
 
 
