@@ -33,6 +33,7 @@ from ftfsearch.commands import (
     ScenesRequest,
     SearchRequest,
     WatchAddRequest,
+    WatchDeliverRequest,
     WatchHitsRequest,
     WatchListRequest,
     WatchRmRequest,
@@ -47,6 +48,9 @@ from ftfsearch.examples import parse_ref
 from ingest.tiling import TilingSpec
 
 SCENES = (GEOTIFFS / "rasterio" / "RGB.byte.tif", GEOTIFFS / "solaris_spacenet" / "sample_geotiff_custom_proj.tif")
+NAIP = (GEOTIFFS / "opengeos_data" / "naip_m_4709963_se_14_1_20090818.tif",
+        GEOTIFFS / "opengeos_data" / "naip_m_4709963_se_14_1_20200831.tif")
+"""One place in 2009 and 2020: what change compares."""
 TIMES = {"seconds", "stages", "tiles_per_s", "timings_ms", "created"}
 """Wall times differ between two runs of anything; every other field must be equal."""
 
@@ -115,6 +119,15 @@ def procs() -> Iterator[Procs]:
         yield p
     finally:
         p.kill_all()
+
+
+def closed_port() -> int:
+    """A loopback port with no listener (bound once for its number, then closed)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def settings_of(store: Path, model: Path) -> Settings:
@@ -205,6 +218,8 @@ def marks_requests(here: LocalCommands) -> list[MarksRequest]:
 def outcomes(commands: Commands, requests: list[SearchRequest], push_to: Path,
              streamed: list[Any] = (), marks: list[MarksRequest] = ()) -> dict[str, Any]:  # type: ignore[assignment]
     return {
+        # the hook watch's hits to a loopback port nobody listens on: each fails, and stays owed
+        "deliver": commands.watch_deliver(WatchDeliverRequest(name="hook", timeout=2.0, tries=1)),
         "labels": [commands.labels(m) for m in marks],
         "export": commands.export_embeddings(ExportRequest(out=push_to.with_suffix(".parquet"))),
         "search": [commands.search(r) for r in requests],
@@ -260,6 +275,7 @@ def test_every_command_answers_the_same_here_and_through_the_holder(
     # here: ingest, read, push, refuse; then drop a scene and ingest again (one scene anew, one resumed)
     here = LocalCommands.from_settings(settings_of(store, model_dir))
     here.watch_add(WatchAddRequest(name="anything", text="a place", min_score=-1.0))  # fires on every tile
+    here.watch_add(WatchAddRequest(name="hook", text="a river", min_score=0.0, webhook=f"http://127.0.0.1:{closed_port()}/hook"))
     first = here.ingest(ingest, Recorder())
     assert [s.state for s in first.scenes] == ["complete", "complete"] and len(first.failed) == 1
     requests = search_requests(here)
@@ -298,6 +314,8 @@ def test_every_command_answers_the_same_here_and_through_the_holder(
     same(local["info"], through["info"], "info")
     same(local["push"], through["push"], "push", frozenset(TIMES | {"target"}))
     same(local["watches"], through["watches"], "watch list")
+    assert local["deliver"].failed > 0 and local["deliver"].delivered == 0 and "hook" in local["deliver"].errors
+    same(local["deliver"], through["deliver"], "watch deliver")
     # the dropped scene's tiles fired again when re-ingested (found anew): the same hits, by tile
     by_tile = [sorted(o["hits"].hits, key=lambda h: h.tile_id) for o in (local, through)]
     same(by_tile[0], by_tile[1], "watch hits", frozenset(TIMES | {"found_at"}))
@@ -309,3 +327,33 @@ def test_every_command_answers_the_same_here_and_through_the_holder(
     same(again_here, again_there, "ingest")
     same(told_here.told(), told_there.told(), "ingest events")
     same(here.scenes(ScenesRequest()), after_there, "scenes after the ingest")
+
+
+@pytest.mark.slow
+def test_change_answers_the_same_here_and_through_the_holder(tmp_path: Path, procs: Procs, model_dir: Path) -> None:
+    """Change search between two dates of one place, with words and without, and a range with no
+    scene: the same places, scores and regions here and through a serve holding the store."""
+    store = tmp_path / "store"
+    here = LocalCommands.from_settings(settings_of(store, model_dir))
+    for scene, when in zip(NAIP, ("2009-08-18", "2020-08-31")):
+        done = here.ingest(IngestRequest(sources=(scene,), tiling=TilingSpec(tile_size=128, levels=(1,)), acquired=when),
+                           Recorder())
+        assert [s.state for s in done.scenes] == ["complete"]
+    requests = [ChangeRequest(before="../2010-01-01", after="2020-01-01/..", k=6),
+                ChangeRequest(text="a pond", before="../2010-01-01", after="2020-01-01/..", k=4),
+                ChangeRequest(text="a pond", before="../2010-01-01", after="2020-01-01/..", k=4, disappeared=True)]
+    local = [here.change(r) for r in requests]
+    assert [len(o.hits) for o in local] == [6, 4, 4] and local[0].hits[0].after.scene_id == NAIP[1].stem
+
+    def refused(commands: Commands) -> tuple[str, str]:
+        with pytest.raises(FtfError) as raised:  # no scene in the later range
+            commands.change(ChangeRequest(before="../2010-01-01", after="2030-01-01/.."))
+        return type(raised.value).__name__, raised.value.message
+
+    refused_here = refused(here)
+    serve, there = held(procs, store, model_dir, tmp_path)
+    through = [there.change(r) for r in requests]
+    refused_there = refused(there)
+    stop(serve)
+    same(local, through, "change")
+    same(refused_here, refused_there, "change refused")
