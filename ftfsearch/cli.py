@@ -1625,16 +1625,10 @@ def evaluate_cmd(
     device: Optional[str] = DeviceOpt,
 ) -> None:
     """R@1/5/10 both directions and mR on a caption set, coarse recall alone vs FTF."""
-    from ftfsearch.training.datasets import load_datasets
-    from ftfsearch.training.evaluate import evaluate, format_report
+    from ftfsearch.training.evaluate import evaluate_files, format_report
 
     settings = _settings(model=model, device=device)
-    datasets = load_datasets(data, images)  # bad input before the model loads
-    from ftfsearch.model.loading import load_encoder
-
-    encoder = load_encoder(settings.model, device=settings.device)
-    k = recall_k if recall_k is not None else encoder.rerank_params.k
-    reports = [evaluate(encoder, ds, split, k, cache_dir=cache_dir, ablation=ablation) for ds in datasets]
+    reports = evaluate_files(settings.model, settings.device, data, images, split, recall_k, cache_dir, ablation)
     if as_json:
         dicts = [r.to_dict() for r in reports]
         out.print_json(json.dumps(dicts[0] if len(dicts) == 1 else dicts))

@@ -358,6 +358,19 @@ def evaluate(
     )
 
 
+def evaluate_files(model: str | None, device: str, data: list[Path], images: list[Path] | None, split: str,
+                   recall_k: int | None, cache_dir: Path, ablation: bool) -> list[EvalReport]:
+    """``ftfsearch eval``: every caption set checked before the model loads, then each scored on its
+    own at ``recall_k`` (default: the K the model chose on validation)."""
+    from ftfsearch.model.loading import load_encoder
+    from ftfsearch.training.datasets import load_datasets
+
+    datasets = load_datasets(data, images)  # bad input before the model loads
+    encoder = load_encoder(model, device=device)
+    k = recall_k if recall_k is not None else encoder.rerank_params.k
+    return [evaluate(encoder, ds, split, k, cache_dir=cache_dir, ablation=ablation) for ds in datasets]
+
+
 def format_report(report: EvalReport) -> str:
     """A fixed-width table: coarse and FTF rows, R@1/5/10 both directions, mR."""
     head = (f"{report.dataset} {report.split}: {report.num_images} images, {report.num_captions} captions, "
