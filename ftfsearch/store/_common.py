@@ -44,6 +44,8 @@ PAGE = 1024
 
 
 S = TypeVar("S")
+ScanBatch = TypeVar("ScanBatch", TileBatch, CoarseBatch)
+"""What a scroll over the tiles yields a page at a time (:func:`scanned_batch`, :func:`coarse_batch`)."""
 
 
 @dataclass(frozen=True)

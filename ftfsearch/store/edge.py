@@ -21,7 +21,7 @@ import logging
 import os
 import shutil
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -44,6 +44,7 @@ from ftfsearch.store.holder_record import (
     remove_holder,
 )
 from ftfsearch.store._common import (
+    ScanBatch,
     KIND_FAILURE,
     KIND_META,
     KIND_SCENE,
@@ -469,39 +470,26 @@ class EdgeStore:
         return self.scan(QueryFilter(scene_ids=(scene_id,)), page)
 
     def scan(self, flt: QueryFilter | None, page: int = PAGE) -> Iterator[TileBatch]:
-        meta = self.meta()
-        tiles = self._need_tiles()
-        assert meta is not None
-        scroll_filter = _edge_filter(filter_conditions(flt))
-        offset: Any = None
-        while True:
-            recs, offset = tiles.scroll(
-                qe.ScrollRequest(
-                    offset=offset, limit=check_k(page, "page"), filter=scroll_filter,
-                    with_payload=True, with_vector=False,
-                )
-            )
-            if recs:
-                yield scanned_batch(recs, meta, self.payload_vectors, self._read_named)
-            if offset is None:
-                return
+        return self._scroll(flt, page, True, scanned_batch)
 
     def scan_coarse(self, flt: QueryFilter | None, fields: Sequence[str], page: int = PAGE) -> Iterator[CoarseBatch]:
+        selector = qe.PayloadSelector.Include(list(fields) + ([VECTORS_FIELD] if self.payload_vectors else []))
+        return self._scroll(flt, page, selector, coarse_batch)
+
+    def _scroll(self, flt: QueryFilter | None, page: int, with_payload: Any, build: Callable[..., ScanBatch]) -> Iterator[ScanBatch]:
+        """Every tile ``flt`` lets through, a page of points at a time, each page made a batch by ``build``."""
         meta = self.meta()
         tiles = self._need_tiles()
         assert meta is not None
-        selector = qe.PayloadSelector.Include(list(fields) + ([VECTORS_FIELD] if self.payload_vectors else []))
         scroll_filter = _edge_filter(filter_conditions(flt))
         offset: Any = None
         while True:
             recs, offset = tiles.scroll(
-                qe.ScrollRequest(
-                    offset=offset, limit=check_k(page, "page"), filter=scroll_filter,
-                    with_payload=selector, with_vector=False,
-                )
+                qe.ScrollRequest(offset=offset, limit=check_k(page, "page"), filter=scroll_filter,
+                                 with_payload=with_payload, with_vector=False)
             )
             if recs:
-                yield coarse_batch(recs, meta, self.payload_vectors, self._read_named)
+                yield build(recs, meta, self.payload_vectors, self._read_named)
             if offset is None:
                 return
 

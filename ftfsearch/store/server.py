@@ -35,6 +35,7 @@ from ftfsearch.errors import (
 from ftfsearch.net import LOOPBACK_HOSTS
 from ftfsearch.store import schema
 from ftfsearch.store._common import (
+    ScanBatch,
     KIND_FAILURE,
     KIND_META,
     KIND_SCENE,
@@ -585,34 +586,18 @@ class ServerStore:
         return self.scan(QueryFilter(scene_ids=(scene_id,)), page)
 
     def scan(self, flt: QueryFilter | None, page: int = PAGE) -> Iterator[TileBatch]:
-        meta = self.meta()
-        if meta is None:
-            raise self._missing_collection()
-        limit = check_k(page, "page")
-        scroll_filter = _client_filter(filter_conditions(flt))
-        offset: Any = None
-        while True:
-            try:
-                recs, offset = self._retried(
-                    "read the tiles",
-                    lambda o=offset: self._client.scroll(  # type: ignore[misc]
-                        self.collection, scroll_filter=scroll_filter, limit=limit, offset=o,
-                        with_payload=True, with_vectors=False,
-                    ),
-                )
-            except _Missing:
-                raise self._missing_collection() from None
-            if recs:
-                yield scanned_batch(recs, meta, self.payload_vectors, self._read_named)
-            if offset is None:
-                return
+        return self._scroll(flt, page, True, scanned_batch)
 
     def scan_coarse(self, flt: QueryFilter | None, fields: Sequence[str], page: int = PAGE) -> Iterator[CoarseBatch]:
+        selector = qm.PayloadSelectorInclude(include=list(fields) + ([VECTORS_FIELD] if self.payload_vectors else []))
+        return self._scroll(flt, page, selector, coarse_batch)
+
+    def _scroll(self, flt: QueryFilter | None, page: int, with_payload: Any, build: Callable[..., ScanBatch]) -> Iterator[ScanBatch]:
+        """Every tile ``flt`` lets through, a page of points at a time, each page made a batch by ``build``."""
         meta = self.meta()
         if meta is None:
             raise self._missing_collection()
         limit = check_k(page, "page")
-        selector = qm.PayloadSelectorInclude(include=list(fields) + ([VECTORS_FIELD] if self.payload_vectors else []))
         scroll_filter = _client_filter(filter_conditions(flt))
         offset: Any = None
         while True:
@@ -621,13 +606,13 @@ class ServerStore:
                     "read the tiles",
                     lambda o=offset: self._client.scroll(  # type: ignore[misc]
                         self.collection, scroll_filter=scroll_filter, limit=limit, offset=o,
-                        with_payload=selector, with_vectors=False,
+                        with_payload=with_payload, with_vectors=False,
                     ),
                 )
             except _Missing:
                 raise self._missing_collection() from None
             if recs:
-                yield coarse_batch(recs, meta, self.payload_vectors, self._read_named)
+                yield build(recs, meta, self.payload_vectors, self._read_named)
             if offset is None:
                 return
 
