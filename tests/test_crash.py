@@ -109,25 +109,40 @@ def reference(workdir, big_scene, encoder) -> dict:
 
 
 class _Progress:
-    """Reports to the parent through a pipe: ``start <total> <already>`` then ``advance <n>``."""
+    """Reports to the parent through a pipe: ``start <total> <already>`` then ``advance <n>``.
 
-    def __init__(self, fd: int) -> None:
+    A child that is to be killed also holds one batch past the parent's last kill point
+    (``gate``), so a parent that read the pipe late (a loaded CI machine) still kills inside the
+    ingest and leaves enough for the next kill: a CI run once saw the child finish first.
+    """
+
+    def __init__(self, fd: int, batch_size: int, hold: bool) -> None:
         self.fd = fd
+        self.batch_size = batch_size
+        self.hold = hold
+        self.gate: int | None = None
+        self.advanced = 0
 
     def start(self, scene_id: str, total: int, already: int) -> None:
+        self.gate = _last_kill_point(total - already, self.batch_size) + self.batch_size if self.hold else None
         os.write(self.fd, f"start {total} {already}\n".encode())
 
     def advance(self, n: int) -> None:
         os.write(self.fd, f"advance {n}\n".encode())
+        self.advanced += n
+        if self.gate is not None and self.advanced >= self.gate:
+            time.sleep(300)  # the parent's SIGKILL ends this; a parent that never sends one fails the test
 
     def finish(self) -> None:
         os.write(self.fd, b"finish\n")
 
 
-def _fork_ingest(open_target, scene: Path, encoder, spec: TilingSpec, batch_size: int = 64) -> tuple[int, int]:
+def _fork_ingest(open_target, scene: Path, encoder, spec: TilingSpec, batch_size: int = 64,
+                 to_be_killed: bool = False) -> tuple[int, int]:
     """Fork a process that ingests ``scene``; returns (pid, read end of its progress pipe).
 
-    The child exits 0 after a complete ingest, 1 on an error (printed to the pipe).
+    The child exits 0 after a complete ingest, 1 on an error (printed to the pipe). One
+    ``to_be_killed`` waits before its last batch for the parent's SIGKILL.
     """
     r, w = os.pipe()
     pid = os.fork()
@@ -141,7 +156,8 @@ def _fork_ingest(open_target, scene: Path, encoder, spec: TilingSpec, batch_size
             store = open_target()
             try:
                 done, failed = ingest_paths(
-                    [scene], encoder, store, IngestOptions(spec=spec, batch_size=batch_size), progress=_Progress(w)
+                    [scene], encoder, store, IngestOptions(spec=spec, batch_size=batch_size),
+                    progress=_Progress(w, batch_size, hold=to_be_killed),
                 )
                 os.write(w, ("result " + json.dumps([s.to_dict() for s in done]) + "\n").encode())
                 code = 0 if done and done[0].state == "complete" and not failed else 1
@@ -169,12 +185,19 @@ def _lines(fd: int) -> Iterator[str]:
             yield line.decode()
 
 
+def _last_kill_point(remaining: int, batch_size: int) -> int:
+    """The most tiles a child may have reported before the parent picks its kill: half of what
+    is left, so three kills that each land at the child's gate still leave tiles to kill in."""
+    return min(remaining // 2, remaining - 2 * batch_size)
+
+
 def _kill_at(pid: int, fd: int, rng: random.Random, first: bool, batch_size: int = 64) -> dict:
     """SIGKILL the child at a random point; what it had done by then.
 
     The kill lands at least two batches before the end, and the pause after the chosen
     batch is capped by the child's observed pace, so a fast machine cannot finish the
-    ingest before the signal arrives (a CI run once did, with the old fixed 0.4 s pause).
+    ingest before the signal arrives (a CI run once did, with the old fixed 0.4 s pause), and
+    the child holds a batch past the last kill point (a loaded CI machine once let it finish).
     """
     total = already = advanced = remaining = 0
     target: int | None = None
@@ -186,9 +209,8 @@ def _kill_at(pid: int, fd: int, rng: random.Random, first: bool, batch_size: int
             remaining = total - already
             assert remaining > 3 * batch_size, f"too few tiles left to kill inside the ingest: {remaining}"
             started = time.perf_counter()
-            # the first kill lands before or just after the first write; later ones anywhere
-            last = min(int(remaining * 0.8), remaining - 2 * batch_size)
-            target = 0 if first else rng.randint(1, max(1, last))
+            # the first kill lands before or just after the first write; later ones in the first half of what is left
+            target = 0 if first else rng.randint(1, max(1, _last_kill_point(remaining, batch_size)))
         elif kind == "advance":
             advanced += int(rest)
         elif kind in ("result", "error"):
@@ -209,7 +231,7 @@ def _kill_at(pid: int, fd: int, rng: random.Random, first: bool, batch_size: int
 def _crash_and_resume(open_store_fn, big_scene: Path, encoder, reference: dict, rng: random.Random) -> list[dict]:
     kills = []
     for i in range(KILLS_PER_BACKEND):
-        pid, fd = _fork_ingest(open_store_fn, big_scene, encoder, BIG_SPEC)
+        pid, fd = _fork_ingest(open_store_fn, big_scene, encoder, BIG_SPEC, to_be_killed=True)
         info = _kill_at(pid, fd, rng, first=i == 0)
         store = open_store_fn()
         try:
