@@ -34,6 +34,7 @@ from ftfsearch.errors import FtfError, in_api_words, render
 from ftfsearch.keys import DEFAULT_RATE_LIMIT, KEYS_ENV
 from ftfsearch.model.families import DEFAULT_FAMILY, FAMILIES
 from ftfsearch.net import LOOPBACK_HOSTS, LOOPBACK_IP
+from ftfsearch.training.weights import LossWeights
 
 app = typer.Typer(
     cls=OneLineErrors,
@@ -52,7 +53,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 # Library messages name parameters in the API's words, between backticks (ftfsearch.errors);
 # on the command line each is the flag of the running command that sets it.
-_FLAG_OF_PARAMETER = {"list_path": "--from"}
+_FLAG_OF_PARAMETER = {"list_path": "--from", "num_threads": "--threads", "feature_views": "--views"}
 """Parameters whose flag is not ``--`` + the name with dashes."""
 _command_flags: ContextVar[frozenset[str]] = ContextVar("ftfsearch_command_flags", default=frozenset())
 """The long flags of the command being run (set by :func:`handles_errors`)."""
@@ -1550,6 +1551,9 @@ def train(
     ema: float = typer.Option(0.0, "--ema", help="Decay of the weight average that is validated and saved (0: off)."),
     head_norm: bool = typer.Option(False, "--head-norm", help="Pretrained arch: LayerNorm on the heads' inputs."),
     single_positive: bool = typer.Option(False, "--single-positive", help="Treat identical captions of other images as negatives (ablation)."),
+    loss_weights: Optional[str] = typer.Option(
+        None, "--loss-weights", help="TERM=WEIGHT,...: reweight the loss terms coarse, fine, text, region, rerank "
+        f"(default: {LossWeights().as_text()}; 0 removes a term, for ablations)."),
 ) -> None:
     """Train the FTF dual encoder (or fine-tune a CLIP) on caption datasets; the result loads with --model."""
     import time
@@ -1557,11 +1561,6 @@ def train(
     from ftfsearch.training.train import TrainConfig, TrainProgress
     from ftfsearch.training.train import train as run_training
 
-    for option, value in (("--epochs", epochs), ("--batch-size", batch_size), ("--threads", threads), ("--views", views)):
-        if value is not None and value < 1:
-            from ftfsearch.errors import BadInput
-
-            raise BadInput(f"{option} {value}: must be at least 1")
     from ftfsearch.model.sources import device_label, resolve_device
 
     where = resolve_device(_settings(device=device).device)  # the flag, FTF_DEVICE or the config file
@@ -1570,10 +1569,9 @@ def train(
         batch_size=batch_size, device=str(where), resume=resume, cache_dir=cache_dir, seed=seed,
         num_threads=threads, feature_views=views, probe_epochs=probe_epochs, base_lr_scale=base_lr_scale, finetune_lr=finetune_lr,
         patience=patience, prompt_rate=prompt_rate, hard_negatives=hard_negatives, ema_decay=ema,
-        multi_positive=not single_positive,
+        multi_positive=not single_positive, head_norm=head_norm, loss_weights=loss_weights,
     )
     err.print(f"training on {device_label(where)}", highlight=False)
-    config.pretrained.head_norm = head_norm
     bar = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                    TextColumn("{task.fields[status]}"), TimeRemainingColumn(), console=err)
     task = bar.add_task("train", total=None, status="")

@@ -84,3 +84,32 @@ def test_train_defaults_come_from_the_family_table() -> None:
         given = [f"{getattr(f.train, field):g} {f.name}" for f in FAMILIES.values() if getattr(f.train, field) is not None]
         assert "(default: " + ", ".join(given) + ")" in shown, (flag, shown)
     assert f"[default: {DEFAULT_FAMILY}]" in shown
+
+
+def test_train_flags_are_checked_by_the_config_and_the_cli_only_renders_them(tmp_path: Path) -> None:
+    """Counts below 1 and a bad --loss-weights are refused by TrainConfig (one line, as the flag), before any
+    data is read; --head-norm and --loss-weights reach the config."""
+    from typer.testing import CliRunner
+
+    from ftfsearch.cli import app
+    from ftfsearch.training.train import TrainConfig
+    from ftfsearch.training.weights import LossWeights
+
+    config = TrainConfig.for_family("pretrained", data=[], out=Path("m"), head_norm=True, loss_weights="fine=0, text=0.25")
+    assert config.pretrained.head_norm is True
+    assert config.loss == LossWeights(fine=0.0, text=0.25)
+    assert LossWeights.parse(LossWeights().as_text()) == LossWeights()
+    for bad in ("fine", "bti=1", "fine=-1", "fine=nan", "fine=x"):
+        with pytest.raises(BadInput, match="^loss_weights"):
+            LossWeights.parse(bad)
+    with pytest.raises(BadInput, match="^num_threads 0: must be at least 1$"):
+        TrainConfig(data=[], out=Path("m"), num_threads=0)
+    runner = CliRunner()
+    missing = str(tmp_path / "absent.json")  # never read: the flags are refused first
+    for flags, line in ((["--threads", "0"], "error: --threads 0: must be at least 1"),
+                        (["--views", "0"], "error: --views 0: must be at least 1"),
+                        (["--epochs", "0"], "error: --epochs 0: must be at least 1"),
+                        (["--loss-weights", "fine=-1"],
+                         "error: --loss-weights 'fine=-1': the weight of fine must be a number of at least 0")):
+        result = runner.invoke(app, ["train", "--data", missing, "--out", str(tmp_path / "m"), *flags])
+        assert result.exit_code == 2 and result.stderr.strip() == line, (flags, result.stderr)

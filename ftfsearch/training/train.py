@@ -39,6 +39,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ftfsearch.training.datasets import CaptionSplit, load_datasets, load_pixels
+from ftfsearch.training.weights import LossWeights
 from ftfsearch.training.features import TEXT_CHUNK, ChunkedRows, ViewCache, augment, cache_key, load_or_build
 from ftfsearch.errors import BadInput, DatasetError
 from ftfsearch.training.evaluate import EVAL_PIXELS, Embeddings, encode_split, score
@@ -55,20 +56,6 @@ log = logging.getLogger(__name__)
 CHECKPOINT_NAME = "checkpoint.pt"
 TRAIN_PIXELS_MARGIN = 1.125
 """Training images are cached at this multiple of the input size so random crops keep detail."""
-
-
-@dataclass
-class LossWeights:
-    coarse: float = 0.5
-    fine: float = 2.0
-    """The fine (BTI) term leads: at full scale (1, 1) -> (0.5, 2) raised val FTF mR from 18.49 to
-    19.94 and RSICD test FTF mR from 10.12 to 10.99 (model card)."""
-    text: float = 0.5
-    region: float = 0.1
-    """Low on purpose: at 0.5 the regions collapsed onto the coarse vector within two epochs
-    (their loss fell to 0.02) and the rerank added nothing (see the model card)."""
-    rerank: float = 0.0
-    """The residual rerank term (module docstring); 0 keeps the head, and so checkpoints, as before."""
 
 
 @dataclass
@@ -139,14 +126,26 @@ class TrainConfig:
     keep_checkpoint: bool = False
     num_threads: int | None = 2
 
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "num_threads", "feature_views"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise BadInput(f"`{name}` {value}: must be at least 1")
+
     @classmethod
-    def for_family(cls, arch: str, **given: Any) -> "TrainConfig":
+    def for_family(cls, arch: str, head_norm: bool = False, loss_weights: str | None = None,
+                   **given: Any) -> "TrainConfig":
         """A run of family ``arch`` as ``ftfsearch train`` builds it: the family's
-        :class:`~ftfsearch.model.families.TrainDefaults` where ``given`` leaves them out or None."""
+        :class:`~ftfsearch.model.families.TrainDefaults` where ``given`` leaves them out or None;
+        ``head_norm`` and ``loss_weights`` (:meth:`LossWeights.parse`) as the flags give them."""
         table = dataclasses.asdict(family(arch).train)  # None there: not the family's, TrainConfig's default
         own = {k: v for k, v in table.items() if v is not None}
         left = {k: v for k, v in given.items() if not (k in table and v is None)}
-        return cls(arch=arch, **{**own, **left})
+        config = cls(arch=arch, **{**own, **left})
+        config.pretrained.head_norm = head_norm
+        if loss_weights is not None:
+            config.loss = LossWeights.parse(loss_weights)
+        return config
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
