@@ -357,3 +357,39 @@ def test_change_answers_the_same_here_and_through_the_holder(tmp_path: Path, pro
     stop(serve)
     same(local, through, "change")
     same(refused_here, refused_there, "change refused")
+
+
+def test_a_new_command_is_a_protocol_method_and_a_local_one_and_nothing_in_the_holder_path() -> None:
+    """The holder runs every command from one route and HolderCommands sends every one with one call,
+    typed by the protocol's annotations (ftfsearch.commands.dispatch): no command is named there."""
+    from ftfsearch.commands.dispatch import NOT_DISPATCHED, command_names, signature
+    from ftfsearch.commands.requests import Request
+    from ftfsearch.errors import BadInput
+    from ftfsearch.web.holder import router
+
+    names = command_names()
+    protocol = {n for n, v in vars(Commands).items() if callable(v) and not n.startswith("_")}
+    assert set(names) == protocol - NOT_DISPATCHED and "search" in names and "watch_deliver" in names
+    for name in names:
+        command = signature(name)
+        assert issubclass(command.request, Request) and callable(getattr(LocalCommands, name))
+        assert (command.stream is not None) == (name in ("find", "classify")), name
+    assert {n for n in names if n in vars(HolderCommands)} == {"push"}  # its key is the caller's
+    paths = {getattr(r, "path", "") for r in router.routes}
+    assert not {p for p in paths if any(p.endswith("/" + n) for n in names)}, paths
+    with pytest.raises(BadInput, match="'format_disk' is not a command of this ftfsearch"):
+        signature("format_disk")
+
+
+def test_a_request_crosses_to_another_working_directory_with_absolute_paths(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    plain = SearchRequest(text="ships")
+    assert plain.for_another_process() is plain  # nothing relative: the same request
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "chip.png").write_bytes(b"\x89PNG")
+    liked = SearchRequest(text="ships", examples=(parse_ref("chip.png"),))
+    assert liked.examples[0].image is not None and not liked.examples[0].image.is_absolute()
+    sent = liked.for_another_process()
+    assert sent.examples[0].image == tmp_path / "chip.png" and sent.text == "ships"
+    assert ExportRequest(out=Path("all.parquet")).for_another_process().out == tmp_path / "all.parquet"

@@ -110,7 +110,7 @@ def test_serve_with_a_concurrent_ingest_and_queries(
     assert record["host"] == "127.0.0.1" and record["pid"] == serve.pid
 
     # Without the secret, or with a wrong one, the holder refuses (a second local user's process).
-    holder_url = f"http://127.0.0.1:{record['port']}/api/holder/scenes"
+    holder_url = f"http://127.0.0.1:{record['port']}/api/holder/ping"
     assert get_json(holder_url)[0] == 403
     assert get_json(holder_url, {"X-Ftfsearch-Holder-Secret": "guess"})[0] == 403
     assert get_json(holder_url, {"X-Ftfsearch-Holder-Secret": record["secret"]})[0] == 200

@@ -4,8 +4,8 @@ Two implementations: :class:`~ftfsearch.commands.local.LocalCommands` runs a com
 store, :class:`~ftfsearch.commands.remote.HolderCommands` sends it to the ``ftfsearch serve``
 holding the embedded store (whose routes run it with a ``LocalCommands``). The CLI gets one of
 them from :func:`~ftfsearch.commands.open_commands` and never asks which. A new command is one
-request model (:mod:`ftfsearch.commands.requests`), one method here and in each implementation,
-and one holder route.
+request model (:mod:`ftfsearch.commands.requests`), one method here and one in ``LocalCommands``:
+the holder's route and ``HolderCommands`` read its types from here (:mod:`ftfsearch.commands.dispatch`).
 """
 
 from __future__ import annotations

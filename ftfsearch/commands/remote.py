@@ -1,5 +1,6 @@
 """The commands sent to the ``ftfsearch serve`` that holds the embedded store: the same request
-models, as JSON, to its holder routes (:mod:`ftfsearch.web.holder`), and the same typed results back.
+models, as JSON, to the holder's one command route (:mod:`ftfsearch.web.holder`), and the same typed
+results back.
 
 An ingest runs in the holder as a job (it survives this process): its progress streams back to
 the observer, and Ctrl+C here asks (``confirm_cancel``) whether to cancel it there or leave it
@@ -8,45 +9,14 @@ running."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable
 
-from pydantic import BaseModel, TypeAdapter
+from pydantic import TypeAdapter
 
 from ftfsearch.commands.base import IngestObserver
-from ftfsearch.commands.requests import (
-    ClassifyPage,
-    ClassifyPlan,
-    ClassifyRequest,
-    ChangeOutcome,
-    ChangeRequest,
-    DropOutcome,
-    DropRequest,
-    ExportOutcome,
-    ExportRequest,
-    FindPage,
-    FindPlan,
-    FindRequest,
-    InfoRequest,
-    MarksRequest,
-    PushRequest,
-    ReviewOutcome,
-    ReviewRequest,
-    SceneRow,
-    ScenesRequest,
-    SearchOutcome,
-    SearchRequest,
-    WatchAddRequest,
-    WatchDeliverOutcome,
-    WatchDeliverRequest,
-    WatchHitsOutcome,
-    WatchHitsRequest,
-    WatchListRequest,
-    WatchRmOutcome,
-    WatchRmRequest,
-    WatchRow,
-)
+from ftfsearch.commands.dispatch import signature
+from ftfsearch.commands.requests import PushRequest, Request
 from ftfsearch.commands.ingest_requests import IngestOutcome, IngestRequest
 from ftfsearch.config import Settings
 from ftfsearch.errors import StoreUnavailable
@@ -54,17 +24,15 @@ from ftfsearch.store.holder_client import HolderClient, remote_error
 from ftfsearch.store.transfer import PushSummary
 from ingest.pipeline import IngestFailure, SceneSummary
 
-_ROWS = TypeAdapter(list[SceneRow])
-Q = TypeVar("Q", SearchRequest, FindRequest, WatchAddRequest)
-P = TypeVar("P", bound=BaseModel)
-G = TypeVar("G", bound=BaseModel)
-_PUSH = TypeAdapter(PushSummary)
 _SUMMARY = TypeAdapter(SceneSummary)
-_WATCHES = TypeAdapter(list[WatchRow])
 
 
 class HolderCommands:
-    """:class:`~ftfsearch.commands.base.Commands` run by the process holding the embedded store."""
+    """:class:`~ftfsearch.commands.base.Commands` run by the process holding the embedded store.
+
+    Every command but ``ingest`` (a job) and ``push`` (this user's key) is :meth:`call`: its request
+    to the holder's one route, its answer typed by the protocol (:mod:`ftfsearch.commands.dispatch`);
+    a new command needs nothing here."""
 
     def __init__(self, client: HolderClient, settings: Settings, notify: Callable[[str], None] = lambda _: None,
                  confirm_cancel: Callable[[], bool] = lambda: False) -> None:
@@ -74,6 +42,22 @@ class HolderCommands:
         """Where a line for the user goes (the CLI: stderr)."""
         self.confirm_cancel = confirm_cancel
         """Asked on Ctrl+C during an ingest: True cancels it in the holder."""
+
+    def __getattr__(self, name: str) -> Callable[[Request], Any]:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        signature(name)  # a command of the protocol, or refused here
+        return lambda request: self.call(name, request)
+
+    def call(self, name: str, request: Request) -> Any:
+        """Command ``name`` run by the holder: its answer, or (a streamed command) its plan and pages."""
+        command = signature(name)
+        if request.runs_model:
+            self._check_device()
+        body = request.for_another_process().model_dump(mode="json")
+        if command.stream is not None:
+            return self._stream(f"/api/holder/stream/{name}", body, *command.stream)
+        return command.answer.validate_python(self.client.call("POST", f"/api/holder/call/{name}", body))
 
     def _check_device(self) -> None:
         """The work runs in the holder, on its device: a device asked for here (flag, FTF_DEVICE or
@@ -87,25 +71,9 @@ class HolderCommands:
             self.notify(f"warning: device {self.settings.device}: 'ftfsearch serve' (pid {self.client.record.pid}) "
                         f"holds the store and runs this on {held}; stop it to use {self.settings.device}")
 
-    def _post(self, path: str, request: Any) -> Any:
-        return self.client.call("POST", path, request.model_dump(mode="json"))
-
-    def search(self, request: SearchRequest) -> SearchOutcome:
-        self._check_device()
-        return SearchOutcome.model_validate(self._post("/api/holder/search", _with_absolute_images(request)))
-
-    def find(self, request: FindRequest) -> Iterator[FindPlan | FindPage]:
-        return self._stream("/api/holder/find", _with_absolute_images(request), FindPlan, FindPage)
-
-    def classify(self, request: ClassifyRequest) -> Iterator[ClassifyPlan | ClassifyPage]:
-        return self._stream("/api/holder/classify", request, ClassifyPlan, ClassifyPage)
-
-    def review(self, request: ReviewRequest) -> ReviewOutcome:
-        return ReviewOutcome.model_validate(self._post("/api/holder/review", request))
-
-    def _stream(self, path: str, request: Any, plan: type[P], page: type[G]) -> Iterator[P | G]:
+    def _stream(self, path: str, body: dict[str, Any], plan: type[Any], page: type[Any]) -> Iterator[Any]:
         """A streamed command's plan, then its pages (:mod:`ftfsearch.web.find_stream`)."""
-        for item in self.client.stream("POST", path, request.model_dump(mode="json")):
+        for item in self.client.stream("POST", path, body):
             kind = item.get("type")
             if kind == "error":
                 raise remote_error(item)
@@ -117,18 +85,13 @@ class HolderCommands:
                 return
         raise StoreUnavailable("the server holding the store stopped during the command; run it again")
 
-    def change(self, request: ChangeRequest) -> ChangeOutcome:
-        examples = tuple(e if e.image is None else replace(e, image=e.image.absolute()) for e in request.examples)
-        sent = request.model_copy(update={"examples": examples})
-        return ChangeOutcome.model_validate(self._post("/api/holder/change", sent))
-
     def ingest(self, request: IngestRequest, observer: IngestObserver | None = None) -> IngestOutcome:
         model = request.model
         if model is not None and Path(model).exists():
             model = str(Path(model).absolute())
         sent = request.model_copy(update={"model": model})  # its sources' paths are absolute (ingest.sources)
         self._check_device()
-        job = str(self._post("/api/holder/ingest", sent)["job"])
+        job = str(self.client.call("POST", "/api/holder/ingest", sent.model_dump(mode="json"))["job"])
         pid = self.client.record.pid
         self.notify(f"ingesting in 'ftfsearch serve' (pid {pid}), which holds the store; Ctrl+C asks "
                     "whether to cancel it")
@@ -157,51 +120,14 @@ class HolderCommands:
                 self.client.call("POST", f"/api/holder/jobs/{job}/cancel", {})
                 self.notify("cancelling; the scene stays resumable")
 
-    def scenes(self, request: ScenesRequest) -> list[SceneRow]:
-        return _ROWS.validate_python(self.client.call("GET", "/api/holder/scenes"))
-
-    def info(self, request: InfoRequest) -> dict[str, Any]:
-        return dict(self.client.call("GET", "/api/holder/info"))
-
-    def drop(self, request: DropRequest) -> DropOutcome:
-        return DropOutcome.model_validate(self._post("/api/holder/drop", request))
-
     def push(self, request: PushRequest) -> PushSummary:
         # The target's key is this user's (the holder's settings may name none).
         sent = request if request.api_key is not None else request.model_copy(
             update={"api_key": self.settings.qdrant_api_key})
-        return _PUSH.validate_python(self._post("/api/holder/push", sent))
-
-    def watch_add(self, request: WatchAddRequest) -> WatchRow:
-        return WatchRow.model_validate(self._post("/api/holder/watch/add", _with_absolute_images(request)))
-
-    def watch_list(self, request: WatchListRequest) -> list[WatchRow]:
-        return _WATCHES.validate_python(self._post("/api/holder/watch/list", request))
-
-    def watch_rm(self, request: WatchRmRequest) -> WatchRmOutcome:
-        return WatchRmOutcome.model_validate(self._post("/api/holder/watch/rm", request))
-
-    def watch_hits(self, request: WatchHitsRequest) -> WatchHitsOutcome:
-        return WatchHitsOutcome.model_validate(self._post("/api/holder/watch/hits", request))
-
-    def watch_deliver(self, request: WatchDeliverRequest) -> WatchDeliverOutcome:
-        return WatchDeliverOutcome.model_validate(self._post("/api/holder/watch/deliver", request))
-
-    def labels(self, request: MarksRequest) -> dict[str, Any]:
-        return dict(self._post("/api/holder/labels", request))
-
-    def export_embeddings(self, request: ExportRequest) -> ExportOutcome:
-        sent = request.model_copy(update={"out": request.out.absolute()})  # the holder's working directory is not ours
-        return ExportOutcome.model_validate(self._post("/api/holder/export-embeddings", sent))
+        return self.call("push", sent)
 
     def close(self) -> None:
         """The holder keeps the store; nothing to close here."""
-
-
-def _with_absolute_images(request: Q) -> Q:
-    """The request with its example images as the holder (another working directory) finds them."""
-    examples = tuple(e if e.image is None else replace(e, image=e.image.absolute()) for e in request.examples)
-    return request.model_copy(update={"examples": examples})
 
 
 def _relay(event: dict[str, Any], observer: IngestObserver | None) -> None:

@@ -15,7 +15,8 @@ from __future__ import annotations
 import unicodedata
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from dataclasses import replace
+from typing import Any, ClassVar, Self
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -65,6 +66,22 @@ class Request(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", ser_json_bytes="base64", val_json_bytes="base64",
                               defer_build=True)
 
+    runs_model: ClassVar[bool] = False
+    """The command encodes (text or images) with the model, on the device of whoever runs it."""
+
+    def for_another_process(self) -> Self:
+        """This request as a process in another working directory reads it (the holder): its paths,
+        and its examples' images, absolute."""
+        update: dict[str, Any] = {}
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if isinstance(value, Path):
+                update[name] = value.absolute()
+            elif isinstance(value, tuple) and any(isinstance(v, ExampleRef) and v.image is not None for v in value):
+                update[name] = tuple(replace(v, image=v.image.absolute())
+                                     if isinstance(v, ExampleRef) and v.image is not None else v for v in value)
+        return self.model_copy(update=update) if update else self
+
 
 class Scope(Request):
     """Where a command looks: a box, an area, scenes, a time range (all optional)."""
@@ -110,6 +127,7 @@ class QueryScope(Scope):
     """What a query looks for and where: text, examples (like / unlike), or both, and the scope
     (shared by ``query`` and ``find``)."""
 
+    runs_model: ClassVar[bool] = True
     text: str | None = None
     examples: tuple[ExampleRef, ...] = ()
 
@@ -329,6 +347,7 @@ class ChangeRequest(Request):
     """``change`` / ``GET /api/change``: what rose (or fell) between two time ranges, by a query
     (text, examples) or, with none, by how far the vectors moved (:mod:`ftfsearch.change`)."""
 
+    runs_model: ClassVar[bool] = True
     before: str
     """ISO 8601 range START/END (either end ``..``); kept in its canonical form once checked."""
     after: str
@@ -435,6 +454,7 @@ class PushRequest(Request):
 class WatchAddRequest(Request):
     """``watch add`` / ``POST /api/watches``: a standing query scored on every tile an ingest writes."""
 
+    runs_model: ClassVar[bool] = True
     name: str
     text: str | None = None
     examples: tuple[ExampleRef, ...] = ()

@@ -28,29 +28,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pydantic import TypeAdapter, ValidationError
 
-from ftfsearch.commands.requests import (
-    ChangeRequest,
-    DropOutcome,
-    DropRequest,
-    ExportRequest,
-    ClassifyRequest,
-    FindRequest,
-    InfoRequest,
-    MarksRequest,
-    PushRequest,
-    ReviewRequest,
-    ScenesRequest,
-    SearchRequest,
-    WatchAddRequest,
-    WatchDeliverRequest,
-    WatchHitsRequest,
-    WatchListRequest,
-    WatchRmRequest,
-)
+from ftfsearch.commands.dispatch import signature
+from ftfsearch.commands.requests import DropOutcome, DropRequest
 from ftfsearch.commands.ingest_requests import IngestRequest
 from ftfsearch.errors import BadInput, FtfError, IngestCancelled, PermissionDenied, StoreLocked
 from ftfsearch.net import LOOPBACK_HOSTS, LOOPBACK_IP
-from ftfsearch.store.transfer import PushSummary
 from ftfsearch.store.holder_client import SECRET_HEADER
 from ftfsearch.store.holder_record import HolderRecord, holder_path, identity, new_secret, remove_holder, write_holder
 from ftfsearch.web.find_stream import error_body, find_response
@@ -60,7 +42,6 @@ from ingest.pipeline import IngestFailure, SceneSummary
 log = logging.getLogger(__name__)
 
 _SUMMARY = TypeAdapter(SceneSummary)
-_PUSH = TypeAdapter(PushSummary)
 
 HEARTBEAT_S = 2.0
 """A line at least this often on an event stream, so a client that left is noticed."""
@@ -219,6 +200,11 @@ class Holder:
         threading.Thread(target=run, name=f"ftf-ingest-{job.id}", daemon=True).start()
         return job
 
+    def command(self, name: str) -> Callable[[Any], Any]:
+        """Command ``name`` as this holder runs it: ``drop`` checked against the running ingest first
+        (:meth:`drop`), every other one the local command."""
+        return self.drop if name == "drop" else getattr(self.commands, name)
+
     def drop(self, request: DropRequest) -> DropOutcome:
         """Drop a scene (the CLI's drop through the holder and the API's DELETE), unless an ingest
         here is writing it."""
@@ -288,86 +274,25 @@ def ping(holder: HolderDep) -> dict[str, Any]:
             "device": holder.commands.access.device()}
 
 
-# Each route builds the command's request model from the body and runs the local command.
+@router.post("/call/{name}")
+async def call(holder: HolderDep, name: str, body: Body) -> Any:
+    """Any command with one answer: its request model from the body, run here, its answer as JSON
+    (the types: :mod:`ftfsearch.commands.dispatch`)."""
+    command = signature(name)
+    if command.stream is not None:
+        raise BadInput(f"holder request: {name!r} streams its answer; use /api/holder/stream/{name}")
+    out = await run_in_threadpool(holder.command(name), command.request.model_validate(body))
+    return command.answer.dump_python(out, mode="json")
 
 
-@router.get("/scenes")
-def scenes(holder: HolderDep) -> list[dict[str, Any]]:
-    return [row.model_dump(mode="json") for row in holder.commands.scenes(ScenesRequest())]
-
-
-@router.get("/info")
-def info(holder: HolderDep) -> dict[str, Any]:
-    return holder.commands.info(InfoRequest())
-
-
-@router.post("/search")
-async def search(holder: HolderDep, body: Body) -> dict[str, Any]:
-    request = SearchRequest.model_validate(body)
-    out = await run_in_threadpool(holder.commands.search, request)
-    return out.model_dump(mode="json")
-
-
-@router.post("/find")
-def find(holder: HolderDep, body: Body) -> StreamingResponse:
-    """The find as NDJSON: its plan, then a line per page, then ``done`` (or an ``error`` line)."""
-    return find_response(holder.commands.find(FindRequest.model_validate(body)))
-
-
-@router.post("/classify")
-def classify(holder: HolderDep, body: Body) -> StreamingResponse:
-    """The classifier's quality, then a line per page of detections (NDJSON, as ``/find``)."""
-    return find_response(holder.commands.classify(ClassifyRequest.model_validate(body)))
-
-
-@router.post("/review")
-async def review(holder: HolderDep, body: Body) -> dict[str, Any]:
-    out = await run_in_threadpool(holder.commands.review, ReviewRequest.model_validate(body))
-    return out.model_dump(mode="json")
-@router.post("/change")
-async def change(holder: HolderDep, body: Body) -> dict[str, Any]:
-    request = ChangeRequest.model_validate(body)
-    out = await run_in_threadpool(holder.commands.change, request)
-    return out.model_dump(mode="json")
-
-
-@router.post("/watch/{op}")
-async def watch(holder: HolderDep, op: str, body: Body) -> Any:
-    """The watch commands (add, list, rm, hits, deliver), each with its request model."""
-    commands = holder.commands
-    calls: dict[str, tuple[Any, Any]] = {
-        "add": (WatchAddRequest, commands.watch_add), "list": (WatchListRequest, commands.watch_list),
-        "rm": (WatchRmRequest, commands.watch_rm), "hits": (WatchHitsRequest, commands.watch_hits),
-        "deliver": (WatchDeliverRequest, commands.watch_deliver),
-    }
-    if op not in calls:
-        raise BadInput(f"watch {op[:40]!r}: not a watch command (add, list, rm, hits, deliver)")
-    model, call = calls[op]
-    out = await run_in_threadpool(call, model.model_validate(body))
-    return [row.model_dump(mode="json") for row in out] if isinstance(out, list) else out.model_dump(mode="json")
-
-
-@router.post("/drop")
-async def drop(holder: HolderDep, body: Body) -> dict[str, Any]:
-    out = await run_in_threadpool(holder.drop, DropRequest.model_validate(body))
-    return out.model_dump(mode="json")
-
-
-@router.post("/push")
-async def push(holder: HolderDep, body: Body) -> dict[str, Any]:
-    summary = await run_in_threadpool(holder.commands.push, PushRequest.model_validate(body))
-    return _PUSH.dump_python(summary, mode="json")
-
-
-@router.post("/labels")
-async def labels(holder: HolderDep, body: Body) -> dict[str, Any]:
-    return await run_in_threadpool(holder.commands.labels, MarksRequest.model_validate(body))
-
-
-@router.post("/export-embeddings")
-async def export_embeddings(holder: HolderDep, body: Body) -> dict[str, Any]:
-    out = await run_in_threadpool(holder.commands.export_embeddings, ExportRequest.model_validate(body))
-    return out.model_dump(mode="json")
+@router.post("/stream/{name}")
+def stream(holder: HolderDep, name: str, body: Body) -> StreamingResponse:
+    """A streamed command (find, classify) as NDJSON: its plan, then a line per page, then ``done``
+    (or an ``error`` line)."""
+    command = signature(name)
+    if command.stream is None:
+        raise BadInput(f"holder request: {name!r} answers once; use /api/holder/call/{name}")
+    return find_response(holder.command(name)(command.request.model_validate(body)))
 
 
 @router.post("/ingest")
