@@ -1410,14 +1410,18 @@ def serve(
                                    help="Requests per key with --keys, e.g. 1200/minute or 20/second;600/minute."),
     root_path: str = typer.Option("", "--root-path", envvar="FTF_ROOT_PATH",
                                   help="The path prefix a reverse proxy serves this under, e.g. /ftfsearch."),
+    deliver_every: float = typer.Option(
+        60.0, "--deliver-every", help="Seconds between sends of the watches' pending webhook hits while serving "
+        "a store this server writes (0: never; 'watch deliver' sends them on demand)."),
 ) -> None:
     """Serve the HTTP API (/api/search, /api/scenes, /api/info, chips) and the map page at /."""
     from ftfsearch.errors import BadInput
     from ftfsearch.keys import parse_rate_limit, read_keys
 
-    for option, value in (("--chip-cache-mb", chip_cache_mb), ("--vector-cache-mb", vector_cache_mb)):
-        if value < 0:
-            raise BadInput(f"{option} {value}: must be 0 or more")
+    for option, value in (("--chip-cache-mb", chip_cache_mb), ("--vector-cache-mb", vector_cache_mb),
+                          ("--deliver-every", deliver_every)):
+        if not value >= 0:
+            raise BadInput(f"{option} {value:g}: must be 0 or more")
     settings = _settings(store_dir=store, qdrant_url=qdrant_url, collection=collection, model=model, device=device)
     if keys is not None:
         read_keys(keys)  # a missing or broken file: one line now, not at the first request
@@ -1450,8 +1454,10 @@ def serve(
         vector_cache_bytes=vector_cache_mb << 20,
         keys_file=keys,
         rate_limit=rate_limit,
+        deliver_every_s=deliver_every,
     )
     logging.getLogger("ftfsearch.audit").setLevel(logging.INFO)  # every write, in the server log
+    logging.getLogger("ftfsearch.web.courier").setLevel(logging.INFO)  # hits a webhook was sent
     resources, empty = open_served(settings, options)
     if empty is not None:
         err.print(Text(f"warning: {_as_flags(empty)}"), highlight=False)

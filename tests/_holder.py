@@ -62,10 +62,11 @@ def get_json(url: str, headers: dict[str, str] | None = None) -> tuple[int, obje
         return exc.code, json.loads(exc.read() or b"{}")
 
 
-def start_serve(procs: Procs, store: Path, model: Path, env: dict[str, str], log: Path) -> tuple[subprocess.Popen[str], str]:
+def start_serve(procs: Procs, store: Path, model: Path, env: dict[str, str], log: Path,
+                extra: tuple[str, ...] = ()) -> tuple[subprocess.Popen[str], str]:
     port = free_port()
     proc = procs.start([ftfsearch_command(), "serve", "--store", str(store), "--model", str(model), "--device", "cpu",
-                        "--port", str(port)], env, log=log)
+                        "--port", str(port), *extra], env, log=log)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 300  # a serve's start (imports, model) takes minutes on a loaded 2-core machine
     holder = store / ".tiles.holder.json"

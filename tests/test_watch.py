@@ -185,6 +185,40 @@ def test_a_watch_for_the_pasted_patch_fires_on_the_later_scene_only(naip: dict, 
 
 
 @pytest.mark.usefixtures("shared_data")
+def test_serve_sends_the_outbox_when_the_hook_comes_back(naip: dict) -> None:
+    """A hook that was down during the ingest gets its hits from a running serve, with no command run:
+    the courier sends the outbox every --deliver-every seconds (once a round)."""
+    import os
+
+    from _holder import Procs, start_serve
+    from ftfsearch.model.loading import DEFAULT_MODEL_DIR
+
+    cli = naip["cli"]
+    hook = Receiver(down=1)  # the ingest's one try hangs past its timeout
+    procs = Procs()
+    try:
+        assert cli("watch", "add", "patch", "--like", str(naip["example"]), "--webhook", hook.url).returncode == 0
+        proc = cli("ingest", str(naip["pasted"]), "--acquired", "2021-08-31", *TILING)
+        assert proc.returncode == 0, proc.stderr
+        pending = _hits(cli, "patch")
+        assert pending and all(h["pending"] for h in pending) and hook.bodies == []
+        env = {**{k: v for k, v in os.environ.items() if not k.startswith(("FTF_", "QDRANT_"))}, **naip["env"],
+               "PYTHONUNBUFFERED": "1"}
+        log = naip["tmp"] / "serve.log"
+        start_serve(procs, naip["tmp"] / "store", DEFAULT_MODEL_DIR, env, log, ("--deliver-every", "1"))
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not hook.bodies:
+            time.sleep(0.2)
+        got = [f["properties"]["hit_id"] for body in hook.bodies for f in body["features"]]
+        assert sorted(got) == sorted(f"patch/{h['tile_id']}" for h in pending), log.read_text()
+        listed = json.loads(cli("watch", "list", "--json").stdout)  # through the serve holding the store
+        assert listed[0]["pending"] == 0 and "pending hits sent" in log.read_text()
+    finally:
+        procs.kill_all()
+        hook.close()
+
+
+@pytest.mark.usefixtures("shared_data")
 def test_watch_refusals_are_one_line_and_change_nothing(naip: dict) -> None:
     cli = naip["cli"]
     assert cli("watch", "add", "roofs", "buildings", "--min-score", "0.5").returncode == 0

@@ -566,6 +566,7 @@ class WatchDeliverOutcome(Answer):
     failed: int
     errors: dict[str, str]
 
+
 class MarksRequest(Request):
     """``labels export`` / ``labels import`` / ``POST /api/labels/*``: marks (stored tiles, their
     regions or points, as like / unlike examples), checked against the store and answered as the

@@ -335,18 +335,25 @@ def create_holder_app(holder: Holder) -> FastAPI:
 def open_served(settings: Any, options: Any) -> tuple[Any, str | None]:
     """What ``ftfsearch serve`` holds (:class:`~ftfsearch.web.resources.Resources`): the store, writable
     where someone may write (an embedded store, whose holder ingests and drops for this user's other
-    commands; a Qdrant server's only where keys decide who writes), the model, and on an embedded
-    store the running :class:`Holder`. With it, why there is nothing to search yet (a message, its
+    commands; a Qdrant server's only where keys decide who writes), the model, on an embedded store
+    the running :class:`Holder`, and where it writes the webhooks' courier. With it, why there is nothing to search yet (a message, its
     parameters marked), or None."""
     from ftfsearch.errors import CollectionNotFound
     from ftfsearch.web.resources import Resources
 
-    resources = Resources.open(settings, options, writable=not settings.qdrant_url or options.keys_file is not None)
+    writable = not settings.qdrant_url or options.keys_file is not None
+    resources = Resources.open(settings, options, writable=writable)
     try:
         if not settings.qdrant_url:  # the embedded store is ours alone: the other commands work through us
             holder = Holder(resources, settings, settings.resolved_store_dir, settings.collection)
             holder.start()
             resources.before_close.append(holder.stop)
+        if writable and options.deliver_every_s > 0:
+            from ftfsearch.web.courier import Courier
+
+            courier = Courier(resources.commands, options.deliver_every_s)
+            courier.start()
+            resources.before_close.append(courier.stop)
         try:
             resources.searcher()
         except CollectionNotFound as exc:

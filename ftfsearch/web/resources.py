@@ -42,6 +42,9 @@ class ServeOptions:
     """The API keys (``ftfsearch keys``); None: no authentication, and ``serve`` binds loopback only."""
     rate_limit: str = DEFAULT_RATE_LIMIT
     """Requests per key, in ``limits`` notation (ftfsearch.web.auth)."""
+    deliver_every_s: float = 60.0
+    """Send the watches' pending webhook hits this often while serving a store it may write
+    (:mod:`ftfsearch.web.courier`); 0: never."""
 
 
 class LockedStore:
