@@ -52,8 +52,10 @@ def test_an_export_is_stored_once_and_read_back(cache: Path, caplog: pytest.LogC
 
     assert onnx_cache.cached_export(KEY, export) == graph() and len(calls) == 1
     assert onnx_cache.cached_export(KEY, export) == graph() and len(calls) == 1  # read, not exported
-    [path] = cache.iterdir()
-    assert path == KEY.path() and path.name.startswith("text-")
+    assert set(cache.iterdir()) == {KEY.path(), KEY.header_path()} and KEY.path().name.startswith("text-")
+    assert KEY.path().read_bytes() == graph()  # a plain graph file: the runtime reads it itself
+    assert onnx_cache.read_path(KEY) == KEY.path()
+    path = KEY.path()
     assert ExportKey("text", "ftf:test-model:ba9876543210").path() != path  # another model, another file
     assert warnings_of(caplog) == []
 
@@ -83,30 +85,33 @@ def test_two_processes_writing_at_once_never_show_half_a_file(cache: Path, caplo
     for w in writers:
         assert w.wait() == 0, w.stderr.read() if w.stderr else ""
     assert onnx_cache.read(KEY) == whole
-    assert [p.name for p in cache.iterdir()] == [KEY.path().name]  # no temporary file left behind
+    assert set(cache.iterdir()) == {KEY.path(), KEY.header_path()}  # no temporary file left behind
     assert warnings_of(caplog) == [] and seen > 0
 
 
-@pytest.mark.parametrize("damage", ["truncated", "flipped", "garbage", "stale"])
+@pytest.mark.parametrize("damage", ["truncated", "flipped", "garbage", "header", "stale"])
 def test_a_corrupt_or_stale_file_is_rebuilt_with_one_warning(cache: Path, caplog: pytest.LogCaptureFixture,
                                                              damage: str) -> None:
     onnx_cache.write(KEY, graph())
-    path = KEY.path()
+    path, header = KEY.path(), KEY.header_path()
     raw = path.read_bytes()
+    assert onnx_cache.read(KEY) == raw  # the file its header was written for: used without reading it twice
     if damage == "truncated":
         path.write_bytes(raw[: len(raw) // 2])
-    elif damage == "flipped":
+    elif damage == "flipped":  # same size: the changed identity sends it to the checksum
         i = len(raw) - 1000
         path.write_bytes(raw[:i] + bytes([raw[i] ^ 1]) + raw[i + 1:])
     elif damage == "garbage":
         path.write_bytes(b"\x00" * 4096)
+    elif damage == "header":
+        header.write_bytes(b"{")
     else:  # written by another onnxruntime: its header says so
-        path.write_bytes(raw.replace(onnx_cache._version("onnxruntime").encode(), b"0.0.1", 1))
+        header.write_text(header.read_text().replace(onnx_cache._version("onnxruntime"), "0.0.1", 1))
     rebuilt = onnx_cache.cached_export(KEY, lambda: graph(1))
     assert rebuilt == graph(1)
     [message] = warnings_of(caplog)
     assert str(path) in message and "rebuilding it" in message
-    assert ("stale" if damage == "stale" else "corrupt") in message
+    assert ("stale" if damage == "stale" else "corrupt") in message, message
     caplog.clear()
     assert onnx_cache.cached_export(KEY, lambda: graph(2)) == graph(1)  # the rebuilt file is read
     assert warnings_of(caplog) == []

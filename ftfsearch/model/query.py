@@ -35,15 +35,17 @@ TEXT_TOWER = "text"
 """The text tower's name in the ONNX cache."""
 
 
-def ort_session(graph: bytes, threads: int) -> Any:
-    """An ONNX Runtime CPU session over a serialised graph."""
+def ort_session(graph: bytes | Path, threads: int) -> Any:
+    """An ONNX Runtime CPU session over a serialised graph, or a graph file (read by the runtime
+    itself: no copy through Python)."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.log_severity_level = 3
-    return ort.InferenceSession(graph, opts, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(str(graph) if isinstance(graph, Path) else graph, opts,
+                                providers=["CPUExecutionProvider"])
 
 
 def query_threads() -> int:
@@ -100,10 +102,10 @@ class OrtTextPath:
 
     @classmethod
     def load(cls, model: str, tokenizer: TextTokenizer, export: Callable[[], bytes]) -> OrtTextPath:
-        """The path of model id ``model``: its export from the cache, else ``export()``, which stores
-        it (the torch encoder's ``text_graph`` goes through the cache itself: storing here too would
-        write the 93 MB file twice)."""
-        graph = onnx_cache.read(onnx_cache.ExportKey(TEXT_TOWER, model)) or export()
+        """The path of model id ``model``: its export's file in the cache, else ``export()``, which
+        stores it (the torch encoder's ``text_graph`` goes through the cache itself: storing here too
+        would write the 93 MB file twice)."""
+        graph = onnx_cache.read_path(onnx_cache.ExportKey(TEXT_TOWER, model)) or export()
         return cls(ort_session(graph, query_threads()), tokenizer)
 
     def __call__(self, texts: list[str]) -> np.ndarray:
