@@ -91,3 +91,16 @@ def next_stratum(strata: Sequence[Stratum]) -> int:
         if now - after > gain:
             best, gain = h, now - after
     return best
+
+
+def most_mixed(strata: Sequence[Stratum]) -> int:
+    """The open stratum whose answers are least one-sided (``p~ (1 - p~)`` largest): where the
+    classifier is least reliable, so a review's learning draws go there."""
+    best, spread = 0, -1.0
+    for h, s in enumerate(strata):
+        if s.size <= s.reviewed:
+            continue
+        p = (s.positive + 0.5) / (s.reviewed + 1.0)
+        if p * (1 - p) > spread:
+            best, spread = h, p * (1 - p)
+    return best

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ftfsearch.estimate import Stratum, next_stratum, stratified_estimate
+from ftfsearch.estimate import Stratum, most_mixed, next_stratum, stratified_estimate
 
 # A classifier's probability strata over 20,000 tiles: few hits in the big low strata, most in the top.
 SIZES = np.array([12_000, 5_000, 2_000, 700, 300])
@@ -54,3 +54,9 @@ def test_unreviewed_strata_widen_the_interval() -> None:
 def test_a_fully_reviewed_population_has_no_uncertainty() -> None:
     est = stratified_estimate([Stratum(20, 20, 7), Stratum(5, 5, 0)])
     assert est.count == est.low == est.high == 7
+
+
+def test_learning_draws_go_to_the_most_mixed_open_stratum() -> None:
+    strata = [Stratum(100, 10, 0), Stratum(50, 10, 5), Stratum(30, 10, 9), Stratum(10, 10, 5)]
+    assert most_mixed(strata) == 1  # half yes: the classifier is least reliable there
+    assert most_mixed(strata[:1] + strata[2:]) == 1  # the last is fully reviewed: 9 of 10 beats 0 of 10

@@ -64,13 +64,14 @@ def test_a_review_of_every_tile_counts_the_truth_exactly(filled: Store, encoder)
         item = propose(filled, review, labels, model)
         if item is None:
             break
-        if item.kind == "learn":  # the least sure of the pool's open tiles under the current model
+        if item.kind == "learn" and item.stratum == -1:  # draws used up: the pool's least sure open tile
             taken = set(marks_of(labels)) | set(review.learned[:-1]) | {t for t, _ in review.draws}
             open_ = [t for t in review.pool if t not in taken]
             p = model.probability(marked_features(filled, open_))
             assert abs(item.probability - 0.5) <= float(np.min(np.abs(p - 0.5))) + 1e-6
-        else:
+        else:  # a random draw, learning or not: it counts for the estimate
             assert review.draws[-1] == (item.id, item.stratum)
+            assert (review.learned[-1:] == [item.id]) == (item.kind == "learn")
         kinds.append(item.kind)
         again = propose(filled, review, labels, model)  # asked again until answered
         assert again is not None and (again.id, again.kind) == (item.id, item.kind)
@@ -99,7 +100,8 @@ def test_a_partial_review_estimates_with_an_interval(filled: Store, encoder) -> 
         assert item is not None
         labels = answer(labels, review, [(item.id, truth[item.id])])
     est = estimate(review, labels)
-    assert 0 < est.reviewed <= 30 and est.low < est.count < est.high
+    # every answer is a random draw and counts; a draw of a tile marked before the review counts unasked
+    assert 30 <= est.reviewed <= 30 + len(marks_of(first_marks(truth))) and est.low < est.count < est.high
     assert est.low <= sum(truth.values()) <= est.high
     # a skipped draw is asked no more and left out of the estimate
     item = propose(filled, review, labels, model)
