@@ -36,10 +36,11 @@ class CommandSignature:
     """A streamed command's (plan, page) types; None for one answer."""
 
 
-def command_names() -> list[str]:
+@functools.cache
+def command_names() -> tuple[str, ...]:
     """Every command the holder runs (the protocol's methods but :data:`NOT_DISPATCHED`)."""
-    return sorted(n for n, v in vars(Commands).items()
-                  if callable(v) and not n.startswith("_") and n not in NOT_DISPATCHED)
+    return tuple(sorted(n for n, v in vars(Commands).items()
+                        if callable(v) and not n.startswith("_") and n not in NOT_DISPATCHED))
 
 
 @functools.cache

@@ -15,7 +15,7 @@ from typing import Any, Callable
 from pydantic import TypeAdapter
 
 from ftfsearch.commands.base import IngestObserver
-from ftfsearch.commands.dispatch import signature
+from ftfsearch.commands.dispatch import command_names, signature
 from ftfsearch.commands.requests import PushRequest, Request
 from ftfsearch.commands.ingest_requests import IngestOutcome, IngestRequest
 from ftfsearch.config import Settings
@@ -44,9 +44,8 @@ class HolderCommands:
         """Asked on Ctrl+C during an ingest: True cancels it in the holder."""
 
     def __getattr__(self, name: str) -> Callable[[Request], Any]:
-        if name.startswith("_"):
-            raise AttributeError(name)
-        signature(name)  # a command of the protocol, or refused here
+        if name not in command_names():  # not a command: no such attribute, as on any object
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
         return lambda request: self.call(name, request)
 
     def call(self, name: str, request: Request) -> Any:
