@@ -32,9 +32,8 @@ from ftfsearch.cli_usage import OneLineErrors
 from ftfsearch.config import Settings, load_settings
 from ftfsearch.errors import FtfError, in_api_words, render
 from ftfsearch.keys import DEFAULT_RATE_LIMIT, KEYS_ENV
-from ftfsearch.model.families import DEFAULT_FAMILY, FAMILIES
+from ftfsearch.model.families import DEFAULT_FAMILY, FAMILIES, LossWeights
 from ftfsearch.net import LOOPBACK_HOSTS, LOOPBACK_IP
-from ftfsearch.training.weights import LossWeights
 
 app = typer.Typer(
     cls=OneLineErrors,

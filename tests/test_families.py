@@ -93,7 +93,7 @@ def test_train_flags_are_checked_by_the_config_and_the_cli_only_renders_them(tmp
 
     from ftfsearch.cli import app
     from ftfsearch.training.train import TrainConfig
-    from ftfsearch.training.weights import LossWeights
+    from ftfsearch.model.families import LossWeights
 
     config = TrainConfig.for_family("pretrained", data=[], out=Path("m"), head_norm=True, loss_weights="fine=0, text=0.25")
     assert config.pretrained.head_norm is True

@@ -39,12 +39,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ftfsearch.training.datasets import CaptionSplit, load_datasets, load_pixels
-from ftfsearch.training.weights import LossWeights
 from ftfsearch.training.features import TEXT_CHUNK, ChunkedRows, ViewCache, augment, cache_key, load_or_build
 from ftfsearch.errors import BadInput, DatasetError
 from ftfsearch.training.evaluate import EVAL_PIXELS, Embeddings, encode_split, score
 from ftfsearch.model.base import Encoder, RerankParams
-from ftfsearch.model.families import family
+from ftfsearch.model.families import LossWeights, family
 from ftfsearch.model.ftf import FtfConfig, FtfEncoder, FtfModel, prepare_images, save_ftf_model
 from ftfsearch.model.sources import resolve_device
 from ftfsearch.model.pretrained import PretrainedConfig
