@@ -163,3 +163,18 @@ def test_a_full_disk_exports_in_memory_and_leaves_no_partial_file(cache: Path) -
     lines = [line for line in proc.stderr.splitlines() if "ONNX cache" in line]
     assert len(lines) == 1 and "cannot be written" in lines[0], proc.stderr
     assert list(cache.iterdir()) == []  # the temporary file went with the failed write
+
+
+def test_a_graph_checked_against_its_crc_is_stamped_and_not_read_again(cache: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    onnx_cache.write(KEY, graph())
+    path = KEY.path()
+    copy = path.with_name("moved")
+    shutil.copyfile(path, copy)
+    os.replace(copy, path)  # the same bytes in another file: a cache directory copied elsewhere, say
+    assert onnx_cache.read_path(KEY) == path  # checked against the CRC once ...
+    reads: list[Path] = []
+    original = Path.read_bytes
+    monkeypatch.setattr(Path, "read_bytes", lambda self: reads.append(self) or original(self))
+    assert onnx_cache.read_path(KEY) == path  # ... then the header knows this file: only the header is read
+    assert reads == [KEY.header_path()]

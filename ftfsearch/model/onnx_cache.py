@@ -122,6 +122,8 @@ def _checked(key: ExportKey) -> tuple[Path, bytes | None] | None:
     why, graph = _invalid(header, path, st, key)
     if why is None:
         log.info("ONNX cache: %s (%.1f MB)", path, st.st_size / 1e6)
+        if graph is not None:  # checked against its CRC: stamped, so the next process need not read it again
+            _restamp(key, header, st)
         return path, graph
     _warn_once(f"bad:{path}", f"ONNX cache {path}: {why}; rebuilding it")
     return None
@@ -173,6 +175,21 @@ def write(key: ExportKey, graph: bytes) -> bool:
         _warn_once(f"write:{root}", f"ONNX cache {root}: cannot be written ({exc.strerror or exc}); using the "
                    f"export from memory, so each process exports again (set {CACHE_ENV} to a writable directory)")
         return False
+
+
+def _restamp(key: ExportKey, header: bytes, st: os.stat_result) -> None:
+    """The header rewritten with the identity of the graph file just checked (a copied cache
+    directory, say); best effort: a directory that cannot be written keeps checking the CRC."""
+    fields = {**json.loads(header), "identity": _identity(st)}
+    tmps: list[str] = []
+    try:
+        _replace_with(key.header_path(), json.dumps(fields).encode(), tmps)
+    except OSError:
+        for tmp in tmps:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
 
 
 def _replace_with(path: Path, data: bytes, tmps: list[str]) -> None:
